@@ -1,0 +1,54 @@
+"""The algorithm lines flashlab cites (A0, A1, B1, F2, G2), as in ALGORITHMS.md.
+
+Kernels, references, traces and tutorials tag code with these labels; error messages quote the
+line so a student can read the divergence without opening our code.
+"""
+
+LINES = {
+    "A0:L1": "load Q, K by blocks, compute S = tau Q K^T, write S to HBM",
+    "A0:L2": "read S from HBM, compute P = softmax(S), write P to HBM",
+    "A0:L3": "load P and V by blocks, compute O = P V, write O to HBM",
+    "A1:L1": "block sizes Bc = ceil(M / 4d), Br = min(ceil(M / 4d), d)",
+    "A1:L2": "O = 0, l = 0, m = -inf in HBM",
+    "A1:L6": "load K_j, V_j from HBM to SRAM",
+    "A1:L8": "load Q_i, O_i, l_i, m_i from HBM to SRAM",
+    "A1:L9": "S_ij = tau Q_i K_j^T",
+    "A1:L10": "m~_ij = rowmax(S_ij); P~_ij = exp(S_ij - m~_ij); l~_ij = rowsum(P~_ij)",
+    "A1:L11": "m_new = max(m_i, m~_ij); l_new = e^(m_i - m_new) l_i + e^(m~_ij - m_new) l~_ij",
+    "A1:L12": "O_i <- diag(l_new)^-1 (diag(l_i) e^(m_i - m_new) O_i + e^(m~_ij - m_new) P~_ij V_j)",
+    "A1:L13": "l_i <- l_new, m_i <- m_new, write to HBM",
+    "B1:L1": "dQ = 0, dK = 0, dV = 0 in HBM",
+    "B1:L3": "load K_j, V_j; dK~_j = 0, dV~_j = 0 on chip",
+    "B1:L5": "load Q_i, O_i, dO_i, dQ_i, l_i, m_i",
+    "B1:L6": "S_ij = tau Q_i K_j^T (apply mask)",
+    "B1:L7": "P_ij = diag(l_i)^-1 exp(S_ij - m_i)",
+    "B1:L8": "dV~_j += P_ij^T dO_i",
+    "B1:L9": "dP_ij = dO_i V_j^T",
+    "B1:L10": "D_i = rowsum(dO_i * O_i)",
+    "B1:L11": "dS_ij = P_ij * (dP_ij - D_i)",
+    "B1:L12": "dQ_i += tau dS_ij K_j, write dQ_i to HBM",
+    "B1:L13": "dK~_j += tau dS_ij^T Q_i",
+    "B1:L15": "write dK_j = dK~_j, dV_j = dV~_j to HBM",
+    "F2:L2": "load Q_i; O~ = 0, l = 0, m = -inf on chip",
+    "F2:L3": "for j = 1..Tc (causal: only blocks with any unmasked entry)",
+    "F2:L4": "load K_j, V_j",
+    "F2:L5": "S = tau Q_i K_j^T (mask)",
+    "F2:L6": "m_new = max(m, rowmax(S)); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum(P~)",
+    "F2:L7": "O~ = diag(e^(m - m_new)) O~ + P~ V_j; m = m_new",
+    "F2:L9": "O_i = diag(l)^-1 O~; L_i = m + log(l); write O_i, L_i",
+    "G2:L0": "D = rowsum(dO * O)",
+    "G2:L2": "load K_j, V_j; dK~ = 0, dV~ = 0 on chip",
+    "G2:L3": "for i = 1..Tr (causal: only blocks with any unmasked entry)",
+    "G2:L4": "load Q_i, dO_i, L_i, D_i",
+    "G2:L5": "S = tau Q_i K_j^T (mask); P = exp(S - L_i)",
+    "G2:L6": "dV~ += P^T dO_i; dP = dO_i V_j^T; dS = P * (dP - D_i)",
+    "G2:L7": "dQ_i += tau dS K_j",
+    "G2:L8": "dK~ += tau dS^T Q_i",
+    "G2:L10": "write dK_j, dV_j",
+}
+
+
+def describe(label: str) -> str:
+    """'A1:L12' -> 'A1:L12 (O_i <- diag(l_new)^-1 (...))'."""
+    text = LINES.get(label)
+    return f"{label} ({text})" if text else label

@@ -1,0 +1,132 @@
+"""Input checks shared by the references and the kernel launchers.
+
+Every error names the argument, what was passed and what is allowed, so a student never meets an
+IndexError from deep inside a loop nest.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes of one attention call (layout (B, H, N, d), as PyTorch's SDPA)."""
+
+    B: int
+    H: int
+    Nq: int
+    Nk: int
+    d: int
+    scale: float  # tau, the softmax scale
+    causal: bool
+
+
+def _shape(x) -> tuple:
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise ValueError(f"expected an array, got {type(x).__name__}")
+    return tuple(int(s) for s in shape)
+
+
+def _is_float_dtype(dtype) -> bool:
+    try:
+        return np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:
+        return False
+
+
+def check_array(name: str, x, rank: int = 4, layout: str = "(B, H, N, d)") -> tuple:
+    """Check that `x` is a float array of the given rank; returns its shape."""
+    shape = _shape(x) if hasattr(x, "shape") else None
+    if shape is None:
+        raise ValueError(f"{name} must be an array of shape {layout}, got {type(x).__name__}")
+    if len(shape) != rank:
+        raise ValueError(f"{name} must have rank {rank}, layout {layout}; got shape {shape}")
+    if not _is_float_dtype(x.dtype):
+        raise ValueError(
+            f"{name} has dtype {x.dtype}; flashlab needs a floating dtype "
+            f"(float16, float32 or float64): cast it first, e.g. {name}.astype('float32')"
+        )
+    return shape
+
+
+def check_scale(softmax_scale, d: int) -> float:
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(d)
+    try:
+        tau = float(softmax_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"softmax_scale must be a real number or None, got {softmax_scale!r}") from None
+    if not math.isfinite(tau) or tau == 0.0:
+        raise ValueError(f"softmax_scale must be finite and non-zero, got {softmax_scale!r}")
+    return tau
+
+
+def check_qkv(q, k, v, causal=False, softmax_scale=None) -> Dims:
+    """Validate the forward inputs: q (B, H, Nq, d), k and v (B, H, Nk, d), one float dtype."""
+    sq = check_array("q", q)
+    sk = check_array("k", k)
+    sv = check_array("v", v)
+    B, H, Nq, d = sq
+    if B < 1 or H < 1:
+        raise ValueError(f"q has shape {sq}: batch B and heads H must be >= 1")
+    if Nq < 1:
+        raise ValueError(f"q has N = {Nq} queries (shape {sq}); need N >= 1")
+    if d < 1:
+        raise ValueError(f"head dim d = {d} (q shape {sq}); need d >= 1")
+    if sk[:2] != (B, H) or sv[:2] != (B, H):
+        raise ValueError(
+            f"q, k, v must share batch and heads (B, H): got q {sq}, k {sk}, v {sv}"
+        )
+    if sk[2] < 1:
+        raise ValueError(f"k has N = {sk[2]} keys (shape {sk}); need N >= 1")
+    if sk[2] != sv[2]:
+        raise ValueError(f"k and v must have the same number of keys: got k {sk}, v {sv}")
+    if sk[3] != d:
+        raise ValueError(f"k head dim {sk[3]} differs from q head dim {d} (q {sq}, k {sk})")
+    if sv[3] != d:
+        raise ValueError(
+            f"v head dim {sv[3]} differs from q head dim {d} (q {sq}, v {sv}); "
+            "flashlab needs one head dim for q, k and v"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"q, k, v must share one dtype: got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+        )
+    if not isinstance(causal, (bool, np.bool_)):
+        raise ValueError(f"causal must be True or False, got {causal!r}")
+    return Dims(B, H, Nq, sk[2], d, check_scale(softmax_scale, d), bool(causal))
+
+
+def check_like(name: str, x, shape: tuple, dtype, what: str) -> None:
+    """Check that an extra input (do, o, lse) has the shape and dtype the call implies."""
+    got = _shape(x)
+    if got != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({what}); got {got}")
+    if x.dtype != dtype:
+        raise ValueError(f"{name} has dtype {x.dtype}; expected {np.dtype(dtype)} to match q")
+
+
+def check_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None) -> Dims:
+    """Validate backward inputs: do and o like q, lse (B, H, Nq)."""
+    dims = check_qkv(q, k, v, causal, softmax_scale)
+    qshape = (dims.B, dims.H, dims.Nq, dims.d)
+    check_like("do", do, qshape, q.dtype, "the gradient of o, shaped like q")
+    check_like("o", o, qshape, q.dtype, "the forward output, shaped like q")
+    got = _shape(lse)
+    if got != qshape[:3]:
+        raise ValueError(f"lse must have shape {qshape[:3]} (B, H, Nq); got {got}")
+    if not _is_float_dtype(lse.dtype):
+        raise ValueError(f"lse has dtype {lse.dtype}; it must be floating")
+    return dims
+
+
+def check_block(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)

@@ -1,0 +1,145 @@
+"""F2 and G2: the FlashAttention-2 loop order, forward and backward.
+
+Step-through twin of kernels/fa2.cu. The forward puts the Q blocks outside (one thread block
+per (batch, head, i)), keeps O~, l and m on chip for the whole row block and writes O_i and the
+logsumexp L_i once. The backward gives each thread block one K/V block j; dQ_i collects the
+contributions of every j (atomic adds on the GPU). Under the causal mask both skip the tiles
+that hold no unmasked entry (F2:L3, G2:L3).
+
+Every tile below is shaped (B, H, rows[, cols]): one step does tile (i, j) for all heads at once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..checks import check_backward, check_qkv
+from .tiles import (Step, causal_visits, ceil_div, counter_for, resolve_blocks, rows, run, safe,
+                    scores)
+
+
+def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, sram=None,
+                      counter=None):
+    """F2:L1-L9 as a generator of Steps; returns (o, lse)."""
+    dims = check_qkv(q, k, v, causal, softmax_scale)
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    Br, Bc = resolve_blocks(d, Br, Bc, sram)
+    mem = counter_for(counter, q.dtype)
+    tau = q.dtype.type(dims.scale)
+
+    O = np.empty((B, H, Nq, d), q.dtype)  # (B, H, Nq, d) in HBM, written once per row block
+    L = np.empty((B, H, Nq), q.dtype)  # (B, H, Nq)
+    Tr, Tc = ceil_div(Nq, Br), ceil_div(Nk, Bc)
+    for i in range(Tr):  # F2:L1  (a thread block each, in parallel)
+        r = rows(i, Br, Nq)
+        br = r.stop - r.start
+        Q_i = q[:, :, r]  # F2:L2  (B, H, br, d)
+        mem.read("Q", Q_i.size)
+        O_t = np.zeros((B, H, br, d), q.dtype)  # O~ (B, H, br, d), on chip
+        l_i = np.zeros((B, H, br), q.dtype)  # (B, H, br)
+        m_i = np.full((B, H, br), -np.inf, q.dtype)  # (B, H, br)
+        for name, n in (("Q_i", br * d), ("O~", br * d), ("l", br), ("m", br)):
+            mem.hold(name, n)
+        seq = 0
+        for j in range(Tc):  # F2:L3
+            if dims.causal and not causal_visits(i, Br, Nq, j, Bc):
+                break  # every later tile lies wholly above the diagonal too
+            c = rows(j, Bc, Nk)
+            bc = c.stop - c.start
+            K_j, V_j = k[:, :, c], v[:, :, c]  # F2:L4  (B, H, bc, d)
+            mem.read("K", K_j.size); mem.read("V", V_j.size)
+            for name, n in (("K_j", bc * d), ("V_j", bc * d), ("S", br * bc), ("m_new", br)):
+                mem.hold(name, n)
+            S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # F2:L5  (B, H, br, bc)
+            m_new = np.maximum(m_i, S_ij.max(axis=-1))  # F2:L6  (B, H, br)
+            P_t = np.exp(S_ij - safe(m_new)[..., None])  # P~ (B, H, br, bc)
+            alpha = np.exp(m_i - safe(m_new))  # e^(m - m_new)
+            l_i = alpha * l_i + P_t.sum(axis=-1)
+            O_t = alpha[..., None] * O_t + P_t @ V_j  # F2:L7  (B, H, br, d)
+            m_i = m_new
+            mem.drop("K_j", "V_j", "S", "m_new")
+            yield Step("F2", i, j, seq, "F2:L7", {
+                "S_ij": S_ij, "m_new": m_new, "P_tilde_ij": P_t, "l_i": l_i, "O_tilde_i": O_t},
+                blocks=(Nq, Nk, Br, Bc))
+            seq += 1
+        O[:, :, r] = O_t / l_i[..., None]  # F2:L9
+        L[:, :, r] = safe(m_i) + np.log(l_i)
+        mem.write("O", br * d * B * H); mem.write("L", br * B * H)
+        mem.drop("Q_i", "O~", "l", "m")
+    return O, L
+
+
+def fa2_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, sram=None,
+                counter=None):
+    """FlashAttention-2 forward run to the end. Returns (o (B, H, Nq, d), lse (B, H, Nq))."""
+    return run(fa2_forward_steps(q, k, v, causal, softmax_scale, Br, Bc, sram, counter))
+
+
+def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
+                       sram=None, counter=None):
+    """G2:L0-L10 as a generator of Steps; returns (dq, dk, dv).
+
+    Each step records dQ_ij = tau dS K_j, the contribution this (i, j) adds to dQ_i (G2:L7): on
+    the GPU several thread blocks add into dQ_i in no fixed order, but each contribution is fixed.
+    """
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    Br, Bc = resolve_blocks(d, Br, Bc, sram)
+    mem = counter_for(counter, q.dtype)
+    tau = q.dtype.type(dims.scale)
+    lse = lse.astype(q.dtype, copy=False)
+
+    D = (do * o).sum(axis=-1)  # G2:L0  (B, H, Nq), the pre-pass kernel
+    mem.read("dO", do.size); mem.read("O", o.size); mem.write("D", D.size)
+    dQ = np.zeros((B, H, Nq, d), q.dtype)  # fp32 accumulator in HBM
+    mem.write("dQ", dQ.size)
+    dK = np.empty((B, H, Nk, d), q.dtype)
+    dV = np.empty((B, H, Nk, d), q.dtype)
+    Tr, Tc = ceil_div(Nq, Br), ceil_div(Nk, Bc)
+    for j in range(Tc):  # G2:L1  (a thread block each, in parallel)
+        c = rows(j, Bc, Nk)
+        bc = c.stop - c.start
+        K_j, V_j = k[:, :, c], v[:, :, c]  # G2:L2  (B, H, bc, d)
+        mem.read("K", K_j.size); mem.read("V", V_j.size)
+        dK_t = np.zeros_like(K_j)  # dK~ (B, H, bc, d), on chip
+        dV_t = np.zeros_like(V_j)  # dV~ (B, H, bc, d), on chip
+        for name in ("K_j", "V_j", "dK~", "dV~"):
+            mem.hold(name, bc * d)
+        seq = 0
+        for i in range(Tr):  # G2:L3
+            if dims.causal and not causal_visits(i, Br, Nq, j, Bc):
+                continue  # the first rows lie wholly above the diagonal: skip to the first visible
+            r = rows(i, Br, Nq)
+            br = r.stop - r.start
+            Q_i, dO_i = q[:, :, r], do[:, :, r]  # G2:L4  (B, H, br, d)
+            L_i, D_i = lse[:, :, r], D[:, :, r]  # (B, H, br)
+            for name, x in (("Q", Q_i), ("dO", dO_i), ("L", L_i), ("D", D_i)):
+                mem.read(name, x.size)
+            for name, n in (("Q_i", br * d), ("dO_i", br * d), ("L_i", br), ("D_i", br),
+                            ("S/P", br * bc), ("dP/dS", br * bc)):
+                mem.hold(name, n)
+            S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # G2:L5  (B, H, br, bc)
+            P_ij = np.exp(S_ij - L_i[..., None])
+            dV_t = dV_t + np.swapaxes(P_ij, -1, -2) @ dO_i  # G2:L6  (B, H, bc, d)
+            dP_ij = dO_i @ np.swapaxes(V_j, -1, -2)  # (B, H, br, bc)
+            dS_ij = P_ij * (dP_ij - D_i[..., None])
+            dQ_ij = tau * (dS_ij @ K_j)  # G2:L7  (B, H, br, d)
+            dQ[:, :, r] += dQ_ij
+            mem.read("dQ", dQ_ij.size); mem.write("dQ", dQ_ij.size)  # atomic read-modify-write
+            dK_t = dK_t + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # G2:L8  (B, H, bc, d)
+            mem.drop("Q_i", "dO_i", "L_i", "D_i", "S/P", "dP/dS")
+            yield Step("G2", i, j, seq, "G2:L8", {
+                "S_ij": S_ij, "P_ij": P_ij, "dP_ij": dP_ij, "D_i": D_i, "dS_ij": dS_ij,
+                "dQ_ij": dQ_ij, "dK_tilde_j": dK_t.copy(), "dV_tilde_j": dV_t.copy()},
+                blocks=(Nq, Nk, Br, Bc))
+            seq += 1
+        dK[:, :, c] = dK_t; dV[:, :, c] = dV_t  # G2:L10
+        mem.write("dK", dK_t.size); mem.write("dV", dV_t.size)
+        mem.drop("K_j", "V_j", "dK~", "dV~")
+    return dQ, dK, dV
+
+
+def fa2_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
+                 sram=None, counter=None):
+    """FlashAttention-2 backward run to the end. Returns (dq, dk, dv)."""
+    return run(fa2_backward_steps(do, q, k, v, o, lse, causal, softmax_scale, Br, Bc, sram,
+                                  counter))
