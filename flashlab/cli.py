@@ -48,6 +48,80 @@ def _cmd_io(args) -> int:
     return 0
 
 
+def _progress(msg):
+    if sys.stderr.isatty():
+        print(f"\r\033[K  running {msg} ...", end="", file=sys.stderr, flush=True)
+
+
+def _print_report(report, args):
+    from . import bench
+
+    for key, value in report.header.items():
+        print(f"{key}: {value}")
+    mode = f"d = {args.head_dim}, {'causal' if args.causal else 'non-causal'}, float32"
+    print(f"{mode}; TFLOP/s: forward 4 B H N^2 d (halved when causal), backward 2.5x forward")
+    print(tabulate([r.table() for r in report.rows], headers=bench.HEADERS, disable_numparse=True))
+    for note in report.notes:
+        print(f"note: {note}")
+
+
+def _cmd_bench(args) -> int:
+    import json
+
+    from . import bench
+    from .cuda_kernel_ops import KERNELS, gpu_available
+
+    if args.dtype != "float32":
+        raise UsageError(f"flashlab bench: --dtype {args.dtype}: the kernels here take float32 "
+                         "(the tensor-core fp16/bf16 kernels are not written yet)")
+    unknown = [k for k in args.kernels if k not in KERNELS]
+    if unknown:
+        raise UsageError(f"flashlab bench: --kernels {','.join(unknown)}: choose from {','.join(KERNELS)}")
+    compare = []
+    for c in args.compare:
+        if c != "torch":
+            raise UsageError(f"flashlab bench: --compare {c}: only 'torch' is known")
+        compare = ["torch-math", "torch-efficient", "torch-flash", "torch-cudnn"]
+    if gpu_available():
+        seqs = args.seq or [512, 1024, 2048, 4096, 8192, 16384]
+        if compare:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                print("note: --compare torch: torch is not importable here; comparing nothing")
+        report = bench.gpu_bench(seqs, args.kernels, args.head_dim, args.causal, args.backward,
+                                 args.batch, args.heads, args.tokens, repeat=args.repeat,
+                                 compare=compare, progress=_progress)
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)
+        _print_report(report, args)
+    else:
+        print("No CUDA device found (or CuPy is not installed): timing the NumPy step-throughs at "
+              "small sizes instead. On a GPU machine: pip install -e '.[cuda13]' and run again.")
+        seqs = args.seq or [128, 256, 512]
+        report = bench.cpu_bench(seqs, args.head_dim, args.causal, args.backward,
+                                 repeat=min(args.repeat, 3))
+        _print_report(report, args)
+        print()
+        print("HBM traffic the GPU versions of these algorithms would make, per head "
+              f"(M = {hbm.DEFAULT_SRAM} floats):")
+        print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
+                       floatfmt=".3g"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.as_dict(), f, indent=1, default=str)
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(report.rows[0].__dataclass_fields__) if report.rows else [])
+            for r in report.rows:
+                w.writerow(list(vars(r).values()))
+    wrong = [r for r in report.rows if r.check.startswith("WRONG")]
+    return 1 if wrong else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flashlab", description="Learn FlashAttention by running it.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,6 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--itemsize", type=int, default=4, choices=(2, 4, 8),
                     help="bytes per element (default 4, fp32)")
     io.set_defaults(func=_cmd_io)
+
+    b = sub.add_parser(
+        "bench", help="speedup table: every kernel against standard attention (GPU; CPU fallback)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  flashlab bench\n  flashlab bench --seq 1k,4k --head-dim 128 --causal "
+               "--backward --compare torch --json out.json\n")
+    b.add_argument("--seq", type=_int_list, default=None,
+                   help="sequence lengths (GPU default 512..16k; CPU default 128,256,512)")
+    b.add_argument("--batch", type=int, default=None, help="batch B (default tokens / N)")
+    b.add_argument("--heads", type=int, default=None, help="heads H (default 2048 / d)")
+    b.add_argument("--tokens", type=int, default=16384, help="B * N when --batch is not given")
+    b.add_argument("--head-dim", type=int, default=64, help="head dim d (default 64)")
+    b.add_argument("--dtype", default="float32", help="float32 (the only dtype so far)")
+    b.add_argument("--causal", action="store_true")
+    b.add_argument("--backward", action="store_true", help="time the backward pass too")
+    b.add_argument("--kernels", type=lambda t: t.split(","), default=["naive", "fa1", "fa2"],
+                   help="comma-separated (default naive,fa1,fa2)")
+    b.add_argument("--compare", action="append", default=[], metavar="torch",
+                   help="also time torch's scaled_dot_product_attention backends")
+    b.add_argument("--repeat", type=int, default=10, help="timed calls per entry (median)")
+    b.add_argument("--json", metavar="FILE", help="write the table and header as JSON")
+    b.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

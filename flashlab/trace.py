@@ -220,3 +220,48 @@ def compare(expected: Trace, actual: Trace, rtol: float = 1e-5, atol: float = 1e
                           detail=f"this step ran (batch {b}, head {h}) but the reference skips it: "
                                  "under the causal mask the tile holds no unmasked entry")
     return None
+
+
+STEP_THROUGH = {  # kernel -> (forward algorithm, backward algorithm)
+    "fa1": ("A1", "B1"),
+    "fa2": ("F2", "G2"),
+}
+
+
+def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=None, d=64,
+                 causal=False, softmax_scale=None, seed=0, bug=None, rtol=1e-3, atol=1e-4):
+    """Run `kernel` in trace mode on random inputs and compare it with its step-through.
+
+    Returns (divergence or None, kernel trace, reference trace). Needs a GPU with CuPy; the
+    reference runs in float64 on the same (float32) inputs with the kernel's own Br and Bc.
+    """
+    import cupy as cp
+
+    from . import cuda_kernel_ops as ops
+    from . import reference as ref
+
+    if kernel not in STEP_THROUGH:
+        raise ValueError(f"kernel must be one of {sorted(STEP_THROUGH)} to trace, got {kernel!r}")
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    Nk = Nq if Nk is None else Nk
+    rng = np.random.default_rng(seed)
+    q, k, v, do = (rng.standard_normal(s).astype(np.float32)
+                   for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)))
+    gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
+    q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
+    if direction == "forward":
+        _, _, actual = ops.forward(kernel, gq, gk, gv, causal, softmax_scale, trace=True, bug=bug)
+        steps = (ref.fa1_forward_steps if kernel == "fa1" else ref.fa2_forward_steps)(
+            q64, k64, v64, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc)
+    else:
+        o, lse = ops.forward(kernel, gq, gk, gv, causal, softmax_scale)
+        _, _, _, actual = ops.backward(kernel, gdo, gq, gk, gv, o, lse, causal, softmax_scale,
+                                       trace=True, bug=bug)
+        o64, lse64 = o.get().astype(np.float64), lse.get().astype(np.float64)
+        steps = (ref.fa1_backward_steps if kernel == "fa1" else ref.fa2_backward_steps)(
+            do64, q64, k64, v64, o64, lse64, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc)
+    expected, _ = record(steps)
+    if bug is not None:
+        actual.label = f"{kernel} {direction} with bug {bug!r}"
+    return compare(expected, actual, rtol=rtol, atol=atol), actual, expected

