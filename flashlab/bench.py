@@ -23,7 +23,8 @@ import numpy as np
 from . import hbm
 from . import reference as ref
 
-FA1_MAX_SEQ = 4096  # fa1 has B*H thread blocks only; past this it takes seconds per call
+FA1_MAX_SEQ = 4096
+TORCH_NO_FP32 = ("torch-flash", "torch-cudnn")  # fa1 has B*H thread blocks only; past this it takes seconds per call
 
 
 def attention_flops(B, H, Nq, Nk, d, causal, direction) -> float:
@@ -148,17 +149,28 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
     directions = ["forward"] + (["backward"] if backward else [])
     out_of_memory = set()
     torch_fns = _torch_backends(compare) if compare else {}
+    if compare and not torch_fns:
+        report.notes.append("--compare torch: torch is not importable here")
+    for name in [n for n in compare if n in torch_fns and n in TORCH_NO_FP32]:
+        torch_fns.pop(name)
+        report.notes.append(f"{name} is not run: that SDPA backend takes fp16/bf16 only")
+
+    def release():
+        pool.free_all_blocks()
+        if torch_fns:
+            import torch
+
+            torch.cuda.empty_cache()
     for N in seqs:
         B = batch or max(1, tokens // N)
         H = heads or max(1, hidden // d)
         tau = 1.0 / math.sqrt(d)
-        pool.free_all_blocks()
+        release()
         set_bytes = 4 * B * H * N * d * 4
         n_sets = max(1, min(8, math.ceil(2 * l2 / set_bytes)))
         rng = cp.random.default_rng(N)
         sets = [[rng.standard_normal((B, H, N, d), dtype=cp.float32) for _ in range(4)]
                 for _ in range(n_sets)]
-        base = pool.used_bytes()
         naive_ms = {}
         for name in list(kernels) + list(torch_fns):
             for direction in directions:
@@ -174,24 +186,26 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                     continue
                 try:
                     prepare, fn, peak = _backend(name, direction, causal, torch_fns, ops)
-                    pool.free_all_blocks()
+                    release()
                     states = [prepare(*x) for x in sets]  # forward outputs / autograd graphs
                     err = _check(fn(states[0]), sets[0], causal, tau, direction)
                     if not err <= tol:
                         row.check = f"WRONG (err {err:.1e} > {tol:.0e}); not timed"
                         continue
                     row.check = f"ok (err {err:.0e})"
-                    peak(reset=True)
+                    pool.free_all_blocks()  # what stays is live: inputs, states
                     mark = pool.total_bytes()
+                    peak(reset=True)
                     row.ms = time_gpu(fn, states, repeat=repeat)
-                    row.extra_mb = (peak() + max(pool.total_bytes(), mark) - base) / 1e6
+                    # CuPy keeps freed blocks, so its total is the high-water mark of the calls
+                    row.extra_mb = (pool.total_bytes() - mark + peak()) / 1e6
                     del states
                 except (MemoryError, cp.cuda.memory.OutOfMemoryError) as e:
                     row.check = "out of memory"
                     out_of_memory.add(name)
                     report.notes.append(f"{name} ran out of memory at N={N} ({type(e).__name__}); "
                                         "larger N skipped for it")
-                    pool.free_all_blocks()
+                    release()
                     continue
                 except Exception as e:  # torch backend refusing a shape, etc.
                     if "out of memory" in str(e).lower():
@@ -199,7 +213,7 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                         row.check = "out of memory"
                     else:
                         row.check = f"error: {str(e).splitlines()[0][:60]}"
-                    pool.free_all_blocks()
+                    release()
                     continue
                 row.tflops = attention_flops(B, H, N, N, d, causal, direction) / (row.ms * 1e-3) / 1e12
                 if name == "naive":
@@ -208,7 +222,7 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
             if row.N == N and row.direction in naive_ms and not math.isnan(row.ms):
                 row.speedup = naive_ms[row.direction] / row.ms
         del sets
-        pool.free_all_blocks()
+        release()
     return report
 
 

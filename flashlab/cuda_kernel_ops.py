@@ -328,8 +328,8 @@ def fa1_blocks(d: int, smem_bytes: int, direction: str) -> tuple[int, int]:
 def fa2_smem_floats(BR: int, BC: int, D: int, direction: str) -> int:
     PP = BC + 16 // (BR // 16)
     if direction == "forward":
-        return BR * (D + 1) + BC * (D + 1) + BC * D + BR * PP
-    return 2 * BC * (D + 1) + 2 * BR * (D + 1) + 2 * BR * PP + 2 * BR
+        return BR * (D + 4) + BC * (D + 4) + BC * D + BR * PP
+    return 2 * BC * (D + 4) + 2 * BR * (D + 4) + 2 * BR * PP + 2 * BR
 
 
 def fa2_blocks(d: int, smem_bytes: int, direction: str) -> tuple[int, int]:

@@ -9,10 +9,11 @@
  *            ty*RM .. ty*RM+RM-1 and columns tx, tx+16, ... of every tile. Templates
  *            <D, BR, BC>: head dim and tile sizes are compile-time (D a multiple of 16; BR, BC
  *            in {16, 32, 64}); the launcher picks the largest tiles the opt-in shared memory allows.
- * Shared:    forward  BR(D+1) + BC(D+1) + BC D + BR(BC + 16/RM) floats   (64 KB at D=64, 64x64)
- *            backward 2 BC(D+1) + 2 BR(D+1) + 2 BR(BC + 16/RM) + 2 BR floats
- *            Pitches: D+1 for Q, K (a warp reads one column of 16 rows: 16 banks), BC + 16/RM
- *            for P so the two half-warps' rows land 16 banks apart.
+ * Shared:    forward  BR(D+4) + BC(D+4) + BC D + BR(BC + 16/RM) floats   (66 KB at D=64, 64x64)
+ *            backward 2 BC(D+4) + 2 BR(D+4) + 2 BR(BC + 16/RM) + 2 BR floats
+ *            Pitches: D+4 for Q, K (and V, dO backward): the S = Q K^T loops read 16 bytes of a
+ *            row at a time, and the 8 rows a quarter-warp reads land in 8 different groups of
+ *            4 banks; BC + 16/RM for P so the two half-warps' rows land 16 banks apart.
  * Limits:    fp32 SIMT only (no tensor cores: that is the tc kernel's job); D in 16..256.
  * Slow where: loads are synchronous (no cp.async double buffering), two shared loads per two
  *            FMAs in the inner loops, and dQ is accumulated with fp32 atomics (G2:L7).
@@ -37,6 +38,13 @@ __device__ __forceinline__ float row_sum16(float v) {
     return v;
 }
 
+__device__ __forceinline__ float4 ld4(const float* p) {
+    return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
 /* rows [row0, row0 + R) of a (N, D) matrix into shared memory with pitch P; rows past N are 0 */
 template <int D, int R, int P>
 __device__ __forceinline__ void load_rows(float* dst, const float* src, int row0, int N) {
@@ -45,17 +53,17 @@ __device__ __forceinline__ void load_rows(float* dst, const float* src, int row0
         const int r = e / V4, x = (e % V4) * 4;
         float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
         if (row0 + r < N) v = *reinterpret_cast<const float4*>(src + (size_t)(row0 + r) * D + x);
-        dst[r * P + x] = v.x; dst[r * P + x + 1] = v.y; dst[r * P + x + 2] = v.z; dst[r * P + x + 3] = v.w;
+        *reinterpret_cast<float4*>(dst + r * P + x) = v;  // P and x are multiples of 4
     }
 }
 
 template <int D, int BR, int BC>
-__global__ void __launch_bounds__(FA2_THREADS)
+__global__ void __launch_bounds__(FA2_THREADS, D <= 64 ? 3 : 1)  // 3 blocks/SM fit 66 KB each
 fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const float* __restrict__ V,
             float* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
             float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
     constexpr int RM = BR / 16, CN = BC / 16, XN = D / 16;
-    constexpr int QP = D + 1, PP = BC + 16 / RM;
+    constexpr int QP = D + 4, PP = BC + 16 / RM;
     extern __shared__ float smem[];
     float* Q_i = smem;               // (BR, D) pitch QP
     float* K_j = Q_i + BR * QP;      // (BC, D) pitch QP
@@ -91,17 +99,17 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
         for (int a = 0; a < RM; ++a)
 #pragma unroll
             for (int b = 0; b < CN; ++b) s[a][b] = 0.0f;
-#pragma unroll 8
-        for (int x = 0; x < D; ++x) {
-            float qa[RM], kb[CN];
+#pragma unroll 4
+        for (int x = 0; x < D; x += 4) {  // 16-byte loads: 4 columns of d at a time
+            float4 qa[RM], kb[CN];
 #pragma unroll
-            for (int a = 0; a < RM; ++a) qa[a] = Q_i[(ty * RM + a) * QP + x];
+            for (int a = 0; a < RM; ++a) qa[a] = ld4(Q_i + (ty * RM + a) * QP + x);
 #pragma unroll
-            for (int b = 0; b < CN; ++b) kb[b] = K_j[(tx + 16 * b) * QP + x];
+            for (int b = 0; b < CN; ++b) kb[b] = ld4(K_j + (tx + 16 * b) * QP + x);
 #pragma unroll
             for (int a = 0; a < RM; ++a)
 #pragma unroll
-                for (int b = 0; b < CN; ++b) s[a][b] += qa[a] * kb[b];
+                for (int b = 0; b < CN; ++b) s[a][b] += dot4(qa[a], kb[b]);
         }
 #pragma unroll
         for (int a = 0; a < RM; ++a) {                               // F2:L6
@@ -192,7 +200,7 @@ fa2_backward(const float* __restrict__ Q, const float* __restrict__ K, const flo
              int Nq, int Nk, float tau, int causal,
              float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
     constexpr int RM = BR / 16, CN = BC / 16, CM = BC / 16, XN = D / 16;
-    constexpr int QP = D + 1, PP = BC + 16 / RM;
+    constexpr int QP = D + 4, PP = BC + 16 / RM;
     extern __shared__ float smem[];
     float* K_j = smem;               // (BC, D) pitch QP
     float* V_j = K_j + BC * QP;      // (BC, D) pitch QP
@@ -238,17 +246,17 @@ fa2_backward(const float* __restrict__ Q, const float* __restrict__ K, const flo
         for (int a = 0; a < RM; ++a)
 #pragma unroll
             for (int b = 0; b < CN; ++b) { s[a][b] = 0.0f; dp[a][b] = 0.0f; }
-#pragma unroll 4
-        for (int x = 0; x < D; ++x) {
-            float qa[RM], da[RM], kb[CN], vb[CN];
+#pragma unroll 2
+        for (int x = 0; x < D; x += 4) {  // 16-byte loads: 4 columns of d at a time
+            float4 qa[RM], da[RM], kb[CN], vb[CN];
 #pragma unroll
-            for (int a = 0; a < RM; ++a) { qa[a] = Q_i[(ty * RM + a) * QP + x]; da[a] = dO_i[(ty * RM + a) * QP + x]; }
+            for (int a = 0; a < RM; ++a) { qa[a] = ld4(Q_i + (ty * RM + a) * QP + x); da[a] = ld4(dO_i + (ty * RM + a) * QP + x); }
 #pragma unroll
-            for (int b = 0; b < CN; ++b) { kb[b] = K_j[(tx + 16 * b) * QP + x]; vb[b] = V_j[(tx + 16 * b) * QP + x]; }
+            for (int b = 0; b < CN; ++b) { kb[b] = ld4(K_j + (tx + 16 * b) * QP + x); vb[b] = ld4(V_j + (tx + 16 * b) * QP + x); }
 #pragma unroll
             for (int a = 0; a < RM; ++a)
 #pragma unroll
-                for (int b = 0; b < CN; ++b) { s[a][b] += qa[a] * kb[b]; dp[a][b] += da[a] * vb[b]; }
+                for (int b = 0; b < CN; ++b) { s[a][b] += dot4(qa[a], kb[b]); dp[a][b] += dot4(da[a], vb[b]); }
         }
 #pragma unroll
         for (int a = 0; a < RM; ++a) {

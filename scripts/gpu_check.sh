@@ -31,7 +31,8 @@ fi
 
 if [[ $what == all || $what == bench ]]; then
   echo "== benchmark"
-  python3 -m flashlab bench "$@" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+  tag=${BENCH_TAG:-bench}
+  python3 -m flashlab bench "$@" --json "$OUT/$tag.json" 2>&1 | tee "$OUT/$tag.txt"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 exit $status
