@@ -107,6 +107,11 @@ def _cmd_bench(args) -> int:
               f"(M = {hbm.DEFAULT_SRAM} floats):")
         print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
                        floatfmt=".3g"))
+    if args.plot:
+        from .viz import bench_plot
+
+        bench_plot(report, args.plot)
+        print(f"plot written to {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.as_dict(), f, indent=1, default=str)
@@ -122,10 +127,129 @@ def _cmd_bench(args) -> int:
     return 1 if wrong else 0
 
 
+def _bug_names():
+    from .cuda_kernel_ops import BUGS
+
+    return sorted(BUGS)
+
+
+def _trace_args(p, kernel=True):
+    if kernel:
+        p.add_argument("--kernel", default="fa1", choices=("fa1", "fa2"))
+    p.add_argument("--seq", type=int, default=256, help="N queries (default 256)")
+    p.add_argument("--seq-k", type=int, default=None, help="N keys (default: --seq)")
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--backward", action="store_true", help="trace the backward pass (B1 / G2)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _need_gpu(command):
+    from .cuda_kernel_ops import gpu_available
+
+    if not gpu_available():
+        raise EnvironmentError(f"flashlab {command} runs a CUDA kernel and no CUDA device was found "
+                               "(or CuPy is not installed). On CPU, flashlab.trace.record() traces "
+                               "the step-through references.")
+
+
+def _run_trace(args, kernel, bug=None, source=None) -> int:
+    from . import trace
+
+    direction = "backward" if args.backward else "forward"
+    div, actual, _ = trace.check_kernel(kernel, direction, B=args.batch, H=args.heads, Nq=args.seq,
+                                        Nk=args.seq_k, d=args.head_dim, causal=args.causal,
+                                        seed=args.seed, bug=bug, source=source)
+    steps = int((actual.seq >= 0).sum())
+    print(f"{actual.label}: {steps} tile steps (Br = {actual.Br}, Bc = {actual.Bc}, "
+          f"{actual.B} x {actual.H} heads) compared with the float64 step-through")
+    if div is None:
+        print("all steps match")
+        return 0
+    print(div)
+    return 1
+
+
+def _cmd_trace(args) -> int:
+    _need_gpu("trace")
+    if args.inject_bug is not None:
+        from .cuda_kernel_ops import BUGS
+
+        if args.inject_bug not in BUGS:
+            raise UsageError(f"flashlab trace: --inject-bug {args.inject_bug}: choose from "
+                             f"{', '.join(sorted(BUGS))}")
+        b = BUGS[args.inject_bug]
+        if (b.kernel, b.direction) != (args.kernel, "backward" if args.backward else "forward"):
+            raise UsageError(f"flashlab trace: bug {b.name} is planted in the {b.kernel} {b.direction} "
+                             f"pass: add --kernel {b.kernel}" + (" --backward" if b.direction == "backward" else ""))
+        print(f"planted bug {b.name} ({b.line}): {b.question}")
+    return _run_trace(args, args.kernel, bug=args.inject_bug)
+
+
+def _cmd_check(args) -> int:
+    from .cuda_kernel_ops import gpu_available, nvrtc_compile
+
+    if not gpu_available():
+        log = nvrtc_compile(args.algorithm, "sm_80", source=args.file)
+        print(f"{args.file} compiles with NVRTC for sm_80" + (f":\n{log}" if log else "."))
+        print("No CUDA device found: the tile-by-tile check needs a GPU.")
+        return 0
+    return _run_trace(args, args.algorithm, source=args.file)
+
+
+def _cmd_info(args) -> int:
+    import os
+    import platform
+
+    import numpy
+
+    from . import __version__
+    from . import cuda_kernel_ops as ops
+
+    print(f"flashlab {__version__}, Python {platform.python_version()}, NumPy {numpy.__version__}")
+    print(f"kernel sources: {ops.kernel_dir()}")
+    try:
+        import cupy as cp
+    except ImportError:
+        print("CuPy: not installed (pip install -e '.[cuda13]'); NumPy inputs run the references")
+        print("kernels that run here: none")
+        return 0
+    print(f"CuPy {cp.__version__}; kernel cache: "
+          f"{os.environ.get('CUPY_CACHE_DIR', os.path.expanduser('~/.cupy/kernel_cache'))}")
+    if not ops.gpu_available():
+        print("CUDA device: none found; kernels that run here: none")
+        return 0
+    try:
+        print(f"NVRTC {'.'.join(map(str, cp.cuda.nvrtc.getVersion()))}")
+    except Exception as e:  # pragma: no cover
+        print(f"NVRTC: not found ({e})")
+    dev = cp.cuda.Device()
+    lim = ops.device_limits(dev.id)
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    print(f"device {dev.id}: {name}, compute capability {lim['compute_capability']}, "
+          f"{lim['sm_count']} SMs, shared memory per block {lim['smem_default'] // 1024} KB "
+          f"(opt-in {lim['smem_optin'] // 1024} KB)")
+    rows = []
+    for kernel in ops.KERNELS:
+        for d in (64, 128):
+            for direction in ("forward", "backward"):
+                p = ops.plan(kernel, d, direction, lim["smem_optin"])
+                rows.append([kernel, d, direction, p["Br"] or "-", p["Bc"] or "-",
+                             f"{p['smem'] / 1024:.0f} KB" if p["smem"] else "static"])
+    print("kernels that run here: " + ", ".join(ops.available_kernels()) +
+          f"; fa2 head dims {', '.join(map(str, ops.FA2_HEAD_DIMS))}, fa1 any d <= {ops.FA1_MAX_HEAD_DIM}")
+    print(tabulate(rows, headers=["kernel", "d", "pass", "Br", "Bc", "shared memory"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flashlab", description="Learn FlashAttention by running it.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="examples:\n  flashlab io --seq 1k,4k,16k --head-dim 64\n")
+                epilog="examples:\n  flashlab bench\n  flashlab io --seq 1k,4k,16k --head-dim 64\n"
+                       "  flashlab trace --kernel fa1 --inject-bug no-rescale --seq 600\n  flashlab info\n")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     io = sub.add_parser(
@@ -163,7 +287,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=10, help="timed calls per entry (median)")
     b.add_argument("--json", metavar="FILE", help="write the table and header as JSON")
     b.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
+    b.add_argument("--plot", metavar="FILE.png", help="speedup and memory against N (matplotlib)")
     b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser(
+        "trace", help="run a kernel in trace mode and compare it with its step-through (GPU)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  flashlab trace --kernel fa1 --seq 256 --head-dim 64\n"
+               "  flashlab trace --kernel fa1 --seq 600 --inject-bug no-rescale\n"
+               "planted bugs: " + ", ".join(_bug_names()) + "\n")
+    _trace_args(t)
+    t.add_argument("--inject-bug", metavar="NAME", default=None,
+                   help="plant a known bug in the kernel source first")
+    t.set_defaults(func=_cmd_trace)
+
+    c = sub.add_parser(
+        "check", help="compile your own kernel source and check it tile by tile (GPU)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  flashlab check my_fa1.cu --algorithm fa1 --seq 300 --causal\n"
+               "The file must define the kernels of kernels/<algorithm>.cu with the same\n"
+               "signatures (it may #include \"common.cuh\").\n")
+    c.add_argument("file", help="a .cu file")
+    c.add_argument("--algorithm", required=True, choices=("fa1", "fa2"),
+                   help="whose launch contract and step-through to use")
+    _trace_args(c, kernel=False)
+    c.set_defaults(func=_cmd_check)
+
+    i = sub.add_parser("info", help="device, shared memory, versions, kernel cache, kernels here",
+                       epilog="example:\n  flashlab info\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.set_defaults(func=_cmd_info)
     return p
 
 
@@ -183,6 +336,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (EnvironmentError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -121,9 +121,18 @@ BUGS = {b.name: b for b in [
 ]}
 
 
-def kernel_source(kernel: str, bug: str | None = None) -> str:
-    path = kernel_dir() / f"{kernel}.cu"
+def kernel_source(kernel: str, bug: str | None = None, path: Path | None = None) -> str:
+    """The source to compile for `kernel`: ours, a planted-bug variant, or a user's file at `path`
+    (flashlab check), which must define the same kernels with the same signatures as ours."""
+    user = path is not None
+    path = Path(path) if user else kernel_dir() / f"{kernel}.cu"
+    if user and not path.is_file():
+        raise ValueError(f"kernel source {path} does not exist")
     src = expand_includes(path)
+    if user and not (path.parent / "common.cuh").exists() and "common.cuh" in src:
+        # a student's file next to nothing: inline our header for it
+        src = _INCLUDE.sub(lambda m: expand_includes(kernel_dir() / m.group(1))
+                           if m.group(1) == "common.cuh" else m.group(0), src)
     if bug is not None:
         b = BUGS.get(bug)
         if b is None:
@@ -153,7 +162,7 @@ def instantiations(kernel: str) -> tuple:
 
 
 def nvrtc_compile(kernel: str, arch: str, trace: bool = False, bug: str | None = None,
-                  name_expressions: tuple | None = None) -> str:
+                  name_expressions: tuple | None = None, source=None) -> str:
     """Compile kernels/<kernel>.cu to PTX with NVRTC for `arch` (e.g. "sm_75"); no GPU needed.
 
     Uses the cuda-bindings package (pip install -e '.[nvrtc]'). Returns the compiler log;
@@ -161,7 +170,7 @@ def nvrtc_compile(kernel: str, arch: str, trace: bool = False, bug: str | None =
     """
     from cuda.bindings import nvrtc
 
-    src = kernel_source(kernel, bug).encode()
+    src = kernel_source(kernel, bug, source).encode()
     names = instantiations(kernel) if name_expressions is None else name_expressions
     err, prog = nvrtc.nvrtcCreateProgram(src, f"{kernel}.cu".encode(), 0, [], [])
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -227,20 +236,25 @@ def device_limits(device_id: int) -> dict:
 _modules: dict = {}
 
 
-def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), bug=None):
-    """The compiled cupy.RawModule for kernels/<kernel>.cu (cached per process and on disk)."""
-    key = (kernel, trace, name_expressions, bug)
+def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), bug=None,
+               source=None):
+    """The compiled cupy.RawModule for kernels/<kernel>.cu (cached per process and on disk).
+
+    source: a path to compile instead of ours (flashlab check); cached by its text.
+    """
+    src = kernel_source(kernel, bug, source)
+    key = (kernel, trace, name_expressions, bug, hashlib.sha256(src.encode()).hexdigest())
     mod = _modules.get(key)
     if mod is None:
         cp = _cupy()
-        src = kernel_source(kernel, bug)
         try:
             mod = cp.RawModule(code=src, options=compile_options(trace),
                                name_expressions=list(name_expressions) or None)
             mod.compile()
         except Exception as e:  # CompileException, or NVRTC missing
             raise KernelCompileError(
-                f"kernel {kernel!r} failed to compile (trace={trace}, bug={bug}, "
+                f"kernel {kernel!r} failed to compile ({source or 'flashlab source'}, "
+                f"trace={trace}, bug={bug}, "
                 f"options {compile_options(trace)}, instantiations {list(name_expressions)}):\n{e}"
             ) from e
         _modules[key] = mod
@@ -383,7 +397,7 @@ def _outputs(cp, out, shapes, names):
 
 
 def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, bug=None,
-            out=None):
+            out=None, source=None):
     """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
 
     out: optional (o, lse) buffers to write into.
@@ -406,7 +420,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
         limits = device_limits(device)
         o, lse = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"))
         if kernel == "naive":
-            mod = get_module("naive", bug=bug)
+            mod = get_module("naive", bug=bug, source=source)
             try:
                 S = cp.empty((BH, Nq, Nk), cp.float32)
                 P = cp.empty((BH, Nq, Nk), cp.float32)
@@ -434,7 +448,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
             dummy = cp.empty(1, cp.float32)
             targs = (dummy, dummy, dummy, cp.empty(1, cp.int64))
         if kernel == "fa1":
-            mod = get_module("fa1", trace, bug=bug)
+            mod = get_module("fa1", trace, bug=bug, source=source)
             l = cp.empty((BH, Nq), cp.float32)
             m = cp.empty((BH, Nq), cp.float32)
             _launch("fa1", mod.get_function("fa1_forward"), (BH,), (128,),
@@ -442,7 +456,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
                      np.int32(Br), np.int32(Bc), tau, causal_i) + targs, p["smem"], desc)
         else:
             name = f"fa2_forward<{d}, {Br}, {Bc}>"
-            mod = get_module("fa2", trace, (name,), bug=bug)
+            mod = get_module("fa2", trace, (name,), bug=bug, source=source)
             _launch("fa2", mod.get_function(name), (math.ceil(Nq / Br), BH), (256,),
                     (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs,
                     p["smem"], desc)
@@ -452,7 +466,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
 
 
 def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None, trace=False,
-             bug=None, out=None):
+             bug=None, out=None, source=None):
     """Run kernel `kernel` backward. Returns (dq, dk, dv) or, with trace=True, (dq, dk, dv, Trace).
 
     out: optional (dq, dk, dv) buffers to write into.
@@ -475,7 +489,7 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
         dq, dk, dv = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
                               ("dq", "dk", "dv"))
         if kernel == "naive":
-            mod = get_module("naive", bug=bug)
+            mod = get_module("naive", bug=bug, source=source)
             mm = mod.get_function("naive_matmul")
             try:
                 S = cp.empty((BH, Nq, Nk), cp.float32)
@@ -512,13 +526,13 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
             targs = (dummy, dummy, dummy, cp.empty(1, cp.int64))
         lse32 = lse.astype(cp.float32, copy=False)
         if kernel == "fa1":
-            mod = get_module("fa1", trace, bug=bug)
+            mod = get_module("fa1", trace, bug=bug, source=source)
             _launch("fa1", mod.get_function("fa1_backward"), (BH,), (128,),
                     (q, k, v, o, do, lse32, dq, dk, dv, np.int32(Nq), np.int32(Nk), np.int32(d),
                      np.int32(Br), np.int32(Bc), tau, causal_i) + targs, p["smem"], desc)
         else:
             name = f"fa2_backward<{d}, {Br}, {Bc}>"
-            mod = get_module("fa2", trace, (name,), bug=bug)
+            mod = get_module("fa2", trace, (name,), bug=bug, source=source)
             Dvec = cp.empty((BH, Nq), cp.float32)
             rows = BH * Nq
             _launch("fa2", mod.get_function("fa2_backward_dot"), (math.ceil(rows / 8),), (256,),

@@ -229,11 +229,13 @@ STEP_THROUGH = {  # kernel -> (forward algorithm, backward algorithm)
 
 
 def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=None, d=64,
-                 causal=False, softmax_scale=None, seed=0, bug=None, rtol=1e-3, atol=1e-4):
+                 causal=False, softmax_scale=None, seed=0, bug=None, rtol=1e-3, atol=1e-4,
+                 source=None):
     """Run `kernel` in trace mode on random inputs and compare it with its step-through.
 
     Returns (divergence or None, kernel trace, reference trace). Needs a GPU with CuPy; the
     reference runs in float64 on the same (float32) inputs with the kernel's own Br and Bc.
+    source: a .cu file to run instead of kernels/<kernel>.cu (same kernels, same signatures).
     """
     import cupy as cp
 
@@ -251,17 +253,20 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
     gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
     q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
     if direction == "forward":
-        _, _, actual = ops.forward(kernel, gq, gk, gv, causal, softmax_scale, trace=True, bug=bug)
+        _, _, actual = ops.forward(kernel, gq, gk, gv, causal, softmax_scale, trace=True, bug=bug,
+                                   source=source)
         steps = (ref.fa1_forward_steps if kernel == "fa1" else ref.fa2_forward_steps)(
             q64, k64, v64, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc)
     else:
-        o, lse = ops.forward(kernel, gq, gk, gv, causal, softmax_scale)
+        o, lse = ops.forward(kernel, gq, gk, gv, causal, softmax_scale)  # ours: only B1/G2 is checked
         _, _, _, actual = ops.backward(kernel, gdo, gq, gk, gv, o, lse, causal, softmax_scale,
-                                       trace=True, bug=bug)
+                                       trace=True, bug=bug, source=source)
         o64, lse64 = o.get().astype(np.float64), lse.get().astype(np.float64)
         steps = (ref.fa1_backward_steps if kernel == "fa1" else ref.fa2_backward_steps)(
             do64, q64, k64, v64, o64, lse64, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc)
     expected, _ = record(steps)
     if bug is not None:
         actual.label = f"{kernel} {direction} with bug {bug!r}"
+    elif source is not None:
+        actual.label = f"{source} ({kernel} {direction})"
     return compare(expected, actual, rtol=rtol, atol=atol), actual, expected

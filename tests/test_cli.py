@@ -36,3 +36,67 @@ def test_help_shows_an_example(capsys):
     except SystemExit as e:
         assert e.code == 0
     assert "example" in capsys.readouterr().out
+
+
+def test_bench_without_a_gpu_says_so_and_times_the_references(tmp_path, capsys):
+    from flashlab.cuda_kernel_ops import gpu_available
+
+    if gpu_available():
+        import pytest
+        pytest.skip("this machine has a GPU: the CPU path is not taken")
+    png, js, csv = tmp_path / "b.png", tmp_path / "b.json", tmp_path / "b.csv"
+    code = main(["bench", "--seq", "32,64", "--backward", "--causal", "--plot", str(png),
+                 "--json", str(js), "--csv", str(csv)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("No CUDA device found")
+    assert "A0 MB" in out  # the traffic table
+    assert out.count("ok (err") == 12  # 2 N x 3 kernels x 2 passes, each checked
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    import json
+    rows = json.loads(js.read_text())["rows"]
+    assert {r["kernel"] for r in rows} == {"naive", "fa1", "fa2"}
+    assert len(csv.read_text().splitlines()) == 13
+
+
+def test_bench_usage_errors(capsys):
+    assert main(["bench", "--dtype", "float16"]) == 2
+    assert "take float32" in capsys.readouterr().err
+    assert main(["bench", "--kernels", "fa9"]) == 2
+    assert "choose from naive,fa1,fa2" in capsys.readouterr().err
+    assert main(["bench", "--compare", "jax"]) == 2
+
+
+def test_info_runs_everywhere(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel sources:" in out and "kernels that run here:" in out
+
+
+def test_check_compiles_a_user_file_on_cpu_and_reports_errors(tmp_path, capsys):
+    from flashlab.cuda_kernel_ops import gpu_available, kernel_dir
+
+    if gpu_available():
+        import pytest
+        pytest.skip("this machine has a GPU: check runs the tile comparison instead")
+    good = tmp_path / "mine.cu"
+    good.write_text((kernel_dir() / "fa1.cu").read_text())  # includes "common.cuh": inlined for it
+    assert main(["check", str(good), "--algorithm", "fa1"]) == 0
+    assert "compiles with NVRTC" in capsys.readouterr().out
+    bad = tmp_path / "bad.cu"
+    bad.write_text('#include "common.cuh"\nextern "C" __global__ void fa1_forward() { oops; }\n')
+    assert main(["check", str(bad), "--algorithm", "fa1"]) == 1
+    err = capsys.readouterr().err
+    assert "failed to compile" in err and "oops" in err
+    assert main(["check", str(tmp_path / "missing.cu"), "--algorithm", "fa1"]) == 2
+
+
+def test_trace_without_a_gpu_is_one_clear_line(capsys):
+    from flashlab.cuda_kernel_ops import gpu_available
+
+    if gpu_available():
+        import pytest
+        pytest.skip("GPU present")
+    assert main(["trace", "--kernel", "fa1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: flashlab trace runs a CUDA kernel") and err.count("\n") == 1
