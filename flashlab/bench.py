@@ -161,6 +161,7 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
             import torch
 
             torch.cuda.empty_cache()
+    total = len(seqs) * (len(kernels) + len(torch_fns)) * len(directions)
     for N in seqs:
         B = batch or max(1, tokens // N)
         H = heads or max(1, hidden // d)
@@ -177,7 +178,7 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                 row = Row(N, B, H, d, name, direction)
                 report.rows.append(row)
                 if progress:
-                    progress(f"N={N} {name} {direction}")
+                    progress(f"[{len(report.rows)}/{total}] N={N} {name} {direction}")
                 if name in out_of_memory:
                     row.check = "skipped: out of memory at a smaller N"
                     continue
@@ -252,6 +253,8 @@ def _torch_backends(names):
         return {}
     table = {"torch-math": SDPBackend.MATH, "torch-efficient": SDPBackend.EFFICIENT_ATTENTION,
              "torch-flash": SDPBackend.FLASH_ATTENTION, "torch-cudnn": SDPBackend.CUDNN_ATTENTION}
+
+    torch.zeros(1, device="cuda")  # make torch's CUDA context current before autograd threads run
 
     def peak(reset=False):
         if reset:

@@ -70,8 +70,7 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
     float* V_j = K_j + BC * QP;      // (BC, D) pitch D
     float* P_s = V_j + BC * D;       // (BR, BC) pitch PP: P~ for the P~ V_j product
 
-    // causal: row block i visits i + 1 tiles, so launch the longest first (no tail of long blocks)
-    const int i = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, bh = blockIdx.y;
+    const int i = blockIdx.x, bh = blockIdx.y;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const float* Qh = Q + head_offset(bh, Nq, D);
     const float* Kh = K + head_offset(bh, Nk, D);
