@@ -31,11 +31,13 @@ def _route(kernel: str, arrays: dict) -> bool:
     return any(kinds.values())
 
 
-def auto_kernel(d: int, dtype) -> str:
-    """The fastest correct kernel for a head dim and dtype (on a GPU)."""
+def resolve_kernel(kernel: str, q) -> str:
+    """"auto" -> the fastest correct GPU kernel for q's head dim: fa2 where it runs, else fa1."""
+    if kernel != "auto":
+        return kernel
     from .cuda_kernel_ops import FA2_HEAD_DIMS
 
-    return "fa2" if d in FA2_HEAD_DIMS else "fa1"
+    return "fa2" if q.ndim == 4 and q.shape[-1] in FA2_HEAD_DIMS else "fa1"
 
 
 def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", return_lse=False):
@@ -48,8 +50,7 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     if _route(kernel, {"q": q, "k": k, "v": v}):
         from . import cuda_kernel_ops as ops
 
-        name = auto_kernel(q.shape[-1], q.dtype) if kernel == "auto" and q.ndim == 4 else kernel
-        o, lse = ops.forward("fa2" if name == "auto" else name, q, k, v, causal, softmax_scale)
+        o, lse = ops.forward(resolve_kernel(kernel, q), q, k, v, causal, softmax_scale)
     else:
         o, lse = _REF_FORWARD[kernel](q, k, v, causal, softmax_scale)
     return (o, lse) if return_lse else o
@@ -61,8 +62,7 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
     if _route(kernel, arrays):
         from . import cuda_kernel_ops as ops
 
-        name = auto_kernel(q.shape[-1], q.dtype) if kernel == "auto" and q.ndim == 4 else kernel
-        return ops.backward("fa2" if name == "auto" else name, do, q, k, v, o, lse, causal,
+        return ops.backward(resolve_kernel(kernel, q), do, q, k, v, o, lse, causal,
                             softmax_scale)
     if kernel == "naive":
         return ref.naive_attention_backward(do, q, k, v, causal, softmax_scale)

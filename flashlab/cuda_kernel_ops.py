@@ -77,10 +77,6 @@ def expand_includes(path: Path, _seen=None) -> str:
     return _INCLUDE.sub(inline, text)
 
 
-def source_hash(path: Path) -> str:
-    return hashlib.sha256(expand_includes(path).encode()).hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- planted bugs
 
 @dataclass(frozen=True)
@@ -121,9 +117,27 @@ BUGS = {b.name: b for b in [
 ]}
 
 
+_sources: dict = {}
+
+
 def kernel_source(kernel: str, bug: str | None = None, path: Path | None = None) -> str:
     """The source to compile for `kernel`: ours, a planted-bug variant, or a user's file at `path`
-    (flashlab check), which must define the same kernels with the same signatures as ours."""
+    (flashlab check), which must define the same kernels with the same signatures as ours.
+
+    Cached per process while no .cu/.cuh file it may include has changed (a launch stats a few
+    files instead of reading and expanding them).
+    """
+    dirs = {kernel_dir()} | ({Path(path).parent} if path is not None else set())
+    stamp = tuple(sorted((str(f), f.stat().st_mtime_ns) for dd in dirs for f in dd.iterdir()
+                         if f.suffix in (".cu", ".cuh")))
+    key = (kernel, bug, str(path))
+    hit = _sources.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = _sources[key] = (stamp, _read_source(kernel, bug, path))
+    return hit[1]
+
+
+def _read_source(kernel: str, bug: str | None, path) -> str:
     user = path is not None
     path = Path(path) if user else kernel_dir() / f"{kernel}.cu"
     if user and not path.is_file():
@@ -367,6 +381,31 @@ def plan(kernel: str, d: int, direction: str, smem_bytes: int) -> dict:
 
 # ----------------------------------------------------------------------------- launches
 
+def _setup(kernel: str, dims: Dims, arrays: dict, trace: bool):
+    """Checks shared by every launch; returns (cupy, device, limits, tau, causal, description)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} or 'auto', got {kernel!r}")
+    device = check_device_inputs(kernel, arrays)
+    _check_head_dim(kernel, dims.d)
+    _check_sizes(kernel, dims)
+    if trace and kernel == "naive":
+        raise ValueError("kernel 'naive' has no tile steps to trace (A0 writes S and P whole); "
+                         "trace 'fa1' or 'fa2'")
+    desc = (f"q {(dims.B, dims.H, dims.Nq, dims.d)}, k {(dims.B, dims.H, dims.Nk, dims.d)}, "
+            f"causal={dims.causal}, scale={dims.scale:.4g}")
+    return (_cupy(), device, device_limits(device), np.float32(dims.scale),
+            np.int32(dims.causal), desc)
+
+
+def _n_by_n(cp, BH, Nq, Nk, desc):
+    """The two (B*H, Nq, Nk) matrices standard attention keeps in HBM (S and P, or P and dP)."""
+    try:
+        return cp.empty((BH, Nq, Nk), cp.float32), cp.empty((BH, Nq, Nk), cp.float32)
+    except cp.cuda.memory.OutOfMemoryError as e:
+        raise MemoryError(f"kernel 'naive' needs {2 * BH * Nq * Nk * 4 / 1e9:.1f} GB for two N x N "
+                          f"matrices ({desc}); use kernel='fa2'") from e
+
+
 def _trace_buffers(cp, algorithm, dims: Dims, Br, Bc):
     empty = trace_mod.Trace.empty(algorithm, "", dims.B, dims.H, dims.Nq, dims.Nk, dims.d, Br, Bc)
     bufs = {name: cp.full((dims.B * dims.H,) + v.shape[2:], cp.nan, dtype=cp.float32)
@@ -402,31 +441,15 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
 
     out: optional (o, lse) buffers to write into.
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} or 'auto', got {kernel!r}")
     dims = check_qkv(q, k, v, causal, softmax_scale)
-    device = check_device_inputs(kernel, {"q": q, "k": k, "v": v})
-    _check_head_dim(kernel, dims.d)
-    _check_sizes(kernel, dims)
-    if trace and kernel == "naive":
-        raise ValueError("kernel 'naive' has no tile steps to trace (A0 writes S and P whole); "
-                         "trace 'fa1' or 'fa2'")
-    cp = _cupy()
+    cp, device, limits, tau, causal_i, desc = _setup(kernel, dims, {"q": q, "k": k, "v": v}, trace)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     BH = B * H
-    tau, causal_i = np.float32(dims.scale), np.int32(dims.causal)
-    desc = f"q {q.shape}, k {k.shape}, causal={dims.causal}, scale={dims.scale:.4g}"
     with cp.cuda.Device(device):
-        limits = device_limits(device)
         o, lse = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"))
         if kernel == "naive":
             mod = get_module("naive", bug=bug, source=source)
-            try:
-                S = cp.empty((BH, Nq, Nk), cp.float32)
-                P = cp.empty((BH, Nq, Nk), cp.float32)
-            except cp.cuda.memory.OutOfMemoryError as e:
-                raise MemoryError(f"kernel 'naive' needs {2 * BH * Nq * Nk * 4 / 1e9:.1f} GB for S "
-                                  f"and P ({desc}); use kernel='fa2'") from e
+            S, P = _n_by_n(cp, BH, Nq, Nk, desc)
             mm = mod.get_function("naive_matmul")
             _launch("naive", mm, (math.ceil(Nk / 64), math.ceil(Nq / 64), BH), (256,),
                     (q, k, S, np.int32(Nq), np.int32(Nk), np.int32(d), np.int32(0), np.int32(1),
@@ -471,32 +494,18 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
 
     out: optional (dq, dk, dv) buffers to write into.
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} or 'auto', got {kernel!r}")
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
-    device = check_device_inputs(kernel, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse})
-    _check_head_dim(kernel, dims.d)
-    _check_sizes(kernel, dims)
-    if trace and kernel == "naive":
-        raise ValueError("kernel 'naive' has no tile steps to trace; trace 'fa1' or 'fa2'")
-    cp = _cupy()
+    cp, device, limits, tau, causal_i, desc = _setup(
+        kernel, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, trace)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     BH = B * H
-    tau, causal_i = np.float32(dims.scale), np.int32(dims.causal)
-    desc = f"q {q.shape}, k {k.shape}, causal={dims.causal}, scale={dims.scale:.4g}"
     with cp.cuda.Device(device):
-        limits = device_limits(device)
         dq, dk, dv = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
                               ("dq", "dk", "dv"))
         if kernel == "naive":
             mod = get_module("naive", bug=bug, source=source)
             mm = mod.get_function("naive_matmul")
-            try:
-                S = cp.empty((BH, Nq, Nk), cp.float32)
-                P = cp.empty((BH, Nq, Nk), cp.float32)
-            except cp.cuda.memory.OutOfMemoryError as e:
-                raise MemoryError(f"kernel 'naive' needs {2 * BH * Nq * Nk * 4 / 1e9:.1f} GB for P "
-                                  f"and dP ({desc}); use kernel='fa2'") from e
+            S, P = _n_by_n(cp, BH, Nq, Nk, desc)
             scratch_lse = cp.empty((BH, Nq), cp.float32)
 
             def gemm(A, Bm, C, M, N, K, ta, tb, alpha, causal_flag=0):
