@@ -135,7 +135,7 @@ def _bug_names():
 
 def _trace_args(p, kernel=True):
     if kernel:
-        p.add_argument("--kernel", default="fa1", choices=("fa1", "fa2"))
+        p.add_argument("--kernel", default=None, choices=("fa1", "fa2"), help="default fa1")
     p.add_argument("--seq", type=int, default=256, help="N queries (default 256)")
     p.add_argument("--seq-k", type=int, default=None, help="N keys (default: --seq)")
     p.add_argument("--head-dim", type=int, default=64)
@@ -175,17 +175,23 @@ def _run_trace(args, kernel, bug=None, source=None) -> int:
 def _cmd_trace(args) -> int:
     _need_gpu("trace")
     if args.inject_bug is not None:
-        from .cuda_kernel_ops import BUGS
+        from .cuda_kernel_ops import BUGS, HUNT
 
-        if args.inject_bug not in BUGS:
+        b = BUGS.get(args.inject_bug) or HUNT.get(args.inject_bug)
+        if b is None:
             raise UsageError(f"flashlab trace: --inject-bug {args.inject_bug}: choose from "
-                             f"{', '.join(sorted(BUGS))}")
-        b = BUGS[args.inject_bug]
-        if (b.kernel, b.direction) != (args.kernel, "backward" if args.backward else "forward"):
-            raise UsageError(f"flashlab trace: bug {b.name} is planted in the {b.kernel} {b.direction} "
-                             f"pass: add --kernel {b.kernel}" + (" --backward" if b.direction == "backward" else ""))
-        print(f"planted bug {b.name} ({b.line}): {b.question}")
-    return _run_trace(args, args.kernel, bug=args.inject_bug)
+                             f"{', '.join(sorted(BUGS) + sorted(HUNT))}")
+        want = ("fa1" if args.kernel is None else args.kernel, "backward" if args.backward else "forward")
+        if (b.kernel, b.direction) != want:
+            raise UsageError(f"flashlab trace: bug {args.inject_bug} is planted in the {b.kernel} "
+                             f"{b.direction} pass: add --kernel {b.kernel}"
+                             + (" --backward" if b.direction == "backward" else ""))
+        if args.inject_bug in HUNT:  # the bug hunt: say nothing that gives the answer away
+            print(f"bug hunt {b.hunt}: the {b.kernel} {b.direction} pass has one planted bug. "
+                  "Which step diverges first, and which algorithm line is broken?")
+        else:
+            print(f"planted bug {b.name} ({b.line}): {b.question}")
+    return _run_trace(args, args.kernel or "fa1", bug=args.inject_bug)
 
 
 def _cmd_check(args) -> int:
@@ -242,6 +248,40 @@ def _cmd_info(args) -> int:
     print("kernels that run here: " + ", ".join(ops.available_kernels()) +
           f"; fa2 head dims {', '.join(map(str, ops.FA2_HEAD_DIMS))}, fa1 any d <= {ops.FA1_MAX_HEAD_DIM}")
     print(tabulate(rows, headers=["kernel", "d", "pass", "Br", "Bc", "shared memory"]))
+    return 0
+
+
+def _ids(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _cmd_assignment_make(args) -> int:
+    from . import assignment
+
+    handed = assignment.make(args.outdir, args.exercises, force=args.force, solution=args.solution)
+    kind = "solution copy" if args.solution else "student copy"
+    print(f"{kind} written to {args.outdir}: exercises {', '.join(handed)}")
+    print(f"hand out {args.outdir}/ASSIGNMENT.md; grade with: flashlab grade {args.outdir}")
+    return 0
+
+
+def _cmd_grade(args) -> int:
+    import json
+
+    from . import assignment
+
+    report = assignment.grade(args.dir, args.exercises)
+    rows = [[r.exercise.id, f"{r.score:g} / {r.max_score:g}", r.status, r.output.splitlines()[0]]
+            for r in report.results]
+    print(tabulate(rows, headers=["exercise", "score", "status", "result"], disable_numparse=True))
+    print(f"total: {report.score:g} / {report.max_score:g}")
+    for r in report.results:
+        if r.status == "failed" and "\n" in r.output:
+            print(f"\nExercise {r.exercise.id}: " + r.output.split("\n", 1)[1])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(assignment.results_json(report), f, indent=1)
+        print(f"Gradescope results written to {args.json}")
     return 0
 
 
@@ -313,6 +353,30 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_args(c, kernel=False)
     c.set_defaults(func=_cmd_check)
 
+    a = sub.add_parser("assignment", help="course assignments: write a student copy",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  flashlab assignment make hw3 --exercises 1.1,2.1,3.1\n")
+    asub = a.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    am = asub.add_parser("make", help="write a student copy with exercise regions stubbed",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n  flashlab assignment make hw3\n"
+                                "  flashlab assignment make hw3 --exercises 1.1,2.1\n"
+                                "  flashlab assignment make key --solution   (check the grader)\n")
+    am.add_argument("outdir")
+    am.add_argument("--exercises", type=_ids, default=None, help="ids to hand out (default all)")
+    am.add_argument("--solution", action="store_true", help="stub nothing: a copy of the solution")
+    am.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    am.set_defaults(func=_cmd_assignment_make)
+
+    g = sub.add_parser("grade", help="grade a student copy, with per-tile feedback",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  flashlab grade hw3\n"
+                              "  flashlab grade . --json /autograder/results/results.json\n")
+    g.add_argument("dir", nargs="?", default=".")
+    g.add_argument("--exercises", type=_ids, default=None, help="ids to grade (default all)")
+    g.add_argument("--json", metavar="FILE", help="write Gradescope's results.json")
+    g.set_defaults(func=_cmd_grade)
+
     i = sub.add_parser("info", help="device, shared memory, versions, kernel cache, kernels here",
                        epilog="example:\n  flashlab info\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -336,7 +400,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (EnvironmentError, RuntimeError) as e:
+    except (EnvironmentError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -89,7 +89,9 @@ class Bug:
     old: str
     new: str
     line: str
-    question: str
+    question: str  # what the planted bug teaches (shown with --inject-bug NAME)
+    hunt: str = ""  # the neutral name it goes by in the bug hunt (mystery-N)
+    race: bool = False  # a data race: the trace may miss it; compute-sanitizer racecheck will not
 
 
 BUGS = {b.name: b for b in [
@@ -114,7 +116,21 @@ BUGS = {b.name: b for b in [
     Bug("dk-no-scale", "fa1", "backward",
         "dK_j[c * p + x] += tau * acc;", "dK_j[c * p + x] += acc;", "B1:L13",
         "dK~_j accumulates dS^T Q_i without the softmax scale tau. Which quantity diverges?"),
+    Bug("wrong-l-update", "fa1", "forward",
+        "l_new[r] = alpha * l_i[r] + beta * lt;", "l_new[r] = l_i[r] + beta * lt;", "A1:L11",
+        "l_new keeps the old sum l_i without the factor e^(m_i - m_new). Why is step j = 0 right?"),
+    Bug("missing-sync", "fa1", "forward",
+        "__syncthreads();  // S_ij is complete before the row statistics read it",
+        "/* barrier removed */", "A1:L10",
+        "The barrier between A1:L9 and A1:L10 is gone: a row's statistics may read scores another "
+        "warp has not written yet. Does the first divergence stay at one step from run to run?",
+        race=True),
 ]}
+# The bug hunt hands these out under neutral names, so the name gives nothing away.
+for _n, _name in enumerate(["no-rescale", "wrong-l-update", "causal-off-by-one", "missing-sync",
+                            "fa2-no-rescale", "dk-no-scale"], start=1):
+    BUGS[_name] = Bug(**{**BUGS[_name].__dict__, "hunt": f"mystery-{_n}"})
+HUNT = {b.hunt: b for b in BUGS.values() if b.hunt}
 
 
 _sources: dict = {}
@@ -148,7 +164,7 @@ def _read_source(kernel: str, bug: str | None, path) -> str:
         src = _INCLUDE.sub(lambda m: expand_includes(kernel_dir() / m.group(1))
                            if m.group(1) == "common.cuh" else m.group(0), src)
     if bug is not None:
-        b = BUGS.get(bug)
+        b = BUGS.get(bug) or HUNT.get(bug)
         if b is None:
             raise ValueError(f"bug must be one of {sorted(BUGS)}, got {bug!r}")
         if b.kernel != kernel:

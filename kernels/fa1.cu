@@ -83,6 +83,10 @@ fa1_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
             __syncthreads();  // S_ij is complete before the row statistics read it
 
             for (int r = t; r < br; r += FA1_THREADS) {
+                // BEGIN EXERCISE 2.2: A1:L10-L11 for row r. m~_ij = rowmax(S_ij) (use nanmax),
+                // P~_ij = exp(S_ij - m~_ij) written over S_ij, l~_ij = rowsum(P~_ij); then m_new[r],
+                // l_new[r], and the two factors of A1:L12: keep[r] = l_i e^(m_i - m_new),
+                // add[r] = e^(m~_ij - m_new). Subtract safe_max(m), never a bare -inf.
                 float mt = FL_NEG_INF;                               // A1:L10  m~_ij = rowmax(S_ij)
                 for (int c = 0; c < bc; ++c) mt = nanmax(mt, S_ij[r * Bc + c]);
                 float lt = 0.0f;                                     //         P~_ij, l~_ij
@@ -98,14 +102,20 @@ fa1_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
                 l_new[r] = alpha * l_i[r] + beta * lt;
                 keep[r] = l_i[r] * alpha;
                 add[r] = beta;
+                // END EXERCISE
             }
             __syncthreads();  // P~_ij and the row coefficients are ready for A1:L12
 
             for (int e = t; e < br * d; e += FA1_THREADS) {          // A1:L12
                 const int r = e / d, x = e % d;
+                float o = 0.0f;                                      // O_i[r][x] after the step
+                // BEGIN EXERCISE 2.1: A1:L12 for element (r, x): o = (keep[r] O_i[r][x] +
+                // add[r] (P~_ij V_j)[r][x]) / l_new[r]. P~_ij sits in S_ij (pitch Bc), V_j and O_i
+                // in shared memory with pitch p.
                 float pv = 0.0f;                                     // (P~_ij V_j)[r][x]
                 for (int c = 0; c < bc; ++c) pv += S_ij[r * Bc + c] * V_j[c * p + x];
-                const float o = (keep[r] * O_i[r * p + x] + add[r] * pv) / l_new[r];
+                o = (keep[r] * O_i[r * p + x] + add[r] * pv) / l_new[r];
+                // END EXERCISE
                 Oh[(size_t)(i * Br + r) * d + x] = o;                // write O_i to HBM
                 TRACE(tr_O[trace_offset(bh, i, j, Tr, Tc, Br, d) + r * d + x] = o);
             }

@@ -121,6 +121,9 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
                 s[a][b] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF : tau * s[a][b];
                 mx = nanmax2(mx, s[a][b]);
             }
+            // BEGIN EXERCISE 2.3: F2:L6-L7 for row a of this thread. The row max is spread over the
+            // 16 threads with the same ty: row_max16 and row_sum16 combine them. Write P~ into P_s,
+            // update l[a] and m[a], and rescale this thread's O~ (o[a][...]) by e^(m - m_new).
             const float m_new = nanmax2(m[a], row_max16(mx));
             const float alpha = expf(m[a] - safe_max(m_new));       // e^(m - m_new)
             float rs = 0.0f;
@@ -134,6 +137,7 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
             m[a] = m_new;
 #pragma unroll
             for (int xb = 0; xb < XN; ++xb) o[a][xb] *= alpha;      // F2:L7  diag(e^(m - m_new)) O~
+            // END EXERCISE
         }
         __syncthreads();  // P~ is complete before anyone multiplies it by V_j
 

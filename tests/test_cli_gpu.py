@@ -47,3 +47,10 @@ def test_info_names_the_device(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "compute capability" in out and "opt-in" in out and "fa2" in out
+
+
+def test_bug_hunt_names_give_nothing_away(capsys):
+    assert main(["trace", "--seq", "600", "--inject-bug", "mystery-2"]) == 1
+    out = capsys.readouterr().out
+    assert "bug hunt mystery-2" in out and "wrong-l-update" not in out and "l_new" not in out
+    assert "diverges at step (i=0, j=1), A1:L11" in out

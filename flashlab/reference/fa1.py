@@ -53,6 +53,9 @@ def fa1_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
                             ("m_new", br), ("l_new", br)):
                 mem.hold(name, n)
 
+            # BEGIN EXERCISE 1.1: A1:L9-L12. Compute S_ij (use scores()), m~_ij, P~_ij, l~_ij, then
+            # m_new, l_new and the new O_i. Subtract safe(m) rather than m, so a row with no visible
+            # key yet gives exp(-inf) = 0 instead of NaN.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # A1:L9  (B, H, br, bc)
             m_t = S_ij.max(axis=-1)  # A1:L10  m~_ij (B, H, br)
             P_t = np.exp(S_ij - safe(m_t)[..., None])  # P~_ij (B, H, br, bc)
@@ -63,6 +66,7 @@ def fa1_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
             l_new = alpha * l_i + beta * l_t
             O_i = ((l_i * alpha)[..., None] * O_i  # A1:L12  (B, H, br, d)
                    + beta[..., None] * (P_t @ V_j)) / l_new[..., None]
+            # END EXERCISE
             O[:, :, r] = O_i; mem.write("O", O_i.size)
             l[:, :, r] = l_new; m[:, :, r] = m_new  # A1:L13
             mem.write("l", l_new.size); mem.write("m", m_new.size)
@@ -125,6 +129,8 @@ def fa1_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
                             ("L_i", br), ("S_ij", br * bc), ("dP_ij", br * bc), ("D_i", br)):
                 mem.hold(name, n)
 
+            # BEGIN EXERCISE 1.2: B1:L6-L13. Recompute S_ij and P_ij from L_i, then dV~_j, dP_ij,
+            # D_i, dS_ij, the new dQ_i and dK~_j. Remember tau in dQ_i and dK~_j.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # B1:L6  (B, H, br, bc)
             P_ij = np.exp(S_ij - L_i[..., None])  # B1:L7
             dV_t = dV_t + np.swapaxes(P_ij, -1, -2) @ dO_i  # B1:L8  (B, H, bc, d)
@@ -132,8 +138,9 @@ def fa1_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
             D_i = (dO_i * O_i).sum(axis=-1)  # B1:L10  (B, H, br)
             dS_ij = P_ij * (dP_ij - D_i[..., None])  # B1:L11  (B, H, br, bc)
             dQ_i = dQ_i + tau * (dS_ij @ K_j)  # B1:L12  (B, H, br, d)
-            dQ[:, :, r] = dQ_i; mem.write("dQ", dQ_i.size)
             dK_t = dK_t + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # B1:L13  (B, H, bc, d)
+            # END EXERCISE
+            dQ[:, :, r] = dQ_i; mem.write("dQ", dQ_i.size)
             mem.drop("Q_i", "O_i", "dO_i", "dQ_i", "L_i", "S_ij", "dP_ij", "D_i")
             yield Step("B1", i, j, seq, "B1:L13", {
                 "S_ij": S_ij, "P_ij": P_ij, "dP_ij": dP_ij, "D_i": D_i, "dS_ij": dS_ij,

@@ -49,6 +49,8 @@ def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
             mem.read("K", K_j.size); mem.read("V", V_j.size)
             for name, n in (("K_j", bc * d), ("V_j", bc * d), ("S", br * bc), ("m_new", br)):
                 mem.hold(name, n)
+            # BEGIN EXERCISE 1.3: F2:L5-L7. S_ij, then m_new, P~ and the running l_i, then rescale the
+            # accumulator O~ (O_t) and add P~ V_j; finally m_i = m_new. O~ stays unnormalised.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # F2:L5  (B, H, br, bc)
             m_new = np.maximum(m_i, S_ij.max(axis=-1))  # F2:L6  (B, H, br)
             P_t = np.exp(S_ij - safe(m_new)[..., None])  # P~ (B, H, br, bc)
@@ -56,6 +58,7 @@ def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
             l_i = alpha * l_i + P_t.sum(axis=-1)
             O_t = alpha[..., None] * O_t + P_t @ V_j  # F2:L7  (B, H, br, d)
             m_i = m_new
+            # END EXERCISE
             mem.drop("K_j", "V_j", "S", "m_new")
             yield Step("F2", i, j, seq, "F2:L7", {
                 "S_ij": S_ij, "m_new": m_new, "P_tilde_ij": P_t, "l_i": l_i, "O_tilde_i": O_t},
@@ -117,15 +120,18 @@ def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
             for name, n in (("Q_i", br * d), ("dO_i", br * d), ("L_i", br), ("D_i", br),
                             ("S/P", br * bc), ("dP/dS", br * bc)):
                 mem.hold(name, n)
+            # BEGIN EXERCISE 1.4: G2:L5-L8. S_ij and P_ij = exp(S_ij - L_i), dV~, dP_ij, dS_ij, this
+            # step's contribution dQ_ij = tau dS_ij K_j, and dK~.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # G2:L5  (B, H, br, bc)
             P_ij = np.exp(S_ij - L_i[..., None])
             dV_t = dV_t + np.swapaxes(P_ij, -1, -2) @ dO_i  # G2:L6  (B, H, bc, d)
             dP_ij = dO_i @ np.swapaxes(V_j, -1, -2)  # (B, H, br, bc)
             dS_ij = P_ij * (dP_ij - D_i[..., None])
             dQ_ij = tau * (dS_ij @ K_j)  # G2:L7  (B, H, br, d)
+            dK_t = dK_t + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # G2:L8  (B, H, bc, d)
+            # END EXERCISE
             dQ[:, :, r] += dQ_ij
             mem.read("dQ", dQ_ij.size); mem.write("dQ", dQ_ij.size)  # atomic read-modify-write
-            dK_t = dK_t + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # G2:L8  (B, H, bc, d)
             mem.drop("Q_i", "dO_i", "L_i", "D_i", "S/P", "dP/dS")
             yield Step("G2", i, j, seq, "G2:L8", {
                 "S_ij": S_ij, "P_ij": P_ij, "dP_ij": dP_ij, "D_i": D_i, "dS_ij": dS_ij,

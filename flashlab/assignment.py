@@ -1,0 +1,423 @@
+"""Course assignments: exercise regions, student copies, an autograder with per-tile feedback.
+
+Instructors mark exercise regions in the solution sources (the references and the kernels): a
+line `# BEGIN EXERCISE 1.1: hint for the student` (the hint may go on over the comment lines
+right after it), the solution, then a line `# END EXERCISE`; `//` instead of `#` in .cu files.
+docs/ASSIGNMENTS.md shows one. `make(outdir)` writes a student copy of flashlab/ and kernels/
+in which each region's body becomes a stub (Python: `raise NotImplementedError("Exercise 1.1")`;
+CUDA: a TODO comment, placed so the kernel still compiles) and keeps the markers, so the grader
+can find the student's code again. `grade(dir)` scores every exercise:
+
+* Python exercises run the student's step-through on a few shapes and compare its trace with the
+  solution's: feedback names the first divergent tile (step, algorithm line, row, column).
+* Kernel exercises splice the student's region into the solution kernel (so each exercise is
+  graded alone), compile it, and on a GPU compare its trace with the step-through. Without a GPU
+  they are compiled with NVRTC (when installed) and reported as needing a GPU.
+* Bug-hunt exercises read answers.txt (`mystery-3: A1:L9`): which algorithm line each planted
+  bug breaks, found with `flashlab trace --inject-bug mystery-N`.
+
+`results_json(report)` gives the Gradescope autograder format.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import cuda_kernel_ops as ops
+from . import trace as trace_mod
+
+_BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<c>#|//) BEGIN EXERCISE (?P<id>\d+\.\d+): ?(?P<hint>.*)$")
+_END = re.compile(r"^[ \t]*(#|//) END EXERCISE\s*$")
+_LINE = re.compile(r"\b([ABFG][0-2])\s*:?\s*L\s*(\d+)\b")  # "A1:L12", "a1 l12", ...
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str
+    title: str
+    file: str  # relative to the copy's root
+    kind: str  # "python", "kernel" or "hunt"
+    points: float
+    kernel: str = ""  # kernel exercises: fa1 / fa2
+    direction: str = "forward"
+    algorithm: str = ""  # python exercises: A1 / B1 / F2 / G2
+    hunt: str = ""  # bug-hunt exercises: the planted bug's neutral name (mystery-N)
+
+
+EXERCISES = {e.id: e for e in [
+    Exercise("1.1", "A1 forward step (A1:L9-L12) in the step-through", "flashlab/reference/fa1.py",
+             "python", 10, algorithm="A1"),
+    Exercise("1.2", "B1 backward step (B1:L6-L13) in the step-through", "flashlab/reference/fa1.py",
+             "python", 10, algorithm="B1"),
+    Exercise("1.3", "F2 forward step (F2:L5-L7) in the step-through", "flashlab/reference/fa2.py",
+             "python", 10, algorithm="F2"),
+    Exercise("1.4", "G2 backward step (G2:L5-L8) in the step-through", "flashlab/reference/fa2.py",
+             "python", 10, algorithm="G2"),
+    Exercise("2.1", "A1:L12, the O_i update, in the fa1 kernel", "kernels/fa1.cu", "kernel", 15,
+             kernel="fa1"),
+    Exercise("2.2", "A1:L10-L11, the row statistics, in the fa1 kernel", "kernels/fa1.cu",
+             "kernel", 15, kernel="fa1"),
+    Exercise("2.3", "F2:L6-L7, the online softmax in registers, in the fa2 kernel",
+             "kernels/fa2.cu", "kernel", 20, kernel="fa2"),
+]}
+for _bug in sorted((b for b in ops.BUGS.values() if b.hunt), key=lambda b: b.hunt):
+    _n = _bug.hunt.split("-")[1]
+    EXERCISES[f"3.{_n}"] = Exercise(
+        f"3.{_n}", f"bug hunt {_bug.hunt}: which algorithm line does it break?", "answers.txt",
+        "hunt", 2, kernel=_bug.kernel, direction=_bug.direction, hunt=_bug.hunt)
+
+STEP_THROUGHS = {"A1": ("fa1", "fa1_forward_steps"), "B1": ("fa1", "fa1_backward_steps"),
+                 "F2": ("fa2", "fa2_forward_steps"), "G2": ("fa2", "fa2_backward_steps")}
+# (B, H, Nq, Nk, d, Br, Bc, causal): ragged tiles, Nq != Nk both ways, causal and not
+PY_SHAPES = [(1, 2, 13, 11, 5, 4, 3, False), (2, 1, 20, 20, 8, 8, 8, True),
+             (1, 1, 7, 30, 4, 3, 5, True), (1, 1, 1, 1, 3, 2, 2, False)]
+
+
+# ----------------------------------------------------------------------------- regions
+
+@dataclass
+class Region:
+    id: str
+    hint: str
+    start: int  # index of the BEGIN line
+    end: int  # index of the END line
+    indent: str
+    comment: str
+    hint_end: int = -1  # the first line after the hint's comment lines
+
+
+def regions(text: str, where: str = "") -> list[Region]:
+    """The exercise regions of a source, in order. Raises ValueError on unbalanced markers."""
+    lines = text.splitlines()
+    out, open_ = [], None
+    for n, line in enumerate(lines):
+        m = _BEGIN.match(line)
+        if m:
+            if open_ is not None:
+                raise ValueError(f"{where}:{n + 1}: BEGIN EXERCISE {m['id']} inside exercise {open_.id}")
+            hint = [m["hint"].strip()]
+            k = n + 1
+            while k < len(lines) and lines[k].startswith(m["indent"] + m["c"] + " ") and \
+                    not _END.match(lines[k]) and "TODO Exercise" not in lines[k]:
+                hint.append(lines[k].strip()[len(m["c"]):].strip())
+                k += 1
+            open_ = Region(m["id"], " ".join(h for h in hint if h), n, -1, m["indent"], m["c"], k)
+        elif _END.match(line):
+            if open_ is None:
+                raise ValueError(f"{where}:{n + 1}: END EXERCISE without BEGIN")
+            open_.end = n
+            out.append(open_)
+            open_ = None
+    if open_ is not None:
+        raise ValueError(f"{where}: exercise {open_.id} has no END EXERCISE")
+    return out
+
+
+def stub(text: str, keep=lambda ex_id: False, where: str = "") -> str:
+    """Replace the body of every region (but those `keep` says to keep) by a stub."""
+    lines = text.splitlines()
+    out, last = [], 0
+    for r in regions(text, where):
+        if keep(r.id):
+            continue
+        out += lines[last:r.hint_end]
+        if r.comment == "#":
+            out.append(f'{r.indent}raise NotImplementedError("Exercise {r.id}")')
+        else:
+            out.append(f"{r.indent}// TODO Exercise {r.id}: your code here")
+        out.append(lines[r.end])
+        last = r.end + 1
+    out += lines[last:]
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def body(text: str, ex_id: str, where: str = "") -> list[str]:
+    """The lines of region `ex_id` between its hint and its END line."""
+    try:
+        found = regions(text, where)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: keep the marker lines as they were handed out") from None
+    for r in found:
+        if r.id == ex_id:
+            return text.splitlines()[r.hint_end:r.end]
+    raise ValueError(f"exercise {ex_id}: its BEGIN/END EXERCISE lines are not in {where}; "
+                     "keep the marker lines around your code")
+
+
+def splice(solution: str, student: str, ex_id: str, where: str = "") -> str:
+    """The solution source with region `ex_id`'s body taken from the student's source."""
+    mine = body(student, ex_id, where)
+    lines = solution.splitlines()
+    r = next(r for r in regions(solution) if r.id == ex_id)
+    return "\n".join(lines[:r.hint_end] + mine + lines[r.end:]) + "\n"
+
+
+def _solution_file(rel: str) -> Path:
+    if rel.startswith("kernels/"):
+        return ops.kernel_dir() / rel.split("/", 1)[1]
+    return Path(__file__).resolve().parent.parent / rel
+
+
+# ----------------------------------------------------------------------------- make
+
+def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
+    """Write a student copy into `outdir`; returns the ids of the exercises handed out.
+
+    exercises: ids to stub (default all); solution=True stubs none (to check the grader).
+    """
+    outdir = Path(outdir)
+    chosen = set() if solution else (set(exercises) if exercises else None)
+    unknown = (chosen or set()) - set(EXERCISES)
+    if unknown:
+        raise ValueError(f"unknown exercises {sorted(unknown)}; choose from {sorted(EXERCISES)}")
+    if outdir.exists() and any(outdir.iterdir()) and not force:
+        raise ValueError(f"{outdir} is not empty; pass --force to overwrite it")
+    pkg = Path(__file__).resolve().parent
+    stubbed = []
+    for src_root, dst_root, pattern in ((pkg, outdir / "flashlab", "**/*.py"),
+                                        (ops.kernel_dir(), outdir / "kernels", "*.cu*")):
+        for f in sorted(src_root.glob(pattern)):
+            if "__pycache__" in f.parts:
+                continue
+            rel = f.relative_to(src_root)
+            text = f.read_text()
+            if "BEGIN EXERCISE" in text:
+                keep = (lambda i: chosen is not None and i not in chosen)
+                stubbed += [r.id for r in regions(text, str(rel)) if not keep(r.id)]
+                text = stub(text, keep, str(rel))
+            dst = dst_root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(text)
+    hunts = [e for e in EXERCISES.values() if e.kind == "hunt" and (chosen is None or e.id in chosen)]
+    (outdir / "answers.txt").write_text(
+        "# Bug hunt: for each mystery bug, the algorithm line it breaks (e.g. A1:L12).\n"
+        "# Find it with: flashlab trace --kernel KERNEL [--backward] --inject-bug mystery-N\n"
+        + "".join(f"{e.hunt}: \n" for e in hunts))
+    (outdir / "ASSIGNMENT.md").write_text(_handout(sorted(set(stubbed)), hunts))
+    return sorted(set(stubbed)) + [e.id for e in hunts]
+
+
+def _handout(stubbed, hunts) -> str:
+    lines = ["# flashlab assignment", "",
+             "Fill in each exercise between its `BEGIN EXERCISE` and `END EXERCISE` lines (keep those "
+             "lines). Grade yourself from this directory with `flashlab grade .`; kernel exercises "
+             "need a CUDA GPU.", "", "| exercise | points | file | what |", "|---|---|---|---|"]
+    for ex_id in stubbed:
+        e = EXERCISES[ex_id]
+        lines.append(f"| {e.id} | {e.points:g} | `{e.file}` | {e.title} |")
+    if hunts:
+        lines += ["", "## Bug hunt", "",
+                  "Each mystery is a kernel with one planted bug. Find the algorithm line it breaks with "
+                  "`flashlab trace`, and write it in answers.txt as `mystery-N: A1:L12`.", ""]
+        for e in hunts:
+            b = ops.HUNT[e.hunt]
+            flag = " --backward" if b.direction == "backward" else ""
+            cause = (" Run it several times. If the first divergence moves, what kind of bug is "
+                     "it? Confirm with `compute-sanitizer --tool racecheck`." if b.race else "")
+            lines.append(f"- {e.id} ({e.points:g} points) `flashlab trace --kernel {b.kernel}{flag} "
+                         f"--seq 600 --inject-bug {b.hunt}`: the {b.kernel} {b.direction} pass is wrong "
+                         f"somewhere. At which step does it first diverge, and which line of the "
+                         f"algorithm is broken?{cause}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- grade
+
+@dataclass
+class Result:
+    exercise: Exercise
+    score: float = 0.0
+    output: str = ""
+    status: str = "failed"  # passed / failed / needs GPU / not implemented
+
+    @property
+    def max_score(self):
+        return self.exercise.points
+
+
+@dataclass
+class Report:
+    results: list = field(default_factory=list)
+
+    @property
+    def score(self):
+        return sum(r.score for r in self.results)
+
+    @property
+    def max_score(self):
+        return sum(r.max_score for r in self.results)
+
+
+def _load_student_package(root: Path):
+    """Import the student's flashlab/ under a private name (their relative imports resolve)."""
+    name = f"flashlab_student_{abs(hash(str(root.resolve())))}"
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    init = root / "flashlab" / "__init__.py"
+    if not init.exists():
+        raise FileNotFoundError(f"{root} holds no flashlab/__init__.py: is it a student copy?")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return name
+
+
+def _grade_python(e: Exercise, pkg_name: str) -> Result:
+    from . import reference as solution
+
+    res = Result(e)
+    module_name, fn_name = STEP_THROUGHS[e.algorithm]
+    try:
+        student_fn = getattr(importlib.import_module(f"{pkg_name}.reference.{module_name}"), fn_name)
+    except Exception:
+        res.output = "your package does not import:\n" + traceback.format_exc(limit=3)
+        return res
+    passed, notes = 0, []
+    for B, H, Nq, Nk, d, Br, Bc, causal in PY_SHAPES:
+        rng = np.random.default_rng(Nq * 100 + Nk)
+        q, k, v, do = (rng.standard_normal(s) for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)))
+        args = (q, k, v, causal)
+        if e.algorithm in ("B1", "G2"):
+            o, lse = solution.naive_attention(q, k, v, causal)
+            args = (do, q, k, v, o, lse, causal)
+        shape = f"Nq={Nq}, Nk={Nk}, d={d}, Br={Br}, Bc={Bc}{', causal' if causal else ''}"
+        expected, _ = trace_mod.record(getattr(solution, fn_name)(*args, Br=Br, Bc=Bc))
+        try:
+            actual, _ = trace_mod.record(student_fn(*args, Br=Br, Bc=Bc), label="your step-through")
+        except NotImplementedError as exc:
+            res.status, res.output = "not implemented", f"{exc} is not implemented yet"
+            return res
+        except Exception as exc:
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            notes.append(f"[{shape}] {type(exc).__name__}: {exc} ({Path(tb.filename).name}:{tb.lineno})")
+            continue
+        div = trace_mod.compare(expected, actual, rtol=1e-9, atol=1e-12)
+        if div is None:
+            passed += 1
+        else:
+            notes.append(f"[{shape}] {div}")
+    res.score = e.points * passed / len(PY_SHAPES)
+    res.status = "passed" if passed == len(PY_SHAPES) else "failed"
+    res.output = f"{passed}/{len(PY_SHAPES)} shapes match the solution tile by tile" + \
+        ("" if not notes else "\nfirst problem: " + notes[0])
+    return res
+
+
+def _grade_kernel(e: Exercise, root: Path) -> Result:
+    res = Result(e)
+    student_file = root / e.file
+    if not student_file.exists():
+        res.output = f"{e.file} is missing"
+        return res
+    solution_text = _solution_file(e.file).read_text()
+    try:
+        spliced = splice(solution_text, student_file.read_text(), e.id, e.file)
+    except ValueError as exc:
+        res.output = str(exc)
+        return res
+    if f"TODO Exercise {e.id}" in spliced:
+        res.status, res.output = "not implemented", f"Exercise {e.id} is not implemented yet"
+        return res
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(e.file).name
+        path.write_text(spliced)
+        shutil.copy(ops.kernel_dir() / "common.cuh", Path(tmp) / "common.cuh")
+        if not ops.gpu_available():
+            try:
+                ops.nvrtc_compile(e.kernel, "sm_80", source=path)
+                compiled = "it compiles with NVRTC for sm_80"
+            except ImportError:
+                compiled = "NVRTC is not installed here, so it was not compiled"
+            except ops.KernelCompileError as exc:
+                res.output = f"your code does not compile:\n{exc}"
+                return res
+            res.status = "needs GPU"
+            res.output = f"{compiled}; the tile-by-tile check needs a CUDA GPU, none found"
+            return res
+        import cupy as cp
+
+        smem = ops.device_limits(cp.cuda.Device().id)["smem_optin"]
+        p = ops.plan(e.kernel, 64, e.direction, smem)
+        N = 2 * max(p["Br"], p["Bc"]) + 17  # at least two tiles each way, the last one ragged
+        passed, notes = 0, []
+        for causal in (False, True):
+            try:
+                div, _, _ = trace_mod.check_kernel(e.kernel, e.direction, B=1, H=2, Nq=N, Nk=N, d=64,
+                                                   causal=causal, seed=3, source=path)
+            except ops.KernelCompileError as exc:
+                res.output = f"your code does not compile:\n{exc}"
+                return res
+            if div is None:
+                passed += 1
+            else:
+                div.label = f"your Exercise {e.id} kernel"
+                notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {div}")
+        res.score = e.points * passed / 2
+        res.status = "passed" if passed == 2 else "failed"
+        res.output = f"{passed}/2 runs match the step-through tile by tile" + \
+            ("" if not notes else "\nfirst problem: " + notes[0])
+        return res
+
+
+def _grade_hunts(exercises, root: Path) -> list:
+    answers = {}
+    path = root / "answers.txt"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if ":" in line and not line.lstrip().startswith("#"):
+                key, _, value = line.partition(":")
+                m = _LINE.search(value.upper())
+                answers[key.strip()] = f"{m[1]}:L{m[2]}" if m else value.strip()
+    out = []
+    for e in exercises:
+        b = ops.HUNT[e.hunt]
+        res = Result(e)
+        given = answers.get(b.hunt, "")
+        if not given:
+            res.status, res.output = "not implemented", f"no answer for {b.hunt} in answers.txt"
+        elif given == b.line.upper():
+            res.score, res.status, res.output = e.points, "passed", f"{b.hunt}: {b.line} is right"
+        else:
+            res.output = f"{b.hunt}: {given} is not the line this bug breaks"
+        out.append(res)
+    return out
+
+
+def grade(root=".", exercises=None) -> Report:
+    """Grade the copy at `root` (a directory with flashlab/, kernels/ and answers.txt)."""
+    root = Path(root)
+    chosen = [EXERCISES[i] for i in (exercises or sorted(EXERCISES, key=lambda s: tuple(map(int, s.split(".")))))]
+    report = Report()
+    pkg_name = None
+    if any(e.kind == "python" for e in chosen):
+        pkg_name = _load_student_package(root)
+    hunts = [e for e in chosen if e.kind == "hunt"]
+    for e in chosen:
+        if e.kind == "python":
+            report.results.append(_grade_python(e, pkg_name))
+        elif e.kind == "kernel":
+            report.results.append(_grade_kernel(e, root))
+    report.results += _grade_hunts(hunts, root)
+    return report
+
+
+def results_json(report: Report) -> dict:
+    """The Gradescope autograder results.json format."""
+    return {
+        "score": report.score,
+        "output": f"{report.score:g} / {report.max_score:g} points",
+        "stdout_visibility": "visible",
+        "tests": [{"name": f"Exercise {r.exercise.id}: {r.exercise.title}", "number": r.exercise.id,
+                   "score": r.score, "max_score": r.max_score,
+                   "status": "passed" if r.status == "passed" else "failed",
+                   "output": f"[{r.status}] {r.output}"} for r in report.results],
+    }
