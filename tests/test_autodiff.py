@@ -25,44 +25,63 @@ def leaf(rng, *shape, low=None):
 
 # ----------------------------------------------------------------------------- gradient checks
 
-GENERATOR = np.random.default_rng(12345)
-IDS = np.array([[0, 3, 3], [5, 1, 0]])  # repeated ids: their gradients must add up
+class On:
+    """Puts the constants an op test needs on one device, so the same table runs on the GPU
+    (tests/test_autodiff_gpu.py): on.t(x) a constant tensor, on.a(x) a raw (integer) array."""
 
-# name -> (function of tensors, input shapes, options for leaf())
+    def __init__(self, device="cpu", dtype=np.float64):
+        self.device, self.dtype = device, dtype
+
+    def t(self, x):
+        return tensor(x, device=self.device, dtype=self.dtype)
+
+    def a(self, x):
+        from flashlab.autodiff.tensor import to_device
+
+        return to_device(np.asarray(x), self.device)
+
+
+IDS = [[0, 3, 3], [5, 1, 0]]  # repeated ids: their gradients must add up
+
+# name -> (f(on, *tensors), input shapes, options for leaf())
 OPS = {
-    "neg": (lambda a: -a, [(3, 4)], {}),
-    "add broadcast": (lambda a, b: a + b, [(2, 3, 4), (3, 1)], {}),
-    "sub scalar": (lambda a: 2.0 - a - 1.5, [(3, 4)], {}),
-    "mul broadcast": (lambda a, b: a * b, [(2, 1, 4), (3, 4)], {}),
-    "div": (lambda a, b: a / b, [(3, 4), (4,)], {"low": 0.5}),
-    "exp": (lambda a: a.exp(), [(3, 4)], {}),
-    "log": (lambda a: a.log(), [(3, 4)], {"low": 0.5}),
-    "gelu": (lambda a: a.gelu(), [(5, 6)], {}),
-    "matmul batched": (lambda a, b: a @ b, [(2, 3, 4, 5), (5, 2)], {}),
-    "matmul broadcast batch": (lambda a, b: a @ b, [(2, 1, 3, 4), (3, 4, 2)], {}),
-    "sum all": (lambda a: a.sum(), [(3, 4)], {}),
-    "sum axis keepdims": (lambda a: a.sum(axis=1, keepdims=True), [(2, 3, 4)], {}),
-    "sum axes": (lambda a: a.sum(axis=(0, 2)), [(2, 3, 4)], {}),
-    "mean axis": (lambda a: a.mean(axis=-1), [(2, 3, 4)], {}),
-    "mean all": (lambda a: a.mean(), [(2, 3, 4)], {}),
-    "reshape": (lambda a: a.reshape(4, -1) * tensor(np.arange(6.0)), [(2, 3, 4)], {}),
-    "permute": (lambda a: a.permute(2, 0, 1) * tensor(np.arange(2.0)), [(4, 2, 3)], {}),
-    "transpose": (lambda a: a.transpose() @ tensor(np.ones((3, 2))), [(2, 3, 3)], {}),
-    "softmax last": (lambda a: a.softmax(axis=-1), [(3, 5)], {}),
-    "softmax axis 0": (lambda a: a.softmax(axis=0), [(3, 5)], {}),
-    "log_softmax": (lambda a: a.log_softmax(axis=-1), [(3, 5)], {}),
-    "cross_entropy": (lambda a: a.cross_entropy(np.array([[1, 4], [0, 4]])), [(2, 2, 5)], {}),
-    "nll": (lambda a: a.nll(np.array([2, 0, 1])), [(3, 4)], {}),
-    "layer_norm": (lambda x, w, b: x.layer_norm(w, b), [(2, 3, 6), (6,), (6,)], {}),
-    "embedding": (lambda w: w.embedding(IDS), [(6, 4)], {}),
-    "dropout": (lambda a: a.dropout(0.4, generator=np.random.default_rng(7)), [(4, 5)], {}),
+    "neg": (lambda on, a: -a, [(3, 4)], {}),
+    "add broadcast": (lambda on, a, b: a + b, [(2, 3, 4), (3, 1)], {}),
+    "sub scalar": (lambda on, a: 2.0 - a - 1.5, [(3, 4)], {}),
+    "mul broadcast": (lambda on, a, b: a * b, [(2, 1, 4), (3, 4)], {}),
+    "div": (lambda on, a, b: a / b, [(3, 4), (4,)], {"low": 0.5}),
+    "exp": (lambda on, a: a.exp(), [(3, 4)], {}),
+    "log": (lambda on, a: a.log(), [(3, 4)], {"low": 0.5}),
+    "gelu": (lambda on, a: a.gelu(), [(5, 6)], {}),
+    "matmul batched": (lambda on, a, b: a @ b, [(2, 3, 4, 5), (5, 2)], {}),
+    "matmul broadcast batch": (lambda on, a, b: a @ b, [(2, 1, 3, 4), (3, 4, 2)], {}),
+    "sum all": (lambda on, a: a.sum(), [(3, 4)], {}),
+    "sum axis keepdims": (lambda on, a: a.sum(axis=1, keepdims=True), [(2, 3, 4)], {}),
+    "sum axes": (lambda on, a: a.sum(axis=(0, 2)), [(2, 3, 4)], {}),
+    "mean axis": (lambda on, a: a.mean(axis=-1), [(2, 3, 4)], {}),
+    "mean all": (lambda on, a: a.mean(), [(2, 3, 4)], {}),
+    "reshape": (lambda on, a: a.reshape(4, -1) * on.t(np.arange(6.0)), [(2, 3, 4)], {}),
+    "permute": (lambda on, a: a.permute(2, 0, 1) * on.t(np.arange(2.0)), [(4, 2, 3)], {}),
+    "transpose": (lambda on, a: a.transpose() @ on.t(np.ones((3, 2))), [(2, 3, 3)], {}),
+    "softmax last": (lambda on, a: a.softmax(axis=-1), [(3, 5)], {}),
+    "softmax axis 0": (lambda on, a: a.softmax(axis=0), [(3, 5)], {}),
+    "log_softmax": (lambda on, a: a.log_softmax(axis=-1), [(3, 5)], {}),
+    "cross_entropy": (lambda on, a: a.cross_entropy(on.a([[1, 4], [0, 4]])), [(2, 2, 5)], {}),
+    "nll": (lambda on, a: a.nll(on.a([2, 0, 1])), [(3, 4)], {}),
+    "layer_norm": (lambda on, x, w, b: x.layer_norm(w, b), [(2, 3, 6), (6,), (6,)], {}),
+    "embedding": (lambda on, w: w.embedding(on.a(IDS)), [(6, 4)], {}),
+    "dropout": (lambda on, a: a.dropout(0.4, generator=np.random.default_rng(7)), [(4, 5)], {}),
+    "flash attention": (lambda on, q, k, v: q.flash_attention(k, v), [(1, 2, 5, 4)] * 3, {}),
+    "flash attention causal": (lambda on, q, k, v: q.flash_attention(k, v, causal=True),
+                               [(1, 2, 5, 4)] * 3, {}),
 }
 
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_every_op_backward_equals_central_differences(name, rng):
     f, shapes, opts = OPS[name]
-    grad_check(f, *[leaf(rng, *s, **opts) for s in shapes])
+    on = On()
+    grad_check(lambda *ts: f(on, *ts), *[leaf(rng, *s, **opts) for s in shapes])
 
 
 @pytest.mark.parametrize("attention", ["flash", "standard"])

@@ -263,7 +263,8 @@ class Permute(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return (grad.transpose(tuple(np.argsort(ctx.axes))),)  # the inverse permutation
+        inverse = tuple(int(a) for a in np.argsort(ctx.axes))
+        return (grad.transpose(inverse),)
 
 
 # ----------------------------------------------------------------------------- softmax, loss
@@ -403,9 +404,9 @@ class Embedding(Function):
         xp = array_module(grad)
         dweight = xp.zeros(ctx.shape, dtype=grad.dtype)  # (V, C)
         flat_ids, flat_grad = ids.reshape(-1), grad.reshape(-1, ctx.shape[1])
-        if xp is np:
-            np.add.at(dweight, flat_ids, flat_grad)  # unbuffered: repeated ids add up
-        else:
+        if hasattr(xp.add, "at"):  # NumPy; CuPy >= 12
+            xp.add.at(dweight, flat_ids, flat_grad)  # unbuffered: repeated ids add up
+        else:  # older CuPy
             import cupyx
 
             cupyx.scatter_add(dweight, flat_ids, flat_grad)
@@ -488,9 +489,11 @@ class FlashAttention(Function):
 def causal_mask(xp, Nq: int, Nk: int, dtype):
     """(Nq, Nk) of 0 where key c is visible to query r (c <= r, top-left aligned as flashlab's
     kernels and torch's is_causal) and -inf where it is masked."""
-    r = xp.arange(Nq)[:, None]
-    c = xp.arange(Nk)[None, :]
-    return xp.where(c > r, -np.inf, 0.0).astype(dtype)
+    r = xp.arange(Nq)[:, None]  # (Nq, 1)
+    c = xp.arange(Nk)[None, :]  # (1, Nk)
+    mask = xp.zeros((Nq, Nk), dtype=dtype)
+    mask[c > r] = -np.inf
+    return mask
 
 
 def standard_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
