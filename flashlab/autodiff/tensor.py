@@ -125,8 +125,8 @@ class Function:
             return grad * b, grad * a
 
     A gradient may come back shaped like the broadcast output (grad * b above, when a was
-    broadcast): `apply`'s bookkeeping sums it back to the input's shape, in one place for every
-    op. Inputs that are not Tensors (integer ids, a mask) pass through to forward unchanged;
+    broadcast): `Tensor.backward` sums it back to the input's shape (`unbroadcast`), in one
+    place for every op. Inputs that are not Tensors (integer ids, a mask) pass through to forward unchanged;
     their gradient slot is ignored (return None). Keyword arguments (causal=True, axis=-1) go to
     forward only.
     """
@@ -190,7 +190,6 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.history = history
         self.grad = None
-        self.name = None  # set by nn modules, used in messages
 
     # ------------------------------------------------------------------ facts
     @property
