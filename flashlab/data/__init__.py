@@ -1,0 +1,1 @@
+"""Data files shipped with flashlab (see README.md here)."""
