@@ -61,3 +61,63 @@ def describe(label: str) -> str:
     """'A1:L12' -> 'A1:L12 (O_i <- diag(l_new)^-1 (...))'."""
     text = LINES.get(label)
     return f"{label} ({text})" if text else label
+
+
+
+def _tag(algorithm: str):
+    import re
+
+    return re.compile(rf"(?://|#)\s*{re.escape(algorithm)}:L(\d+)(?:-L(\d+))?")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def tagged_blocks(text: str, algorithm: str, max_lines: int = 10) -> dict:
+    """{label: (first line number, [lines])}: for each line of `algorithm` that `text` tags
+    (a comment `// A1:L12` in CUDA, `# A1:L12` in Python; `A1:L3-L4` tags L3 and L4), the code
+    from the tagged line up to the next tag, a blank line or the end of its scope, at most
+    `max_lines` lines.
+    Only a label's first tagged line counts (docstrings that mention a label are skipped).
+    """
+    tag = _tag(algorithm)
+    lines = text.splitlines()
+    found: dict = {}
+    for n, line in enumerate(lines):
+        hit = tag.search(line)
+        if hit is None or line.lstrip().startswith(("*", "/*", '"')):
+            continue  # untagged, or a label quoted in a header comment or docstring
+        labels = [f"{algorithm}:L{k}" for k in
+                  range(int(hit.group(1)), int(hit.group(2) or hit.group(1)) + 1)]
+        if all(lab in found for lab in labels):
+            continue
+        block = [line.rstrip()]
+        for follow in lines[n + 1:]:
+            if len(block) >= max_lines or tag.search(follow) or not follow.strip():
+                break
+            if follow.strip() and _indent(follow) < _indent(line):
+                break
+            block.append(follow.rstrip())
+        cut = min(_indent(b) for b in block if b.strip())
+        for lab in labels:
+            found.setdefault(lab, (n + 1, [b[cut:] for b in block]))
+    return found
+
+
+def side_by_side(kernel_text: str, reference_text: str, algorithm: str) -> list:
+    """Rows (label, paper line, kernel code, reference code) for every line of `algorithm` that
+    the kernel or the reference tags, in the paper's order. Code cells start with the line number
+    ("104| ...") of the tagged line in their file."""
+    kern = tagged_blocks(kernel_text, algorithm)
+    ref = tagged_blocks(reference_text, algorithm)
+
+    def cell(hit):
+        if hit is None:
+            return ""
+        start, block = hit
+        return "\n".join(f"{start + k:4d}| {b}" for k, b in enumerate(block))
+
+    return [(label, LINES[label], cell(kern.get(label)), cell(ref.get(label)))
+            for label in LINES
+            if label.startswith(algorithm + ":") and (label in kern or label in ref)]
