@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, compute-sanitizer, benchmark. Run from the repository root:
-#   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|bench|all] [extra bench args]
+#   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|tutorials|bench|all] [extra bench args]
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -27,6 +27,12 @@ if [[ $what == all || $what == sanitize ]]; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|done|Error" "$OUT/sanitizer_$tool.log" | tail -3
     [[ $rc == 0 ]] || { echo "compute-sanitizer $tool: exit $rc"; status=1; }
   done
+fi
+
+if [[ $what == all || $what == tutorials ]]; then
+  echo "== tutorials (every cell, GPU cells included)"
+  mkdir -p "$OUT/tutorials"
+  MPLBACKEND=Agg python3 scripts/run_tutorials.py "$OUT/tutorials" || status=1
 fi
 
 if [[ $what == all || $what == bench ]]; then

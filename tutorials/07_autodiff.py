@@ -47,26 +47,16 @@
 # #   def flash_attention(self, k, v, causal=False): return FlashAttention.apply(self, k, v, causal)
 # ```
 #
-# flashlab's own framework (Tensor, Function, the FlashAttention Function, `Tensor.flash_attention`
-# and a small transformer trained with `flashlab train`) lands in `flashlab.autodiff`. Where it is
-# installed, this notebook uses it; where it is not, it shows the same forward and backward pair
-# through the functions above, which is all such a Function wraps.
+# flashlab's own framework is `flashlab.autodiff`: `Tensor`, `Function`, the FlashAttention
+# Function in `tensor_functions.py`, `Tensor.flash_attention`, and a small transformer trained with
+# `flashlab train`. First the forward and backward pair such a Function wraps, on its own; then the
+# same pair inside the framework.
 
 # %%
 import numpy as np
 
 from flashlab import flash_attention, flash_attention_backward
 from flashlab.viz import loss_plot
-
-try:
-    import flashlab.autodiff as ad
-except ImportError as e:
-    ad = None
-    print(f"flashlab.autodiff is not importable here ({e}).\n"
-          "The framework lands in flashlab.autodiff; until then this notebook shows the "
-          "forward/backward pair it wraps.")
-else:
-    print("flashlab.autodiff found:", ", ".join(n for n in dir(ad) if not n.startswith("_")))
 
 rng = np.random.default_rng(0)
 
@@ -145,67 +135,47 @@ else:
     print("No CUDA GPU: skipped the forward/backward pair on CuPy arrays (the fa2 kernels).")
 
 # %% [markdown]
-# ## With flashlab.autodiff
+# ## Inside flashlab.autodiff
 #
-# Where `flashlab.autodiff` is installed, the same checks go through its `Tensor`:
-# `q.flash_attention(k, v, causal=True)` records the FlashAttention Function, and `backward()`
-# fills `q.grad`, `k.grad`, `v.grad`, which must equal the pair's gradients above. Then a tiny
-# transformer trains for a few steps. Each part prints what it ran or why it skipped.
+# `q.flash_attention(k, v, causal=True)` records one FlashAttention node in the graph (its forward
+# keeps o and the logsumexp, not P). `backward()` walks the graph in topological order and fills
+# `q.grad`, `k.grad`, `v.grad`: they must equal the pair's gradients above. The loss here is
+# sum(do * o), so the gradient arriving at o is do.
 
 # %%
-def as_array(x):
-    """A framework tensor, or an array, as a NumPy array."""
-    x = getattr(x, "data", x)
-    return np.asarray(x.get() if hasattr(x, "get") else x, dtype=np.float64)
+from flashlab.autodiff import Tensor
 
+qt, kt, vt = (Tensor(x, requires_grad=True) for x in (q, k, v))
+out = qt.flash_attention(kt, vt, causal=True)  # (B, H, N, d), one graph node
+(out * Tensor(do)).sum().backward()
+o, lse = flash_attention(q, k, v, causal=True, return_lse=True)
+expected = flash_attention_backward(do, q, k, v, o, lse, causal=True)
+print("forward: max |Tensor.flash_attention - flash_attention| =",
+      f"{np.abs(out.data - o).max():.1e}")
+for name, t, g in (("q", qt, expected[0]), ("k", kt, expected[1]), ("v", vt, expected[2])):
+    print(f"backward: max |{name}.grad - flash_attention_backward| = {np.abs(t.grad.data - g).max():.1e}")
 
-if ad is None:
-    print("skipped: flashlab.autodiff is not installed here (Tensor.flash_attention, training).")
-elif not hasattr(getattr(ad, "Tensor", None), "flash_attention"):
-    print("skipped: flashlab.autodiff has no Tensor.flash_attention yet.")
-else:
-    from flashlab.autodiff import Tensor
-
-    try:
-        try:
-            qt, kt, vt = (Tensor(x, requires_grad=True) for x in (q, k, v))
-        except TypeError:
-            qt, kt, vt = (Tensor(x) for x in (q, k, v))
-        out = qt.flash_attention(kt, vt, causal=True)
-        print("forward: max |Tensor.flash_attention - flash_attention| =",
-              f"{np.abs(as_array(out) - flash_attention(q, k, v, causal=True)).max():.1e}")
-        try:
-            out.backward(Tensor(do))
-        except Exception:  # a framework that only starts from a scalar
-            (out * Tensor(do)).sum().backward()
-        o, lse = flash_attention(q, k, v, causal=True, return_lse=True)
-        expected = flash_attention_backward(do, q, k, v, o, lse, causal=True)
-        for name, t, g in (("q", qt, expected[0]), ("k", kt, expected[1]), ("v", vt, expected[2])):
-            print(f"backward: max |{name}.grad - flash_attention_backward| = "
-                  f"{np.abs(as_array(t.grad) - g).max():.1e}")
-    except Exception as e:  # an API this notebook does not know yet
-        print(f"skipped the Tensor checks: {type(e).__name__}: {e}")
+# %% [markdown]
+# ## Training the small transformer, flash against standard attention
+#
+# The same decoder-only transformer, trained on Shakespeare's Sonnets with the same seed, once
+# with `attention="flash"` (one FlashAttention node per layer) and once with `"standard"`
+# (matmul, mask, softmax, matmul: P is saved for the backward). In float64 on the CPU the two
+# loss curves agree to rounding: the same function, computed another way. `flashlab train
+# --compare` does this from the command line.
 
 # %%
-import inspect
+from flashlab.autodiff.train import TrainConfig, train
 
-trainers = [getattr(ad, n) for n in ("train", "train_tiny", "train_small_transformer")
-            if ad is not None and callable(getattr(ad, n, None))]
-if not trainers:
-    print("skipped: no training function in flashlab.autodiff here "
-          "(it brings a small transformer and `flashlab train`).")
-else:
-    train = trainers[0]
-    small = {"steps": 5, "n_steps": 5, "max_steps": 5, "iters": 5, "seq_len": 32, "seed": 0}
-    params = inspect.signature(train).parameters
-    kwargs = {key: val for key, val in small.items() if key in params}
-    print(f"running {train.__module__}.{train.__name__}(**{kwargs})")
-    try:
-        result = train(**kwargs)
-        print("result:", result if not isinstance(result, (list, tuple)) or len(result) < 20
-              else f"{type(result).__name__} of {len(result)}, last {result[-1]}")
-    except Exception as e:
-        print(f"skipped training: {type(e).__name__}: {e}")
+runs = {kind: train(TrainConfig(attention=kind, steps=8, batch=4, seq=32, layers=1, heads=2,
+                                dim=32, sample=0))
+        for kind in ("flash", "standard")}
+for kind, r in runs.items():
+    print(f"{kind:>8}: loss {r.losses[0]:.6f} -> {r.losses[-1]:.6f}, "
+          f"{1e3 * r.seconds_per_step:.1f} ms per step, peak {r.peak_memory / 1e6:.1f} MB ({r.memory_what})")
+worst = max(abs(a - b) / abs(b) for a, b in zip(runs["flash"].losses, runs["standard"].losses))
+print(f"largest relative difference between the two loss curves: {worst:.1e}")
+loss_plot(runs["flash"].losses, "small transformer, flash attention (float64, CPU)")
 
 # %% [markdown]
 # **Summary.** To a framework, FlashAttention is one Function: a forward that keeps o and the
