@@ -43,6 +43,16 @@ def _done(plt, fig):
     return fig
 
 
+def show(*figs) -> None:
+    """Display figures from inside a block of a notebook cell (a no-op outside Jupyter, where a
+    script such as scripts/run_tutorials.py runs the same code)."""
+    if _in_kernel():
+        from IPython.display import display
+
+        for fig in figs:
+            display(fig)
+
+
 def bench_plot(report, path: str) -> None:
     """Speedup over naive and peak extra memory against N, one line per kernel and pass
     (in the spirit of the seed poster's Figures 3 and 4)."""

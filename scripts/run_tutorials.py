@@ -9,19 +9,7 @@ import io
 import runpy
 import sys
 import time
-import types
 from pathlib import Path
-
-if "IPython" not in sys.modules:
-    try:
-        import IPython  # noqa: F401
-    except ImportError:  # a stand-in: display() does nothing, no kernel is running
-        display_mod = types.ModuleType("IPython.display")
-        display_mod.display = lambda *objs, **kw: None
-        ipython = types.ModuleType("IPython")
-        ipython.display = display_mod
-        ipython.get_ipython = lambda: None
-        sys.modules["IPython"], sys.modules["IPython.display"] = ipython, display_mod
 
 import matplotlib
 

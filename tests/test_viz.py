@@ -238,3 +238,14 @@ def test_source_table_sets_kernel_beside_reference():
     assert {label for label, *_ in viz.source_table("fa1", "B1").rows} >= {"B1:L7", "B1:L12"}
     with pytest.raises(ValueError, match="no source"):
         viz.source_table("nope", "A1")
+
+
+def test_show_is_a_no_op_outside_jupyter(capsys):
+    import matplotlib.pyplot as plt
+
+    from flashlab.viz import show
+
+    fig = plt.figure()
+    show(fig)  # a script (scripts/run_tutorials.py) runs notebook code: nothing to display, no error
+    assert capsys.readouterr().out == ""
+    plt.close(fig)

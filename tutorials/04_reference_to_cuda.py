@@ -33,7 +33,7 @@ from flashlab import cuda_kernel_ops as ops
 from flashlab import trace
 from flashlab.cuda_kernel_ops import gpu_available
 from flashlab.reference import Step, fa1_forward_steps, naive_attention
-from flashlab.viz import draw_trace_diff, source_table
+from flashlab.viz import draw_trace_diff, show, source_table
 
 GPU = gpu_available()
 print("CUDA GPU with CuPy:", "found" if GPU else "not found (the GPU cells will skip)")
@@ -172,9 +172,7 @@ if GPU:
     found, kernel_trace, reference_trace = trace.check_kernel(
         "fa1", "forward", H=2, Nq=n_gpu, d=64, bug="no-rescale")
     print(found)
-    from IPython.display import display
-
-    display(draw_trace_diff(reference_trace, kernel_trace, found))
+    show(draw_trace_diff(reference_trace, kernel_trace, found))
 else:
     print("No CUDA GPU: skipped trace.check_kernel('fa1', bug='no-rescale'); on a GPU it reports "
           "the first divergence at step (i=0, j=1), A1:L12, as the CPU example above did.")
