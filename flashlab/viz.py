@@ -481,6 +481,11 @@ def draw_a1_step(steps, t: int, q, k, v, traffic=None, b: int = 0, h: int = 0):
         f"Algorithm 1, step (i={i}, j={j}): K_{j}, V_{j} (blue) and Q_{i}, O_{i}, l_{i}, m_{i} "
         f"(orange) are in SRAM;\nO_{i}, l_{i}, m_{i} go back to HBM at the end of the step "
         f"(A1:L12-L13)", fontsize=11, y=0.995)
+    return _finish_step_figure(plt, fig)
+
+
+def _finish_step_figure(plt, fig):
+    """The row labels and margins every step figure (A1, B1) shares."""
     fig.text(0.01, 0.935, "HBM (whole tensors, one head)", fontsize=10, fontweight="bold",
              color="dimgray")
     fig.text(0.01, 0.585, "SRAM (the tiles of this step)", fontsize=10, fontweight="bold",
@@ -713,12 +718,7 @@ def draw_backward_step(steps, t: int, q, k, v, o, do, traffic=None, b: int = 0, 
         f"Backward (B1), step (i={i}, j={j}): K_{j}, V_{j}, dK~_{j}, dV~_{j} (blue) stay in SRAM "
         f"for the whole loop over i;\nQ_{i}, O_{i}, dO_{i}, dQ_{i} (orange) come in, and dQ_{i} "
         f"goes back to HBM at every step (B1:L12)", fontsize=11, y=0.995)
-    fig.text(0.01, 0.935, "HBM (whole tensors, one head)", fontsize=10, fontweight="bold",
-             color="dimgray")
-    fig.text(0.01, 0.585, "SRAM (the tiles of this step)", fontsize=10, fontweight="bold",
-             color="dimgray")
-    fig.subplots_adjust(left=0.05, right=0.965, top=0.9, bottom=0.03)
-    return _done(plt, fig)
+    return _finish_step_figure(plt, fig)
 
 
 # ----------------------------------------------------------------------------- notebook 6
