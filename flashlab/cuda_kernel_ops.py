@@ -49,9 +49,18 @@ def kernel_dir() -> Path:
     top = here.parent / "kernels"
     if top.is_dir():
         return top
-    from importlib.resources import files
+    return installed_kernel_dir()
 
-    return Path(str(files("flashlab.kernels")))
+
+def installed_kernel_dir() -> Path:
+    """Where an installed (non-editable) flashlab keeps kernels/: the data package
+    flashlab.kernels, a namespace package (no __init__.py), found through its import spec."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("flashlab.kernels")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("flashlab's kernels/ is missing from this installation; reinstall flashlab")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def kernel_files() -> list[Path]:

@@ -95,3 +95,26 @@ def test_kernel_files_open_with_the_header_and_cite_lines(kernel):
     assert tags and tags <= set(LINES), tags - set(LINES)
     for barrier in re.finditer(r"__syncthreads\(\);(.*)", text):
         assert barrier.group(1).strip().startswith("//"), f"unexplained barrier in {kernel}.cu"
+
+
+def test_an_installed_flashlab_finds_its_kernels(tmp_path):
+    # the layout a wheel installs (pyproject maps kernels/ to the data package flashlab.kernels):
+    # site/flashlab/... with site/flashlab/kernels/*.cu and no kernels/ beside the package
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    shutil.copytree(ops.kernel_dir().parent / "flashlab", site / "flashlab",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ops.kernel_dir(), site / "flashlab" / "kernels")
+    code = ("from flashlab import cuda_kernel_ops as o; print(o.kernel_dir()); "
+            "print(sorted(p.name for p in o.kernel_files())); print(len(o.kernel_source('fa2')))")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    where, names, size = out.stdout.split("\n")[:3]
+    assert where == str(site / "flashlab" / "kernels")
+    assert names == "['fa1.cu', 'fa2.cu', 'naive.cu']" and int(size) > 10_000
