@@ -2,16 +2,27 @@
 
 NumPy arrays run the references (flashlab.reference); CuPy arrays run a CUDA kernel
 (flashlab.cuda_kernel_ops). Mixing the two is an error that says which argument to move.
+
+kernel="auto" picks, for CuPy arrays: "tc" (tensor cores) for float16 / bfloat16 on a GPU of
+compute capability 8.0 or newer and a head dim it has; "fa2" for float32 (or "fa1" where fa2 has
+no tile for the head dim). float16 / bfloat16 on an older GPU run fa2 on float32 copies, with a
+warning the first time. For NumPy arrays "auto" is the reference of the kernel CuPy would run.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from . import lowp
 from . import reference as ref
 
-KERNEL_NAMES = ("auto", "naive", "fa1", "fa2")
+KERNEL_NAMES = ("auto", "naive", "fa1", "fa2", "tc")
+LOWP = ("float16", "bfloat16")
 _REF_FORWARD = {"naive": ref.naive_attention, "fa1": ref.fa1_forward, "fa2": ref.fa2_forward,
-                "auto": ref.fa2_forward}
+                "tc": ref.tc_forward}
+_REF_BACKWARD = {"fa1": ref.fa1_backward, "fa2": ref.fa2_backward, "tc": ref.tc_backward}
+_warned_fallback = False
 
 
 def _is_cupy(x) -> bool:
@@ -31,28 +42,80 @@ def _route(kernel: str, arrays: dict) -> bool:
     return any(kinds.values())
 
 
-def resolve_kernel(kernel: str, q) -> str:
-    """"auto" -> the fastest correct GPU kernel for q's head dim: fa2 where it runs, else fa1."""
-    if kernel != "auto":
-        return kernel
+def _fp32_kernel(q) -> str:
     from .cuda_kernel_ops import FA2_HEAD_DIMS
 
     return "fa2" if q.ndim == 4 and q.shape[-1] in FA2_HEAD_DIMS else "fa1"
 
 
+def resolve_kernel(kernel: str, q) -> str:
+    """"auto" -> the fastest correct kernel for q (CuPy: this GPU, q's dtype and head dim).
+
+    float16 / bfloat16: "tc" where it runs (compute capability >= 8.0, head dim in
+    TC_HEAD_DIMS), else the float32 kernel (the caller upcasts). float32: "fa2", else "fa1".
+    """
+    if kernel != "auto":
+        return kernel
+    if q.dtype.name not in LOWP:
+        return _fp32_kernel(q)
+    if not _is_cupy(q):
+        return "tc"
+    from . import cuda_kernel_ops as ops
+
+    cc = int(ops.device_limits(q.device.id)["compute_capability"])
+    if cc >= ops.TC_MIN_CC and q.ndim == 4 and q.shape[-1] in ops.TC_HEAD_DIMS:
+        return "tc"
+    return _fp32_kernel(q)
+
+
+def _fallback(kernel: str, q, why_cc: bool) -> None:
+    """Say once per process that 16-bit inputs run a float32 kernel on upcast copies."""
+    global _warned_fallback
+    if _warned_fallback:
+        return
+    _warned_fallback = True
+    from . import cuda_kernel_ops as ops
+
+    reason = (f"this GPU has compute capability "
+              f"{ops.device_limits(q.device.id)['compute_capability']} (tc needs 8.0+)" if why_cc
+              else f"kernel 'tc' has no head dim {q.shape[-1]} (it has "
+                   f"{', '.join(map(str, ops.TC_HEAD_DIMS))})")
+    warnings.warn(f"flash_attention(kernel='auto'): {q.dtype.name} inputs run kernel {kernel!r} "
+                  f"on float32 copies because {reason}; outputs are cast back to {q.dtype.name}",
+                  stacklevel=3)
+
+
+def _gpu_lowp_fallback(kernel: str, q) -> bool:
+    """True when 'auto' sent 16-bit CuPy inputs to a float32 kernel (and warns, once)."""
+    if q.dtype.name not in LOWP or kernel == "tc":
+        return False
+    from . import cuda_kernel_ops as ops
+
+    cc = int(ops.device_limits(q.device.id)["compute_capability"])
+    _fallback(kernel, q, why_cc=cc < ops.TC_MIN_CC)
+    return True
+
+
 def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", return_lse=False):
     """Attention softmax(tau q k^T) v over (B, H, N, d) arrays.
 
-    kernel: "naive" (A0), "fa1" (A1), "fa2" (F2) or "auto". CuPy float32 arrays run the CUDA
+    kernel: "naive" (A0), "fa1" (A1), "fa2" (F2), "tc" (F2 on tensor cores: float16 or
+    bfloat16 inputs, sm_80+) or "auto" (see the module docstring). CuPy arrays run the CUDA
     kernel; NumPy arrays run the matching reference in their own dtype. Returns o, or (o, lse)
-    with return_lse=True (lse is what flash_attention_backward needs).
+    with return_lse=True (lse, float32, is what flash_attention_backward needs).
     """
     if _route(kernel, {"q": q, "k": k, "v": v}):
         from . import cuda_kernel_ops as ops
 
-        o, lse = ops.forward(resolve_kernel(kernel, q), q, k, v, causal, softmax_scale)
+        name = resolve_kernel(kernel, q)
+        if kernel == "auto" and _gpu_lowp_fallback(name, q):
+            o, lse = ops.forward(name, *(lowp.to_float32(x) for x in (q, k, v)), causal,
+                                 softmax_scale)
+            o = lowp.from_float32(o, q.dtype.name)
+        else:
+            o, lse = ops.forward(name, q, k, v, causal, softmax_scale)
     else:
-        o, lse = _REF_FORWARD[kernel](q, k, v, causal, softmax_scale)
+        o, lse = _REF_FORWARD[resolve_kernel(kernel, q)](q, k, v, causal, softmax_scale)
     return (o, lse) if return_lse else o
 
 
@@ -62,11 +125,15 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
     if _route(kernel, arrays):
         from . import cuda_kernel_ops as ops
 
-        return ops.backward(resolve_kernel(kernel, q), do, q, k, v, o, lse, causal,
-                            softmax_scale)
+        name = resolve_kernel(kernel, q)
+        if kernel == "auto" and _gpu_lowp_fallback(name, q):
+            f32 = [lowp.to_float32(x) for x in (do, q, k, v, o)]
+            grads = ops.backward(name, *f32, lse, causal, softmax_scale)
+            return tuple(lowp.from_float32(g, q.dtype.name) for g in grads)
+        return ops.backward(name, do, q, k, v, o, lse, causal, softmax_scale)
     if kernel == "naive":
         return ref.naive_attention_backward(do, q, k, v, causal, softmax_scale)
-    bwd = ref.fa1_backward if kernel == "fa1" else ref.fa2_backward
+    bwd = _REF_BACKWARD[resolve_kernel(kernel, q)]
     return bwd(do, q, k, v, o, np.asarray(lse), causal, softmax_scale)
 
 

@@ -8,6 +8,11 @@ as wrong and not timed. Timing: CUDA events around each call after warm-up (comp
 out), the median of `repeat` calls, inputs rotated over enough copies that the 50 MB L2 of an
 H100 cannot serve a repeat. Peak extra memory: CuPy's pool high-water mark minus the inputs.
 
+float16 / bfloat16 (dtype=...): the tensor-core kernel "tc" and torch's SDPA backends on the
+same 16-bit inputs; the check is FlashAttention's rule on those rows (error against the float64
+oracle at most 2x that of standard attention computed in the same dtype, flashlab.lowp), and the
+speedup column is over torch's flash backend (FlashAttention-2) instead of naive.
+
 CPU (no GPU): the NumPy step-throughs at small sizes, timed with perf_counter. Those numbers
 measure Python and NumPy, not IO; the HBM traffic table beside them is the lesson.
 """
@@ -20,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import hbm
+from . import hbm, lowp
 from . import reference as ref
 
 FA1_MAX_SEQ = 4096
@@ -54,6 +59,13 @@ class Row:
 
 
 HEADERS = ["N", "B", "H", "kernel", "pass", "ms", "TFLOP/s", "vs naive", "extra MB", "check"]
+LOWP_KERNELS = ("tc",)  # the kernels that take float16 / bfloat16
+
+
+def headers(report) -> list:
+    """HEADERS, with the speedup column named after the report's baseline."""
+    base = report.header.get("baseline", "naive")
+    return [f"vs {base}" if h == "vs naive" else h for h in HEADERS]
 
 
 def _fmt(x, spec):
@@ -133,14 +145,46 @@ def _check(kernel_out, inputs, causal, tau, direction):
     return worst
 
 
+def _check_lowp(kernel_out, inputs, causal, tau, direction, rows=128):
+    """FlashAttention's rule on rows 0..rows-1 of the first and last head: the worst ratio of
+    the error against the float64 oracle to the bound 2 x (error of 16-bit naive attention)."""
+    worst = 0.0
+    for b, h in ((0, 0), (inputs[0].shape[0] - 1, inputs[0].shape[1] - 1)):
+        q, k, v, do = (x[b, h][None, None].get() for x in inputs)
+        q, do = q[:, :, :rows], do[:, :, :rows]  # rows 0..rows-1 see the same keys either way
+        o64, _, dq64, _, _ = lowp.attention_oracle(q, k, v, do, causal, tau)
+        if direction == "forward":
+            want, naive = o64, lowp.naive_lowp_forward(q, k, v, causal, tau)[0]
+        else:
+            want, naive = dq64, lowp.naive_lowp_backward(do, q, k, v, causal, tau)[0]
+        try:
+            _, err, bound = lowp.within_fa_rule(kernel_out[b, h, :rows][None, None].get(), want,
+                                                naive)
+        except ValueError:  # a NaN in the output
+            return float("inf")
+        worst = max(worst, err / bound)
+    return worst
+
+
 def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, heads=None,
-              tokens=16384, hidden=2048, repeat=10, compare=(), tol=1e-4, progress=None):
-    """Benchmark CUDA kernels (and torch SDPA backends named in `compare`). Returns a Report."""
+              tokens=16384, hidden=2048, repeat=10, compare=(), tol=1e-4, progress=None,
+              dtype="float32"):
+    """Benchmark CUDA kernels (and torch SDPA backends named in `compare`). Returns a Report.
+
+    dtype: "float32" (naive, fa1, fa2), or "float16" / "bfloat16" (tc; torch backends).
+    """
     import cupy as cp
 
     from . import cuda_kernel_ops as ops
 
+    dtype = "float32" if dtype == "float32" else lowp.lowp_dtype(dtype).name
+    low = dtype != "float32"
     report = Report(device_header())
+    report.header["dtype"] = dtype
+    report.header["causal"] = bool(causal)
+    if low:
+        report.header["baseline"] = "torch-flash"
+        report.header["check"] = "2x rule: error <= 2 x error of 16-bit standard attention (ratio shown)"
     pool = cp.get_default_memory_pool()
     l2 = cp.cuda.Device().attributes.get("L2CacheSize", 50 * 2**20)
     directions = ["forward"] + (["backward"] if backward else [])
@@ -148,9 +192,14 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
     torch_fns = _torch_backends(compare) if compare else {}
     if compare and not torch_fns:
         report.notes.append("--compare torch: torch is not importable here")
-    for name in [n for n in compare if n in torch_fns and n in TORCH_NO_FP32]:
+    for name in [n for n in compare if n in torch_fns and n in TORCH_NO_FP32 and not low]:
         torch_fns.pop(name)
         report.notes.append(f"{name} is not run: that SDPA backend takes fp16/bf16 only")
+    wrong_dtype = [n for n in kernels if (n in LOWP_KERNELS) != low]
+    for name in wrong_dtype:
+        report.notes.append(f"{name} is not run: it takes {'float16 / bfloat16' if not low else 'float32'}"
+                            f" (--dtype {'bfloat16' if not low else 'float32'})")
+    kernels = [n for n in kernels if n not in wrong_dtype]
 
     def release():
         pool.free_all_blocks()
@@ -164,12 +213,14 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
         H = heads or max(1, hidden // d)
         tau = 1.0 / math.sqrt(d)
         release()
-        set_bytes = 4 * B * H * N * d * 4
+        set_bytes = 4 * B * H * N * d * (2 if low else 4)
         n_sets = max(1, min(8, math.ceil(2 * l2 / set_bytes)))
         rng = cp.random.default_rng(N)
         sets = [[rng.standard_normal((B, H, N, d), dtype=cp.float32) for _ in range(4)]
                 for _ in range(n_sets)]
-        naive_ms = {}
+        if low:
+            sets = [[lowp.from_float32(x, dtype) for x in s] for s in sets]
+        base_ms = {}
         for name in list(kernels) + list(torch_fns):
             for direction in directions:
                 row = Row(N, B, H, d, name, direction)
@@ -186,11 +237,18 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                     prepare, fn, peak = _backend(name, direction, causal, torch_fns, ops)
                     release()
                     states = [prepare(*x) for x in sets]  # forward outputs / autograd graphs
-                    err = _check(fn(states[0]), sets[0], causal, tau, direction)
-                    if not err <= tol:
-                        row.check = f"WRONG (err {err:.1e} > {tol:.0e}); not timed"
-                        continue
-                    row.check = f"ok (err {err:.0e})"
+                    if low:
+                        ratio = _check_lowp(fn(states[0]), sets[0], causal, tau, direction)
+                        if not ratio <= 1.0:
+                            row.check = f"WRONG (error {ratio:.2f}x the bound); not timed"
+                            continue
+                        row.check = f"ok ({ratio:.2f} of bound)"
+                    else:
+                        err = _check(fn(states[0]), sets[0], causal, tau, direction)
+                        if not err <= tol:
+                            row.check = f"WRONG (err {err:.1e} > {tol:.0e}); not timed"
+                            continue
+                        row.check = f"ok (err {err:.0e})"
                     pool.free_all_blocks()  # what stays is live: inputs, states
                     mark = pool.total_bytes()
                     peak(reset=True)
@@ -214,11 +272,11 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                     release()
                     continue
                 row.tflops = attention_flops(B, H, N, N, d, causal, direction) / (row.ms * 1e-3) / 1e12
-                if name == "naive":
-                    naive_ms[direction] = row.ms
+                if name == report.header.get("baseline", "naive"):
+                    base_ms[direction] = row.ms
         for row in report.rows:
-            if row.N == N and row.direction in naive_ms and not math.isnan(row.ms):
-                row.speedup = naive_ms[row.direction] / row.ms
+            if row.N == N and row.direction in base_ms and not math.isnan(row.ms):
+                row.speedup = base_ms[row.direction] / row.ms
         del sets
         release()
     return report
@@ -262,7 +320,7 @@ def _torch_backends(names):
     def make(backend):
         def for_direction(direction, causal):
             def prepare(q, k, v, do):
-                tq, tk, tv, tdo = (torch.from_dlpack(x) for x in (q, k, v, do))
+                tq, tk, tv, tdo = (_to_torch(x) for x in (q, k, v, do))
                 if direction == "forward":
                     return (tq, tk, tv)
                 tq, tk, tv = (t.detach().requires_grad_() for t in (tq, tk, tv))
@@ -285,9 +343,21 @@ def _torch_backends(names):
     return {name: make(table[name]) for name in names if name in table}
 
 
+def _to_torch(x):
+    """A CuPy array as a torch tensor, zero-copy (bfloat16 travels as int16 bits)."""
+    import torch
+
+    if x.dtype.name == "bfloat16":
+        return torch.from_dlpack(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_dlpack(x)
+
+
 def _to_cupy(t):
     import cupy as cp
+    import torch
 
+    if t.dtype == torch.bfloat16:
+        return cp.from_dlpack(t.contiguous().view(torch.int16)).view(lowp.bfloat16())
     return cp.from_dlpack(t.contiguous())
 
 

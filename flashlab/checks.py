@@ -33,9 +33,11 @@ def _shape(x) -> tuple:
 
 def _is_float_dtype(dtype) -> bool:
     try:
-        return np.issubdtype(np.dtype(dtype), np.floating)
+        dt = np.dtype(dtype)
     except TypeError:
         return False
+    # ml_dtypes' bfloat16 is a float NumPy does not list under np.floating
+    return np.issubdtype(dt, np.floating) or dt.name == "bfloat16"
 
 
 def check_array(name: str, x, rank: int = 4, layout: str = "(B, H, N, d)") -> tuple:
@@ -48,7 +50,7 @@ def check_array(name: str, x, rank: int = 4, layout: str = "(B, H, N, d)") -> tu
     if not _is_float_dtype(x.dtype):
         raise ValueError(
             f"{name} has dtype {x.dtype}; flashlab needs a floating dtype "
-            f"(float16, float32 or float64): cast it first, e.g. {name}.astype('float32')"
+            f"(float16, bfloat16, float32 or float64): cast it first, e.g. {name}.astype('float32')"
         )
     return shape
 

@@ -58,9 +58,11 @@ def _print_report(report, args):
 
     for key, value in report.header.items():
         print(f"{key}: {value}")
-    mode = f"d = {args.head_dim}, {'causal' if args.causal else 'non-causal'}, float32"
+    mode = (f"d = {args.head_dim}, {'causal' if args.causal else 'non-causal'}, "
+            f"{report.header.get('dtype', 'float32')}")
     print(f"{mode}; TFLOP/s: forward 4 B H N^2 d (halved when causal), backward 2.5x forward")
-    print(tabulate([r.table() for r in report.rows], headers=bench.HEADERS, disable_numparse=True))
+    print(tabulate([r.table() for r in report.rows], headers=bench.headers(report),
+                   disable_numparse=True))
     for note in report.notes:
         print(f"note: {note}")
 
@@ -71,17 +73,22 @@ def _cmd_bench(args) -> int:
     from . import bench
     from .cuda_kernel_ops import KERNELS, gpu_available
 
-    if args.dtype != "float32":
-        raise UsageError(f"flashlab bench: --dtype {args.dtype}: the kernels here take float32 "
-                         "(the tensor-core fp16/bf16 kernels are not written yet)")
-    unknown = [k for k in args.kernels if k not in KERNELS]
+    dtype = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(
+        args.dtype, args.dtype)
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise UsageError(f"flashlab bench: --dtype {args.dtype}: choose float32 (naive, fa1, fa2) "
+                         "or float16 / bfloat16 (tc, the tensor-core kernel)")
+    low = dtype != "float32"
+    kernels = args.kernels or (["tc"] if low else ["naive", "fa1", "fa2"])
+    unknown = [k for k in kernels if k not in KERNELS]
     if unknown:
         raise UsageError(f"flashlab bench: --kernels {','.join(unknown)}: choose from {','.join(KERNELS)}")
     compare = []
     for c in args.compare:
         if c != "torch":
             raise UsageError(f"flashlab bench: --compare {c}: only 'torch' is known")
-        compare = ["torch-math", "torch-efficient", "torch-flash", "torch-cudnn"]
+        compare = (["torch-flash", "torch-cudnn"] if low else
+                   ["torch-math", "torch-efficient", "torch-flash", "torch-cudnn"])
     if gpu_available():
         seqs = args.seq or [512, 1024, 2048, 4096, 8192, 16384]
         if compare:
@@ -89,15 +96,18 @@ def _cmd_bench(args) -> int:
                 import torch  # noqa: F401
             except ImportError:
                 print("note: --compare torch: torch is not importable here; comparing nothing")
-        report = bench.gpu_bench(seqs, args.kernels, args.head_dim, args.causal, args.backward,
+        report = bench.gpu_bench(seqs, kernels, args.head_dim, args.causal, args.backward,
                                  args.batch, args.heads, args.tokens, repeat=args.repeat,
-                                 compare=compare, progress=_progress)
+                                 compare=compare, progress=_progress, dtype=dtype)
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
         _print_report(report, args)
     else:
         print("No CUDA device found (or CuPy is not installed): timing the NumPy step-throughs at "
               "small sizes instead. On a GPU machine: pip install -e '.[cuda13]' and run again.")
+        if low:
+            print(f"note: --dtype {dtype} applies on a GPU (the tensor-core kernel 'tc'); the "
+                  "step-throughs below run in float64")
         seqs = args.seq or [128, 256, 512]
         report = bench.cpu_bench(seqs, args.head_dim, args.causal, args.backward,
                                  repeat=min(args.repeat, 3))
@@ -387,11 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--heads", type=int, default=None, help="heads H (default 2048 / d)")
     b.add_argument("--tokens", type=int, default=16384, help="B * N when --batch is not given")
     b.add_argument("--head-dim", type=int, default=64, help="head dim d (default 64)")
-    b.add_argument("--dtype", default="float32", help="float32 (the only dtype so far)")
+    b.add_argument("--dtype", default="float32",
+                   help="float32 (naive, fa1, fa2; default) or float16 / bfloat16 (tc, against "
+                        "torch's flash and cuDNN backends with --compare torch)")
     b.add_argument("--causal", action="store_true")
     b.add_argument("--backward", action="store_true", help="time the backward pass too")
-    b.add_argument("--kernels", type=lambda t: t.split(","), default=["naive", "fa1", "fa2"],
-                   help="comma-separated (default naive,fa1,fa2)")
+    b.add_argument("--kernels", type=lambda t: t.split(","), default=None,
+                   help="comma-separated (default naive,fa1,fa2; tc with --dtype float16/bfloat16)")
     b.add_argument("--compare", action="append", default=[], metavar="torch",
                    help="also time torch's scaled_dot_product_attention backends")
     b.add_argument("--repeat", type=int, default=10, help="timed calls per entry (median)")

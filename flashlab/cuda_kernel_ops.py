@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +30,18 @@ from .checks import Dims, check_backward, check_qkv
 
 FA2_HEAD_DIMS = (16, 32, 64, 96, 128)  # D must be a multiple of 16 (16 x 16 thread grid)
 FA1_MAX_HEAD_DIM = 256
-KERNELS = ("naive", "fa1", "fa2")
+TC_HEAD_DIMS = (32, 64, 128)  # rows of 64 or 128 bytes...: the swizzle in kernels/tc.cu
+TC_MIN_CC = 80  # mma.sync with bf16, ldmatrix and cp.async need sm_80
+KERNELS = ("naive", "fa1", "fa2", "tc")
+FP32_KERNELS = ("naive", "fa1", "fa2")  # float32 in and out; "tc" takes float16 / bfloat16
+
+# kernels/tc.cu tile shapes per head dim (kernels/tc.cu comments say what each means):
+#   forward:  Bc keys per K/V tile, NW warps of WM 16-row slabs each (Br = 16 * WM * NW)
+#   backward: Br queries per Q tile, NW warps of 16 key rows each (Bc = 16 * NW)
+# docs/PERFORMANCE.md records how these were chosen.
+TC_FORWARD = {32: dict(BC=128, NW=4, WM=2), 64: dict(BC=64, NW=4, WM=2),
+              128: dict(BC=128, NW=8, WM=1)}
+TC_BACKWARD = {32: dict(BR=64, NW=8), 64: dict(BR=64, NW=8), 128: dict(BR=64, NW=8)}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
 
@@ -145,21 +157,34 @@ HUNT = {b.hunt: b for b in BUGS.values() if b.hunt}
 _sources: dict = {}
 
 
+SOURCE_RECHECK_S = 0.5  # how stale a cached source may be: an edited .cu is seen within this
+
+
 def kernel_source(kernel: str, bug: str | None = None, path: Path | None = None) -> str:
     """The source to compile for `kernel`: ours, a planted-bug variant, or a user's file at `path`
-    (flashlab check), which must define the same kernels with the same signatures as ours.
+    (flashlab check), which must define the same kernels with the same signatures as ours."""
+    return _source_entry(kernel, bug, path)[1]
 
-    Cached per process while no .cu/.cuh file it may include has changed (a launch stats a few
-    files instead of reading and expanding them).
-    """
+
+def _source_entry(kernel, bug, path):
+    """(stamp, source, sha256, checked_at), cached per process while no .cu/.cuh file it may
+    include has changed. The files are stat-ed at most every SOURCE_RECHECK_S seconds, so a
+    launch costs microseconds, not a directory scan and a hash (small-N timings see that)."""
+    key = (kernel, bug, str(path))
+    hit = _sources.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[3] < SOURCE_RECHECK_S:
+        return hit
     dirs = {kernel_dir()} | ({Path(path).parent} if path is not None else set())
     stamp = tuple(sorted((str(f), f.stat().st_mtime_ns) for dd in dirs for f in dd.iterdir()
                          if f.suffix in (".cu", ".cuh")))
-    key = (kernel, bug, str(path))
-    hit = _sources.get(key)
     if hit is None or hit[0] != stamp:
-        hit = _sources[key] = (stamp, _read_source(kernel, bug, path))
-    return hit[1]
+        src = _read_source(kernel, bug, path)
+        hit = (stamp, src, hashlib.sha256(src.encode()).hexdigest(), now)
+    else:
+        hit = hit[:3] + (now,)
+    _sources[key] = hit
+    return hit
 
 
 def _read_source(kernel: str, bug: str | None, path) -> str:
@@ -192,8 +217,20 @@ def compile_options(trace: bool = False) -> tuple:
     return tuple(opts)
 
 
+def tc_names(bf16: bool, d: int, fwd: dict | None = None, bwd: dict | None = None) -> tuple:
+    """The C++ names of kernels/tc.cu's template instances for one dtype and head dim."""
+    f = fwd or TC_FORWARD[d]
+    b = bwd or TC_BACKWARD[d]
+    flag = "true" if bf16 else "false"
+    return (f"tc_forward<{flag}, {d}, {f['BC']}, {f['NW']}, {f['WM']}>",
+            f"tc_backward<{flag}, {d}, {b['BR']}, {b['NW']}>",
+            f"tc_backward_dot<{flag}>", f"tc_backward_dq<{flag}>")
+
+
 def instantiations(kernel: str) -> tuple:
     """Template instantiations a source needs compiled (the C++ name expressions)."""
+    if kernel == "tc":
+        return tuple(n for bf16 in (False, True) for d in TC_HEAD_DIMS for n in tc_names(bf16, d))
     if kernel != "fa2":
         return ()
     return tuple(f"fa2_{direction}<{D}, {B}, {B}>" for direction in ("forward", "backward")
@@ -254,8 +291,13 @@ def gpu_available() -> bool:
 
 
 def available_kernels() -> list[str]:
-    """Names of the kernels that run on CuPy arrays on this machine ([] without a GPU)."""
-    return list(KERNELS) if gpu_available() else []
+    """Names of the kernels that run on CuPy arrays on this machine ([] without a GPU); 'tc'
+    only where the current GPU has compute capability 8.0 or newer."""
+    if not gpu_available():
+        return []
+    cp = _cupy()
+    cc = int(device_limits(cp.cuda.Device().id)["compute_capability"])
+    return [k for k in KERNELS if k != "tc" or cc >= TC_MIN_CC]
 
 
 @lru_cache(maxsize=None)
@@ -281,8 +323,8 @@ def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), b
 
     source: a path to compile instead of ours (flashlab check); cached by its text.
     """
-    src = kernel_source(kernel, bug, source)
-    key = (kernel, trace, name_expressions, bug, hashlib.sha256(src.encode()).hexdigest())
+    _, src, digest, _ = _source_entry(kernel, bug, source)
+    key = (kernel, trace, name_expressions, bug, digest)
     mod = _modules.get(key)
     if mod is None:
         cp = _cupy()
@@ -311,10 +353,16 @@ def _launch(kernel: str, func, grid, block, args, smem: int, describe: str):
             f"{smem} bytes of shared memory, {describe}: {e}") from e
 
 
-def check_device_inputs(kernel: str, names_arrays: dict) -> int:
-    """Every array is a contiguous float32 CuPy array on one device; returns that device id."""
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def check_device_inputs(kernel: str, names_arrays: dict, dtypes=None) -> int:
+    """Every array is a contiguous CuPy array on one device, of the dtype the kernel takes
+    (float32; for 'tc' float16 or bfloat16, one for all, lse float32); returns the device id."""
     cp = _cupy()
     first_name, device = None, None
+    dtypes = dtypes or {}
     for name, x in names_arrays.items():
         if not isinstance(x, cp.ndarray):
             raise TypeError(
@@ -326,9 +374,15 @@ def check_device_inputs(kernel: str, names_arrays: dict) -> int:
             raise ValueError(f"{name} is on GPU {x.device.id} but {first_name} is on GPU {device}: "
                              f"move them to one device ({name} = cupy.asarray({name}) "
                              f"inside `with cupy.cuda.Device({device}):`)")
-        if x.dtype != np.float32:
-            raise TypeError(f"{name} has dtype {x.dtype}; kernel {kernel!r} takes float32: "
-                            f"pass {name}.astype(cupy.float32)")
+        want = dtypes.get(name, ("float32",))
+        if _dtype_name(x.dtype) not in want:
+            if kernel == "tc" and name != "lse":
+                raise TypeError(
+                    f"{name} has dtype {x.dtype}; kernel 'tc' (tensor cores) takes float16 or "
+                    f"bfloat16 with one dtype for every input: pass {name}.astype(cupy.bfloat16), "
+                    "or use kernel='fa2' for float32")
+            raise TypeError(f"{name} has dtype {x.dtype}; kernel {kernel!r} takes "
+                            f"{' or '.join(want)}: pass {name}.astype(cupy.{want[0]})")
         if not x.flags.c_contiguous:
             raise ValueError(f"{name} is not contiguous (shape {x.shape}, strides {x.strides}); "
                              f"pass cupy.ascontiguousarray({name})")
@@ -345,6 +399,10 @@ def _check_sizes(kernel: str, dims: Dims):
 
 
 def _check_head_dim(kernel: str, d: int):
+    if kernel == "tc" and d not in TC_HEAD_DIMS:
+        raise ValueError(f"head_dim {d} is not supported by kernel 'tc' (supported: "
+                         f"{', '.join(map(str, TC_HEAD_DIMS))}); pad the head dim, or use "
+                         f"kernel='fa1' in float32")
     if kernel == "fa2" and d not in FA2_HEAD_DIMS:
         raise ValueError(f"head_dim {d} is not supported by kernel 'fa2' (supported: "
                          f"{', '.join(map(str, FA2_HEAD_DIMS))}); use kernel='fa1' "
@@ -392,9 +450,29 @@ def fa2_blocks(d: int, smem_bytes: int, direction: str) -> tuple[int, int]:
     raise ValueError(f"head_dim {d}: no fa2 tile fits in {smem_bytes} bytes of shared memory")
 
 
+def tc_plan(d: int, direction: str, config: dict | None = None) -> dict:
+    """Tile shape, threads and shared memory of a kernels/tc.cu launch (no GPU needed)."""
+    _check_head_dim("tc", d)
+    if direction == "forward":
+        c = dict(config or TC_FORWARD[d])
+        Br, Bc = 16 * c["WM"] * c["NW"], c["BC"]
+        smem = (Br + 2 * Bc) * d * 2
+    else:
+        c = dict(config or TC_BACKWARD[d])
+        Br, Bc = c["BR"], 16 * c["NW"]
+        smem = (2 * Bc + 4 * Br) * d * 2 + Bc * Br * 2 + 4 * Br * 4  # K, V, 2 x (Q, dO), dS, 2 x (L, D)
+    return {"Br": Br, "Bc": Bc, "smem": smem, "threads": 32 * c["NW"], "config": c}
+
+
 def plan(kernel: str, d: int, direction: str, smem_bytes: int) -> dict:
     """Tile sizes and shared memory a launch of `kernel` will use (no GPU needed)."""
     _check_head_dim(kernel, d)
+    if kernel == "tc":
+        p = tc_plan(d, direction)
+        if p["smem"] > smem_bytes:
+            raise ValueError(f"kernel 'tc' at head_dim {d} needs {p['smem']} bytes of shared "
+                             f"memory per block; this GPU allows {smem_bytes}")
+        return p
     if kernel == "fa1":
         Br, Bc = fa1_blocks(d, smem_bytes, direction)
         return {"Br": Br, "Bc": Bc, "smem": fa1_smem_floats(Br, Bc, d, direction) * 4}
@@ -410,8 +488,19 @@ def _setup(kernel: str, dims: Dims, arrays: dict, trace: bool):
     """Checks shared by every launch; returns (cupy, device, limits, tau, causal, description)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)} or 'auto', got {kernel!r}")
-    device = check_device_inputs(kernel, arrays)
+    dtypes = None
+    if kernel == "tc":
+        first = _dtype_name(next(iter(arrays.values())).dtype)
+        one = (first,) if first in ("float16", "bfloat16") else ("float16", "bfloat16")
+        dtypes = {name: ("float32",) if name == "lse" else one for name in arrays}
+    device = check_device_inputs(kernel, arrays, dtypes)
     _check_head_dim(kernel, dims.d)
+    if kernel == "tc":
+        cc = int(device_limits(device)["compute_capability"])
+        if cc < TC_MIN_CC:
+            raise RuntimeError(f"kernel 'tc' needs a GPU of compute capability 8.0 or newer "
+                               f"(mma.sync bf16, cp.async); this one is {cc // 10}.{cc % 10}: "
+                               f"use kernel='auto' (falls back to fa2 in float32)")
     _check_sizes(kernel, dims)
     if trace and kernel == "naive":
         raise ValueError("kernel 'naive' has no tile steps to trace (A0 writes S and P whole); "
@@ -448,30 +537,37 @@ def _finish_trace(empty, bufs, seq, label):
     return tr
 
 
-def _outputs(cp, out, shapes, names):
+def _outputs(cp, out, shapes, names, dtypes=None):
     """Output buffers: fresh, or the caller's (tests pass NaN-poisoned ones) after a check."""
+    dtypes = dtypes or [np.float32] * len(shapes)
     if out is None:
-        return [cp.empty(s, cp.float32) for s in shapes]
+        return [cp.empty(s, dt) for s, dt in zip(shapes, dtypes)]
     if len(out) != len(shapes):
         raise ValueError(f"out must hold {len(shapes)} arrays ({', '.join(names)})")
-    for name, buf, shape in zip(names, out, shapes):
-        if buf.shape != shape or buf.dtype != cp.float32 or not buf.flags.c_contiguous:
-            raise ValueError(f"out {name} must be a contiguous float32 array of shape {shape}")
+    for name, buf, shape, dt in zip(names, out, shapes, dtypes):
+        if buf.shape != shape or buf.dtype != np.dtype(dt) or not buf.flags.c_contiguous:
+            raise ValueError(f"out {name} must be a contiguous {np.dtype(dt).name} array of "
+                             f"shape {shape}")
     return list(out)
 
 
 def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, bug=None,
-            out=None, source=None):
+            out=None, source=None, config=None):
     """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
 
-    out: optional (o, lse) buffers to write into.
+    out: optional (o, lse) buffers to write into. config: kernel 'tc' only, a tile shape other
+    than TC_FORWARD's (dict(BC=, NW=, WM=)), for tuning.
     """
     dims = check_qkv(q, k, v, causal, softmax_scale)
     cp, device, limits, tau, causal_i, desc = _setup(kernel, dims, {"q": q, "k": k, "v": v}, trace)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     BH = B * H
     with cp.cuda.Device(device):
-        o, lse = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"))
+        o, lse = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"),
+                          [q.dtype, np.float32])
+        if kernel == "tc":
+            return _tc_forward(cp, q, k, v, o, lse, dims, tau, causal_i, desc, trace, bug,
+                               source, config)
         if kernel == "naive":
             mod = get_module("naive", bug=bug, source=source)
             S, P = _n_by_n(cp, BH, Nq, Nk, desc)
@@ -514,10 +610,11 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
 
 
 def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None, trace=False,
-             bug=None, out=None, source=None):
+             bug=None, out=None, source=None, config=None):
     """Run kernel `kernel` backward. Returns (dq, dk, dv) or, with trace=True, (dq, dk, dv, Trace).
 
-    out: optional (dq, dk, dv) buffers to write into.
+    out: optional (dq, dk, dv) buffers to write into. config: kernel 'tc' only, a tile shape
+    other than TC_BACKWARD's (dict(BR=, NW=)), for tuning.
     """
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     cp, device, limits, tau, causal_i, desc = _setup(
@@ -526,7 +623,10 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
     BH = B * H
     with cp.cuda.Device(device):
         dq, dk, dv = _outputs(cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
-                              ("dq", "dk", "dv"))
+                              ("dq", "dk", "dv"), [q.dtype] * 3)
+        if kernel == "tc":
+            return _tc_backward(cp, do, q, k, v, o, lse, dq, dk, dv, dims, tau, causal_i, desc,
+                                trace, bug, source, config)
         if kernel == "naive":
             mod = get_module("naive", bug=bug, source=source)
             mm = mod.get_function("naive_matmul")
@@ -578,3 +678,64 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
         if trace:
             return dq, dk, dv, _finish_trace(empty, bufs, seq, f"{kernel} backward")
         return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- tensor cores
+
+def _tc_module(bf16: bool, d: int, trace: bool, bug, source, fwd=None, bwd=None):
+    names = tc_names(bf16, d, fwd, bwd)
+    return get_module("tc", trace, names, bug=bug, source=source), names
+
+
+_tc_dummies: dict = {}
+
+
+def _tc_trace_args(cp, trace, algorithm, dims, Br, Bc, names):
+    if trace:
+        empty, bufs, seq = _trace_buffers(cp, algorithm, dims, Br, Bc)
+        return (empty, bufs, seq), tuple(bufs[n] for n in names) + (seq,)
+    dev = cp.cuda.Device().id
+    if dev not in _tc_dummies:  # the untraced build never touches these; one pair per GPU
+        _tc_dummies[dev] = (cp.empty(1, cp.float32), cp.empty(1, cp.int64))
+    f, i = _tc_dummies[dev]
+    return None, (f, f, f, i)
+
+
+def _tc_forward(cp, q, k, v, o, lse, dims: Dims, tau, causal_i, desc, trace, bug, source, config):
+    """F2 on tensor cores (kernels/tc.cu tc_forward)."""
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    bf16 = _dtype_name(q.dtype) == "bfloat16"
+    p = tc_plan(d, "forward", config)
+    mod, names = _tc_module(bf16, d, trace, bug, source, fwd=p["config"])
+    tr, targs = _tc_trace_args(cp, trace, "F2", dims, p["Br"], p["Bc"], ("m_i", "l_i", "O~_i"))
+    _launch("tc", mod.get_function(names[0]), (math.ceil(Nq / p["Br"]), B * H), (p["threads"],),
+            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs, p["smem"], desc)
+    if trace:
+        return o, lse, _finish_trace(*tr, "tc forward")
+    return o, lse
+
+
+def _tc_backward(cp, do, q, k, v, o, lse, dq, dk, dv, dims: Dims, tau, causal_i, desc, trace,
+                 bug, source, config):
+    """G2 on tensor cores: the D pre-pass (which also zeroes the fp32 dQ accumulator), the
+    per-K/V-block kernel (atomic adds into dQ), and dQ's rounding to the input dtype."""
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    BH = B * H
+    bf16 = _dtype_name(q.dtype) == "bfloat16"
+    p = tc_plan(d, "backward", config)
+    mod, names = _tc_module(bf16, d, trace, bug, source, bwd=p["config"])
+    tr, targs = _tc_trace_args(cp, trace, "G2", dims, p["Br"], p["Bc"], ("dQ_ij", "dK~_j", "dV~_j"))
+    rows = BH * Nq
+    dq_acc = cp.empty((BH, Nq, d), cp.float32)
+    Dvec = cp.empty((BH, Nq), cp.float32)
+    _launch("tc", mod.get_function(names[2]), (math.ceil(rows / 8),), (256,),
+            (do, o, Dvec, dq_acc, np.int64(rows), np.int32(d)), 0, desc)          # G2:L0
+    _launch("tc", mod.get_function(names[1]), (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
+            (q, k, v, do, lse, Dvec, dq_acc, dk, dv, np.int32(Nq), np.int32(Nk), tau, causal_i)
+            + targs, p["smem"], desc)
+    n = rows * d
+    _launch("tc", mod.get_function(names[3]), (math.ceil(n / 256),), (256,),
+            (dq_acc, dq, np.int64(n), tau), 0, desc)
+    if trace:
+        return dq, dk, dv, _finish_trace(*tr, "tc backward")
+    return dq, dk, dv

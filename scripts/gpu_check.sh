@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, compute-sanitizer, benchmark. Run from the repository root:
-#   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|tutorials|bench|all] [extra bench args]
+#   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|tutorials|tc-table|bench|all] [extra bench args]
+#   OUT=/tmp/out bash scripts/gpu_check.sh tune [scripts/tc_tune.py args]   (tile search, not in all)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -21,7 +22,7 @@ fi
 if [[ $what == all || $what == sanitize ]]; then
   for tool in memcheck racecheck synccheck; do
     echo "== compute-sanitizer --tool $tool"
-    compute-sanitizer --tool $tool --error-exitcode 99 python3 scripts/sanitize_kernels.py \
+    timeout ${SAN_TIMEOUT:-900} compute-sanitizer --tool $tool --error-exitcode 99 python3 scripts/sanitize_kernels.py \
       > "$OUT/sanitizer_$tool.log" 2>&1
     rc=$?
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|done|Error" "$OUT/sanitizer_$tool.log" | tail -3
@@ -33,6 +34,29 @@ if [[ $what == all || $what == tutorials ]]; then
   echo "== tutorials (every cell, GPU cells included)"
   mkdir -p "$OUT/tutorials"
   MPLBACKEND=Agg python3 scripts/run_tutorials.py "$OUT/tutorials" || status=1
+fi
+
+if [[ $what == tune ]]; then
+  echo "== tensor-core tile search (scripts/tc_tune.py)"
+  python3 scripts/tc_tune.py --out "$OUT" "$@" 2>&1 | tee "$OUT/tune.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == all || $what == tc-table ]]; then
+  echo "== tensor-core kernels vs torch SDPA flash and cuDNN (16k tokens, heads = 2048 / d)"
+  mkdir -p "$OUT/tc"
+  for dtype in bfloat16 float16; do
+    for d in 64 128; do
+      for causal in "" --causal; do
+        tag=tc_${dtype}_d${d}${causal:+_causal}
+        python3 -m flashlab bench --dtype $dtype --head-dim $d $causal --backward --compare torch \
+          --seq 1024,2048,4096,8192,16384 --repeat ${TC_REPEAT:-20} --json "$OUT/tc/$tag.json" \
+          > "$OUT/tc/$tag.txt" 2>&1 || status=1
+        tail -n 32 "$OUT/tc/$tag.txt" | grep -E "^ *[0-9]+ " | awk '{print "'$tag'", $0}'
+      done
+    done
+  done
+  python3 scripts/tc_table.py "$OUT"/tc/*.json | tee "$OUT/tc_table.md"
 fi
 
 if [[ $what == all || $what == bench ]]; then

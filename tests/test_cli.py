@@ -60,10 +60,10 @@ def test_bench_without_a_gpu_says_so_and_times_the_references(tmp_path, capsys):
 
 
 def test_bench_usage_errors(capsys):
-    assert main(["bench", "--dtype", "float16"]) == 2
-    assert "take float32" in capsys.readouterr().err
+    assert main(["bench", "--dtype", "int8"]) == 2
+    assert "choose float32 (naive, fa1, fa2) or float16 / bfloat16 (tc" in capsys.readouterr().err
     assert main(["bench", "--kernels", "fa9"]) == 2
-    assert "choose from naive,fa1,fa2" in capsys.readouterr().err
+    assert "choose from naive,fa1,fa2,tc" in capsys.readouterr().err
     assert main(["bench", "--compare", "jax"]) == 2
 
 

@@ -14,9 +14,13 @@ def test_every_kernel_is_registered():
     assert sorted(SOURCES) == sorted(ops.KERNELS)
 
 
+# kernels/tc.cu needs sm_80 (bf16 mma.sync, cp.async); on sm_75 'auto' falls back to fa2
+TARGETS = [(k, a) for k in SOURCES for a in ("sm_75", "sm_80", "sm_90")
+           if not (k == "tc" and a == "sm_75")]
+
+
 @pytest.mark.parametrize("trace", [False, True], ids=["normal", "trace"])
-@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
-@pytest.mark.parametrize("kernel", SOURCES)
+@pytest.mark.parametrize("kernel,arch", TARGETS)
 def test_kernel_compiles_with_nvrtc(kernel, arch, trace):
     log = ops.nvrtc_compile(kernel, arch, trace)
     assert "warning" not in log, log
@@ -30,6 +34,11 @@ def test_planted_bugs_still_apply_and_compile(bug):
     assert b.line in LINES
     ops.nvrtc_compile(b.kernel, "sm_80", trace=True, bug=bug, name_expressions=(
         "fa2_forward<64, 64, 64>",) if b.kernel == "fa2" else ())
+
+
+def test_tensor_core_kernels_refuse_sm75():
+    with pytest.raises(ops.KernelCompileError, match=r"kernel 'tc' failed to compile for sm_75"):
+        ops.nvrtc_compile("tc", "sm_75", name_expressions=ops.tc_names(True, 64))
 
 
 def test_a_compile_error_names_the_kernel_and_carries_the_log():
@@ -46,8 +55,10 @@ def test_header_changes_change_the_compiled_source(tmp_path):
     assert ops.expand_includes(tmp_path / "k.cu") != before
 
 
-def test_cached_source_follows_an_edited_header(tmp_path):
+def test_cached_source_follows_an_edited_header(tmp_path, monkeypatch):
     import os
+
+    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 0.0)  # no grace period: stat on every call
 
     (tmp_path / "common.cuh").write_text("#define X 1\n")
     (tmp_path / "mine.cu").write_text('#include "common.cuh"\nint y = X;\n')
@@ -55,6 +66,19 @@ def test_cached_source_follows_an_edited_header(tmp_path):
     assert "#define X 1" in first and ops.kernel_source("fa1", path=tmp_path / "mine.cu") is first
     (tmp_path / "common.cuh").write_text("#define X 2\n")
     os.utime(tmp_path / "common.cuh", ns=(1, 10**18))  # a later mtime even on coarse clocks
+    assert "#define X 2" in ops.kernel_source("fa1", path=tmp_path / "mine.cu")
+
+
+def test_cached_source_is_rechecked_after_the_grace_period(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "mine.cu").write_text("#define X 1\n")
+    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 3600.0)
+    first = ops.kernel_source("fa1", path=tmp_path / "mine.cu")
+    (tmp_path / "mine.cu").write_text("#define X 2\n")
+    os.utime(tmp_path / "mine.cu", ns=(1, 10**18))
+    assert ops.kernel_source("fa1", path=tmp_path / "mine.cu") is first  # within the grace period
+    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 0.0)
     assert "#define X 2" in ops.kernel_source("fa1", path=tmp_path / "mine.cu")
 
 
@@ -117,4 +141,4 @@ def test_an_installed_flashlab_finds_its_kernels(tmp_path):
     assert out.returncode == 0, out.stderr
     where, names, size = out.stdout.split("\n")[:3]
     assert where == str(site / "flashlab" / "kernels")
-    assert names == "['fa1.cu', 'fa2.cu', 'naive.cu']" and int(size) > 10_000
+    assert names == "['fa1.cu', 'fa2.cu', 'naive.cu', 'tc.cu']" and int(size) > 10_000

@@ -20,7 +20,7 @@ FA1_ONLY = [(1, 2, 50, 61, 40, True), (1, 1, 33, 17, 1, False), (1, 1, 40, 40, 2
 
 
 def _cases():
-    for kernel in ops.KERNELS:
+    for kernel in ops.FP32_KERNELS:  # tc: tests/test_tc_gpu.py
         for s in SHAPES + (FA1_ONLY if kernel in ("fa1", "naive") else []):
             yield pytest.param(kernel, *s, id=f"{kernel}-{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}")
 
@@ -62,7 +62,7 @@ def test_kernel_equals_float64_oracle_and_writes_every_element(rng, kernel, B, H
 
 
 @pytest.mark.parametrize("scale", [0.05, 1.0])
-@pytest.mark.parametrize("kernel", ops.KERNELS)
+@pytest.mark.parametrize("kernel", ops.FP32_KERNELS)
 def test_softmax_scale_is_honoured(rng, kernel, scale):
     import cupy as cp
 
@@ -123,7 +123,8 @@ def test_trace_pinpoints_the_planted_bug(bug):
 def test_public_entry_points_route_cupy_to_kernels(rng):
     import cupy as cp
 
-    assert flashlab.available_kernels() == ["naive", "fa1", "fa2"]
+    cc = int(cp.cuda.Device().compute_capability)
+    assert flashlab.available_kernels() == ["naive", "fa1", "fa2"] + (["tc"] if cc >= 80 else [])
     q, k, v, do = _inputs(rng, 1, 2, 100, 100, 64)
     gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
     o, lse = flashlab.flash_attention(gq, gk, gv, causal=True, return_lse=True)
@@ -168,7 +169,7 @@ def test_nan_input_propagates_like_the_oracle(rng):
     q, k, v, _ = _inputs(rng, 1, 1, 70, 70, 64)
     q[0, 0, 5, 3] = np.nan
     o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)))
-    for kernel in ops.KERNELS:
+    for kernel in ops.FP32_KERNELS:
         o, _ = ops.forward(kernel, *(cp.asarray(x) for x in (q, k, v)))
         np.testing.assert_array_equal(np.isnan(o.get()), np.isnan(o_ref), err_msg=kernel)
 

@@ -1,0 +1,191 @@
+"""GPU: the tensor-core kernels (kernels/tc.cu) under FlashAttention's own test rule.
+
+For O, dQ, dK and dV: error against the float64 oracle at most 2x the error of standard attention
+computed in the same 16-bit dtype (flashlab.lowp); no NaN; every output element written (outputs
+are NaN-poisoned first); the trace equals the step-through twin tile by tile; "auto" routes 16-bit
+inputs here; bad inputs get errors that name the argument.
+"""
+import numpy as np
+import pytest
+
+import flashlab
+from flashlab import cuda_kernel_ops as ops
+from flashlab import lowp, trace
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = ("float16", "bfloat16")
+# (B, H, Nq, Nk, d, causal): N = 1, odd and ragged N, Nq != Nk both ways, every head dim
+SHAPES = [
+    (1, 1, 1, 1, 64, False), (1, 2, 1, 7, 32, True), (2, 3, 127, 127, 64, False),
+    (1, 2, 200, 77, 32, True), (1, 1, 77, 200, 128, True), (2, 2, 257, 129, 128, False),
+    (1, 2, 300, 300, 64, True), (1, 1, 65, 65, 128, False), (1, 2, 333, 1000, 64, True),
+    (1, 1, 1000, 333, 128, True), (2, 1, 513, 513, 32, False),
+]
+
+
+@pytest.fixture(autouse=True)
+def _sm80():
+    import cupy as cp
+
+    if int(cp.cuda.Device().compute_capability) < ops.TC_MIN_CC:
+        pytest.skip("kernel 'tc' needs compute capability 8.0+")
+
+
+def _inputs(B, H, Nq, Nk, d, name, seed=0):
+    import cupy as cp
+
+    return lowp.random_inputs(cp, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)],
+                              name, seed)
+
+
+def _poisoned(shape, dtype):
+    """A buffer of NaN bit patterns: an element the kernel does not write stays NaN."""
+    import cupy as cp
+
+    x = cp.empty(shape, dtype)
+    bits = x.view(cp.uint16 if x.dtype.itemsize == 2 else cp.uint32)
+    bits[...] = 0xFFFF if x.dtype.itemsize == 2 else 0xFFFFFFFF
+    return x
+
+
+def _run(q, k, v, do, causal, scale=None):
+    B, H, Nq, d = q.shape
+    Nk = k.shape[2]
+    o, lse = ops.forward("tc", q, k, v, causal, scale,
+                         out=(_poisoned((B, H, Nq, d), q.dtype), _poisoned((B, H, Nq), np.float32)))
+    grads = ops.backward("tc", do, q, k, v, o, lse, causal, scale,
+                         out=tuple(_poisoned(s, q.dtype) for s in ((B, H, Nq, d), (B, H, Nk, d),
+                                                                    (B, H, Nk, d))))
+    return o, lse, grads
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("B,H,Nq,Nk,d,causal", SHAPES,
+                         ids=[f"{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}" for s in SHAPES])
+def test_tc_within_fa_rule_and_writes_every_element(name, B, H, Nq, Nk, d, causal):
+    import cupy as cp
+
+    q, k, v, do = _inputs(B, H, Nq, Nk, d, name)
+    o, lse, (dq, dk, dv) = _run(q, k, v, do, causal)
+    o64, lse64, dq64, dk64, dv64 = lowp.attention_oracle(q, k, v, do, causal)
+    naive_o, _ = lowp.naive_lowp_forward(q, k, v, causal)
+    naive_grads = lowp.naive_lowp_backward(do, q, k, v, causal)
+    # float32 noise allowance on the scale of the outputs: with one visible key the true dQ and
+    # dK are exactly 0 and so is 16-bit naive's (its D is rowsum(P dP) = dP), while the kernel's
+    # D = rowsum(dO O) is summed in another order (~1e-7 apart)
+    slack = 1e-5 * float(cp.abs(o64).max())
+    for label, out, ref, naive in (("o", o, o64, naive_o), ("dq", dq, dq64, naive_grads[0]),
+                                   ("dk", dk, dk64, naive_grads[1]), ("dv", dv, dv64, naive_grads[2])):
+        assert out.dtype.name == name, label
+        # within_fa_rule raises on NaN: an unwritten (poisoned) element fails here
+        ok, err, bound = lowp.within_fa_rule(out, ref, naive, slack=slack)
+        assert ok, f"{label}: error {err:.3g} > bound {bound:.3g} (2 x naive {name} error)"
+    assert bool(cp.isfinite(lse).all())
+    assert float(cp.abs(lse - lse64).max()) < 1e-3 * max(1.0, float(cp.abs(lse64).max()))
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_tc_long_sequence_and_softmax_scale(name):
+    q, k, v, do = _inputs(1, 2, 2048, 2048, 128, name, seed=3)
+    for causal, scale in ((True, None), (False, 0.3)):
+        o, lse, grads = _run(q, k, v, do, causal, scale)
+        o64, _, *grads64 = lowp.attention_oracle(q, k, v, do, causal, scale)
+        naive = (lowp.naive_lowp_forward(q, k, v, causal, scale)[0],
+                 *lowp.naive_lowp_backward(do, q, k, v, causal, scale))
+        for label, out, ref, nv in zip(("o", "dq", "dk", "dv"), (o, *grads), (o64, *grads64), naive):
+            ok, err, bound = lowp.within_fa_rule(out, ref, nv)
+            assert ok, f"{label} causal={causal} scale={scale}: {err:.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 300, 64), (300, 300, 128), (600, 470, 64)])
+def test_tc_trace_matches_its_step_through(direction, causal, name, Nq, Nk, d):
+    div, actual, expected = trace.check_kernel("tc", direction, 1, 2, Nq, Nk, d, causal,
+                                               dtype=name)
+    assert div is None, str(div)
+    assert (actual.seq == expected.seq).all()
+
+
+def test_tc_trace_pinpoints_a_broken_rescale(tmp_path):
+    """The tile comparison can fail: a tc.cu without F2:L7's rescale of O~ diverges at L7."""
+    src = ops.kernel_source("tc")
+    old = "                    o[a][n][2 * h] *= alpha;\n"
+    assert src.count(old) == 1
+    (tmp_path / "tc_bug.cu").write_text(src.replace(old, ""))
+    div, _, _ = trace.check_kernel("tc", "forward", 1, 1, 200, 300, 64, False,
+                                   source=tmp_path / "tc_bug.cu")
+    assert div is not None and div.line == "F2:L7" and div.quantity == "O~_i", str(div)
+    assert div.i == 0 and div.j == 1  # the first step where a rescale matters
+
+
+def test_auto_routes_16_bit_inputs_to_tc_and_float32_to_fa2():
+    import cupy as cp
+
+    q, k, v, do = _inputs(1, 2, 130, 130, 64, "bfloat16")
+    assert flashlab.api.resolve_kernel("auto", q) == "tc"
+    o, lse = flashlab.flash_attention(q, k, v, causal=True, return_lse=True)
+    o_tc, lse_tc = ops.forward("tc", q, k, v, True)
+    assert o.dtype.name == "bfloat16" and lse.dtype == np.float32
+    assert bool((o.view(cp.uint16) == o_tc.view(cp.uint16)).all()) and bool((lse == lse_tc).all())
+    grads = flashlab.flash_attention_backward(do, q, k, v, o, lse, causal=True)
+    grads_tc = ops.backward("tc", do, q, k, v, o, lse, True)
+    for g, g_tc in zip(grads, grads_tc):
+        assert g.dtype.name == "bfloat16"
+        assert float(cp.abs(lowp.to_float32(g) - lowp.to_float32(g_tc)).max()) < 0.05  # atomics' order
+    q32 = lowp.to_float32(q)
+    assert flashlab.api.resolve_kernel("auto", q32) == "fa2"
+    assert flashlab.api.resolve_kernel("auto", lowp.to_float32(_inputs(1, 1, 8, 8, 40, "float16")[0])) == "fa1"
+
+
+def test_auto_without_a_tc_head_dim_runs_fa2_on_float32_copies_and_says_so_once(monkeypatch):
+    q, k, v, do = _inputs(1, 2, 70, 70, 96, "float16")  # fa2 has d=96, tc does not
+    monkeypatch.setattr(flashlab.api, "_warned_fallback", False)
+    with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies .*no head dim 96"):
+        o, lse = flashlab.flash_attention(q, k, v, return_lse=True)
+    assert o.dtype.name == "float16"
+    o64 = lowp.attention_oracle(q, k, v, do)[0]
+    ok, err, bound = lowp.within_fa_rule(o, o64, lowp.naive_lowp_forward(q, k, v)[0])
+    assert ok, (err, bound)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call is silent
+        grads = flashlab.flash_attention_backward(do, q, k, v, o, lse)
+    assert all(g.dtype.name == "float16" for g in grads)
+
+
+def test_tc_bad_inputs_name_the_argument():
+    import cupy as cp
+
+    q, k, v, do = _inputs(1, 1, 64, 64, 64, "bfloat16")
+    with pytest.raises(TypeError, match=r"q has dtype float32; kernel 'tc' \(tensor cores\) takes float16 or bfloat16"):
+        ops.forward("tc", *(lowp.to_float32(x) for x in (q, k, v)))
+    kh = lowp.from_float32(lowp.to_float32(k), "float16")
+    with pytest.raises(ValueError, match=r"q, k, v must share one dtype: got q bfloat16, k float16"):
+        ops.forward("tc", q, kh, v)
+    with pytest.raises(ValueError, match=r"do has dtype float16; expected bfloat16 to match q"):
+        ops.backward("tc", lowp.from_float32(lowp.to_float32(do), "float16"), q, k, v,
+                     *ops.forward("tc", q, k, v))
+    q48 = _inputs(1, 1, 64, 64, 48, "bfloat16")[0]
+    with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: 32, 64, 128\)"):
+        ops.forward("tc", q48, q48, q48)
+    o, lse = ops.forward("tc", q, k, v)
+    with pytest.raises(TypeError, match=r"lse has dtype float16"):
+        ops.backward("tc", do, q, k, v, o, lse.astype(cp.float16))
+    with pytest.raises(ValueError, match=r"q is not contiguous"):
+        ops.forward("tc", q[:, :, ::2], k, v)
+    with pytest.raises(ValueError, match=r"out o must be a contiguous bfloat16 array"):
+        ops.forward("tc", q, k, v, out=(_poisoned(q.shape, cp.float32), _poisoned(q.shape[:3], cp.float32)))
+
+
+def test_tc_nan_input_propagates_like_the_oracle():
+    q, k, v, do = (x.get() for x in _inputs(1, 1, 70, 70, 64, "float16"))
+    q[0, 0, 5, 3] = np.nan
+    import cupy as cp
+
+    o, _ = ops.forward("tc", *(cp.asarray(x) for x in (q, k, v)))
+    o64 = lowp.attention_oracle(q, k, v, do)[0]
+    np.testing.assert_array_equal(np.isnan(lowp.to_float32(o.get())), np.isnan(o64))
