@@ -56,11 +56,13 @@ def resolve_kernel(kernel: str, q) -> str:
     """
     if kernel != "auto":
         return kernel
+    from . import cuda_kernel_ops as ops
+
+    if not _is_cupy(q):  # the references: tc's twin where the kernel would run, else fa2's
+        lowp_tc = q.dtype.name in LOWP and q.ndim == 4 and q.shape[-1] in ops.TC_HEAD_DIMS
+        return "tc" if lowp_tc else "fa2"
     if q.dtype.name not in LOWP:
         return _fp32_kernel(q)
-    if not _is_cupy(q):
-        return "tc"
-    from . import cuda_kernel_ops as ops
 
     cc = int(ops.device_limits(q.device.id)["compute_capability"])
     if cc >= ops.TC_MIN_CC and q.ndim == 4 and q.shape[-1] in ops.TC_HEAD_DIMS:

@@ -1,0 +1,83 @@
+"""kernel="auto" for 16-bit inputs, without a GPU: the references, and the GPU routing decided
+from the device's compute capability (a stand-in array plays the CuPy one)."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashlab
+from flashlab import api, lowp
+from flashlab import cuda_kernel_ops as ops
+from flashlab.reference import fa2_forward, tc_forward
+
+
+def _qkv(dtype, d=64, N=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, 2, N, d)).astype(dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_auto_on_numpy_16_bit_runs_the_tensor_core_twin(dtype):
+    q, k, v = _qkv(dtype)
+    o, lse = flashlab.flash_attention(q, k, v, causal=True, return_lse=True)
+    o_tc, lse_tc = tc_forward(q, k, v, True)
+    assert o.dtype == q.dtype and lse.dtype == np.float32
+    np.testing.assert_array_equal(o.astype(np.float32), o_tc.astype(np.float32))
+    np.testing.assert_array_equal(lse, lse_tc)
+
+
+def test_auto_on_numpy_16_bit_without_a_tc_head_dim_runs_fa2_in_that_dtype():
+    q, k, v = _qkv(np.float16, d=40)
+    o = flashlab.flash_attention(q, k, v)
+    np.testing.assert_array_equal(o, fa2_forward(q, k, v)[0])
+
+
+class _FakeCupy:
+    """Enough of a CuPy array for resolve_kernel: dtype, shape, ndim, device.id."""
+
+    __module__ = "cupy._core.core"
+
+    def __init__(self, dtype, d):
+        self.dtype, self.shape, self.ndim = np.dtype(dtype), (1, 2, 64, d), 4
+        self.device = type("Dev", (), {"id": 0})()
+
+
+@pytest.mark.parametrize("cc,d,dtype,want", [
+    ("90", 64, ml_dtypes.bfloat16, "tc"), ("80", 128, np.float16, "tc"),
+    ("75", 64, np.float16, "fa2"), ("90", 96, ml_dtypes.bfloat16, "fa2"),
+    ("90", 40, np.float16, "fa1"), ("90", 64, np.float32, "fa2"), ("75", 64, np.float32, "fa2"),
+])
+def test_auto_picks_tc_only_where_it_runs(monkeypatch, cc, d, dtype, want):
+    monkeypatch.setattr(ops, "device_limits", lambda dev: {"compute_capability": cc})
+    assert api.resolve_kernel("auto", _FakeCupy(dtype, d)) == want
+
+
+def test_the_fallback_warning_says_why_and_comes_once(monkeypatch):
+    monkeypatch.setattr(ops, "device_limits", lambda dev: {"compute_capability": "75"})
+    monkeypatch.setattr(api, "_warned_fallback", False)
+    q = _FakeCupy(np.float16, 64)
+    with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies "
+                                         r"because this GPU has compute capability 75 \(tc needs 8.0\+\)"):
+        assert api._gpu_lowp_fallback("fa2", q)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert api._gpu_lowp_fallback("fa2", q)  # silent the second time
+    assert not api._gpu_lowp_fallback("tc", q)
+
+
+def test_kernel_tc_on_numpy_float32_names_the_dtype():
+    q, k, v = _qkv(np.float32)
+    with pytest.raises(ValueError, match=r"q dtype must be float16 or bfloat16 for the tensor-core reference"):
+        flashlab.flash_attention(q, k, v, kernel="tc")
+
+
+def test_lowp_conversions_round_to_nearest_even():
+    x = np.float32([1.0 + 2**-8, 1.0 + 3 * 2**-8, -3.3e-5, 65504.0, 1e-8])
+    bf = lowp.from_float32(x, "bfloat16")
+    assert bf.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(lowp.to_float32(bf), x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(lowp.round_to(x, "bfloat16")[:2], [1.0, 1.0 + 2**-6])  # ties to even
+    np.testing.assert_array_equal(lowp.round_to(x, "float16"), x.astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError, match="dtype must be float16 or bfloat16, got 'int8'"):
+        lowp.lowp_dtype("int8")
