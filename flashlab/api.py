@@ -6,7 +6,8 @@ NumPy arrays run the references (flashlab.reference); CuPy arrays run a CUDA ker
 kernel="auto" picks, for CuPy arrays: "tc" (tensor cores) for float16 / bfloat16 on a GPU of
 compute capability 8.0 or newer and a head dim it has; "fa2" for float32 (or "fa1" where fa2 has
 no tile for the head dim). float16 / bfloat16 on an older GPU run fa2 on float32 copies, with a
-warning the first time. For NumPy arrays "auto" is the reference of the kernel CuPy would run.
+warning the first time. For NumPy arrays "auto" is tc's step-through for float16 / bfloat16 at
+tc's head dims, else fa2's (in the inputs' dtype).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import lowp
 from . import reference as ref
+from .checks import check_backward, check_qkv
 
 KERNEL_NAMES = ("auto", "naive", "fa1", "fa2", "tc")
 LOWP = ("float16", "bfloat16")
@@ -111,6 +113,7 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
 
         name = resolve_kernel(kernel, q)
         if kernel == "auto" and _gpu_lowp_fallback(name, q):
+            check_qkv(q, k, v, causal, softmax_scale)  # before the copies hide a dtype mismatch
             o, lse = ops.forward(name, *(lowp.to_float32(x) for x in (q, k, v)), causal,
                                  softmax_scale)
             o = lowp.from_float32(o, q.dtype.name)
@@ -129,6 +132,7 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
 
         name = resolve_kernel(kernel, q)
         if kernel == "auto" and _gpu_lowp_fallback(name, q):
+            check_backward(do, q, k, v, o, lse, causal, softmax_scale)
             f32 = [lowp.to_float32(x) for x in (do, q, k, v, o)]
             grads = ops.backward(name, *f32, lse, causal, softmax_scale)
             return tuple(lowp.from_float32(g, q.dtype.name) for g in grads)
