@@ -20,7 +20,7 @@ from . import reference as ref
 from .checks import check_backward, check_qkv
 
 KERNEL_NAMES = ("auto", "naive", "fa1", "fa2", "tc")
-LOWP = ("float16", "bfloat16")
+LOWP = lowp.LOWP_DTYPES
 _REF_FORWARD = {"naive": ref.naive_attention, "fa1": ref.fa1_forward, "fa2": ref.fa2_forward,
                 "tc": ref.tc_forward}
 _REF_BACKWARD = {"fa1": ref.fa1_backward, "fa2": ref.fa2_backward, "tc": ref.tc_backward}

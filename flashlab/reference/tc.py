@@ -47,12 +47,13 @@ import numpy as np
 
 from ..checks import check_backward, check_block, check_qkv
 from ..cuda_kernel_ops import TC_BACKWARD, TC_FORWARD
+from ..lowp import LOWP_DTYPES
 from ..lowp import naive_lowp_backward, naive_lowp_forward, within_fa_rule  # noqa: F401
 from .tiles import Step, ceil_div, rows, run, safe
 
 LOG2E = np.float32(1.4426950408889634)  # TC_LOG2E in kernels/tc.cu
 LN2 = np.float32(0.6931471805599453)  # TC_LN2
-LOWP = ("float16", "bfloat16")
+LOWP = LOWP_DTYPES
 MMA_K = 16  # mma.sync.m16n8k16: 16-row slabs, 16-wide k slices
 f32 = np.float32
 
