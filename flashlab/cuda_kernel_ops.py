@@ -36,12 +36,17 @@ KERNELS = ("naive", "fa1", "fa2", "tc")
 FP32_KERNELS = ("naive", "fa1", "fa2")  # float32 in and out; "tc" takes float16 / bfloat16
 
 # kernels/tc.cu tile shapes per head dim (kernels/tc.cu comments say what each means):
-#   forward:  Bc keys per K/V tile, NW warps of WM 16-row slabs each (Br = 16 * WM * NW)
-#   backward: Br queries per Q tile, NW warps of 16 key rows each (Bc = 16 * NW)
+#   forward:  BC keys per K/V tile (two stages in shared memory), taken BK keys per online-softmax
+#             sub-step; NW warps of WM 16-row slabs each (Br = 16 * WM * NW)
+#   backward: BR queries per step, BC keys per thread block, NW warps laid out per product as
+#             grids of WS (S^T, dP^T), WKV (dK~, dV~) and WQ (dQ) warps along the first dimension;
+#             QS stages of Q_i, dO_i in shared memory (2: double-buffered)
 # docs/PERFORMANCE.md records how these were chosen.
-TC_FORWARD = {32: dict(BC=128, NW=4, WM=2), 64: dict(BC=64, NW=4, WM=2),
-              128: dict(BC=128, NW=8, WM=1)}
-TC_BACKWARD = {32: dict(BR=64, NW=8), 64: dict(BR=64, NW=8), 128: dict(BR=64, NW=8)}
+TC_FORWARD = {32: dict(BC=128, NW=4, WM=2, BK=64), 64: dict(BC=128, NW=4, WM=2, BK=64),
+              128: dict(BC=64, NW=4, WM=2, BK=32)}
+TC_BACKWARD = {32: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2),
+               64: dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=3),
+               128: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3)}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
 
@@ -222,8 +227,9 @@ def tc_names(bf16: bool, d: int, fwd: dict | None = None, bwd: dict | None = Non
     f = fwd or TC_FORWARD[d]
     b = bwd or TC_BACKWARD[d]
     flag = "true" if bf16 else "false"
-    return (f"tc_forward<{flag}, {d}, {f['BC']}, {f['NW']}, {f['WM']}>",
-            f"tc_backward<{flag}, {d}, {b['BR']}, {b['NW']}>",
+    return (f"tc_forward<{flag}, {d}, {f['BC']}, {f['NW']}, {f['WM']}, {f['BK']}>",
+            f"tc_backward<{flag}, {d}, {b['BR']}, {b['BC']}, {b['NW']}, {b['WS']}, {b['WKV']}, "
+            f"{b['WQ']}, {b['QS']}>",
             f"tc_backward_dot<{flag}>", f"tc_backward_dq<{flag}>")
 
 
@@ -302,16 +308,24 @@ def available_kernels() -> list[str]:
 
 @lru_cache(maxsize=None)
 def device_limits(device_id: int) -> dict:
+    """Shared memory, SM count and compute capability of a GPU (a fresh dict; cached per device:
+    CuPy's Device.attributes asks the driver for every attribute, tens of microseconds a call,
+    which every launch would otherwise pay)."""
+    return dict(_device_limits(device_id))
+
+
+@lru_cache(maxsize=None)
+def _device_limits(device_id: int) -> tuple:
     cp = _cupy()
     with cp.cuda.Device(device_id) as dev:
         attrs = dev.attributes
         cc = dev.compute_capability
-    return {
+    return tuple({
         "smem_optin": int(attrs.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)),
         "smem_default": 48 * 1024,
         "sm_count": int(attrs.get("MultiProcessorCount", 1)),
         "compute_capability": cc,
-    }
+    }.items())
 
 
 _modules: dict = {}
@@ -342,10 +356,33 @@ def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), b
     return mod
 
 
+_functions: dict = {}  # (id(module), name) -> (module, RawKernel), for modules in _modules
+_known: dict = {}  # id(RawKernel) -> RawKernel: the ones _function handed out (kept alive)
+_smem_allowed: dict = {}  # (id(RawKernel), device) -> dynamic shared memory allowed there so far
+
+
+def _function(mod, name: str):
+    """mod.get_function(name), once per process. CuPy builds a new RawKernel object on every
+    get_function; reusing one lets _launch make the shared-memory opt-in (a driver call) once per
+    kernel and device instead of on every launch."""
+    hit = _functions.get((id(mod), name))
+    if hit is None or hit[0] is not mod:
+        hit = (mod, mod.get_function(name))
+        _functions[(id(mod), name)] = hit
+        _known[id(hit[1])] = hit[1]
+    return hit[1]
+
+
 def _launch(kernel: str, func, grid, block, args, smem: int, describe: str):
     try:
         if smem > 48 * 1024:
-            func.max_dynamic_shared_size_bytes = smem
+            if _known.get(id(func)) is func:
+                key = (id(func), _cupy().cuda.runtime.getDevice())
+                if _smem_allowed.get(key, 0) < smem:
+                    func.max_dynamic_shared_size_bytes = smem
+                    _smem_allowed[key] = smem
+            else:
+                func.max_dynamic_shared_size_bytes = smem
         func(grid, block, args, shared_mem=smem)
     except Exception as e:
         raise KernelLaunchError(
@@ -456,11 +493,12 @@ def tc_plan(d: int, direction: str, config: dict | None = None) -> dict:
     if direction == "forward":
         c = dict(config or TC_FORWARD[d])
         Br, Bc = 16 * c["WM"] * c["NW"], c["BC"]
-        smem = (Br + 2 * Bc) * d * 2
+        smem = (Br + 4 * Bc) * d * 2  # Q_i, two stages of K_j and V_j
     else:
         c = dict(config or TC_BACKWARD[d])
-        Br, Bc = c["BR"], 16 * c["NW"]
-        smem = (2 * Bc + 4 * Br) * d * 2 + Bc * Br * 2 + 4 * Br * 4  # K, V, 2 x (Q, dO), dS, 2 x (L, D)
+        Br, Bc = c["BR"], c["BC"]
+        # K_j, V_j, P^T, dS^T, QS stages of (Q_i, dO_i) and of (L_i, D_i)
+        smem = (2 * Bc + 2 * c["QS"] * Br) * d * 2 + 2 * Bc * Br * 2 + 2 * c["QS"] * Br * 4
     return {"Br": Br, "Bc": Bc, "smem": smem, "threads": 32 * c["NW"], "config": c}
 
 
@@ -571,11 +609,11 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
         if kernel == "naive":
             mod = get_module("naive", bug=bug, source=source)
             S, P = _n_by_n(cp, BH, Nq, Nk, desc)
-            mm = mod.get_function("naive_matmul")
+            mm = _function(mod, "naive_matmul")
             _launch("naive", mm, (math.ceil(Nk / 64), math.ceil(Nq / 64), BH), (256,),
                     (q, k, S, np.int32(Nq), np.int32(Nk), np.int32(d), np.int32(0), np.int32(1),
                      tau, causal_i), 0, desc)                                      # A0:L1
-            _launch("naive", mod.get_function("naive_softmax"), (BH * Nq,), (256,),
+            _launch("naive", _function(mod, "naive_softmax"), (BH * Nq,), (256,),
                     (S, P, lse, np.int32(Nk)), 0, desc)                            # A0:L2
             _launch("naive", mm, (math.ceil(d / 64), math.ceil(Nq / 64), BH), (256,),
                     (P, v, o, np.int32(Nq), np.int32(d), np.int32(Nk), np.int32(0), np.int32(0),
@@ -595,13 +633,13 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
             mod = get_module("fa1", trace, bug=bug, source=source)
             l = cp.empty((BH, Nq), cp.float32)
             m = cp.empty((BH, Nq), cp.float32)
-            _launch("fa1", mod.get_function("fa1_forward"), (BH,), (128,),
+            _launch("fa1", _function(mod, "fa1_forward"), (BH,), (128,),
                     (q, k, v, o, l, m, lse, np.int32(Nq), np.int32(Nk), np.int32(d),
                      np.int32(Br), np.int32(Bc), tau, causal_i) + targs, p["smem"], desc)
         else:
             name = f"fa2_forward<{d}, {Br}, {Bc}>"
             mod = get_module("fa2", trace, (name,), bug=bug, source=source)
-            _launch("fa2", mod.get_function(name), (math.ceil(Nq / Br), BH), (256,),
+            _launch("fa2", _function(mod, name), (math.ceil(Nq / Br), BH), (256,),
                     (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs,
                     p["smem"], desc)
         if trace:
@@ -629,7 +667,7 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
                                 trace, bug, source, config)
         if kernel == "naive":
             mod = get_module("naive", bug=bug, source=source)
-            mm = mod.get_function("naive_matmul")
+            mm = _function(mod, "naive_matmul")
             S, P = _n_by_n(cp, BH, Nq, Nk, desc)
             scratch_lse = cp.empty((BH, Nq), cp.float32)
 
@@ -639,11 +677,11 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
                          np.int32(tb), np.float32(alpha), np.int32(causal_flag)), 0, desc)
 
             gemm(q, k, S, Nq, Nk, d, 0, 1, tau, dims.causal)     # S = tau Q K^T (recomputed)
-            _launch("naive", mod.get_function("naive_softmax"), (BH * Nq,), (256,),
+            _launch("naive", _function(mod, "naive_softmax"), (BH * Nq,), (256,),
                     (S, P, scratch_lse, np.int32(Nk)), 0, desc)  # P = softmax(S)
             gemm(P, do, dv, Nk, d, Nq, 1, 0, 1.0)                # dV = P^T dO
             gemm(do, v, S, Nq, Nk, d, 0, 1, 1.0)                 # dP = dO V^T (into S)
-            _launch("naive", mod.get_function("naive_dsoftmax"), (BH * Nq,), (256,),
+            _launch("naive", _function(mod, "naive_dsoftmax"), (BH * Nq,), (256,),
                     (P, S, np.int32(Nk)), 0, desc)               # dS = P * (dP - D)
             gemm(S, k, dq, Nq, d, Nk, 0, 0, tau)                 # dQ = tau dS K
             gemm(S, q, dk, Nk, d, Nq, 1, 0, tau)                 # dK = tau dS^T Q
@@ -661,7 +699,7 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
         lse32 = lse.astype(cp.float32, copy=False)
         if kernel == "fa1":
             mod = get_module("fa1", trace, bug=bug, source=source)
-            _launch("fa1", mod.get_function("fa1_backward"), (BH,), (128,),
+            _launch("fa1", _function(mod, "fa1_backward"), (BH,), (128,),
                     (q, k, v, o, do, lse32, dq, dk, dv, np.int32(Nq), np.int32(Nk), np.int32(d),
                      np.int32(Br), np.int32(Bc), tau, causal_i) + targs, p["smem"], desc)
         else:
@@ -669,10 +707,10 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
             mod = get_module("fa2", trace, (name,), bug=bug, source=source)
             Dvec = cp.empty((BH, Nq), cp.float32)
             rows = BH * Nq
-            _launch("fa2", mod.get_function("fa2_backward_dot"), (math.ceil(rows / 8),), (256,),
+            _launch("fa2", _function(mod, "fa2_backward_dot"), (math.ceil(rows / 8),), (256,),
                     (do, o, Dvec, np.int64(rows), np.int32(d)), 0, desc)          # G2:L0
             dq.fill(0)  # G2:L7 accumulates into dQ with atomic adds
-            _launch("fa2", mod.get_function(name), (math.ceil(Nk / Bc), BH), (256,),
+            _launch("fa2", _function(mod, name), (math.ceil(Nk / Bc), BH), (256,),
                     (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), tau,
                      causal_i) + targs, p["smem"], desc)
         if trace:
@@ -708,7 +746,7 @@ def _tc_forward(cp, q, k, v, o, lse, dims: Dims, tau, causal_i, desc, trace, bug
     p = tc_plan(d, "forward", config)
     mod, names = _tc_module(bf16, d, trace, bug, source, fwd=p["config"])
     tr, targs = _tc_trace_args(cp, trace, "F2", dims, p["Br"], p["Bc"], ("m_i", "l_i", "O~_i"))
-    _launch("tc", mod.get_function(names[0]), (math.ceil(Nq / p["Br"]), B * H), (p["threads"],),
+    _launch("tc", _function(mod, names[0]), (math.ceil(Nq / p["Br"]), B * H), (p["threads"],),
             (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs, p["smem"], desc)
     if trace:
         return o, lse, _finish_trace(*tr, "tc forward")
@@ -728,13 +766,13 @@ def _tc_backward(cp, do, q, k, v, o, lse, dq, dk, dv, dims: Dims, tau, causal_i,
     rows = BH * Nq
     dq_acc = cp.empty((BH, Nq, d), cp.float32)
     Dvec = cp.empty((BH, Nq), cp.float32)
-    _launch("tc", mod.get_function(names[2]), (math.ceil(rows / 8),), (256,),
+    _launch("tc", _function(mod, names[2]), (math.ceil(rows / 8),), (256,),
             (do, o, Dvec, dq_acc, np.int64(rows), np.int32(d)), 0, desc)          # G2:L0
-    _launch("tc", mod.get_function(names[1]), (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
+    _launch("tc", _function(mod, names[1]), (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
             (q, k, v, do, lse, Dvec, dq_acc, dk, dv, np.int32(Nq), np.int32(Nk), tau, causal_i)
             + targs, p["smem"], desc)
     n = rows * d
-    _launch("tc", mod.get_function(names[3]), (math.ceil(n / 256),), (256,),
+    _launch("tc", _function(mod, names[3]), (math.ceil(n / 256),), (256,),
             (dq_acc, dq, np.int64(n), tau), 0, desc)
     if trace:
         return dq, dk, dv, _finish_trace(*tr, "tc backward")

@@ -308,9 +308,9 @@ def _check_tc(direction, B, H, Nq, Nk, d, causal, softmax_scale, seed, bug, rtol
     if direction == "forward":
         _, _, actual = ops.forward("tc", gq, gk, gv, causal, softmax_scale, trace=True, bug=bug,
                                    source=source)
-        warps = ops.tc_plan(d, "forward")["config"]["NW"]
+        config = ops.tc_plan(d, "forward")["config"]
         steps = tc_ref.tc_forward_steps(q, k, v, causal, softmax_scale, Br=actual.Br,
-                                        Bc=actual.Bc, warps=warps)
+                                        Bc=actual.Bc, warps=config["NW"], Bk=config["BK"])
     else:
         o, lse = ops.forward("tc", gq, gk, gv, causal, softmax_scale)  # ours: only G2 is checked
         _, _, _, actual = ops.backward("tc", gdo, gq, gk, gv, o, lse, causal, softmax_scale,

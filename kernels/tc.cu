@@ -10,18 +10,22 @@
  *     so the 8 row addresses of one ldmatrix hit 8 different bank groups;
  *   - the online softmax runs in base 2 (exp2 is one MUFU instruction): S is multiplied by
  *     tau * log2(e) once, m is kept in those units, and l and O~ are unchanged by the base;
- *   - P~ never leaves registers: the accumulator layout of S = Q K^T is the A-operand layout of
- *     P~ V, once each pair of fp32 values is rounded to one 16-bit pair. That rounding, and the
- *     rounding of dS in the backward, are where this kernel's result differs from fp32's.
+ *   - P~ never leaves registers in the forward: the accumulator layout of S = Q K^T is the
+ *     A-operand layout of P~ V, once each pair of fp32 values is rounded to one 16-bit pair. That
+ *     rounding, and the roundings of P and dS in the backward (which pass them between warps
+ *     through shared memory), are where this kernel's result differs from fp32's;
+ *   - ldmatrix addresses come from a few base registers plus constants (SwzAddr), so the
+ *     registers go to the accumulators: two 16-row slabs per warp even at D = 128.
  *
  * Reference: flashlab/reference/tc.py (same warps, same tile order, same roundings).
  * Layout: Q, O, dO are (B*H, Nq, D); K, V are (B*H, Nk, D), 16-bit, contiguous; L (logsumexp),
  *   Dv, dQacc are fp32. Elements travel as raw 16-bit words (unsigned short), so no fp16/bf16
  *   header is needed: the dtype is the template flag BF16 and appears only in mma and cvt.
- * Launch: forward grid (ceil(Nq / BR), B*H), NW warps, (BR + 2 BC) D 2 bytes of shared memory;
+ * Launch: forward grid (ceil(Nq / BR), B*H), NW warps, (BR + 4 BC) D 2 bytes of shared memory;
  *   backward: tc_backward_dot (8 rows per 256-thread block), then tc_backward with grid
- *   (ceil(Nk / BC), B*H), NW warps, (2 BC + 4 BR) D 2 + BC BR 2 + 16 BR bytes, then
- *   tc_backward_dq. Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in cuda_kernel_ops.py.
+ *   (ceil(Nk / BC), B*H), NW warps, (2 BC + 2 QS BR) D 2 + 2 BC BR 2 + 8 QS BR bytes, then
+ *   tc_backward_dq. Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in cuda_kernel_ops.py
+ *   (tc_plan computes the same byte counts).
  */
 #include "common.cuh"
 
@@ -133,37 +137,67 @@ __device__ __forceinline__ int swz(int r, int c) {
     return r * (W / 8) + (c ^ (r & 7));
 }
 
-/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> shared tile; rows past N become zeros. */
+/* ldmatrix addresses with few registers. A lane reads row r + R, logical chunk cc + x of a
+ * swizzled tile, where r and x (0 or 1) depend on the lane and R (a multiple of 8 rows) and cc
+ * (even) are compile-time constants of an unrolled loop. Since cc + x = cc ^ x, the physical chunk
+ * is (cc & ~7) + ((cc & 6) ^ y) with y = x ^ (r % 8): four values of cc & 6, so four base
+ * registers plus an immediate offset cover every (R, cc). (W = 32 has two.) Without this ptxas
+ * keeps one register per (R, cc) alive across the whole key loop, which is what spilled. */
+template <int W>
+struct SwzAddr {
+    static constexpr int NB = W == 32 ? 2 : 4;
+    u32 b[NB];
+    __device__ __forceinline__ SwzAddr(const uint4* tile, int r, int x) {
+        const int y = x ^ (W == 32 ? (r >> 1) & 3 : r & 7);
+        const u32 row = smem_addr(tile) + 16u * (u32)(r * (W / 8));
+#pragma unroll
+        for (int m = 0; m < NB; ++m) b[m] = row + 16u * (u32)((2 * m) ^ y);
+    }
+    __device__ __forceinline__ u32 at(int R, int cc) const {
+        return b[(cc >> 1) & (NB - 1)] + 16u * (u32)(R * (W / 8) + (cc & ~(2 * NB - 1)));
+    }
+};
+
+/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> shared tile; rows past N become zeros.
+ * A thread copies chunk tid % CH of rows tid / CH + k RS (RS = NT / CH rows a pass): RS is a
+ * multiple of 8, so the swizzle is the same in every pass and each pass's shared and global
+ * addresses are the first one's plus a constant (no registers per pass kept across the loop). */
 template <int W, int R, int NT>
 __device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0, int N) {
-    constexpr int CH = W / 8;
+    constexpr int CH = W / 8, RS = NT / CH;
+    static_assert(NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split into passes");
+    const int r = threadIdx.x / CH, c = threadIdx.x % CH;
+    const u32 dst = smem_addr(tile + swz<W>(r, c));
+    const u16* g = src + (size_t)(row0 + r) * W + c * 8;
+    const int left = N - row0 - r;  // this thread's rows k RS < left exist
 #pragma unroll
-    for (int it = 0; it < (R * CH + NT - 1) / NT; ++it) {
-        const int idx = it * NT + threadIdx.x;
-        if ((R * CH) % NT != 0 && idx >= R * CH) break;
-        const int r = idx / CH, c = idx % CH;
-        const bool ok = row0 + r < N;
-        const u16* g = src + (size_t)(ok ? row0 + r : 0) * W + c * 8;
-        cp_async16(smem_addr(tile + swz<W>(r, c)), g, ok);
+    for (int k = 0; k < R / RS; ++k) {
+        const bool ok = k * RS < left;
+        cp_async16(dst + 16u * (u32)(k * RS * CH), ok ? g + (size_t)k * RS * W : src, ok);
     }
 }
 
 /* ---------------------------------------------------------------- F2 forward */
 
 /* One thread block per (Q block i, head); NW warps, each owning WM slabs of 16 query rows:
- * warp w holds rows w*16*WM .. w*16*WM + 16*WM - 1 of the block. BR = 16 * WM * NW. */
-template <bool BF16, int D, int BC, int NW, int WM>
+ * warp w holds rows w*16*WM .. w*16*WM + 16*WM - 1 of the block. BR = 16 * WM * NW.
+ * K_j and V_j arrive BC keys at a time into two stages of shared memory (the copy of tile j+1
+ * runs during all of tile j: one barrier per tile). The arithmetic takes each tile BK keys at a
+ * time: S = Q_i K^T for BK keys, the online softmax, O~ += P~ V for those keys, then the next BK.
+ * That is F2 with Bc = BK as far as the numbers go; BK < BC keeps fewer S registers alive (32
+ * rows x BK), so a warp can own two slabs at D = 128 without spilling. */
+template <bool BF16, int D, int BC, int NW, int WM, int BK>
 __global__ void __launch_bounds__(NW * 32)
 tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
            u16* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
            float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
     constexpr int BR = 16 * WM * NW, NT = NW * 32, CH = D / 8;
-    constexpr int NS = BC / 8;   // n8 tiles of S per slab
+    constexpr int NS = BK / 8;   // n8 tiles of S per slab and sub-step
     constexpr int NO = D / 8;    // n8 tiles of O~ per slab
+    static_assert(BC % BK == 0 && BK % 16 == 0, "BK must divide BC in multiples of 16 keys");
     extern __shared__ uint4 smem[];
     uint4* sQ = smem;            // (BR, D)
-    uint4* sK = sQ + BR * CH;    // (BC, D)
-    uint4* sV = sK + BC * CH;    // (BC, D)
+    uint4* sKV = sQ + BR * CH;   // 2 stages of K_j (BC, D) then V_j (BC, D)
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -180,8 +214,8 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
     const float sl2 = tau * TC_LOG2E;
 
     load_tile<D, BR, NT>(sQ, Qh, i * BR, Nq);                       // F2:L2
-    cp_commit();
-    load_tile<D, BC, NT>(sK, Kh, 0, Nk);                            // F2:L4 (K_0)
+    load_tile<D, BC, NT>(sKV, Kh, 0, Nk);                           // F2:L4 (K_0, V_0)
+    load_tile<D, BC, NT>(sKV + BC * CH, Vh, 0, Nk);
     cp_commit();
 
     float o[WM][NO][4];
@@ -194,113 +228,116 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
         for (int n = 0; n < NO; ++n) o[a][n][0] = o[a][n][1] = o[a][n][2] = o[a][n][3] = 0.0f;
     }
     const int wrow = warp * 16 * WM;  // this warp's first row in the block
+    // ldmatrix addresses (A: rows lane % 16, chunk lane / 16; B: rows lane % 8 + 8 (lane / 16),
+    // chunk (lane / 8) % 2; V^T: rows lane % 16 in two halves of 8, chunk lane / 16), stage 0
+    const SwzAddr<D> aQ(sQ, wrow + (lane & 15), lane >> 4);
+    const SwzAddr<D> aK(sKV, (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+    const SwzAddr<D> aV(sKV + BC * CH, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+    constexpr u32 STAGE = 2u * BC * CH * 16u;  // bytes from stage 0 to stage 1
 
     for (int j = 0; j < jend; ++j) {                                 // F2:L3
-        __syncthreads();  // every warp is done with V_{j-1}
-        load_tile<D, BC, NT>(sV, Vh, j * BC, Nk);                   // F2:L4 (V_j)
+        cp_wait<0>();     // K_j, V_j (and at j = 0 Q_i) have landed ...
+        __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
+        if (j + 1 < jend) {                                          // F2:L4 for j+1, during tile j
+            uint4* nxt = sKV + ((j + 1) & 1) * 2 * BC * CH;
+            load_tile<D, BC, NT>(nxt, Kh, (j + 1) * BC, Nk);
+            load_tile<D, BC, NT>(nxt + BC * CH, Vh, (j + 1) * BC, Nk);
+        }
         cp_commit();
-        cp_wait<1>();     // Q_i and K_j have landed (V_j may still be in flight)
-        __syncthreads();  // ... and every thread's copies of them are visible to all warps
+        const u32 so = (j & 1) * STAGE;
 
-        float s[WM][NS][4];                                          // F2:L5  S = Q_i K_j^T
 #pragma unroll
-        for (int a = 0; a < WM; ++a)
-#pragma unroll
-            for (int n = 0; n < NS; ++n) s[a][n][0] = s[a][n][1] = s[a][n][2] = s[a][n][3] = 0.0f;
-        // At D = 128 a fully unrolled k loop makes the compiler hoist K fragments' addresses
-        // into registers (246 of them at BC = 128, spills at WM = 2): there the loop stays
-        // rolled. At D <= 64 unrolled measured faster (docs/PERFORMANCE.md, tc v2).
-#pragma unroll (D >= 128 ? 1 : D / 16)
-        for (int kk = 0; kk < D / 16; ++kk) {
-            u32 qa[WM][4];
+        for (int u = 0; u < BC / BK; ++u) {
+            const int k0 = j * BC + u * BK;  // first key of this sub-step
+            if (k0 > (causal ? min(Nk - 1, last_row) : Nk - 1)) break;  // nothing left to see
+            float s[WM][NS][4];                                      // F2:L5  S = Q_i K^T
 #pragma unroll
             for (int a = 0; a < WM; ++a)
-                ldsm4(qa[a], smem_addr(sQ + swz<D>(wrow + a * 16 + (lane & 15), kk * 2 + (lane >> 4))));
 #pragma unroll
-            for (int nb = 0; nb < BC / 16; ++nb) {
-                u32 kb[4];
-                ldsm4(kb, smem_addr(sK + swz<D>(nb * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                                kk * 2 + ((lane >> 3) & 1))));
+                for (int n = 0; n < NS; ++n) s[a][n][0] = s[a][n][1] = s[a][n][2] = s[a][n][3] = 0.0f;
 #pragma unroll
-                for (int a = 0; a < WM; ++a) {
-                    mma16816<BF16>(s[a][2 * nb], qa[a], kb[0], kb[1]);
-                    mma16816<BF16>(s[a][2 * nb + 1], qa[a], kb[2], kb[3]);
-                }
-            }
-        }
-        __syncthreads();  // every warp is done with K_j
-        if (j + 1 < jend) load_tile<D, BC, NT>(sK, Kh, (j + 1) * BC, Nk);  // K_{j+1}, during F2:L6-L7
-        cp_commit();
-
-        // scale to base-2 units; mask keys past Nk and, on tiles the diagonal crosses, keys after
-        // the query (F2:L5)
-        const bool edge = (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
+            for (int kk = 0; kk < D / 16; ++kk) {
+                u32 qa[WM][4];
 #pragma unroll
-        for (int a = 0; a < WM; ++a)
+                for (int a = 0; a < WM; ++a) ldsm4(qa[a], aQ.at(a * 16, kk * 2));
 #pragma unroll
-            for (int n = 0; n < NS; ++n)
+                for (int nb = 0; nb < BK / 16; ++nb) {
+                    u32 kb[4];
+                    ldsm4(kb, so + aK.at(u * BK + nb * 16, kk * 2));
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[a][n][e] * sl2;
-                    if (edge) {
-                        const int r = i * BR + wrow + a * 16 + g + (e >> 1) * 8;
-                        const int c = j * BC + n * 8 + 2 * t + (e & 1);
-                        if (c >= Nk || masked(causal, r, c)) x = FL_NEG_INF;
+                    for (int a = 0; a < WM; ++a) {
+                        mma16816<BF16>(s[a][2 * nb], qa[a], kb[0], kb[1]);
+                        mma16816<BF16>(s[a][2 * nb + 1], qa[a], kb[2], kb[3]);
                     }
-                    s[a][n][e] = x;
-                }
-
-        // F2:L6  m_new = max(m, rowmax S); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum P~
-        // F2:L7  O~ = e^(m - m_new) O~  (+ P~ V_j below)
-        // P~ is rounded to 16 bits as soon as each half-row is done: pa holds it in the A-operand
-        // layout of P~ V (the S accumulator layout, two values per register), so the fp32 S
-        // registers are free before the P~ V product starts
-        u32 pa[WM][BC / 16][4];
-#pragma unroll
-        for (int a = 0; a < WM; ++a)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the slab
-                float mx = m[a][h];
-#pragma unroll
-                for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[a][n][2 * h], s[a][n][2 * h + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float base = safe_max(mx);
-                const float alpha = exp2_fast(m[a][h] - base);
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < NS; ++n) {
-                    s[a][n][2 * h] = exp2_fast(s[a][n][2 * h] - base);
-                    s[a][n][2 * h + 1] = exp2_fast(s[a][n][2 * h + 1] - base);
-                    sum += s[a][n][2 * h] + s[a][n][2 * h + 1];
-                }
-                l[a][h] = alpha * l[a][h] + sum;  // this lane's columns only; summed over the row at F2:L9
-                m[a][h] = mx;
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    o[a][n][2 * h] *= alpha;
-                    o[a][n][2 * h + 1] *= alpha;
-                }
-#pragma unroll
-                for (int kk = 0; kk < BC / 16; ++kk) {  // rows g (h = 0) or g + 8 (h = 1)
-                    pa[a][kk][h] = pack2<BF16>(s[a][2 * kk][2 * h], s[a][2 * kk][2 * h + 1]);
-                    pa[a][kk][2 + h] = pack2<BF16>(s[a][2 * kk + 1][2 * h], s[a][2 * kk + 1][2 * h + 1]);
                 }
             }
 
-        cp_wait<1>();     // V_j has landed (K_{j+1} may still be in flight)
-        __syncthreads();  // ... for every thread's copies
+            // scale to base-2 units; mask keys past Nk and, where the diagonal crosses, keys
+            // after the query (F2:L5)
+            const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR);
 #pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk) {                       // F2:L7  O~ += P~ V_j
+            for (int a = 0; a < WM; ++a)
 #pragma unroll
-            for (int nb = 0; nb < D / 16; ++nb) {
-                u32 vb[4];
-                ldsm4t(vb, smem_addr(sV + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                 nb * 2 + (lane >> 4))));
+                for (int n = 0; n < NS; ++n)
 #pragma unroll
-                for (int a = 0; a < WM; ++a) {
-                    mma16816<BF16>(o[a][2 * nb], pa[a][kk], vb[0], vb[1]);
-                    mma16816<BF16>(o[a][2 * nb + 1], pa[a][kk], vb[2], vb[3]);
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[a][n][e] * sl2;
+                        if (edge) {
+                            const int r = i * BR + wrow + a * 16 + g + (e >> 1) * 8;
+                            const int c = k0 + n * 8 + 2 * t + (e & 1);
+                            if (c >= Nk || masked(causal, r, c)) x = FL_NEG_INF;
+                        }
+                        s[a][n][e] = x;
+                    }
+
+            // F2:L6  m_new = max(m, rowmax S); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum P~
+            // F2:L7  O~ = e^(m - m_new) O~  (+ P~ V below)
+            // P~ is rounded to 16 bits as soon as each half-row is done: pa holds it in the
+            // A-operand layout of P~ V (the S accumulator layout, two values per register)
+            u32 pa[WM][BK / 16][4];
+#pragma unroll
+            for (int a = 0; a < WM; ++a)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the slab
+                    float mx = m[a][h];
+#pragma unroll
+                    for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[a][n][2 * h], s[a][n][2 * h + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float base = safe_max(mx);
+                    const float alpha = exp2_fast(m[a][h] - base);
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int n = 0; n < NS; ++n) {
+                        s[a][n][2 * h] = exp2_fast(s[a][n][2 * h] - base);
+                        s[a][n][2 * h + 1] = exp2_fast(s[a][n][2 * h + 1] - base);
+                        sum += s[a][n][2 * h] + s[a][n][2 * h + 1];
+                    }
+                    l[a][h] = alpha * l[a][h] + sum;  // this lane's columns; summed over the row at F2:L9
+                    m[a][h] = mx;
+#pragma unroll
+                    for (int n = 0; n < NO; ++n) {
+                        o[a][n][2 * h] *= alpha;
+                        o[a][n][2 * h + 1] *= alpha;
+                    }
+#pragma unroll
+                    for (int kk = 0; kk < BK / 16; ++kk) {  // rows g (h = 0) or g + 8 (h = 1)
+                        pa[a][kk][h] = pack2<BF16>(s[a][2 * kk][2 * h], s[a][2 * kk][2 * h + 1]);
+                        pa[a][kk][2 + h] = pack2<BF16>(s[a][2 * kk + 1][2 * h], s[a][2 * kk + 1][2 * h + 1]);
+                    }
+                }
+
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {                   // F2:L7  O~ += P~ V
+#pragma unroll
+                for (int nb = 0; nb < D / 16; ++nb) {
+                    u32 vb[4];
+                    ldsm4t(vb, so + aV.at(u * BK + kk * 16, nb * 2));
+#pragma unroll
+                    for (int a = 0; a < WM; ++a) {
+                        mma16816<BF16>(o[a][2 * nb], pa[a][kk], vb[0], vb[1]);
+                        mma16816<BF16>(o[a][2 * nb + 1], pa[a][kk], vb[2], vb[3]);
+                    }
                 }
             }
         }
@@ -379,31 +416,46 @@ tc_backward_dq(const float* __restrict__ dQacc, u16* __restrict__ dQ, long long 
     if (x < n) dQ[x] = from_f32<BF16>(tau * dQacc[x]);
 }
 
-/* One thread block per (K/V block j, head); NW warps, warp w owning key rows w*16 .. w*16 + 15
- * (BC = 16 * NW). Each step i works on S^T = K_j Q_i^T, so a warp's accumulators are rows of
- * dK~ and dV~ and P^T, dS^T are A operands straight from registers. dQ_i's term needs a sum over
- * all keys: dS^T goes through shared memory and the warps split dQ_i's (BR x D) tile.
- * Q_i, dO_i, L_i, D_i are double-buffered: step i's copy of stage i+1 runs during all of step i. */
-template <bool BF16, int D, int BR, int NW>
+/* One thread block per (K/V block j, head), NW warps; each step i works on one block of BR
+ * queries. Each product splits its output tile over the warps as a 2-D grid, like
+ * FlashAttention-2, so a fragment read from shared memory feeds several mma:
+ *   S^T = K_j Q_i^T and dP^T = V_j dO_i^T: warp w = (w % WS, w / WS) holds SK = BC / WS keys x
+ *     SQ = BR / (NW / WS) queries;
+ *   dV~ += P^T dO_i and dK~ += dS^T Q_i: warp (w % WKV, w / WKV) holds KK = BC / WKV keys x
+ *     KD = D / (NW / WKV) columns of dK~ and dV~, in registers for the whole i loop;
+ *   dQ_i += dS K_j: warp (w % WQ, w / WQ) holds QQ = BR / WQ queries x QD = D / (NW / WQ) columns
+ *     of this step's term, added into the fp32 dQ accumulator in HBM.
+ * P^T and dS^T change hands between those grids through shared memory, rounded to 16 bits
+ * (the rounding G2 needs anyway: they are mma operands). Q_i, dO_i, L_i, D_i rotate through QS
+ * (2 or 3) stages of shared memory: the copy of step i + QS - 1 starts at the top of step i, so it
+ * has QS - 1 steps to land. Two barriers per step. */
+template <bool BF16, int D, int BR, int BC, int NW, int WS, int WKV, int WQ, int QS>
 __global__ void __launch_bounds__(NW * 32)
 tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
             const u16* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
             float* __restrict__ dQacc, u16* __restrict__ dK, u16* __restrict__ dV,
             int Nq, int Nk, float tau, int causal,
             float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
-    constexpr int BC = 16 * NW, NT = NW * 32, CH = D / 8;
-    constexpr int NQ = BR / 8;              // n8 tiles of S^T (query columns) per warp
-    constexpr int ND = D / 8;               // n8 tiles of dK~, dV~ per warp
-    constexpr int QRG = BR / 16;            // dQ tile: row groups of 16 ...
-    constexpr int QCG = NW / QRG;           // ... times column groups
-    constexpr int QC = D / QCG;             // columns of dQ per warp
-    static_assert(NW % QRG == 0 && QC % 16 == 0, "dQ tile does not split evenly over the warps");
+    constexpr int NT = NW * 32, CH = D / 8;
+    constexpr int SK = BC / WS, SQ = BR / (NW / WS);     // S^T, dP^T: keys x queries per warp
+    constexpr int KK = BC / WKV, KD = D / (NW / WKV);    // dK~, dV~: keys x columns per warp
+    constexpr int QQ = BR / WQ, QD = D / (NW / WQ);      // dQ term: queries x columns per warp
+    static_assert(NW % WS == 0 && NW % WKV == 0 && NW % WQ == 0, "warp grids must divide NW");
+    static_assert(SK % 16 == 0 && SQ % 16 == 0 && KK % 16 == 0 && KD % 16 == 0 && QQ % 16 == 0 &&
+                  QD % 16 == 0, "every warp tile must be whole 16 x 16 pieces");
+    constexpr int MS = SK / 16, NQ = SQ / 8;             // S^T: key slabs, n8 query tiles
+    constexpr int MK = KK / 16, NDK = KD / 8;            // dK~, dV~: key slabs, n8 column tiles
+    constexpr int MQ = QQ / 16, NDQ = QD / 8;            // dQ: query slabs, n8 column tiles
+    constexpr int CP = BR / 8;                           // 16-byte chunks in a row of P^T, dS^T
+    // shared memory, in 16-byte chunks from smem: K_j, V_j, P^T, dS^T, QS x (Q_i, dO_i), QS x (L_i, D_i)
+    constexpr int OK_ = 0, OV = BC * CH, OP = 2 * BC * CH, OS = OP + BC * CP, OQ = OS + BC * CP;
+    static_assert(QS == 2 || QS == 3, "Q_i, dO_i take 2 or 3 stages");
+    constexpr int ODO = BR * CH, STG = 2 * BR * CH, OLD = OQ + QS * STG;
     extern __shared__ uint4 smem[];
-    uint4* sK = smem;                        // (BC, D)
-    uint4* sV = sK + BC * CH;                // (BC, D)
-    uint4* sdS = sV + BC * CH;               // (BC, BR): dS^T, 16-bit
-    uint4* sQ2 = sdS + BC * (BR / 8);        // 2 stages of Q_i (BR, D) then dO_i (BR, D)
-    float* sLD2 = reinterpret_cast<float*>(sQ2 + 4 * BR * CH);  // 2 stages of L_i (BR), D_i (BR)
+    uint4* sK = smem + OK_;
+    uint4* sP = smem + OP;                   // (BC, BR) P^T, 16-bit
+    uint4* sdS = smem + OS;                  // (BC, BR) dS^T, 16-bit
+    float* sLD2 = reinterpret_cast<float*>(smem + OLD);
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -416,17 +468,28 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
     const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
     (void)Tc;
     const float sl2 = tau * TC_LOG2E;
-    const int wkey = warp * 16;               // this warp's first key row in the block
     const int i0 = causal ? min(Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
 
+    // the three warp grids
+    const int sk0 = (warp % WS) * SK, sq0 = (warp / WS) * SQ;
+    const int kk0 = (warp % WKV) * KK, kd0 = (warp / WKV) * KD;
+    const int qq0 = (warp % WQ) * QQ, qd0 = (warp / WQ) * QD;
+    // ldmatrix addresses (SwzAddr), relative to smem; tiles of one pattern share them
+    const SwzAddr<D> aKV(smem, sk0 + (lane & 15), lane >> 4);                         // K, V (A)
+    const SwzAddr<D> aQO(smem, sq0 + (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);  // Q, dO (B)
+    const SwzAddr<BR> aPS(smem, kk0 + (lane & 15), lane >> 4);                        // P^T, dS^T (A)
+    const SwzAddr<D> aQOt(smem, (lane & 7) + ((lane >> 3) & 1) * 8, kd0 / 8 + (lane >> 4));  // dO, Q (B^T)
+    const SwzAddr<BR> aSt(smem, (lane & 7) + (lane >> 4) * 8, qq0 / 8 + ((lane >> 3) & 1));  // dS (A^T)
+    const SwzAddr<D> aKt(smem, (lane & 7) + ((lane >> 3) & 1) * 8, qd0 / 8 + (lane >> 4));   // K (B^T)
+
     load_tile<D, BC, NT>(sK, K + head_offset(bh, Nk, D), j * BC, Nk);       // G2:L2
-    load_tile<D, BC, NT>(sV, V + head_offset(bh, Nk, D), j * BC, Nk);
+    load_tile<D, BC, NT>(smem + OV, V + head_offset(bh, Nk, D), j * BC, Nk);
     auto load_i = [&](int i) {                                              // G2:L4
-        const int st = (i - i0) & 1;
-        uint4* q = sQ2 + st * 2 * BR * CH;
+        const int st = (i - i0) % QS;
+        uint4* q = smem + OQ + st * STG;
         float* ld = sLD2 + st * 2 * BR;
         load_tile<D, BR, NT>(q, Qh, i * BR, Nq);
-        load_tile<D, BR, NT>(q + BR * CH, dOh, i * BR, Nq);
+        load_tile<D, BR, NT>(q + ODO, dOh, i * BR, Nq);
         for (int x = threadIdx.x; x < BR; x += NT) {
             const bool ok = i * BR + x < Nq;
             cp_async4(smem_addr(ld + x), Lh + (ok ? i * BR + x : 0), ok);
@@ -435,178 +498,175 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
     };
     if (i0 < Tr) load_i(i0);       // with K_j, V_j: one commit group
     cp_commit();
-    if (i0 + 1 < Tr) load_i(i0 + 1);
-    cp_commit();                   // (possibly empty: one group per stage keeps the count simple)
+    if (QS == 3) {
+        if (i0 + 1 < Tr) load_i(i0 + 1);
+        cp_commit();               // (possibly empty: one group per stage keeps the count simple)
+    }
 
-    float dk[ND][4], dv[ND][4];
+    float dk[MK][NDK][4], dv[MK][NDK][4];
 #pragma unroll
-    for (int n = 0; n < ND; ++n)
+    for (int a = 0; a < MK; ++a)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+        for (int n = 0; n < NDK; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dk[a][n][e] = dv[a][n][e] = 0.0f;
 
     for (int i = i0; i < Tr; ++i) {                                          // G2:L3
-        const int st = (i - i0) & 1;
-        const uint4* sQ = sQ2 + st * 2 * BR * CH;
-        const uint4* sdO = sQ + BR * CH;
+        const int st = (i - i0) % QS;
+        const u32 so = (u32)(st * STG) * 16u;  // this stage's byte offset from stage 0
         const float* sL = sLD2 + st * 2 * BR;
         const float* sD = sL + BR;
-        cp_wait<1>();     // stage i's group has landed (stage i+1's may still be in flight)
-        __syncthreads();  // ... for every thread's copies; dS^T of step i-1 is consumed
-
-        // G2:L5  S^T = K_j Q_i^T (this warp's 16 keys x BR queries)
-        float s[NQ][4];
-#pragma unroll
-        for (int n = 0; n < NQ; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            u32 ka[4];
-            ldsm4(ka, smem_addr(sK + swz<D>(wkey + (lane & 15), kk * 2 + (lane >> 4))));
-#pragma unroll
-            for (int nb = 0; nb < BR / 16; ++nb) {
-                u32 qb[4];
-                ldsm4(qb, smem_addr(sQ + swz<D>(nb * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                                kk * 2 + ((lane >> 3) & 1))));
-                mma16816<BF16>(s[2 * nb], ka, qb[0], qb[1]);
-                mma16816<BF16>(s[2 * nb + 1], ka, qb[2], qb[3]);
-            }
-        }
-        // P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the query)
-        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
-        float lq[NQ][2];  // L of this lane's query columns, two adjacent per 8-byte read
-#pragma unroll
-        for (int n = 0; n < NQ; ++n) {
-            const float2 x = *reinterpret_cast<const float2*>(sL + n * 8 + 2 * t);
-            lq[n][0] = x.x;
-            lq[n][1] = x.y;
-        }
-#pragma unroll
-        for (int n = 0; n < NQ; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int ql = n * 8 + 2 * t + (e & 1);
-                float p = exp2_fast(s[n][e] * sl2 - lq[n][e & 1] * TC_LOG2E);
-                if (edge) {
-                    const int c = j * BC + wkey + g + (e >> 1) * 8, r = i * BR + ql;
-                    if (r >= Nq || c >= Nk || masked(causal, r, c)) p = 0.0f;
-                }
-                s[n][e] = p;
-            }
-
-        // G2:L6  dP^T = V_j dO_i^T
-        float dp[NQ][4];
-#pragma unroll
-        for (int n = 0; n < NQ; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            u32 va[4];
-            ldsm4(va, smem_addr(sV + swz<D>(wkey + (lane & 15), kk * 2 + (lane >> 4))));
-#pragma unroll
-            for (int nb = 0; nb < BR / 16; ++nb) {
-                u32 ob[4];
-                ldsm4(ob, smem_addr(sdO + swz<D>(nb * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                                 kk * 2 + ((lane >> 3) & 1))));
-                mma16816<BF16>(dp[2 * nb], va, ob[0], ob[1]);
-                mma16816<BF16>(dp[2 * nb + 1], va, ob[2], ob[3]);
-            }
-        }
-        // G2:L6  dV~ += P^T dO_i  (P^T rounded to 16 bits, from registers)
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) {
-            u32 pa[4] = {pack2<BF16>(s[2 * kk][0], s[2 * kk][1]), pack2<BF16>(s[2 * kk][2], s[2 * kk][3]),
-                         pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                         pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int nb = 0; nb < D / 16; ++nb) {
-                u32 ob[4];
-                ldsm4t(ob, smem_addr(sdO + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                  nb * 2 + (lane >> 4))));
-                mma16816<BF16>(dv[2 * nb], pa, ob[0], ob[1]);
-                mma16816<BF16>(dv[2 * nb + 1], pa, ob[2], ob[3]);
-            }
-        }
-        // G2:L6  dS^T = P^T * (dP^T - D_i), kept in s; rounded to 16 bits into shared memory for dQ
-#pragma unroll
-        for (int n = 0; n < NQ; ++n) {
-            const float2 dd = *reinterpret_cast<const float2*>(sD + n * 8 + 2 * t);
-            s[n][0] *= dp[n][0] - dd.x;
-            s[n][1] *= dp[n][1] - dd.y;
-            s[n][2] *= dp[n][2] - dd.x;
-            s[n][3] *= dp[n][3] - dd.y;
-        }
-#pragma unroll
-        for (int n = 0; n < NQ; ++n)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int kr = wkey + g + 8 * h;
-                u32* dst = reinterpret_cast<u32*>(sdS + swz<BR>(kr, n)) + t;
-                *dst = pack2<BF16>(s[n][2 * h], s[n][2 * h + 1]);
-            }
-        // G2:L8  dK~ += dS^T Q_i  (tau applied at G2:L10)
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) {
-            u32 sa[4] = {pack2<BF16>(s[2 * kk][0], s[2 * kk][1]), pack2<BF16>(s[2 * kk][2], s[2 * kk][3]),
-                         pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                         pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int nb = 0; nb < D / 16; ++nb) {
-                u32 qb[4];
-                ldsm4t(qb, smem_addr(sQ + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                 nb * 2 + (lane >> 4))));
-                mma16816<BF16>(dk[2 * nb], sa, qb[0], qb[1]);
-                mma16816<BF16>(dk[2 * nb + 1], sa, qb[2], qb[3]);
-            }
-        }
-        __syncthreads();  // dS^T is complete; every warp is done with stage i's Q, dO, L, D
-        if (i + 2 < Tr) load_i(i + 2);   // into stage i's buffers, during the dQ term and step i+1
+        cp_wait<QS - 2>();  // stage i has landed (with QS = 3, stage i+1 may still be in flight) ...
+        __syncthreads();    // ... for every thread's copies; every warp is done with step i-1
+        if (i + QS - 1 < Tr) load_i(i + QS - 1);  // into the stage step i-1 used
         cp_commit();
 
-        // G2:L7  dQ_i += dS K_j: warp (rg, cg) computes rows rg*16.., columns cg*QC.. of the term
-        {
-            const int rg = warp % QRG, cg = warp / QRG;
-            float dq[QC / 8][4];
+        // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warp's SK keys x SQ queries)
+        float s[MS][NQ][4], dp[MS][NQ][4];
 #pragma unroll
-            for (int n = 0; n < QC / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+        for (int a = 0; a < MS; ++a)
+#pragma unroll
+            for (int n = 0; n < NQ; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[a][n][e] = dp[a][n][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            u32 ka[MS][4];
+#pragma unroll
+            for (int a = 0; a < MS; ++a) ldsm4(ka[a], aKV.at(a * 16, kk * 2) + 16u * OK_);
+#pragma unroll
+            for (int nb = 0; nb < SQ / 16; ++nb) {
+                u32 qb[4];
+                ldsm4(qb, aQO.at(nb * 16, kk * 2) + 16u * OQ + so);
+#pragma unroll
+                for (int a = 0; a < MS; ++a) {
+                    mma16816<BF16>(s[a][2 * nb], ka[a], qb[0], qb[1]);
+                    mma16816<BF16>(s[a][2 * nb + 1], ka[a], qb[2], qb[3]);
+                }
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            u32 va[MS][4];
+#pragma unroll
+            for (int a = 0; a < MS; ++a) ldsm4(va[a], aKV.at(a * 16, kk * 2) + 16u * OV);
+#pragma unroll
+            for (int nb = 0; nb < SQ / 16; ++nb) {
+                u32 ob[4];
+                ldsm4(ob, aQO.at(nb * 16, kk * 2) + 16u * (OQ + ODO) + so);
+#pragma unroll
+                for (int a = 0; a < MS; ++a) {
+                    mma16816<BF16>(dp[a][2 * nb], va[a], ob[0], ob[1]);
+                    mma16816<BF16>(dp[a][2 * nb + 1], va[a], ob[2], ob[3]);
+                }
+            }
+        }
+        // P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the query);
+        // dS^T = P^T * (dP^T - D_i). Both rounded to 16 bits into shared memory (G2:L6).
+        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
+#pragma unroll
+        for (int n = 0; n < NQ; ++n) {
+            const float2 lq = *reinterpret_cast<const float2*>(sL + sq0 + n * 8 + 2 * t);
+            const float2 dd = *reinterpret_cast<const float2*>(sD + sq0 + n * 8 + 2 * t);
+#pragma unroll
+            for (int a = 0; a < MS; ++a)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    float p0 = exp2_fast(s[a][n][2 * h] * sl2 - lq.x * TC_LOG2E);
+                    float p1 = exp2_fast(s[a][n][2 * h + 1] * sl2 - lq.y * TC_LOG2E);
+                    if (edge) {
+                        const int c = j * BC + sk0 + a * 16 + g + 8 * h;
+                        const int r = i * BR + sq0 + n * 8 + 2 * t;
+                        if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
+                        if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                    }
+                    const int kr = sk0 + a * 16 + g + 8 * h, ch = sq0 / 8 + n;
+                    reinterpret_cast<u32*>(sP + swz<BR>(kr, ch))[t] = pack2<BF16>(p0, p1);
+                    reinterpret_cast<u32*>(sdS + swz<BR>(kr, ch))[t] =
+                        pack2<BF16>(p0 * (dp[a][n][2 * h] - dd.x), p1 * (dp[a][n][2 * h + 1] - dd.y));
+                }
+        }
+        __syncthreads();  // P^T and dS^T are complete
+
+        // G2:L6  dV~ += P^T dO_i and G2:L8  dK~ += dS^T Q_i (tau applied at G2:L10)
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) {
+            u32 pa[MK][4], sa[MK][4];
+#pragma unroll
+            for (int a = 0; a < MK; ++a) {
+                ldsm4(pa[a], aPS.at(a * 16, kk * 2) + 16u * OP);
+                ldsm4(sa[a], aPS.at(a * 16, kk * 2) + 16u * OS);
+            }
+#pragma unroll
+            for (int nb = 0; nb < KD / 16; ++nb) {
+                u32 ob[4], qb[4];
+                ldsm4t(ob, aQOt.at(kk * 16, nb * 2) + 16u * (OQ + ODO) + so);
+                ldsm4t(qb, aQOt.at(kk * 16, nb * 2) + 16u * OQ + so);
+#pragma unroll
+                for (int a = 0; a < MK; ++a) {
+                    mma16816<BF16>(dv[a][2 * nb], pa[a], ob[0], ob[1]);
+                    mma16816<BF16>(dv[a][2 * nb + 1], pa[a], ob[2], ob[3]);
+                    mma16816<BF16>(dk[a][2 * nb], sa[a], qb[0], qb[1]);
+                    mma16816<BF16>(dk[a][2 * nb + 1], sa[a], qb[2], qb[3]);
+                }
+            }
+        }
+
+        // G2:L7  dQ_i += dS K_j: this warp's QQ queries x QD columns of the term
+        {
+            float dq[MQ][NDQ][4];
+#pragma unroll
+            for (int a = 0; a < MQ; ++a)
+#pragma unroll
+                for (int n = 0; n < NDQ; ++n) dq[a][n][0] = dq[a][n][1] = dq[a][n][2] = dq[a][n][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < BC / 16; ++kk) {
-                u32 da[4];  // A = dS (queries x keys), stored transposed
-                ldsm4t(da, smem_addr(sdS + swz<BR>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
-                                                   rg * 2 + ((lane >> 3) & 1))));
+                u32 da[MQ][4];  // A = dS (queries x keys), stored transposed
 #pragma unroll
-                for (int nb = 0; nb < QC / 16; ++nb) {
+                for (int a = 0; a < MQ; ++a) ldsm4t(da[a], aSt.at(kk * 16, a * 2) + 16u * OS);
+#pragma unroll
+                for (int nb = 0; nb < QD / 16; ++nb) {
                     u32 kb[4];
-                    ldsm4t(kb, smem_addr(sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                     (cg * QC) / 8 + nb * 2 + (lane >> 4))));
-                    mma16816<BF16>(dq[2 * nb], da, kb[0], kb[1]);
-                    mma16816<BF16>(dq[2 * nb + 1], da, kb[2], kb[3]);
+                    ldsm4t(kb, aKt.at(kk * 16, nb * 2) + 16u * OK_);
+#pragma unroll
+                    for (int a = 0; a < MQ; ++a) {
+                        mma16816<BF16>(dq[a][2 * nb], da[a], kb[0], kb[1]);
+                        mma16816<BF16>(dq[a][2 * nb + 1], da[a], kb[2], kb[3]);
+                    }
                 }
             }
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int rl = rg * 16 + g + 8 * h, r = i * BR + rl;
-                if (r >= Nq) continue;
+            for (int a = 0; a < MQ; ++a)
 #pragma unroll
-                for (int n = 0; n < QC / 8; ++n) {
-                    const int c = cg * QC + n * 8 + 2 * t;
-                    red_add2(dQh + (size_t)r * D + c, dq[n][2 * h], dq[n][2 * h + 1]);
-                    TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c] = tau * dq[n][2 * h]);
-                    TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c + 1] = tau * dq[n][2 * h + 1]);
+                for (int h = 0; h < 2; ++h) {
+                    const int rl = qq0 + a * 16 + g + 8 * h, r = i * BR + rl;
+                    if (r >= Nq) continue;
+#pragma unroll
+                    for (int n = 0; n < NDQ; ++n) {
+                        const int c = qd0 + n * 8 + 2 * t;
+                        red_add2(dQh + (size_t)r * D + c, dq[a][n][2 * h], dq[a][n][2 * h + 1]);
+                        TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c] = tau * dq[a][n][2 * h]);
+                        TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c + 1] = tau * dq[a][n][2 * h + 1]);
+                    }
                 }
-            }
         }
 #ifdef FLASHLAB_TRACE
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int kl = wkey + g + 8 * h;
-            if (j * BC + kl >= Nk) continue;
-            const size_t tD = trace_offset(bh, i, j, Tr, Tc, BC, D) + (size_t)kl * D;
+        for (int a = 0; a < MK; ++a)
 #pragma unroll
-            for (int n = 0; n < ND; ++n) {
-                tr_dK[tD + n * 8 + 2 * t] = tau * dk[n][2 * h];
-                tr_dK[tD + n * 8 + 2 * t + 1] = tau * dk[n][2 * h + 1];
-                tr_dV[tD + n * 8 + 2 * t] = dv[n][2 * h];
-                tr_dV[tD + n * 8 + 2 * t + 1] = dv[n][2 * h + 1];
+            for (int h = 0; h < 2; ++h) {
+                const int kl = kk0 + a * 16 + g + 8 * h;
+                if (j * BC + kl >= Nk) continue;
+                const size_t tD = trace_offset(bh, i, j, Tr, Tc, BC, D) + (size_t)kl * D;
+#pragma unroll
+                for (int n = 0; n < NDK; ++n) {
+                    const int c = kd0 + n * 8 + 2 * t;
+                    tr_dK[tD + c] = tau * dk[a][n][2 * h];
+                    tr_dK[tD + c + 1] = tau * dk[a][n][2 * h + 1];
+                    tr_dV[tD + c] = dv[a][n][2 * h];
+                    tr_dV[tD + c + 1] = dv[a][n][2 * h + 1];
+                }
             }
-        }
         if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + j] = i - i0;
 #endif
     }
@@ -616,15 +676,17 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
     u16* dKh = dK + head_offset(bh, Nk, D);
     u16* dVh = dV + head_offset(bh, Nk, D);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int c = j * BC + wkey + g + 8 * h;
-        if (c >= Nk) continue;
+    for (int a = 0; a < MK; ++a)
 #pragma unroll
-        for (int n = 0; n < ND; ++n) {
-            *reinterpret_cast<u32*>(dKh + (size_t)c * D + n * 8 + 2 * t) =
-                pack2<BF16>(tau * dk[n][2 * h], tau * dk[n][2 * h + 1]);
-            *reinterpret_cast<u32*>(dVh + (size_t)c * D + n * 8 + 2 * t) =
-                pack2<BF16>(dv[n][2 * h], dv[n][2 * h + 1]);
+        for (int h = 0; h < 2; ++h) {
+            const int c = j * BC + kk0 + a * 16 + g + 8 * h;
+            if (c >= Nk) continue;
+#pragma unroll
+            for (int n = 0; n < NDK; ++n) {
+                const int x = kd0 + n * 8 + 2 * t;
+                *reinterpret_cast<u32*>(dKh + (size_t)c * D + x) =
+                    pack2<BF16>(tau * dk[a][n][2 * h], tau * dk[a][n][2 * h + 1]);
+                *reinterpret_cast<u32*>(dVh + (size_t)c * D + x) = pack2<BF16>(dv[a][n][2 * h], dv[a][n][2 * h + 1]);
+            }
         }
-    }
 }

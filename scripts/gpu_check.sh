@@ -2,7 +2,7 @@
 # One device call: GPU tests, compute-sanitizer, benchmark. Run from the repository root:
 #   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|tutorials|tc-table|bench|all] [extra bench args]
 #   OUT=/tmp/out bash scripts/gpu_check.sh tune [scripts/tc_tune.py args]   (tile search, not in all)
-#   OUT=/tmp/out bash scripts/gpu_check.sh profile [d N --causal]          (ncu of tc, not in all)
+#   OUT=/tmp/out bash scripts/gpu_check.sh profile [d N --causal --torch]  (ncu of tc, not in all)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -62,8 +62,9 @@ fi
 
 if [[ $what == profile ]]; then
   echo "== Nsight Compute: tc forward and backward (scripts/tc_profile.py ${*:-128 4096})"
-  ncu -k regex:tc_ --section SpeedOfLight --section ComputeWorkloadAnalysis \
+  ncu -k "regex:tc_|flash_" --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+    --section SchedulerStats \
     python3 scripts/tc_profile.py "$@" > "$OUT/ncu_tc.txt" 2>&1 || status=1
   grep -E "tc_|Duration|Compute \(SM\) Throughput|Memory Throughput|Shared|Achieved Occupancy|Registers|Stall|Issue Slots|Pipe" \
     "$OUT/ncu_tc.txt" | head -80

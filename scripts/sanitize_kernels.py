@@ -1,5 +1,9 @@
 """Run every kernel once, forward and backward, at a ragged shape: the workload compute-sanitizer
-checks (scripts/gpu_check.sh runs it under memcheck, racecheck and synccheck)."""
+checks (scripts/gpu_check.sh runs it under memcheck, racecheck and synccheck).
+
+SANITIZE_KERNELS=tc (comma-separated kernel names) limits the run to those kernels, for a quick
+check of one kernel while it is being changed; the default is every kernel."""
+import os
 import sys
 
 import cupy as cp
@@ -10,7 +14,13 @@ from flashlab import lowp
 
 rng = np.random.default_rng(0)
 B, H, Nq, Nk = 1, 2, 83, 71  # ragged against every tile size
+only = [k for k in os.environ.get("SANITIZE_KERNELS", "").split(",") if k]
+unknown = sorted(set(only) - set(ops.KERNELS))
+if unknown:
+    sys.exit(f"SANITIZE_KERNELS: no kernel named {', '.join(unknown)} (kernels: {', '.join(ops.KERNELS)})")
 for kernel in ops.FP32_KERNELS:
+    if only and kernel not in only:
+        continue
     for d in (64, 32) if kernel == "fa2" else (64, 40):
         for causal in (False, True):
             q, do = (cp.asarray(rng.standard_normal((B, H, Nq, d)), cp.float32) for _ in range(2))
@@ -22,13 +32,14 @@ for kernel in ops.FP32_KERNELS:
                 ops.backward(kernel, do, q, k, v, o, lse, causal, trace=True)
             cp.cuda.runtime.deviceSynchronize()
             print(f"{kernel} d={d} causal={causal}: ran", flush=True)
-if int(cp.cuda.Device().compute_capability) >= ops.TC_MIN_CC:
-    # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128) and the
-    # double-buffered Q stages of the backward (Nq > 2 Br)
+if int(cp.cuda.Device().compute_capability) >= ops.TC_MIN_CC and (not only or "tc" in only):
+    # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128), the two
+    # K/V stages of the forward and the QS (up to 3) Q/dO stages of the backward going round
+    # (Nq > 3 Br at every head dim: bf16 only, since races and bounds do not depend on the dtype)
     for name in lowp.LOWP_DTYPES:
         for d in ops.TC_HEAD_DIMS:
             for causal in (False, True):
-                for nq, nk in ((Nq, Nk), (211, 150)):
+                for nq, nk in ((Nq, Nk), (211, 150)) + (((530, 290),) if name == "bfloat16" else ()):
                     q, k, v, do = lowp.random_inputs(cp, [(B, H, nq, d), (B, H, nk, d), (B, H, nk, d),
                                                           (B, H, nq, d)], name)
                     o, lse = ops.forward("tc", q, k, v, causal)

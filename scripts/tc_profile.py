@@ -2,10 +2,12 @@
 
     ncu -k regex:tc_ --section SpeedOfLight --section ComputeWorkloadAnalysis \\
         --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \\
-        python3 scripts/tc_profile.py [d] [N] [--causal]
+        python3 scripts/tc_profile.py [d] [N] [--causal] [--torch]
 
-(scripts/gpu_check.sh profile runs exactly that). Compilation happens before the launches, so
-only the four tc kernels of one forward and one backward are profiled.
+(scripts/gpu_check.sh profile runs exactly that, with the kernel filter regex:"tc_|flash_").
+Compilation happens before the launches, so only the four tc kernels of one forward and one
+backward are profiled; --torch adds one forward and backward of torch SDPA's flash backend on
+the same shapes, so its kernels land in the same report for a side-by-side read.
 """
 import sys
 
@@ -24,4 +26,15 @@ ops.get_module("tc", False, ops.tc_names(True, d))  # compile outside the profil
 o, lse = ops.forward("tc", q, k, v, causal)
 ops.backward("tc", do, q, k, v, o, lse, causal)
 cp.cuda.Device().synchronize()
-print(f"profiled tc bf16 d={d} N={N} B={B} H={H} causal={causal}")
+if "--torch" in sys.argv:
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    tq, tk, tv, tdo = (torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    qg, kg, vg = (t.requires_grad_() for t in (tq, tk, tv))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        torch.autograd.grad(sdpa(qg, kg, vg, is_causal=causal), (qg, kg, vg), tdo)
+    torch.cuda.synchronize()
+print(f"profiled tc bf16 d={d} N={N} B={B} H={H} causal={causal}"
+      f"{' and torch SDPA flash' if '--torch' in sys.argv else ''}")

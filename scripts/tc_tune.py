@@ -23,26 +23,27 @@ from flashlab import lowp
 from flashlab.bench import attention_flops
 
 FWD_CANDIDATES = {
-    32: [dict(BC=128, NW=4, WM=2), dict(BC=64, NW=4, WM=2)],
-    64: [dict(BC=64, NW=4, WM=2), dict(BC=128, NW=4, WM=2), dict(BC=64, NW=8, WM=1),
-         dict(BC=128, NW=8, WM=1)],
-    128: [dict(BC=64, NW=8, WM=1), dict(BC=64, NW=4, WM=2), dict(BC=32, NW=4, WM=2),
-          dict(BC=128, NW=8, WM=1)],
+    32: [dict(BC=128, NW=4, WM=2, BK=64), dict(BC=64, NW=4, WM=2, BK=64)],
+    64: [dict(BC=128, NW=4, WM=2, BK=64), dict(BC=64, NW=4, WM=2, BK=64),
+         dict(BC=128, NW=4, WM=2, BK=32), dict(BC=128, NW=8, WM=1, BK=128)],
+    128: [dict(BC=64, NW=4, WM=2, BK=32), dict(BC=128, NW=4, WM=2, BK=32),
+          dict(BC=128, NW=8, WM=1, BK=64), dict(BC=128, NW=8, WM=1, BK=128)],
 }
 # source variants: textual edits of kernels/tc.cu, compiled through ops' `source=` (each must
-# match exactly once). "bwd-unroll1" keeps G2's S^T and dP^T k loops rolled (fewer registers).
-_K1 = "#pragma unroll\n        for (int kk = 0; kk < D / 16; ++kk) {\n            u32 ka[4];"
-_K2 = "#pragma unroll\n        for (int kk = 0; kk < D / 16; ++kk) {\n            u32 va[4];"
+# match exactly once).
+_SDP = "        }\n#pragma unroll\n        for (int kk = 0; kk < D / 16; ++kk) {\n            u32 va[MS][4];"
 VARIANTS = {
     "base": [],
-    "bwd-unroll1": [(_K1, _K1.replace("unroll\n", "unroll 1\n")),
-                    (_K2, _K2.replace("unroll\n", "unroll 1\n"))],
+    # G2's S^T = K Q^T and dP^T = V dO^T in one k loop (two independent mma chains per step)
+    "bwd-fused-sdp": [(_SDP, "            u32 va[MS][4];")],
 }
 
 BWD_CANDIDATES = {
-    32: [dict(BR=64, NW=8)],
-    64: [dict(BR=64, NW=8), dict(BR=128, NW=8), dict(BR=64, NW=4)],
-    128: [dict(BR=64, NW=8), dict(BR=32, NW=8), dict(BR=64, NW=4)],
+    32: [dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2)],
+    64: [dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=3), dict(BR=128, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=3),
+         dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=2), dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3)],
+    128: [dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3), dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=2),
+          dict(BR=64, BC=128, NW=8, WS=2, WKV=4, WQ=2, QS=3), dict(BR=64, BC=64, NW=4, WS=2, WKV=2, WQ=2, QS=2)],
 }
 
 
@@ -173,7 +174,7 @@ def main(argv=None):
             fwds = FWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_FORWARD[d]]
             bwds = BWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_BACKWARD[d]]
             pairs = [("base", f, bwds[0]) for f in fwds] + [("base", fwds[0], b) for b in bwds[1:]]
-            pairs += [(var, fwds[0], b) for var in args.variants if var != "base" for b in bwds]
+            pairs += [(var, fwds[0], bwds[0]) for var in args.variants if var != "base"]
             for variant, fwd, bwd in pairs:
                 t0 = time.time()
                 src = variant_source(variant, args.out)

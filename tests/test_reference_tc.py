@@ -12,6 +12,7 @@ from flashlab.reference import (fa2_backward, fa2_backward_steps, fa2_forward, f
                                 naive_lowp_forward, tc_backward, tc_backward_steps, tc_forward,
                                 tc_forward_steps, within_fa_rule)
 from flashlab.reference import tc as tc_mod
+from flashlab.cuda_kernel_ops import TC_BACKWARD, TC_FORWARD
 from flashlab.reference.tc import tc_blocks
 
 
@@ -106,7 +107,8 @@ def test_trace_follows_fa2_float64(rng, dtype, causal, direction):
 def test_trace_catches_a_modified_tile(rng, direction):
     expected, actual = _trace_pair(rng, "bfloat16", True, direction)
     name = "O~_i" if direction == "forward" else "dK~_j"
-    i, j = expected.order[2]
+    # a step whose tile holds row 3 (the backward's second key tile has only 2 of 130 keys)
+    i, j = expected.order[2 if direction == "forward" else 1]
     actual.values[name][0, 1, i, j, 3, 5] += 0.5
     div = trace.compare(expected, actual, **_tol("bfloat16"))
     assert div is not None
@@ -131,8 +133,10 @@ def test_trace_catches_coarse_rounding_of_p(rng, monkeypatch):
 
 # ----------------------------------------------------------------------------- the warps
 
-@pytest.mark.parametrize("d, Br, WM", [(32, 128, 2), (64, 128, 2), (128, 128, 1)])
-def test_forward_warps_own_16_row_slabs(rng, d, Br, WM):
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_forward_warps_own_16_row_slabs(rng, d):
+    WM, NW = TC_FORWARD[d]["WM"], TC_FORWARD[d]["NW"]
+    Br = 16 * WM * NW
     (q, k, v, _), _ = _inputs(rng, np.float16, Br + 40, 70, d, H=1)
     steps = list(tc_forward_steps(q, k, v))
     assert steps[0].blocks[2] == Br
@@ -146,17 +150,54 @@ def test_forward_warps_own_16_row_slabs(rng, d, Br, WM):
     assert np.array_equal(np.unique(last.warp_of_row), np.arange(-(-40 // (16 * WM))))
 
 
-def test_backward_warps_own_16_keys(rng):
-    (q, k, v, do), _ = _inputs(rng, np.float16, 100, 150, 64, H=1)
+def _blocks_of(warp_map, warps):
+    """Each warp's entries of a 2-D warp map as (first row, first col, rows, cols); asserts they
+    fill that rectangle (a contiguous block)."""
+    out = []
+    for w in range(warps):
+        at = np.argwhere(warp_map == w)
+        (r0, c0), (r1, c1) = at.min(axis=0), at.max(axis=0) + 1
+        assert len(at) == (r1 - r0) * (c1 - c0), f"warp {w} does not hold a contiguous block"
+        out.append((r0, c0, r1 - r0, c1 - c0))
+    return out
+
+
+def test_backward_warps_split_each_product_as_a_grid(rng):
+    d = 64
+    c = TC_BACKWARD[d]
+    Br, Bc, NW, WS, WKV, WQ = c["BR"], c["BC"], c["NW"], c["WS"], c["WKV"], c["WQ"]
+    SK, SQ = Bc // WS, Br // (NW // WS)  # kernels/tc.cu tc_backward's warp tiles
+    KK, KD = Bc // WKV, d // (NW // WKV)
+    QQ, QD = Br // WQ, d // (NW // WQ)
+    (q, k, v, do), _ = _inputs(rng, np.float16, Br + 36, Bc + 22, d, H=1)
     o, lse = tc_forward(q, k, v)
-    steps = list(tc_backward_steps(do, q, k, v, o, lse, warps=4))  # Bc = 64
-    assert {s.blocks[3] for s in steps} == {64}
-    for s in steps:
-        bc = s.dV_tilde_j.shape[2]
-        assert np.array_equal(s.warp_of_key, np.arange(bc) // 16)
-    assert np.array_equal(steps[-1].warp_of_key, [0] * 16 + [1] * 6)  # keys 128..149
-    default = next(tc_backward_steps(do, q, k, v, o, lse))
-    assert default.blocks[2:] == (64, 128) and default.warp_of_key.max() == 7  # 8 warps
+    steps = list(tc_backward_steps(do, q, k, v, o, lse))
+    assert steps[0].blocks[2:] == (Br, Bc) and len(steps) == 4
+    full = steps[0]  # (i, j) = (0, 0), a whole tile
+    for name, rows_, cols, want in (
+            ("warp_of_S", Br, Bc, [(w // WS * SQ, w % WS * SK, SQ, SK) for w in range(NW)]),
+            ("warp_of_dKV", Bc, d, [(w % WKV * KK, w // WKV * KD, KK, KD) for w in range(NW)]),
+            ("warp_of_dQ", Br, d, [(w % WQ * QQ, w // WQ * QD, QQ, QD) for w in range(NW)])):
+        m = getattr(full, name)
+        assert m.shape == (rows_, cols), name
+        assert _blocks_of(m, NW) == want, name  # every warp one block of the kernel's shape
+    qs, ks, xs = np.arange(Br)[:, None], np.arange(Bc)[:, None], np.arange(d)[None, :]
+    assert np.array_equal(full.warp_of_S, (ks.T // SK) + WS * (qs // SQ))  # [query, key], as S_ij
+    assert np.array_equal(full.warp_of_dKV, ks // KK + WKV * (xs // KD))
+    assert np.array_equal(full.warp_of_dQ, qs // QQ + WQ * (xs // QD))
+    for s in steps:  # the ragged tiles (36 queries, 22 keys) keep the kernel's map, cut short
+        br, bc = s.S_ij.shape[2:]
+        assert np.array_equal(s.warp_of_S, full.warp_of_S[:br, :bc])
+        assert np.array_equal(s.warp_of_dKV, full.warp_of_dKV[:bc])
+        assert np.array_equal(s.warp_of_dQ, full.warp_of_dQ[:br])
+    assert (steps[-1].i, steps[-1].j) == (1, 1) and steps[-1].S_ij.shape[2:] == (36, 22)
+
+    # tiles the kernel never launches: warp tiles rounded up to 16 rows, some warps hold nothing
+    (q, k, v, do), _ = _inputs(rng, np.float16, 50, 40, 32, H=1)
+    o, lse = tc_forward(q, k, v)
+    for warps, used in ((None, {0, 1, 4, 5}), (3, {0, 1})):  # 8 warps in a 4 x 2 grid; 3 x 1
+        s = next(tc_backward_steps(do, q, k, v, o, lse, Br=48, Bc=32, warps=warps))
+        assert set(np.unique(s.warp_of_S)) == used  # 32 keys = two 16-key warp tiles
 
 
 def test_default_tiles_are_the_kernel_launch():
@@ -170,12 +211,63 @@ def test_default_tiles_are_the_kernel_launch():
 def test_loop_order_and_causal_start(rng):
     (q, k, v, do), _ = _inputs(rng, np.float16, 300, 300, 64, H=1)
     o, lse = tc_forward(q, k, v, True)
-    fwd = [(s.i, s.j, s.seq) for s in tc_forward_steps(q, k, v, True)]  # Br = 128, Bc = 64
+    fwd = [(s.i, s.j, s.seq) for s in tc_forward_steps(q, k, v, True, Bc=64)]  # Br = 128
     jend = {0: 2, 1: 4, 2: 5}  # tiles up to the one holding the block's last row, 127, 255, 299
     assert fwd == [(i, j, j) for i in range(3) for j in range(jend[i])]
-    bwd = [(s.i, s.j, s.seq) for s in tc_backward_steps(do, q, k, v, o, lse, True)]  # 64, 128
-    i0 = {0: 0, 1: 2, 2: 4}  # floor(j * 128 / 64)
+    bwd = [(s.i, s.j, s.seq) for s in tc_backward_steps(do, q, k, v, o, lse, True, Br=64)]
+    i0 = {0: 0, 1: 2, 2: 4}  # floor(j * 128 / 64) with Br = 64, Bc = 128
     assert bwd == [(i, j, i - i0[j]) for j in range(3) for i in range(i0[j], 5)]
+
+
+# ------------------------------------------------------------------------- the forward's sub-steps
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_forward_sub_steps_are_f2_with_bc_equal_bk(rng, dtype, causal):
+    """Load tiles of 64 keys taken 32 at a time compute exactly what tiles of 32 keys do."""
+    (q, k, v, _), _ = _inputs(rng, DTYPES[dtype], 150, 90, 32)  # tile j = 1: keys 64..89, no 96..
+    kw = dict(causal=causal, Br=32, warps=2, Bk=32)
+    wide, (o, lse) = trace.record(tc_forward_steps(q, k, v, Bc=64, **kw))
+    narrow, (o32, lse32) = trace.record(tc_forward_steps(q, k, v, Bc=32, **kw))
+    assert np.array_equal(o, o32) and np.array_equal(lse, lse32)  # bit for bit
+
+    tiles = {(s.i, s.j): s for s in tc_forward_steps(q, k, v, Bc=32, **kw)}
+    skipped = 0
+    for s in tc_forward_steps(q, k, v, Bc=64, **kw):
+        assert s.Bk == 32 and s.blocks[3] == 64
+        a, b = tiles[s.i, 2 * s.j], tiles.get((s.i, 2 * s.j + 1))  # b: None where it never ran
+        after = b or a  # the state after the tile is the state after its last sub-step
+        for name in ("m_new", "l_i", "O_tilde_i"):
+            assert np.array_equal(s[name], after[name]), (s.i, s.j, name)
+        # P~ side by side, each against its own sub-step's running max; zeros where skipped
+        P_b = b.P_tilde_ij if b else np.zeros_like(s.P_tilde_ij[..., 32:])
+        assert np.array_equal(s.P_tilde_ij, np.concatenate([a.P_tilde_ij, P_b], axis=-1))
+        assert np.array_equal(s.P_rounded_ij[..., :32], a.P_rounded_ij)
+        skipped += b is None
+    assert skipped > 0  # some sub-steps never ran (past Nk, or past the diagonal): no-ops
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_d128_sub_steps_round_p_against_their_own_max(rng, dtype):
+    """d = 128 takes each 64-key tile as two 32-key sub-steps: P~ of the first is relative to its
+    own max, so it rounds differently from Bk = 64, and both pass FlashAttention's rule."""
+    (q, k, v, _), (q64, k64, v64, _) = _inputs(rng, DTYPES[dtype], 70, 130, 128, H=1)
+    assert TC_FORWARD[128]["BC"] == 64 and TC_FORWARD[128]["BK"] == 32
+    sub = next(tc_forward_steps(q, k, v))
+    one = next(tc_forward_steps(q, k, v, Bk=64))
+    assert sub.Bk == 32 and one.Bk == 64 and sub.blocks[3] == one.blocks[3] == 64
+    assert np.array_equal(sub.S_ij, one.S_ij) and np.array_equal(sub.m_new, one.m_new)
+    assert np.all(sub.P_tilde_ij[..., :32].max(-1) == 1)  # the first sub-step's own max
+    assert np.any(one.P_tilde_ij[..., :32].max(-1) < 1)  # the whole tile's max was in keys 32..63
+    assert np.any(sub.P_rounded_ij != one.P_rounded_ij)
+
+    o_sub, _ = tc_forward(q, k, v)
+    o_one, _ = tc_forward(q, k, v, Bk=64)
+    assert np.any(o_sub != o_one)
+    o64, _ = fa2_forward(q64, k64, v64)
+    o_naive, _ = naive_lowp_forward(q, k, v)
+    _rule("o (Bk = 32)", o_sub, o64, o_naive)
+    _rule("o (Bk = 64)", o_one, o64, o_naive)
 
 
 # ----------------------------------------------------------------------------- the roundings
@@ -183,7 +275,7 @@ def test_loop_order_and_causal_start(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_rounds_p_tilde_before_pv_and_not_in_l(rng, dtype):
     (q, k, v, _), (q64, k64, v64, _) = _inputs(rng, DTYPES[dtype], 150, 140, 64)
-    first = next(tc_forward_steps(q, k, v))
+    first = next(tc_forward_steps(q, k, v, Bc=64))  # one sub-step per tile (Bk = Bc = 64)
     P, P16 = first.P_tilde_ij, first.P_rounded_ij
     assert P.dtype == np.float32 and P16.dtype == q.dtype
     assert np.any(P16.astype(np.float32) != P)  # the rounding is really there
@@ -242,8 +334,10 @@ def test_bad_inputs_name_the_argument(rng):
     o, lse = tc_forward(q, k, v)
     with pytest.raises(ValueError, match="Br = 24"):
         tc_backward(do, q, k, v, o, lse, Br=24)
-    with pytest.raises(ValueError, match="Bc must be 16 \\* warps = 32"):
-        tc_backward(do, q, k, v, o, lse, Bc=64, warps=2)
+    with pytest.raises(ValueError, match="Bk = 24 must be a multiple of 16"):
+        tc_forward(q, k, v, Bc=64, Bk=24)
+    with pytest.raises(ValueError, match=r"Bk = 48 must divide Bc = 64.* \[16, 32, 64\]"):
+        tc_forward(q, k, v, Bc=64, Bk=48)
     with pytest.raises(ValueError, match="^do "):
         tc_backward(do.astype(np.float32), q, k, v, o, lse)
     with pytest.raises(ValueError, match="no default forward tile for head dim 48"):

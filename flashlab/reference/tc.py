@@ -3,12 +3,23 @@
 Step-through twin of kernels/tc.cu. The loop nests are those of fa2.py (ALGORITHMS.md F2, G2);
 what changes is who holds which rows and where numbers are rounded to 16 bits:
 
-  - Warps, not threads, own rows. Forward: a thread block of `warps` warps takes Br = 16 * WM *
-    warps query rows, and warp w holds rows w*16*WM .. w*16*WM + 16*WM - 1 (WM slabs of 16, the M
-    of one mma.sync.m16n8k16), with their m, l and O~ in its registers for the whole F2:L3 loop.
-    Backward: a thread block takes Bc = 16 * warps keys, warp w holds keys w*16 .. w*16 + 15 and
-    their rows of dK~ and dV~ (G2:L2). Every step yields `warp_of_row` / `warp_of_key` so a reader
-    can see the split.
+  - Warps, not threads, own the pieces of a tile. Forward: a thread block of `warps` warps takes
+    Br = 16 * WM * warps query rows, and warp w holds rows w*16*WM .. w*16*WM + 16*WM - 1 (WM slabs
+    of 16, the M of one mma.sync.m16n8k16), with their m, l and O~ in its registers for the whole
+    F2:L3 loop (`warp_of_row`). Backward: a thread block takes Bc keys (G2:L2) and each product
+    splits its output tile over the warps as a 2-D grid: S^T and dP^T (keys x queries) over WS x
+    warps/WS warps, dK~ and dV~ (keys x d) over WKV x warps/WKV, the dQ_i term (queries x d) over
+    WQ x warps/WQ; warp (a, b) of a W-wide grid is number a + W b. P^T and dS^T change hands
+    between the grids through shared memory. Every backward step yields `warp_of_S`,
+    `warp_of_dKV` and `warp_of_dQ`, the warp that computes each entry.
+  - The forward loads K_j and V_j Bc keys at a time (the load tile of F2:L4; the kernel copies
+    tile j+1 while it works on tile j) but does the arithmetic Bk keys at a time: for each
+    sub-block of Bk keys it runs the whole of F2:L5-L7 (S, the online softmax, O~ += P~ V), then
+    the next. As far as the numbers go that is F2 with Bc = Bk: P~ is taken against the running
+    max after each sub-step, and that P~ is what gets rounded. Bk < Bc only keeps fewer S values
+    in registers (d = 128 takes each 64-key tile as two 32-key sub-steps, d = 64 each 128-key tile
+    as two of 64). A step is still one load tile (i, j); its S and P~ are the sub-steps' side by
+    side.
   - The forward softmax runs in base 2 (F2:L6): S is multiplied once by tau * log2(e), m is kept
     in those units and P~ = 2^(S - m_new), which the GPU evaluates in one MUFU instruction. l and
     O~ do not depend on the base; the trace reports m in natural units (m * ln 2), as fa2.py's.
@@ -31,9 +42,10 @@ The fp32 arithmetic is done in float32 NumPy: np.exp2 instead of ex2.approx and 
 the fp32 sums instead of the tensor cores', each a few fp32 ulp apart. So the kernel's m and l match
 this trace to fp32 rounding (~1e-6), but a tile built from rounded operands (O~, dV~, dQ_ij, dK~)
 can differ by about one 16-bit ulp of a P~ or dS entry wherever that fp32 difference tips a value
-across a 16-bit rounding boundary. On an H100 (N up to 1024) the kernel was within 3 units of
-16-bit roundoff of this trace on O~ and 0.2 units on the backward tiles; fa2.py in float64 on the
-same 16-bit inputs is up to ~9 units away on O~ (the unnormalised O~ grows with l).
+across a 16-bit rounding boundary. The GPU tests hold the kernel to 4 units of 16-bit roundoff of
+this trace on every traced tile (trace.check_kernel, N up to 600; on an H100 with v3's kernel the
+largest gap was 3 units on O~ and 0.2 on the backward tiles); fa2.py in float64 on the same 16-bit
+inputs is up to ~9 units away on O~ (the unnormalised O~ grows with l).
 
 `naive_lowp_forward` / `naive_lowp_backward` are standard attention (A0) in the same 16-bit dtype,
 and `within_fa_rule` is FlashAttention's test rule: a 16-bit kernel may be off the float64 answer
@@ -92,7 +104,8 @@ def _multiple_of_16(name, value):
 def tc_blocks(d: int, direction: str) -> tuple[int, int, int]:
     """(Br, Bc, warps) of kernels/tc.cu's default launch at head dim d (TC_FORWARD/TC_BACKWARD).
 
-    Forward: Br = 16 * WM * warps query rows, Bc keys. Backward: Br query rows, Bc = 16 * warps.
+    Forward: Br = 16 * WM * warps query rows, Bc keys per load tile. Backward: Br query rows per
+    step, Bc keys per thread block.
     """
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
@@ -104,11 +117,12 @@ def tc_blocks(d: int, direction: str) -> tuple[int, int, int]:
     c = table[d]
     if direction == "forward":
         return 16 * c["WM"] * c["NW"], c["BC"], c["NW"]
-    return c["BR"], 16 * c["NW"], c["NW"]
+    return c["BR"], c["BC"], c["NW"]
 
 
-def _forward_blocks(d, Br, Bc, warps):
-    """Br, Bc, warps, WM for the forward; Br must split into `warps` warps of WM 16-row slabs."""
+def _forward_blocks(d, Br, Bc, warps, Bk):
+    """Br, Bc, warps, WM, Bk for the forward; Br must split into `warps` warps of WM 16-row slabs
+    and Bc into sub-steps of Bk keys (default: the kernel's BK where it divides Bc, else Bc)."""
     if Br is None or Bc is None:
         dBr, dBc, dW = tc_blocks(d, "forward")
         Br = dBr if Br is None else Br
@@ -123,27 +137,47 @@ def _forward_blocks(d, Br, Bc, warps):
     if slabs % warps != 0:
         raise ValueError(f"Br = {Br} is {slabs} slabs of 16 rows, which {warps} warps cannot share "
                          f"evenly (Br = 16 * WM * warps); pick Br a multiple of {16 * warps}")
-    return Br, Bc, warps, slabs // warps
+    if Bk is None:
+        Bk = TC_FORWARD[d]["BK"] if d in TC_FORWARD else Bc
+        Bk = Bk if Bc % Bk == 0 else Bc
+    Bk = _multiple_of_16("Bk", Bk)
+    if Bc % Bk != 0:
+        fits = [b for b in range(MMA_K, Bc + 1, MMA_K) if Bc % b == 0]
+        raise ValueError(f"Bk = {Bk} must divide Bc = {Bc}: each K/V tile of Bc keys is taken as "
+                         f"Bc / Bk sub-steps of Bk keys; pick Bk from {fits}")
+    return Br, Bc, warps, slabs // warps, Bk
 
 
 def _backward_blocks(d, Br, Bc, warps):
-    """Br, Bc, warps for the backward; each warp owns 16 keys, so Bc = 16 * warps."""
-    if Br is None or (Bc is None and warps is None):
-        dBr, dBc, _ = tc_blocks(d, "backward")
-        Br = dBr if Br is None else Br
-        Bc = dBc if Bc is None and warps is None else Bc
-    Br = _multiple_of_16("Br", Br)
-    if Bc is None:
-        warps = check_block("warps", warps)
-        Bc = 16 * warps
-    Bc = _multiple_of_16("Bc", Bc)
-    if warps is None:
-        warps = Bc // MMA_K
-    warps = check_block("warps", warps)
-    if Bc != 16 * warps:
-        raise ValueError(f"Bc = {Bc} with warps = {warps}: in the backward each warp owns 16 keys, "
-                         f"so Bc must be 16 * warps = {16 * warps}")
-    return Br, Bc, warps
+    """Br, Bc, warps and the warp grids (WS, WKV, WQ) for the backward.
+
+    Defaults are the kernel's launch at head dim d (TC_BACKWARD; 8 warps at a d it lacks). The
+    grids are the kernel's where they divide `warps`, else warps x 1: each warp a strip of the
+    first dimension (keys of S^T and of dK~, queries of dQ) across all of the second.
+    """
+    c = TC_BACKWARD.get(d)
+    if c is None and (Br is None or Bc is None):
+        tc_blocks(d, "backward")  # raises: no default tile, pass Br and Bc
+    Br = _multiple_of_16("Br", c["BR"] if Br is None else Br)
+    Bc = _multiple_of_16("Bc", c["BC"] if Bc is None else Bc)
+    warps = check_block("warps", (c["NW"] if c else 8) if warps is None else warps)
+    grid = (c["WS"], c["WKV"], c["WQ"]) if c else ()
+    if not grid or any(warps % w != 0 for w in grid):
+        grid = (warps, warps, warps)
+    return Br, Bc, warps, grid
+
+
+def _warp_grid(n0, n1, W, warps):
+    """(n0, n1) int array: the warp computing each entry of an n0 x n1 output tile split over a
+    W x (warps / W) grid of warps, warp (a, b) = a + W b holding an M0 x M1 piece.
+
+    M0 = n0 / W and M1 = n1 / (warps / W), as kernels/tc.cu's SK x SQ, KK x KD and QQ x QD. Where
+    they do not divide evenly (tile shapes the kernel never launches) they are rounded up to whole
+    16-row slabs, so the last warps of the grid hold fewer rows, or none.
+    """
+    M0 = MMA_K * ceil_div(n0, MMA_K * W)
+    M1 = MMA_K * ceil_div(n1, MMA_K * (warps // W))
+    return np.arange(n0)[:, None] // M0 + W * (np.arange(n1)[None, :] // M1)
 
 
 def _scores_base2(Q_i, K_j, sl2, causal, r: slice, c: slice):
@@ -155,16 +189,21 @@ def _scores_base2(Q_i, K_j, sl2, causal, r: slice, c: slice):
     return S
 
 
-def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None):
+def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None,
+                     Bk=None):
     """F2:L1-L9 as kernels/tc.cu's tc_forward runs it, as a generator of Steps; returns (o, lse).
 
     q, k, v: (B, H, N, d) float16 or bfloat16. o comes back in that dtype, lse (B, H, Nq) in
-    float32 and natural-log units. Br, Bc, warps default to the kernel's launch for head dim d.
+    float32 and natural-log units. Br, Bc, warps, Bk default to the kernel's launch for head dim
+    d. One Step per load tile (i, j) of Bc keys, taken as Bc / Bk sub-steps of Bk keys: S_ij,
+    P_tilde_ij, P_rounded_ij are the sub-steps' side by side (each P~ against its own sub-step's
+    running max; zeros where a sub-step was skipped), m_new, l_i, O_tilde_i the state after the
+    last one.
     """
     dims = check_qkv(q, k, v, causal, softmax_scale)
     _check_lowp(dims, q)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
-    Br, Bc, warps, WM = _forward_blocks(d, Br, Bc, warps)
+    Br, Bc, warps, WM, Bk = _forward_blocks(d, Br, Bc, warps, Bk)
     dt = q.dtype
     sl2 = f32(f32(dims.scale) * LOG2E)  # tau log2(e): S in base-2 units
 
@@ -179,23 +218,35 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
         O_t = np.zeros((B, H, br, d), f32)  # O~ (B, H, br, d) fp32, in the warps' registers
         l_i = np.zeros((B, H, br), f32)  # (B, H, br)
         m_i = np.full((B, H, br), -np.inf, f32)  # (B, H, br), base-2 units
+        last_key = min(Nk, r.stop) - 1 if dims.causal else Nk - 1  # the last key the block sees
         jend = min(Tc, (r.stop - 1) // Bc + 1) if dims.causal else Tc  # F2:L3 causal skipping
         for j in range(jend):  # F2:L3
             c = rows(j, Bc, Nk)
-            K_j, V_j = k[:, :, c], v[:, :, c]  # F2:L4  (B, H, bc, d) 16-bit
-            S2 = _scores_base2(Q_i, K_j, sl2, dims.causal, r, c)  # F2:L5  (B, H, br, bc)
-            m_new = np.maximum(m_i, S2.max(axis=-1))  # F2:L6  (B, H, br)
-            base = safe(m_new)
-            alpha = np.exp2(m_i - base)  # 2^(m - m_new)
-            P_t = np.exp2(S2 - base[..., None])  # P~ (B, H, br, bc) fp32
-            l_i = alpha * l_i + P_t.sum(axis=-1, dtype=f32)  # sums the unrounded P~
-            P_16 = _round16(P_t, dt)  # the A operand of the next mma: P~ in 16 bits
-            O_t = alpha[..., None] * O_t + _up(P_16) @ _up(V_j)  # F2:L7  (B, H, br, d)
-            m_i = m_new
+            bc = c.stop - c.start
+            K_j, V_j = k[:, :, c], v[:, :, c]  # F2:L4  (B, H, bc, d) 16-bit, one load tile
+            S2 = np.full((B, H, br, bc), -np.inf, f32)  # the sub-steps' S, P~ side by side
+            P_t = np.zeros((B, H, br, bc), f32)
+            P_16 = np.zeros((B, H, br, bc), dt)
+            for u in range(ceil_div(bc, Bk)):  # sub-steps of Bk keys: F2:L5-L7 each
+                k0 = c.start + u * Bk
+                if k0 > last_key:  # every key from here on is masked: the kernel stops (a no-op)
+                    break
+                s = slice(u * Bk, min((u + 1) * Bk, bc))  # this sub-step's keys, within the tile
+                S2_u = _scores_base2(Q_i, K_j[:, :, s], sl2, dims.causal, r,
+                                     slice(k0, c.start + s.stop))  # F2:L5  (B, H, br, bk)
+                m_new = np.maximum(m_i, S2_u.max(axis=-1))  # F2:L6  (B, H, br)
+                base = safe(m_new)
+                alpha = np.exp2(m_i - base)  # 2^(m - m_new)
+                P_u = np.exp2(S2_u - base[..., None])  # P~ (B, H, br, bk) fp32
+                l_i = alpha * l_i + P_u.sum(axis=-1, dtype=f32)  # sums the unrounded P~
+                P16_u = _round16(P_u, dt)  # the A operand of the next mma: P~ in 16 bits
+                O_t = alpha[..., None] * O_t + _up(P16_u) @ _up(V_j[:, :, s])  # F2:L7 (B, H, br, d)
+                m_i = m_new
+                S2[..., s], P_t[..., s], P_16[..., s] = S2_u, P_u, P16_u
             yield Step("F2", i, j, j, "F2:L7", {
-                "S_ij": S2 * LN2, "S_base2_ij": S2.copy(), "m_new": m_new * LN2, "l_i": l_i.copy(),
+                "S_ij": S2 * LN2, "S_base2_ij": S2, "m_new": m_i * LN2, "l_i": l_i.copy(),
                 "P_tilde_ij": P_t, "P_rounded_ij": P_16, "O_tilde_i": O_t.copy(),
-                "warp_of_row": warp_of_row.copy()},
+                "warp_of_row": warp_of_row.copy(), "Bk": Bk},
                 blocks=(Nq, Nk, Br, Bc))
         inv = f32(1) / l_i  # F2:L9
         O[:, :, r] = _round16(O_t * inv[..., None], dt)
@@ -203,9 +254,9 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
     return O, L
 
 
-def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None):
+def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None, Bk=None):
     """The tensor-core forward run to the end. Returns (o (B, H, Nq, d) 16-bit, lse fp32)."""
-    return run(tc_forward_steps(q, k, v, causal, softmax_scale, Br, Bc, warps))
+    return run(tc_forward_steps(q, k, v, causal, softmax_scale, Br, Bc, warps, Bk))
 
 
 def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
@@ -213,13 +264,15 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
     """G2:L0-L10 as kernels/tc.cu's tc_backward runs it, as a generator of Steps; returns grads.
 
     do, o like q (16-bit), lse (B, H, Nq) natural units (any float dtype; read as fp32). Each
-    step records dQ_ij = tau round16(dS) K_j, this (i, j)'s fp32 term of dQ_i (G2:L7), and
-    dK~ with tau applied. Returns (dq, dk, dv) in the input dtype.
+    step records dQ_ij = tau round16(dS) K_j, this (i, j)'s fp32 term of dQ_i (G2:L7), dK~
+    with tau applied, and which warp computes each entry: warp_of_S (br, bc) for S, P, dP, dS
+    ([query, key], as S_ij), warp_of_dKV (bc, d), warp_of_dQ (br, d). Br, Bc, warps default to
+    the kernel's launch for head dim d. Returns (dq, dk, dv) in the input dtype.
     """
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     _check_lowp(dims, q)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
-    Br, Bc, warps = _backward_blocks(d, Br, Bc, warps)
+    Br, Bc, warps, (WS, WKV, WQ) = _backward_blocks(d, Br, Bc, warps)
     dt = q.dtype
     tau = f32(dims.scale)
     sl2 = f32(tau * LOG2E)
@@ -230,25 +283,28 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
     dK = np.empty((B, H, Nk, d), dt)
     dV = np.empty((B, H, Nk, d), dt)
     Tr, Tc = ceil_div(Nq, Br), ceil_div(Nk, Bc)
+    warp_of_S = _warp_grid(Bc, Br, WS, warps).T  # (Br, Bc): S^T, dP^T split WS x warps/WS
+    warp_of_dKV = _warp_grid(Bc, d, WKV, warps)  # (Bc, d): dK~, dV~ split WKV x warps/WKV
+    warp_of_dQ = _warp_grid(Br, d, WQ, warps)  # (Br, d): the dQ_i term split WQ x warps/WQ
     for j in range(Tc):  # G2:L1  (a thread block each)
         c = rows(j, Bc, Nk)
         bc = c.stop - c.start
-        warp_of_key = np.arange(bc) // 16  # warp w holds keys w*16 .. w*16+15
         K_j, V_j = k[:, :, c], v[:, :, c]  # G2:L2  (B, H, bc, d) 16-bit
         dK_t = np.zeros((B, H, bc, d), f32)  # dK~ (B, H, bc, d) fp32, tau not yet applied
         dV_t = np.zeros((B, H, bc, d), f32)  # dV~ (B, H, bc, d) fp32
         i0 = min(Tr, (j * Bc) // Br) if dims.causal else 0  # G2:L3 causal skipping
         for i in range(i0, Tr):  # G2:L3
             r = rows(i, Br, Nq)
+            br = r.stop - r.start
             Q_i, dO_i = q[:, :, r], do[:, :, r]  # G2:L4  (B, H, br, d) 16-bit
             L_i, D_i = L2[:, :, r], D[:, :, r]  # (B, H, br) fp32
             S2 = _scores_base2(Q_i, K_j, sl2, dims.causal, r, c)  # G2:L5  (B, H, br, bc)
             P_ij = np.exp2(S2 - L_i[..., None])  # exp(S - L); masked entries give 2^-inf = 0
-            P_16 = _round16(P_ij, dt)
+            P_16 = _round16(P_ij, dt)  # through shared memory to the dV~ grid
             dV_t = dV_t + np.swapaxes(_up(P_16), -1, -2) @ _up(dO_i)  # G2:L6  (B, H, bc, d)
             dP_ij = _up(dO_i) @ np.swapaxes(_up(V_j), -1, -2)  # (B, H, br, bc) fp32
             dS_ij = P_ij * (dP_ij - D_i[..., None])  # fp32
-            dS_16 = _round16(dS_ij, dt)  # through shared memory for dQ, registers for dK~
+            dS_16 = _round16(dS_ij, dt)  # through shared memory to the dK~ and dQ grids
             term = _up(dS_16) @ _up(K_j)  # G2:L7  (B, H, br, d): what this block adds to dQ_i
             dQacc[:, :, r] += term
             dK_t = dK_t + np.swapaxes(_up(dS_16), -1, -2) @ _up(Q_i)  # G2:L8  (B, H, bc, d)
@@ -256,7 +312,8 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
                 "S_ij": S2 * LN2, "S_base2_ij": S2.copy(), "P_ij": P_ij, "P_rounded_ij": P_16,
                 "dP_ij": dP_ij, "D_i": D_i.copy(), "dS_ij": dS_ij, "dS_rounded_ij": dS_16,
                 "dQ_ij": tau * term, "dK_tilde_j": tau * dK_t, "dV_tilde_j": dV_t.copy(),
-                "warp_of_key": warp_of_key.copy()},
+                "warp_of_S": warp_of_S[:br, :bc].copy(), "warp_of_dKV": warp_of_dKV[:bc].copy(),
+                "warp_of_dQ": warp_of_dQ[:br].copy()},
                 blocks=(Nq, Nk, Br, Bc))
         dK[:, :, c] = _round16(tau * dK_t, dt)  # G2:L10 (keys no query sees get zeros)
         dV[:, :, c] = _round16(dV_t, dt)
