@@ -117,6 +117,10 @@ print(tabulate(rows, headers=["", "Q", "K", "V", "O", "l", "m", "L", "total elem
 #   tau log2(e) once;
 # * **P~ is rounded to bf16** before P~ V_j (it is an input of the next tensor-core product),
 #   while l sums the unrounded fp32 P~. That rounding is where the result differs from fp32.
+# * K_j and V_j are **loaded** a whole tile at a time but **computed** in sub-steps: at d = 128
+#   each 64-key tile goes through F2:L5-L7 as two 32-key sub-steps (fewer S values in registers;
+#   at d = 64, 128-key tiles as two of 64), so each P~ is rounded relative to its own sub-step's
+#   running max (`Bk` in the twin).
 
 # %%
 import ml_dtypes
@@ -148,9 +152,10 @@ print(f"FlashAttention's rule: error {err:.2e} <= 2 x (16-bit naive error) = {bo
 
 # %% [markdown]
 # On an H100 (`bash scripts/gpu_check.sh tc-table`, docs/PERFORMANCE.md), tc runs the forward at
-# about FlashAttention-2's speed for d = 64 (0.89-1.10x torch's flash backend) and at 0.69-0.94x
-# for d = 128; its backward at 0.76-0.98x. The notes say why (shared-memory bytes per tensor-core
-# instruction) and what comes next. On the command line:
+# about FlashAttention-2's speed (0.92-1.02x torch's flash backend at d = 64, 0.81-1.11x at
+# d = 128) and the backward at 0.90-1.17x, 2-10% short for N >= 4k. The notes say how it got
+# there (FlashAttention-2's tiles and warp layouts, two slabs per warp at d = 128) and what comes
+# next. On the command line:
 # `flashlab bench --dtype bfloat16 --head-dim 128 --backward --compare torch`.
 
 # %% [markdown]
@@ -237,7 +242,7 @@ else:
 #   forward. `docs/PERFORMANCE.md` says what was tried and what is next (asynchronous copies of
 #   K_j and V_j, larger tiles).
 # * All of this is fp32 without tensor cores, below half of the 67 TFLOP/s FMA peak; the
-#   tensor-core kernel above runs at 150-315 TFLOP/s forward and 120-240 backward (bf16 and
+#   tensor-core kernel above runs at 170-339 TFLOP/s forward and 139-286 backward (bf16 and
 #   fp16, N = 1k-16k) on the same GPU.
 #
 # **Summary.** The F2 order keeps O on chip, parallelises over query blocks and skips masked
