@@ -308,24 +308,16 @@ def available_kernels() -> list[str]:
 
 @lru_cache(maxsize=None)
 def device_limits(device_id: int) -> dict:
-    """Shared memory, SM count and compute capability of a GPU (a fresh dict; cached per device:
-    CuPy's Device.attributes asks the driver for every attribute, tens of microseconds a call,
-    which every launch would otherwise pay)."""
-    return dict(_device_limits(device_id))
-
-
-@lru_cache(maxsize=None)
-def _device_limits(device_id: int) -> tuple:
     cp = _cupy()
     with cp.cuda.Device(device_id) as dev:
         attrs = dev.attributes
         cc = dev.compute_capability
-    return tuple({
+    return {
         "smem_optin": int(attrs.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)),
         "smem_default": 48 * 1024,
         "sm_count": int(attrs.get("MultiProcessorCount", 1)),
         "compute_capability": cc,
-    }.items())
+    }
 
 
 _modules: dict = {}
