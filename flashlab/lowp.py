@@ -87,27 +87,19 @@ def _mask(xp, Nq, Nk):
 
 
 def attention_oracle(q, k, v, do, causal=False, softmax_scale=None):
-    """float64 o, lse, dq, dk, dv of softmax(tau q k^T) v on (B, H, N, d) arrays of any dtype."""
+    """float64 o, lse, dq, dk, dv of softmax(tau q k^T) v on (B, H, N, d) arrays of any dtype.
+
+    The truth is reference.naive_attention (A0) and naive_attention_backward run in float64 on
+    host copies; the results come back on q's side (NumPy, or CuPy for CuPy inputs).
+    """
+    from .reference.naive import naive_attention, naive_attention_backward
+
     xp = _xp(q)
-    q, k, v, do = (to_float32(x).astype(xp.float64) if x.dtype.itemsize == 2 else x.astype(xp.float64)
-                   for x in (q, k, v, do))
-    tau = softmax_scale if softmax_scale is not None else 1.0 / np.sqrt(q.shape[-1])
-    S = tau * (q @ xp.swapaxes(k, -1, -2))
-    if causal:
-        S = xp.where(_mask(xp, q.shape[-2], k.shape[-2]), -xp.inf, S)
-    m = S.max(axis=-1, keepdims=True)
-    P = xp.exp(S - m)
-    lsum = P.sum(axis=-1, keepdims=True)
-    P /= lsum
-    o = P @ v
-    lse = (m + xp.log(lsum))[..., 0]
-    dP = do @ xp.swapaxes(v, -1, -2)
-    D = (do * o).sum(axis=-1, keepdims=True)
-    dS = P * (dP - D)
-    dq = tau * (dS @ k)
-    dk = tau * (xp.swapaxes(dS, -1, -2) @ q)
-    dv = xp.swapaxes(P, -1, -2) @ do
-    return o, lse, dq, dk, dv
+    q, k, v, do = (np.asarray(x.get() if xp is not np else x, np.float64)
+                   for x in (to_float32(x) if x.dtype.itemsize == 2 else x for x in (q, k, v, do)))
+    o, lse = naive_attention(q, k, v, causal, softmax_scale)
+    grads = naive_attention_backward(do, q, k, v, causal, softmax_scale)
+    return tuple(xp.asarray(x) for x in (o, lse, *grads))
 
 
 def _lowp_dims(q, k, v, causal, softmax_scale):
