@@ -252,8 +252,11 @@ def _cmd_info(args) -> int:
     for kernel in ops.KERNELS:
         for d in (64, 128):
             for direction in ("forward", "backward"):
-                p = ops.plan(kernel, d, direction, lim["smem_optin"])
-                rows.append([kernel, d, direction, p["Br"] or "-", p["Bc"] or "-",
+                variant = ops.tc_variant(lim["compute_capability"], d)
+                p = ops.plan(kernel, d, direction, lim["smem_optin"], variant)
+                label = f"tc ({'tc90.cu, wgmma' if variant == 'wgmma' else 'tc.cu, mma.sync'})"
+                rows.append([label if kernel == "tc" else kernel, d, direction, p["Br"] or "-",
+                             p["Bc"] or "-",
                              f"{p['smem'] / 1024:.0f} KB" if p["smem"] else "static"])
     print("kernels that run here: " + ", ".join(ops.available_kernels()) +
           f"; fa2 head dims {', '.join(map(str, ops.FA2_HEAD_DIMS))}, fa1 any d <= {ops.FA1_MAX_HEAD_DIM}")

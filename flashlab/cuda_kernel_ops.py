@@ -32,6 +32,8 @@ FA2_HEAD_DIMS = (16, 32, 64, 96, 128)  # D must be a multiple of 16 (16 x 16 thr
 FA1_MAX_HEAD_DIM = 256
 TC_HEAD_DIMS = (32, 64, 128)  # rows of 64 or 128 bytes...: the swizzle in kernels/tc.cu
 TC_MIN_CC = 80  # mma.sync with bf16, ldmatrix and cp.async need sm_80
+TC90_CC = 90  # kernels/tc90.cu (wgmma) is built for sm_90a: compute capability 9.0 exactly
+TC90_HEAD_DIMS = (64, 128)
 KERNELS = ("naive", "fa1", "fa2", "tc")
 FP32_KERNELS = ("naive", "fa1", "fa2")  # float32 in and out; "tc" takes float16 / bfloat16
 
@@ -47,6 +49,13 @@ TC_FORWARD = {32: dict(BC=128, NW=4, WM=2, BK=64), 64: dict(BC=128, NW=4, WM=2, 
 TC_BACKWARD = {32: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2),
                64: dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=3),
                128: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3)}
+# kernels/tc90.cu (sm_90a, wgmma) tile shapes per head dim:
+#   forward:  BC keys per K/V tile (two stages), NWG warpgroups of 64 query rows (Br = 64 NWG)
+#   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
+#             Q_i, dO_i
+#   both:     MINB thread blocks per multiprocessor the compiler must fit in registers
+TC90_FORWARD = {64: dict(BC=64, NWG=2, MINB=2), 128: dict(BC=64, NWG=1, MINB=2)}
+TC90_BACKWARD = {64: dict(BR=128, BC=128, QS=2, MINB=1), 128: dict(BR=64, BC=128, QS=2, MINB=1)}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
 
@@ -222,11 +231,19 @@ def compile_options(trace: bool = False) -> tuple:
     return tuple(opts)
 
 
-def tc_names(bf16: bool, d: int, fwd: dict | None = None, bwd: dict | None = None) -> tuple:
-    """The C++ names of kernels/tc.cu's template instances for one dtype and head dim."""
+def tc_names(bf16: bool, d: int, fwd: dict | None = None, bwd: dict | None = None,
+             variant: str = "mma") -> tuple:
+    """The C++ names of the tensor-core template instances for one dtype and head dim:
+    kernels/tc.cu's (variant "mma") or kernels/tc90.cu's (variant "wgmma")."""
+    flag = "true" if bf16 else "false"
+    if variant == "wgmma":
+        f = fwd or TC90_FORWARD[d]
+        b = bwd or TC90_BACKWARD[d]
+        return (f"tc90_forward<{flag}, {d}, {f['BC']}, {f['NWG']}, {f['MINB']}>",
+                f"tc90_backward<{flag}, {d}, {b['BR']}, {b['BC']}, {b['QS']}, {b['MINB']}>",
+                f"tc_backward_dot<{flag}>", f"tc_backward_dq<{flag}>")
     f = fwd or TC_FORWARD[d]
     b = bwd or TC_BACKWARD[d]
-    flag = "true" if bf16 else "false"
     return (f"tc_forward<{flag}, {d}, {f['BC']}, {f['NW']}, {f['WM']}, {f['BK']}>",
             f"tc_backward<{flag}, {d}, {b['BR']}, {b['BC']}, {b['NW']}, {b['WS']}, {b['WKV']}, "
             f"{b['WQ']}, {b['QS']}>",
@@ -237,6 +254,9 @@ def instantiations(kernel: str) -> tuple:
     """Template instantiations a source needs compiled (the C++ name expressions)."""
     if kernel == "tc":
         return tuple(n for bf16 in (False, True) for d in TC_HEAD_DIMS for n in tc_names(bf16, d))
+    if kernel == "tc90":
+        return tuple(n for bf16 in (False, True) for d in TC90_HEAD_DIMS
+                     for n in tc_names(bf16, d, variant="wgmma"))
     if kernel != "fa2":
         return ()
     return tuple(f"fa2_{direction}<{D}, {B}, {B}>" for direction in ("forward", "backward")
@@ -335,9 +355,13 @@ def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), b
     if mod is None:
         cp = _cupy()
         try:
-            mod = cp.RawModule(code=src, options=compile_options(trace),
-                               name_expressions=list(name_expressions) or None)
-            mod.compile()
+            if kernel in ARCH_SPECIFIC:
+                mod = _ArchModule(src, compile_options(trace), name_expressions,
+                                  ARCH_SPECIFIC[kernel])
+            else:
+                mod = cp.RawModule(code=src, options=compile_options(trace),
+                                   name_expressions=list(name_expressions) or None)
+                mod.compile()
         except Exception as e:  # CompileException, or NVRTC missing
             raise KernelCompileError(
                 f"kernel {kernel!r} failed to compile ({source or 'flashlab source'}, "
@@ -346,6 +370,58 @@ def get_module(kernel: str, trace: bool = False, name_expressions: tuple = (), b
             ) from e
         _modules[key] = mod
     return mod
+
+
+# Kernels built for an arch-specific target (wgmma needs sm_90a, whose code runs on compute
+# capability 9.0 only). CuPy's RawModule always compiles for the plain target of the current
+# device, so these are compiled with NVRTC here and the cubin loaded with RawModule(path=...).
+ARCH_SPECIFIC = {"tc90": "sm_90a"}
+
+
+class _ArchModule:
+    """A RawModule compiled for an arch-specific target; get_function takes the C++ name
+    expression (as RawModule does with name_expressions). Cubins are cached on disk next to
+    CuPy's, keyed by source, options, target and NVRTC version."""
+
+    def __init__(self, src: str, options: tuple, names: tuple, arch: str):
+        import os
+
+        cp = _cupy()
+        from cupy.cuda import nvrtc
+
+        version = nvrtc.getVersion()
+        opts = tuple(options) + (f"--gpu-architecture={arch}",)
+        key = hashlib.sha256(repr((src, opts, names, version)).encode()).hexdigest()[:32]
+        cache = Path(os.environ.get("CUPY_CACHE_DIR", Path.home() / ".cupy" / "kernel_cache"))
+        cubin_path = cache / f"flashlab_{key}.cubin"
+        names_path = cache / f"flashlab_{key}.names"
+        if cubin_path.exists() and names_path.exists():
+            lowered = names_path.read_text().split("\n")
+        else:
+            prog = nvrtc.createProgram(src, "tc90.cu", (), ())
+            try:
+                for n in names:
+                    nvrtc.addNameExpression(prog, n)
+                try:
+                    nvrtc.compileProgram(prog, opts)
+                except Exception as e:
+                    raise RuntimeError(f"{e}\n{nvrtc.getProgramLog(prog)}") from e
+                cubin = nvrtc.getCUBIN(prog)
+                lowered = [nvrtc.getLoweredName(prog, n) for n in names]
+            finally:
+                nvrtc.destroyProgram(prog)
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cubin_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(cubin)
+            os.replace(tmp, cubin_path)
+            names_path.write_text("\n".join(lowered))
+        self._lowered = dict(zip(names, lowered))
+        self._mod = cp.RawModule(path=str(cubin_path))
+
+    def get_function(self, name: str):
+        if name not in self._lowered:
+            raise KeyError(f"{name} was not among this module's instantiations")
+        return self._mod.get_function(self._lowered[name])
 
 
 _functions: dict = {}  # (id(module), name) -> (module, RawKernel), for modules in _modules
@@ -479,9 +555,45 @@ def fa2_blocks(d: int, smem_bytes: int, direction: str) -> tuple[int, int]:
     raise ValueError(f"head_dim {d}: no fa2 tile fits in {smem_bytes} bytes of shared memory")
 
 
-def tc_plan(d: int, direction: str, config: dict | None = None) -> dict:
-    """Tile shape, threads and shared memory of a kernels/tc.cu launch (no GPU needed)."""
+def tc_variant(compute_capability: int, d: int) -> str:
+    """Which tensor-core source runs: "wgmma" (kernels/tc90.cu) on compute capability 9.0 at its
+    head dims, else "mma" (kernels/tc.cu). FLASHLAB_TC_WGMMA=0 forces "mma" (for comparisons)."""
+    import os
+
+    if (int(compute_capability) == TC90_CC and d in TC90_HEAD_DIMS
+            and os.environ.get("FLASHLAB_TC_WGMMA", "1") != "0"):
+        return "wgmma"
+    return "mma"
+
+
+def _config_variant(config: dict | None, variant: str) -> str:
+    """A tuning config names its variant by its keys (NWG / MINB: kernels/tc90.cu)."""
+    if config is None:
+        return variant
+    return "wgmma" if ("NWG" in config or "MINB" in config) else "mma"
+
+
+def tc_plan(d: int, direction: str, config: dict | None = None, variant: str = "mma") -> dict:
+    """Tile shape, threads and shared memory of a tensor-core launch (no GPU needed): kernels/tc.cu
+    (variant "mma") or kernels/tc90.cu (variant "wgmma"; a config with NWG or MINB is one)."""
     _check_head_dim("tc", d)
+    variant = _config_variant(config, variant)
+    if variant == "wgmma":
+        if d not in TC90_HEAD_DIMS:
+            raise ValueError(f"kernels/tc90.cu has no head dim {d} (it has {TC90_HEAD_DIMS})")
+        if direction == "forward":
+            c = dict(config or TC90_FORWARD[d])
+            Br, Bc = 64 * c["NWG"], c["BC"]
+            return {"Br": Br, "Bc": Bc, "smem": (Br + 4 * Bc) * d * 2, "threads": 128 * c["NWG"],
+                    "config": c, "variant": variant, "warps": 4 * c["NWG"], "Bk": Bc}
+        c = dict(config or TC90_BACKWARD[d])
+        Br, Bc = c["BR"], c["BC"]
+        # K_j, V_j, dS^T, QS stages of (Q_i, dO_i) and of (L_i, D_i)
+        smem = (2 * Bc + 2 * c["QS"] * Br) * d * 2 + Bc * Br * 2 + 2 * c["QS"] * Br * 4
+        warps = Bc // 16
+        return {"Br": Br, "Bc": Bc, "smem": smem, "threads": 2 * Bc, "config": c,
+                "variant": variant, "warps": warps,
+                "grid": (warps, warps, 4 if Br == 64 else warps)}  # kernels/tc90.cu's header
     if direction == "forward":
         c = dict(config or TC_FORWARD[d])
         Br, Bc = 16 * c["WM"] * c["NW"], c["BC"]
@@ -491,14 +603,18 @@ def tc_plan(d: int, direction: str, config: dict | None = None) -> dict:
         Br, Bc = c["BR"], c["BC"]
         # K_j, V_j, P^T, dS^T, QS stages of (Q_i, dO_i) and of (L_i, D_i)
         smem = (2 * Bc + 2 * c["QS"] * Br) * d * 2 + 2 * Bc * Br * 2 + 2 * c["QS"] * Br * 4
-    return {"Br": Br, "Bc": Bc, "smem": smem, "threads": 32 * c["NW"], "config": c}
+        return {"Br": Br, "Bc": Bc, "smem": smem, "threads": 32 * c["NW"], "config": c,
+                "variant": variant, "warps": c["NW"], "grid": (c["WS"], c["WKV"], c["WQ"])}
+    return {"Br": Br, "Bc": Bc, "smem": smem, "threads": 32 * c["NW"], "config": c,
+            "variant": variant, "warps": c["NW"], "Bk": c["BK"]}
 
 
-def plan(kernel: str, d: int, direction: str, smem_bytes: int) -> dict:
-    """Tile sizes and shared memory a launch of `kernel` will use (no GPU needed)."""
+def plan(kernel: str, d: int, direction: str, smem_bytes: int, variant: str = "mma") -> dict:
+    """Tile sizes and shared memory a launch of `kernel` will use (no GPU needed); for 'tc',
+    `variant` picks kernels/tc.cu ("mma") or kernels/tc90.cu ("wgmma"), see tc_variant."""
     _check_head_dim(kernel, d)
     if kernel == "tc":
-        p = tc_plan(d, direction)
+        p = tc_plan(d, direction, variant=variant)
         if p["smem"] > smem_bytes:
             raise ValueError(f"kernel 'tc' at head_dim {d} needs {p['smem']} bytes of shared "
                              f"memory per block; this GPU allows {smem_bytes}")
@@ -712,9 +828,22 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
 
 # ----------------------------------------------------------------------------- tensor cores
 
-def _tc_module(bf16: bool, d: int, trace: bool, bug, source, fwd=None, bwd=None):
-    names = tc_names(bf16, d, fwd, bwd)
-    return get_module("tc", trace, names, bug=bug, source=source), names
+def _tc_module(bf16: bool, d: int, trace: bool, bug, source, fwd=None, bwd=None, variant="mma"):
+    names = tc_names(bf16, d, fwd, bwd, variant)
+    return get_module("tc90" if variant == "wgmma" else "tc", trace, names, bug=bug,
+                      source=source), names
+
+
+def tc_launch_plan(device: int, d: int, direction: str, config: dict | None = None,
+                   source=None) -> dict:
+    """tc_plan for the variant that runs: the one `config` names, else the one a user's
+    `source` is a copy of (it defines tc90_forward: kernels/tc90.cu), else tc_variant's for
+    `device`."""
+    cc = int(device_limits(device)["compute_capability"])
+    variant = tc_variant(cc, d)
+    if source is not None and config is None:
+        variant = "wgmma" if "tc90_forward" in Path(source).read_text() else "mma"
+    return tc_plan(d, direction, config, variant)
 
 
 _tc_dummies: dict = {}
@@ -735,8 +864,8 @@ def _tc_forward(cp, q, k, v, o, lse, dims: Dims, tau, causal_i, desc, trace, bug
     """F2 on tensor cores (kernels/tc.cu tc_forward)."""
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     bf16 = _dtype_name(q.dtype) == "bfloat16"
-    p = tc_plan(d, "forward", config)
-    mod, names = _tc_module(bf16, d, trace, bug, source, fwd=p["config"])
+    p = tc_launch_plan(q.device.id, d, "forward", config, source)
+    mod, names = _tc_module(bf16, d, trace, bug, source, fwd=p["config"], variant=p["variant"])
     tr, targs = _tc_trace_args(cp, trace, "F2", dims, p["Br"], p["Bc"], ("m_i", "l_i", "O~_i"))
     _launch("tc", _function(mod, names[0]), (math.ceil(Nq / p["Br"]), B * H), (p["threads"],),
             (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs, p["smem"], desc)
@@ -752,8 +881,8 @@ def _tc_backward(cp, do, q, k, v, o, lse, dq, dk, dv, dims: Dims, tau, causal_i,
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     BH = B * H
     bf16 = _dtype_name(q.dtype) == "bfloat16"
-    p = tc_plan(d, "backward", config)
-    mod, names = _tc_module(bf16, d, trace, bug, source, bwd=p["config"])
+    p = tc_launch_plan(q.device.id, d, "backward", config, source)
+    mod, names = _tc_module(bf16, d, trace, bug, source, bwd=p["config"], variant=p["variant"])
     tr, targs = _tc_trace_args(cp, trace, "G2", dims, p["Br"], p["Bc"], ("dQ_ij", "dK~_j", "dV~_j"))
     rows = BH * Nq
     dq_acc = cp.empty((BH, Nq, d), cp.float32)

@@ -308,16 +308,17 @@ def _check_tc(direction, B, H, Nq, Nk, d, causal, softmax_scale, seed, bug, rtol
     if direction == "forward":
         _, _, actual = ops.forward("tc", gq, gk, gv, causal, softmax_scale, trace=True, bug=bug,
                                    source=source)
-        config = ops.tc_plan(d, "forward")["config"]
+        p = ops.tc_launch_plan(gq.device.id, d, "forward", source=source)  # the shape that ran
         steps = tc_ref.tc_forward_steps(q, k, v, causal, softmax_scale, Br=actual.Br,
-                                        Bc=actual.Bc, warps=config["NW"], Bk=config["BK"])
+                                        Bc=actual.Bc, warps=p["warps"], Bk=p["Bk"])
     else:
         o, lse = ops.forward("tc", gq, gk, gv, causal, softmax_scale)  # ours: only G2 is checked
         _, _, _, actual = ops.backward("tc", gdo, gq, gk, gv, o, lse, causal, softmax_scale,
                                        trace=True, bug=bug, source=source)
-        warps = ops.tc_plan(d, "backward")["config"]["NW"]
+        p = ops.tc_launch_plan(gq.device.id, d, "backward", source=source)
         steps = tc_ref.tc_backward_steps(do, q, k, v, o.get(), lse.get(), causal, softmax_scale,
-                                         Br=actual.Br, Bc=actual.Bc, warps=warps)
+                                         Br=actual.Br, Bc=actual.Bc, warps=p["warps"],
+                                         grid=p["grid"])
     expected, _ = record(steps, f"reference tc ({name})")
     if bug is not None:
         actual.label = f"tc {direction} with bug {bug!r}"

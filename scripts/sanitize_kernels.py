@@ -32,12 +32,17 @@ for kernel in ops.FP32_KERNELS:
                 ops.backward(kernel, do, q, k, v, o, lse, causal, trace=True)
             cp.cuda.runtime.deviceSynchronize()
             print(f"{kernel} d={d} causal={causal}: ran", flush=True)
-if int(cp.cuda.Device().compute_capability) >= ops.TC_MIN_CC and (not only or "tc" in only):
+cc = int(cp.cuda.Device().compute_capability)
+# kernel 'tc' is two sources on compute capability 9.0: tc90.cu (wgmma, the default there) and
+# tc.cu (FLASHLAB_TC_WGMMA=0); both are checked
+sources = (["tc90"] if cc == ops.TC90_CC else []) + ["tc"]
+for src in sources if cc >= ops.TC_MIN_CC and (not only or "tc" in only) else []:
+    os.environ["FLASHLAB_TC_WGMMA"] = "1" if src == "tc90" else "0"
     # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128), the two
     # K/V stages of the forward and the QS (up to 3) Q/dO stages of the backward going round
     # (Nq > 3 Br at every head dim: bf16 only, since races and bounds do not depend on the dtype)
     for name in lowp.LOWP_DTYPES:
-        for d in ops.TC_HEAD_DIMS:
+        for d in ops.TC_HEAD_DIMS if src == "tc" else ops.TC90_HEAD_DIMS:
             for causal in (False, True):
                 for nq, nk in ((Nq, Nk), (211, 150)) + (((530, 290),) if name == "bfloat16" else ()):
                     q, k, v, do = lowp.random_inputs(cp, [(B, H, nq, d), (B, H, nk, d), (B, H, nk, d),
@@ -47,6 +52,6 @@ if int(cp.cuda.Device().compute_capability) >= ops.TC_MIN_CC and (not only or "t
                     ops.forward("tc", q, k, v, causal, trace=True)
                     ops.backward("tc", do, q, k, v, o, lse, causal, trace=True)
                     cp.cuda.runtime.deviceSynchronize()
-                print(f"tc {name} d={d} causal={causal}: ran", flush=True)
+                print(f"tc ({src}.cu) {name} d={d} causal={causal}: ran", flush=True)
 print("sanitize workload done")
 sys.exit(0)

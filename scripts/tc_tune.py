@@ -47,6 +47,17 @@ BWD_CANDIDATES = {
 }
 
 
+# kernels/tc90.cu (wgmma, sm_90a; runs on compute capability 9.0 only)
+FWD90_CANDIDATES = {64: [dict(BC=64, NWG=2, MINB=2), dict(BC=128, NWG=2, MINB=1),
+                         dict(BC=128, NWG=1, MINB=3), dict(BC=128, NWG=1, MINB=2),
+                         dict(BC=64, NWG=1, MINB=4)],
+                    128: [dict(BC=128, NWG=2, MINB=1), dict(BC=64, NWG=2, MINB=1),
+                          dict(BC=64, NWG=1, MINB=2), dict(BC=128, NWG=1, MINB=1)]}
+BWD90_CANDIDATES = {64: [dict(BR=64, BC=128, QS=2, MINB=1), dict(BR=128, BC=128, QS=2, MINB=1),
+                         dict(BR=64, BC=128, QS=3, MINB=1)],
+                    128: [dict(BR=64, BC=128, QS=2, MINB=1), dict(BR=64, BC=128, QS=3, MINB=1)]}
+
+
 def poisoned(cp, shape, dtype):
     """An output buffer full of NaN bit patterns: any element the kernel skips stays NaN."""
     x = cp.empty(shape, dtype)
@@ -158,6 +169,8 @@ def main(argv=None):
     ap.add_argument("--configs", choices=("default", "all"), default="default")
     ap.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--sources", nargs="+", default=["tc90", "tc"], choices=("tc90", "tc"),
+                    help="tc90: kernels/tc90.cu (wgmma; compute capability 9.0 only), tc: kernels/tc.cu")
     ap.add_argument("--variants", nargs="+", default=["base"], choices=sorted(VARIANTS),
                     help="source variants; each after 'base' is tried with every backward config")
     ap.add_argument("--tokens", type=int, default=16384)
@@ -171,10 +184,17 @@ def main(argv=None):
     for dname in args.dtypes:
         name = lowp.lowp_dtype(dname).name
         for d in args.dims:
-            fwds = FWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_FORWARD[d]]
-            bwds = BWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_BACKWARD[d]]
-            pairs = [("base", f, bwds[0]) for f in fwds] + [("base", fwds[0], b) for b in bwds[1:]]
-            pairs += [(var, fwds[0], bwds[0]) for var in args.variants if var != "base"]
+            pairs = []
+            cc = int(ops.device_limits(cp.cuda.Device().id)["compute_capability"])
+            if "tc90" in args.sources and cc == ops.TC90_CC and d in ops.TC90_HEAD_DIMS:
+                fwds = FWD90_CANDIDATES[d] if args.configs == "all" else [ops.TC90_FORWARD[d]]
+                bwds = BWD90_CANDIDATES[d] if args.configs == "all" else [ops.TC90_BACKWARD[d]]
+                pairs += [("base", f, bwds[0]) for f in fwds] + [("base", fwds[0], b) for b in bwds[1:]]
+            if "tc" in args.sources:
+                fwds = FWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_FORWARD[d]]
+                bwds = BWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_BACKWARD[d]]
+                pairs += [("base", f, bwds[0]) for f in fwds] + [("base", fwds[0], b) for b in bwds[1:]]
+                pairs += [(var, fwds[0], bwds[0]) for var in args.variants if var != "base"]
             for variant, fwd, bwd in pairs:
                 t0 = time.time()
                 src = variant_source(variant, args.out)

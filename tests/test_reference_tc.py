@@ -378,3 +378,27 @@ def test_within_fa_rule_fails_bad_results_and_refuses_nan(rng):
         within_fa_rule(bad, ref, naive)
     with pytest.raises(ValueError, match="naive_lowp holds NaN"):
         within_fa_rule(ref, ref, bad)
+
+
+def test_backward_takes_tc90s_warp_grids(rng):
+    # kernels/tc90.cu: warp w owns keys 16 w .. of S^T and dK~ (grid 8 x 1), and queries
+    # 16 (w % 4) .., columns (w / 4) d / 2 .. of dQ at Br = 64 (grid 4 x 2), or queries 16 w ..
+    # at Br = 128 (grid 8 x 1); the numbers do not depend on the grid, only the warp labels
+    from flashlab.cuda_kernel_ops import tc_plan
+
+    d = 64
+    (q, k, v, do), _ = _inputs(rng, np.float16, 130, 150, d, H=1)
+    o, lse = tc_forward(q, k, v)
+    base = tc_mod.tc_backward(do, q, k, v, o, lse, Br=64, Bc=128, warps=8)
+    for Br in (64, 128):
+        grid = tc_plan(d, "backward", dict(BR=Br, BC=128, QS=2, MINB=1))["grid"]
+        s = next(tc_backward_steps(do, q, k, v, o, lse, Br=Br, Bc=128, warps=8, grid=grid))
+        qs, ks, xs = np.arange(Br)[:, None], np.arange(128)[:, None], np.arange(d)[None, :]
+        assert np.array_equal(s.warp_of_S, np.broadcast_to(ks.T // 16, (Br, 128)))
+        assert np.array_equal(s.warp_of_dKV, np.broadcast_to(ks // 16, (128, d)))
+        want_dq = qs // 16 if Br == 128 else qs // 16 + 4 * (xs // (d // 2))
+        assert np.array_equal(s.warp_of_dQ, np.broadcast_to(want_dq, (Br, d)))
+        if Br == 64:
+            got = tc_mod.tc_backward(do, q, k, v, o, lse, Br=64, Bc=128, warps=8, grid=grid)
+            for a, b in zip(got, base):
+                assert np.array_equal(a.view(np.uint16), b.view(np.uint16))

@@ -1,4 +1,9 @@
-"""GPU: the tensor-core kernels (kernels/tc.cu) under FlashAttention's own test rule.
+"""GPU: the tensor-core kernels (kernels/tc.cu, and kernels/tc90.cu on compute capability 9.0)
+under FlashAttention's own test rule.
+
+Tests that take the `source` fixture run once per source the GPU can run: "tc90" (wgmma, what
+kernel 'tc' runs on an H100 at d = 64 and 128) and "tc" (mma.sync; FLASHLAB_TC_WGMMA=0 selects it
+there, as on every other sm_80+ GPU).
 
 For O, dQ, dK and dV: error against the float64 oracle at most 2x the error of standard attention
 computed in the same 16-bit dtype (flashlab.lowp); no NaN; every output element written (outputs
@@ -32,6 +37,19 @@ def _sm80():
         pytest.skip("kernel 'tc' needs compute capability 8.0+")
 
 
+@pytest.fixture(params=["tc90", "tc"])
+def source(request, monkeypatch):
+    import cupy as cp
+
+    if request.param == "tc90":
+        if int(cp.cuda.Device().compute_capability) != ops.TC90_CC:
+            pytest.skip("kernels/tc90.cu (wgmma) runs on compute capability 9.0 only")
+        monkeypatch.setenv("FLASHLAB_TC_WGMMA", "1")
+    else:
+        monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")
+    return request.param
+
+
 def _inputs(B, H, Nq, Nk, d, name, seed=0):
     import cupy as cp
 
@@ -63,7 +81,7 @@ def _run(q, k, v, do, causal, scale=None):
 @pytest.mark.parametrize("name", DTYPES)
 @pytest.mark.parametrize("B,H,Nq,Nk,d,causal", SHAPES,
                          ids=[f"{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}" for s in SHAPES])
-def test_tc_within_fa_rule_and_writes_every_element(name, B, H, Nq, Nk, d, causal):
+def test_tc_within_fa_rule_and_writes_every_element(source, name, B, H, Nq, Nk, d, causal):
     import cupy as cp
 
     q, k, v, do = _inputs(B, H, Nq, Nk, d, name)
@@ -86,7 +104,7 @@ def test_tc_within_fa_rule_and_writes_every_element(name, B, H, Nq, Nk, d, causa
 
 
 @pytest.mark.parametrize("name", DTYPES)
-def test_tc_long_sequence_and_softmax_scale(name):
+def test_tc_long_sequence_and_softmax_scale(source, name):
     q, k, v, do = _inputs(1, 2, 2048, 2048, 128, name, seed=3)
     for causal, scale in ((True, None), (False, 0.3)):
         o, lse, grads = _run(q, k, v, do, causal, scale)
@@ -102,25 +120,31 @@ def test_tc_long_sequence_and_softmax_scale(name):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("name", DTYPES)
 @pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 300, 64), (300, 300, 128), (600, 470, 64)])
-def test_tc_trace_matches_its_step_through(direction, causal, name, Nq, Nk, d):
+def test_tc_trace_matches_its_step_through(source, direction, causal, name, Nq, Nk, d):
     div, actual, expected = trace.check_kernel("tc", direction, 1, 2, Nq, Nk, d, causal,
                                                dtype=name)
     assert div is None, str(div)
     assert (actual.seq == expected.seq).all()
 
 
-def test_tc_trace_pinpoints_a_broken_rescale(tmp_path):
-    """The tile comparison can fail: a tc.cu without F2:L7's rescale of O~ diverges at L7."""
-    src = ops.kernel_source("tc")
-    old = "                        o[a][n][2 * h] *= alpha;\n"
+def test_tc_trace_pinpoints_a_broken_rescale(tmp_path, source):
+    """The tile comparison can fail: a tc.cu / tc90.cu without F2:L7's rescale of O~ diverges at
+    L7."""
+    src = ops.kernel_source(source)
+    old = {"tc": "                        o[a][n][2 * h] *= alpha;\n",
+           "tc90": "                o[4 * n + 2 * h] *= alpha[h];\n"}[source]
     assert src.count(old) == 1
     (tmp_path / "tc_bug.cu").write_text(src.replace(old, ""))
     div, _, _ = trace.check_kernel("tc", "forward", 1, 1, 200, 300, 64, False,
                                    source=tmp_path / "tc_bug.cu")
     assert div is not None and div.line == "F2:L7" and div.quantity == "O~_i", str(div)
-    # d = 64 takes 128-key tiles as two 64-key sub-steps: the second sub-step of tile 0 is the
-    # first place a rescale matters, so the trace (one entry per tile) diverges at step (0, 0)
-    assert div.i == 0 and div.j == 0
+    if source == "tc":
+        # d = 64 takes 128-key tiles as two 64-key sub-steps: the second sub-step of tile 0 is
+        # the first place a rescale matters, so the trace (one entry per tile) diverges at (0, 0)
+        assert div.i == 0 and div.j == 0
+    else:
+        # tc90 takes a whole 128-key tile at once: the first rescale is at tile j = 1
+        assert div.i == 0 and div.j == 1
 
 
 def test_auto_routes_16_bit_inputs_to_tc_and_float32_to_fa2():

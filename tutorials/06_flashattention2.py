@@ -151,11 +151,12 @@ ok, err, bound = lowp.within_fa_rule(o_tc, o64, naive16)
 print(f"FlashAttention's rule: error {err:.2e} <= 2 x (16-bit naive error) = {bound:.2e}: {ok}")
 
 # %% [markdown]
-# On an H100 (`bash scripts/gpu_check.sh tc-table`, docs/PERFORMANCE.md), tc runs the forward at
-# about FlashAttention-2's speed (0.92-1.02x torch's flash backend at d = 64, 0.81-1.11x at
-# d = 128) and the backward at 0.90-1.17x, 2-10% short for N >= 4k. The notes say how it got
-# there (FlashAttention-2's tiles and warp layouts, two slabs per warp at d = 128) and what comes
-# next. On the command line:
+# On an H100 (`bash scripts/gpu_check.sh tc-table`, docs/PERFORMANCE.md), kernel "tc" runs
+# `kernels/tc90.cu`, the same loops on Hopper's warpgroup instruction `wgmma` (sm_90a): forward
+# 0.98-1.38x torch's flash backend (FlashAttention-2) and backward 1.10-1.49x. On other GPUs it
+# runs `kernels/tc.cu` (`mma.sync`, the code above), which on the H100 measured at about
+# FlashAttention-2's speed. The notes say how each got there and what comes next. On the command
+# line:
 # `flashlab bench --dtype bfloat16 --head-dim 128 --backward --compare torch`.
 
 # %% [markdown]
@@ -242,7 +243,7 @@ else:
 #   forward. `docs/PERFORMANCE.md` says what was tried and what is next (asynchronous copies of
 #   K_j and V_j, larger tiles).
 # * All of this is fp32 without tensor cores, below half of the 67 TFLOP/s FMA peak; the
-#   tensor-core kernel above runs at 170-339 TFLOP/s forward and 139-286 backward (bf16 and
+#   tensor-core kernels run at 186-436 TFLOP/s forward and 150-370 backward (wgmma, bf16 and
 #   fp16, N = 1k-16k) on the same GPU.
 #
 # **Summary.** The F2 order keeps O on chip, parallelises over query blocks and skips masked

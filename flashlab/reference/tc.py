@@ -148,12 +148,13 @@ def _forward_blocks(d, Br, Bc, warps, Bk):
     return Br, Bc, warps, slabs // warps, Bk
 
 
-def _backward_blocks(d, Br, Bc, warps):
+def _backward_blocks(d, Br, Bc, warps, grid=None):
     """Br, Bc, warps and the warp grids (WS, WKV, WQ) for the backward.
 
     Defaults are the kernel's launch at head dim d (TC_BACKWARD; 8 warps at a d it lacks). The
-    grids are the kernel's where they divide `warps`, else warps x 1: each warp a strip of the
-    first dimension (keys of S^T and of dK~, queries of dQ) across all of the second.
+    grids are `grid` or the kernel's where they divide `warps`, else warps x 1: each warp a strip
+    of the first dimension (keys of S^T and of dK~, queries of dQ) across all of the second.
+    kernels/tc90.cu's grid is (warps, warps, 4) (tc_plan's "grid").
     """
     c = TC_BACKWARD.get(d)
     if c is None and (Br is None or Bc is None):
@@ -161,7 +162,9 @@ def _backward_blocks(d, Br, Bc, warps):
     Br = _multiple_of_16("Br", c["BR"] if Br is None else Br)
     Bc = _multiple_of_16("Bc", c["BC"] if Bc is None else Bc)
     warps = check_block("warps", (c["NW"] if c else 8) if warps is None else warps)
-    grid = (c["WS"], c["WKV"], c["WQ"]) if c else ()
+    if grid is None:
+        grid = (c["WS"], c["WKV"], c["WQ"]) if c else ()
+    grid = tuple(grid)
     if not grid or any(warps % w != 0 for w in grid):
         grid = (warps, warps, warps)
     return Br, Bc, warps, grid
@@ -260,19 +263,21 @@ def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warp
 
 
 def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
-                      warps=None):
+                      warps=None, grid=None):
     """G2:L0-L10 as kernels/tc.cu's tc_backward runs it, as a generator of Steps; returns grads.
 
     do, o like q (16-bit), lse (B, H, Nq) natural units (any float dtype; read as fp32). Each
     step records dQ_ij = tau round16(dS) K_j, this (i, j)'s fp32 term of dQ_i (G2:L7), dK~
     with tau applied, and which warp computes each entry: warp_of_S (br, bc) for S, P, dP, dS
     ([query, key], as S_ij), warp_of_dKV (bc, d), warp_of_dQ (br, d). Br, Bc, warps default to
-    the kernel's launch for head dim d. Returns (dq, dk, dv) in the input dtype.
+    kernels/tc.cu's launch for head dim d; grid = (WS, WKV, WQ) names other warp grids
+    (kernels/tc90.cu's: tc_plan(d, "backward", variant="wgmma")["grid"]). Returns (dq, dk, dv)
+    in the input dtype.
     """
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     _check_lowp(dims, q)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
-    Br, Bc, warps, (WS, WKV, WQ) = _backward_blocks(d, Br, Bc, warps)
+    Br, Bc, warps, (WS, WKV, WQ) = _backward_blocks(d, Br, Bc, warps, grid)
     dt = q.dtype
     tau = f32(dims.scale)
     sl2 = f32(tau * LOG2E)
@@ -322,9 +327,9 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
 
 
 def tc_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
-                warps=None):
+                warps=None, grid=None):
     """The tensor-core backward run to the end. Returns (dq, dk, dv) in the input dtype."""
-    return run(tc_backward_steps(do, q, k, v, o, lse, causal, softmax_scale, Br, Bc, warps))
+    return run(tc_backward_steps(do, q, k, v, o, lse, causal, softmax_scale, Br, Bc, warps, grid))
 
 
 # ---------------------------------------------------------------------------- FlashAttention's rule

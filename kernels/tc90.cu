@@ -1,0 +1,539 @@
+/* tc90.cu: F2 and G2 on Hopper's warpgroup tensor-core instructions (wgmma, sm_90a only).
+ *
+ * The same algorithms and the same roundings as tc.cu (ALGORITHMS.md F2, G2); what changes is who
+ * multiplies and where the operands come from:
+ *
+ *   - a warpgroup (4 consecutive warps, 128 threads), not a warp, issues each product: one wgmma
+ *     computes a 64 x N piece (N up to 128) of a product, 16 steps of the inner dimension at a time,
+ *     reading B (and sometimes A) straight from shared memory through a 64-bit descriptor, so
+ *     there are no ldmatrix instructions and no operand registers for those matrices;
+ *   - wgmma is asynchronous: the warpgroup issues a batch (wg_fence, the wgmmas, wg_commit) and
+ *     waits for it (wg_wait) only when it needs the result;
+ *   - the accumulator layout is the mma.sync one (warp w of the warpgroup owns rows 16 w .. 16 w + 15
+ *     of the 64), so the online softmax, the masks and the packing of P~ into 16-bit A operands are
+ *     tc.cu's code for one 16-row slab per warp;
+ *   - shared-memory tiles use wgmma's 128-byte swizzle: a (R x W) tile is stored as W / 64 panels
+ *     of (R x 64), each row 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8). A descriptor
+ *     names a panel's start, the distance between 8-row groups (SBO = 1024 bytes) and, where a
+ *     product spans two panels along its N or M side, the distance between panels (LBO).
+ *
+ * Reference: flashlab/reference/tc.py with the launch's tile shape (tc_plan in cuda_kernel_ops.py):
+ *   forward  Br = 64 NWG rows (warp w owns rows 16 w .. 16 w + 15), Bk = Bc;
+ *   backward warp grids WS = WKV = NW (warp w owns keys 16 w .. 16 w + 15 of S^T, dP^T, dK~, dV~),
+ *            WQ = 4 at BR = 64 (dQ: warp w owns queries 16 (w % 4) .. and columns (w / 4) D / 2 ..),
+ *            WQ = NW at BR = 128 (warp w owns queries 16 w .. 16 w + 15, every column).
+ * Layout: as tc.cu (Q, O, dO (B*H, Nq, D); K, V (B*H, Nk, D); 16-bit words; L, Dv, dQacc fp32).
+ * Launch: forward grid (ceil(Nq / BR), B*H), 128 NWG threads, (BR + 4 BC) D 2
+ *   bytes of shared memory; backward tc_backward_dot, then tc90_backward with grid
+ *   (ceil(Nk / BC), B*H), 128 NWG threads, (2 BC + 2 QS BR) D 2 + BC BR 2 + 8 QS BR bytes, then
+ *   tc_backward_dq.
+ */
+#include "tc_common.cuh"
+#include "wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "kernels/tc90.cu needs sm_90a (wgmma); other GPUs run kernels/tc.cu"
+#endif
+
+typedef unsigned long long u64;
+
+/* Shared memory written by ordinary stores or cp.async and read next by wgmma (the async proxy):
+ * each writing thread fences before the barrier that publishes it. */
+__device__ __forceinline__ void fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+/* A wgmma shared-memory descriptor: start address, LBO and SBO in 16-byte units, swizzle mode 1
+ * (128 bytes). Adding (bytes >> 4) to it moves the start address. */
+__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+
+/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> a panel tile at shared address `tile`
+ * (1024-byte aligned); rows past N become zeros. Thread x copies chunk x % (W / 8) of rows
+ * x / (W / 8) + k RS, so every pass has the same swizzle and constant offsets. */
+template <int W, int R, int NT>
+__device__ __forceinline__ void load_panels(u32 tile, const u16* src, int row0, int N) {
+    constexpr int CH = W / 8, RS = NT / CH;
+    static_assert(W % 64 == 0 && NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split");
+    const int r = threadIdx.x / CH, c = threadIdx.x % CH;
+    const u32 dst = tile + (u32)((c >> 3) * R * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+    const u16* g = src + (size_t)(row0 + r) * W + c * 8;
+    const int left = N - row0 - r;
+#pragma unroll
+    for (int k = 0; k < R / RS; ++k) {
+        const bool ok = k * RS < left;
+        cp_async16(dst + (u32)(k * RS * 128), ok ? g + (size_t)k * RS * W : src, ok);
+    }
+}
+
+/* Registers an asynchronous wgmma reads as its A operand are free only after the wg_wait that
+ * retires it; the compiler, which sees the read at issue, would otherwise reuse them sooner. */
+template <int R>
+__device__ __forceinline__ void wg_keep(u32 (&a)[R][4]) {
+#pragma unroll
+    for (int x = 0; x < R; ++x)
+#pragma unroll
+        for (int y = 0; y < 4; ++y) asm volatile("" : "+r"(a[x][y]) :: "memory");
+}
+
+/* Byte offset of the 16-column step kk of a K-major panel tile of R rows (inner dimension along
+ * the row): panel kk / 4, 32 bytes per step inside the 128-byte row. */
+template <int R>
+__device__ __forceinline__ constexpr u32 kmajor_step(int kk) {
+    return (u32)((kk >> 2) * R * 128 + (kk & 3) * 32);
+}
+
+/* ---------------------------------------------------------------- F2 forward */
+
+/* One thread block per (Q block i, head); NWG warpgroups, warpgroup h owning query rows
+ * 64 h .. 64 h + 63 of the block (BR = 64 NWG). Per tile j and warpgroup: S_j = Q_i K_j^T
+ * (wgmma, both operands in shared memory), the online softmax in registers, and O~ += P~_j V_j
+ * (wgmma, P~ from registers, V_j transposed from shared memory).
+ *
+ * The two products of a tile overlap the softmax (FlashAttention-3's intra-warpgroup pipelining):
+ * iteration j issues S_j and then O~ += P~_{j-1} V_{j-1}, waits only for S_j, computes P~_j while
+ * the tensor cores still work on P~_{j-1} V_{j-1}, then waits for that product and rescales O~ by
+ * e^(m_{j-1} - m_j). The result is F2's: O~ after the rescale is e^(m_{j-1} - m_j) O~_{j-1}, and
+ * P~_j V_j is added at the next iteration (or after the loop).
+ *
+ * Shared memory: Q_i, two stages of K and two of V. K_{j+1} and V_j are copied during iteration j
+ * (V a tile behind K, because P~_{j-1} V_{j-1} is still reading the other V stage then; V_0 is
+ * copied with Q_i and K_0 but waited for a tile later); one barrier per tile. MINB: thread blocks per multiprocessor the registers must allow. */
+template <bool BF16, int D, int BC, int NWG, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
+tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
+             u16* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
+             float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
+    constexpr int BR = 64 * NWG, NT = NWG * 128;
+    constexpr int NS = BC / 8;   // n8 column tiles of S per warp
+    constexpr int NO = D / 8;    // n8 column tiles of O~ per warp
+    constexpr u32 TILE = BC * D * 2;
+    static_assert(BC % 16 == 0 && BC <= 256 && D % 64 == 0 && D <= 128, "unsupported tile");
+    extern __shared__ __align__(1024) uint4 smem[];
+    const u32 sQ = smem_addr(smem);
+    if ((sQ & 1023u) != 0) __trap();  // the swizzle needs 1024-byte aligned tiles
+    const u32 sK = sQ + BR * D * 2;   // K stage s at sK + s TILE
+    const u32 sV = sK + 2 * TILE;     // V stage s at sV + s TILE
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2;
+    const int g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y;
+    const int i = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const u16* Qh = Q + head_offset(bh, Nq, D);
+    const u16* Kh = K + head_offset(bh, Nk, D);
+    const u16* Vh = V + head_offset(bh, Nk, D);
+    const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
+    (void)Tr;
+    const int last_row = min(Nq, (i + 1) * BR) - 1;
+    const int jend = causal ? min(Tc, last_row / BC + 1) : Tc;      // F2:L3 causal skipping
+    const float sl2 = tau * TC_LOG2E;
+
+    load_panels<D, BR, NT>(sQ, Qh, i * BR, Nq);                     // F2:L2
+    load_panels<D, BC, NT>(sK, Kh, 0, Nk);                          // F2:L4 (K_0, then V_0)
+    cp_commit();
+    load_panels<D, BC, NT>(sV, Vh, 0, Nk);  // its own group: S_0 waits only for Q_i and K_0
+    cp_commit();
+
+    float o[D / 2];
+    float m[2], l[2];
+    m[0] = m[1] = FL_NEG_INF;
+    l[0] = l[1] = 0.0f;
+#pragma unroll
+    for (int x = 0; x < D / 2; ++x) o[x] = 0.0f;
+    const int wrow = warp * 16;  // this warp's first row in the block
+    // A = Q_i rows 64 wg .. (K-major); B = K_j (K-major); B = V_j (MN-major: N = D along the row,
+    // panels BC * 128 bytes apart)
+    const u64 dQ = wg_desc(sQ + wg * 64 * 128, 16, 1024);
+    const u64 dK = wg_desc(sK, 16, 1024);
+    const u64 dV = wg_desc(sV, BC * 128, 1024);
+#ifdef FLASHLAB_TRACE
+    // step j - 1's state (m, l, O~) is complete in iteration j, after P~_{j-1} V_{j-1} lands
+    auto trace_step = [&](int jj, const float (&mm)[2], const float (&ll)[2]) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int rl = wrow + g + 8 * h;
+            float lsum = ll[h];
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+            if (i * BR + rl >= Nq) continue;
+            const size_t t1 = trace_offset(bh, i, jj, Tr, Tc, BR, 1), tD = trace_offset(bh, i, jj, Tr, Tc, BR, D);
+            if (t == 0) {
+                tr_m[t1 + rl] = mm[h] * TC_LN2;
+                tr_l[t1 + rl] = lsum;
+            }
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                tr_O[tD + (size_t)rl * D + n * 8 + 2 * t] = o[4 * n + 2 * h];
+                tr_O[tD + (size_t)rl * D + n * 8 + 2 * t + 1] = o[4 * n + 2 * h + 1];
+            }
+        }
+        if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + jj] = jj;
+    };
+#endif
+
+    // F2:L4 for tile j (K_{j+1}, and V_j a tile behind K), after the barrier that says every
+    // warpgroup is done with the stages they overwrite
+    auto begin_tile = [&](int j) {
+        if (j == 0) cp_wait<1>();  // Q_i and K_0 have landed (V_0 may still be on its way) ...
+        else cp_wait<0>();         // K_j and V_{j-1} have landed ...
+        fence_async_smem();  // ... visible to wgmma ...
+        __syncthreads();     // ... for every thread's copies; every warpgroup is done with j - 1
+        if (j + 1 < jend) load_panels<D, BC, NT>(sK + ((j + 1) & 1) * TILE, Kh, (j + 1) * BC, Nk);
+        if (j > 0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, Vh, j * BC, Nk);
+        cp_commit();
+    };
+    // F2:L5  S = Q_i K_j^T, issued (not waited for)
+    auto issue_s = [&](float (&s)[BC / 2], int j) {
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wg_ss<BF16, BC, 0, 0>(s, dQ + (kmajor_step<BR>(kk) >> 4),
+                                  dK + ((((j & 1) * TILE) + kmajor_step<BC>(kk)) >> 4), kk > 0);
+        wg_commit();
+    };
+    // F2:L7  O~ += P~_j V_j, issued (not waited for)
+    auto issue_pv = [&](int j, const u32 (&p)[BC / 16][4]) {
+        wg_touch(o);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk)
+            wg_rs<BF16, D, 1>(o, p[kk], dV + ((((j & 1) * TILE) + kk * 16 * 128) >> 4), 1);
+        wg_commit();
+    };
+    // F2:L5 mask and F2:L6: m_new, P~ = exp(S - m_new) rounded to 16 bits into A operands,
+    // l = e^(m - m_new) l + rowsum P~ (this lane's columns; summed over the row at F2:L9)
+    auto softmax = [&](float (&s)[BC / 2], int j, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
+        const int k0 = j * BC;
+        const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR);
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[4 * n + e] * sl2;  // base-2 units
+                if (edge) {
+                    const int r = i * BR + wrow + g + (e >> 1) * 8;
+                    const int c = k0 + n * 8 + 2 * t + (e & 1);
+                    if (c >= Nk || masked(causal, r, c)) x = FL_NEG_INF;
+                }
+                s[4 * n + e] = x;
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the warp's slab
+            float mx = m[h];
+#pragma unroll
+            for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float base = safe_max(mx);
+            alpha[h] = exp2_fast(m[h] - base);
+            float sum = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                s[4 * n + 2 * h] = exp2_fast(s[4 * n + 2 * h] - base);
+                s[4 * n + 2 * h + 1] = exp2_fast(s[4 * n + 2 * h + 1] - base);
+                sum += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
+            }
+            l[h] = alpha[h] * l[h] + sum;
+            m[h] = mx;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; ++kk) {
+                pa[kk][h] = pack2<BF16>(s[8 * kk + 2 * h], s[8 * kk + 2 * h + 1]);
+                pa[kk][2 + h] = pack2<BF16>(s[8 * kk + 4 + 2 * h], s[8 * kk + 4 + 2 * h + 1]);
+            }
+        }
+    };
+
+    // F2:L3. P~ alternates between two register sets (pa for even j, pb for odd j): while the
+    // product reading one is in flight the softmax writes the other. (A copy from one to the
+    // other lets the compiler merge them, and ptxas then serializes every wgmma.)
+    u32 pa[BC / 16][4], pb[BC / 16][4];
+    auto step = [&](int j, u32 (&prev)[BC / 16][4], u32 (&cur)[BC / 16][4]) {
+        begin_tile(j);
+        float s[BC / 2];
+        issue_s(s, j);
+        issue_pv(j - 1, prev);
+        wg_wait<1>();        // S_j is done; P~_{j-1} V_{j-1} may still run
+        wg_touch(s);
+#ifdef FLASHLAB_TRACE
+        const float m_was[2] = {m[0], m[1]}, l_was[2] = {l[0], l[1]};
+#endif
+        float alpha[2];
+        softmax(s, j, cur, alpha);
+        wg_wait<0>();        // P~_{j-1} V_{j-1} has landed in O~
+        wg_touch(o);
+        wg_keep(prev);
+#ifdef FLASHLAB_TRACE
+        trace_step(j - 1, m_was, l_was);
+#endif
+        // F2:L7  O~ = e^(m - m_new) O~ (P~_j V_j is added at the next iteration)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                o[4 * n + 2 * h] *= alpha[h];
+                o[4 * n + 2 * h + 1] *= alpha[h];
+            }
+    };
+    {                                                                // j = 0
+        begin_tile(0);
+        float s[BC / 2];
+        issue_s(s, 0);
+        wg_wait<0>();
+        wg_touch(s);
+        float alpha[2];
+        softmax(s, 0, pa, alpha);  // O~ is still 0: nothing to rescale
+    }
+    for (int j = 1; j < jend; j += 2) {
+        step(j, pa, pb);
+        if (j + 1 < jend) step(j + 1, pb, pa);
+    }
+    cp_wait<0>();
+    fence_async_smem();
+    __syncthreads();  // V of the last tile has landed, for every thread's copies
+    if ((jend - 1) & 1) issue_pv(jend - 1, pb);                      // F2:L7 for the last tile
+    else issue_pv(jend - 1, pa);
+    wg_wait<0>();
+    wg_touch(o);
+#ifdef FLASHLAB_TRACE
+    trace_step(jend - 1, m, l);
+#endif
+
+    // F2:L9  O_i = O~ / l, L_i = m + log l (natural units)
+    u16* Oh = O + head_offset(bh, Nq, D);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float lsum = l[h];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        const int r = i * BR + wrow + g + 8 * h;
+        if (r >= Nq) continue;
+        const float inv = 1.0f / lsum;
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+            *reinterpret_cast<u32*>(Oh + (size_t)r * D + n * 8 + 2 * t) =
+                pack2<BF16>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+        if (t == 0) L[head_offset(bh, Nq, 1) + r] = (safe_max(m[h]) + log2f(lsum)) * TC_LN2;
+    }
+}
+
+/* ---------------------------------------------------------------- G2 backward */
+
+/* One thread block per (K/V block j, head), NWG = BC / 64 warpgroups; warpgroup h owns keys
+ * 64 h .. 64 h + 63 of the block. Each step i works on BR queries:
+ *   S^T = K_j Q_i^T, dP^T = V_j dO_i^T (wgmma from shared memory; 64 keys x BR queries each);
+ *   P^T, dS^T in registers, rounded to 16 bits as the A operands of
+ *   dV~ += P^T dO_i and dK~ += dS^T Q_i (wgmma, B = dO_i, Q_i transposed from shared memory;
+ *     64 keys x D in registers for the whole i loop);
+ *   dS^T also goes to shared memory, and after a barrier dQ_i += dS K_j: warpgroup h computes
+ *     columns h D / 2 .. h D / 2 + D / 2 - 1 of the term (BR = 64) or its rows 64 h .. 64 h + 63
+ *     (BR = 128, D = 64) and adds them into the fp32 dQ accumulator.
+ * Q_i, dO_i, L_i, D_i rotate through QS stages, copied QS - 1 steps ahead. Two barriers per step. */
+template <bool BF16, int D, int BR, int BC, int QS, int MINB>
+__global__ void __launch_bounds__(BC * 2, MINB)
+tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
+              const u16* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
+              float* __restrict__ dQacc, u16* __restrict__ dK, u16* __restrict__ dV,
+              int Nq, int Nk, float tau, int causal,
+              float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
+    constexpr int NWG = BC / 64, NT = NWG * 128;
+    constexpr int NQ = BR / 8;        // n8 query tiles of S^T per warp
+    constexpr int ND = D / 8;         // n8 column tiles of dK~, dV~ per warp
+    // dQ_i's term (BR x D) splits over the warpgroups by columns when BR = 64 (a wgmma is 64 rows
+    // tall) and by rows when BR = 128
+    constexpr bool DQ_ROWS = BR == 128;
+    constexpr int DQ = DQ_ROWS ? D : D / NWG;  // dQ columns per warpgroup
+    constexpr int NDQ = DQ / 8;
+    static_assert(BC == 128 && (BR == 64 || (BR == 128 && D == 64)) && D % 64 == 0 && D <= 128,
+                  "unsupported tile");
+    static_assert(QS == 2 || QS == 3, "Q_i, dO_i take 2 or 3 stages");
+    constexpr u32 KV = BC * D * 2, QT = BR * D * 2;                 // bytes of a K_j and a Q_i tile
+    constexpr u32 OK_ = 0, OV = KV, OS = 2 * KV, OQ = OS + BC * BR * 2, STG = 2 * QT;
+    constexpr u32 OLD = OQ + QS * STG;
+    extern __shared__ __align__(1024) uint4 smem[];
+    const u32 s0 = smem_addr(smem);
+    if ((s0 & 1023u) != 0) __trap();  // the swizzle needs 1024-byte aligned tiles
+    float* sLD = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + OLD);
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2, wq = warp & 3;
+    const int g = lane >> 2, t = lane & 3;
+    const int j = blockIdx.x, bh = blockIdx.y;
+    const u16* Qh = Q + head_offset(bh, Nq, D);
+    const u16* dOh = dO + head_offset(bh, Nq, D);
+    const float* Lh = L + head_offset(bh, Nq, 1);
+    const float* Dh = Dv + head_offset(bh, Nq, 1);
+    float* dQh = dQacc + head_offset(bh, Nq, D);
+    const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
+    (void)Tc;
+    const float sl2 = tau * TC_LOG2E;
+    const int i0 = causal ? min(Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
+    const int krow = wg * 64 + wq * 16;                   // this warp's first key in the block
+
+    load_panels<D, BC, NT>(s0 + OK_, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
+    load_panels<D, BC, NT>(s0 + OV, V + head_offset(bh, Nk, D), j * BC, Nk);
+    auto load_i = [&](int i) {                                                  // G2:L4
+        const int st = (i - i0) % QS;
+        const u32 q = s0 + OQ + st * STG;
+        load_panels<D, BR, NT>(q, Qh, i * BR, Nq);
+        load_panels<D, BR, NT>(q + QT, dOh, i * BR, Nq);
+        float* ld = sLD + st * 2 * BR;
+        for (int x = threadIdx.x; x < BR; x += NT) {
+            const bool ok = i * BR + x < Nq;
+            cp_async4(smem_addr(ld + x), Lh + (ok ? i * BR + x : 0), ok);
+            cp_async4(smem_addr(ld + BR + x), Dh + (ok ? i * BR + x : 0), ok);
+        }
+    };
+    if (i0 < Tr) load_i(i0);
+    cp_commit();
+    if (QS == 3) {
+        if (i0 + 1 < Tr) load_i(i0 + 1);
+        cp_commit();
+    }
+
+    // descriptors: A = K_j, V_j rows 64 wg .. (K-major); B = Q_i, dO_i (K-major, for S^T, dP^T);
+    // B = dO_i, Q_i (MN-major, for dV~, dK~); A = dS (MN-major: dS^T rows are keys); B = K_j
+    // (MN-major, columns wg DQ ..)
+    const u64 aK = wg_desc(s0 + OK_ + wg * 64 * 128, 16, 1024);
+    const u64 aV = wg_desc(s0 + OV + wg * 64 * 128, 16, 1024);
+    const u64 bQk = wg_desc(s0 + OQ, 16, 1024);
+    const u64 bQm = wg_desc(s0 + OQ, BR * 128, 1024);
+    const u64 aS = wg_desc(s0 + OS + (DQ_ROWS ? wg * BC * 128 : 0), BC * 128, 1024);
+    const u64 bKm = wg_desc(s0 + OK_ + (DQ_ROWS ? 0 : (wg * DQ / 64) * BC * 128 + (wg * DQ % 64) * 2),
+                            BC * 128, 1024);
+    const int dq_row0 = DQ_ROWS ? wg * 64 : 0, dq_col0 = DQ_ROWS ? 0 : wg * DQ;
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int x = 0; x < D / 2; ++x) dk[x] = dv[x] = 0.0f;
+
+    for (int i = i0; i < Tr; ++i) {                                          // G2:L3
+        const int st = (i - i0) % QS;
+        const u32 so = st * STG;
+        const float* sL = sLD + st * 2 * BR;
+        const float* sD = sL + BR;
+        cp_wait<QS - 2>();   // stage i has landed ...
+        fence_async_smem();  // ... visible to wgmma ...
+        __syncthreads();     // ... for every thread's copies; every warpgroup is done with i - 1
+        if (i + QS - 1 < Tr) load_i(i + QS - 1);
+        cp_commit();
+
+        // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
+        float s[BR / 2], dp[BR / 2];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wg_ss<BF16, BR, 0, 0>(s, aK + (kmajor_step<BC>(kk) >> 4),
+                                  bQk + ((so + kmajor_step<BR>(kk)) >> 4), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wg_ss<BF16, BR, 0, 0>(dp, aV + (kmajor_step<BC>(kk) >> 4),
+                                  bQk + ((so + QT + kmajor_step<BR>(kk)) >> 4), kk > 0);
+        wg_commit();
+        wg_wait<0>();
+        wg_touch(s);
+        wg_touch(dp);
+
+        // P^T = exp(S^T - L), masked; dS^T = P^T (dP^T - D_i); both rounded to 16 bits (G2:L6)
+        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
+        u32 pa[BR / 16][4], sa[BR / 16][4];
+#pragma unroll
+        for (int n = 0; n < NQ; ++n) {
+            const float2 lq = *reinterpret_cast<const float2*>(sL + n * 8 + 2 * t);
+            const float2 dd = *reinterpret_cast<const float2*>(sD + n * 8 + 2 * t);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float p0 = exp2_fast(s[4 * n + 2 * h] * sl2 - lq.x * TC_LOG2E);
+                float p1 = exp2_fast(s[4 * n + 2 * h + 1] * sl2 - lq.y * TC_LOG2E);
+                if (edge) {
+                    const int c = j * BC + krow + g + 8 * h;
+                    const int r = i * BR + n * 8 + 2 * t;
+                    if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
+                    if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                }
+                const u32 pp = pack2<BF16>(p0, p1);
+                const u32 ss = pack2<BF16>(p0 * (dp[4 * n + 2 * h] - dd.x), p1 * (dp[4 * n + 2 * h + 1] - dd.y));
+                pa[n >> 1][(n & 1) * 2 + h] = pp;
+                sa[n >> 1][(n & 1) * 2 + h] = ss;
+                // dS^T (keys x queries) into its panel tile: row krow + g + 8 h, chunk n
+                const int kr = krow + g + 8 * h;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::
+                             "r"(s0 + OS + (u32)((n >> 3) * BC * 128 + kr * 128 + (((n & 7) ^ g) << 4) + 4 * t)),
+                             "r"(ss) : "memory");
+            }
+        }
+
+        // G2:L6  dV~ += P^T dO_i and G2:L8  dK~ += dS^T Q_i (tau applied at G2:L10)
+        wg_touch(dv);
+        wg_touch(dk);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk)
+            wg_rs<BF16, D, 1>(dv, pa[kk], bQm + ((so + QT + kk * 16 * 128) >> 4), 1);
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk)
+            wg_rs<BF16, D, 1>(dk, sa[kk], bQm + ((so + kk * 16 * 128) >> 4), 1);
+        wg_commit();
+
+        fence_async_smem();
+        __syncthreads();  // dS^T is complete
+
+        // G2:L7  dQ_i += dS K_j: this warpgroup's 64 queries x DQ columns of the term
+        float dq[DQ / 2];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk)
+            wg_ss<BF16, DQ, 1, 1>(dq, aS + ((kk * 16 * 128) >> 4), bKm + ((kk * 16 * 128) >> 4), kk > 0);
+        wg_commit();
+        wg_wait<0>();
+        wg_touch(dq);
+        wg_touch(dv);
+        wg_touch(dk);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int rl = dq_row0 + wq * 16 + g + 8 * h, r = i * BR + rl;
+            if (r >= Nq) continue;
+#pragma unroll
+            for (int n = 0; n < NDQ; ++n) {
+                const int c = dq_col0 + n * 8 + 2 * t;
+                red_add2(dQh + (size_t)r * D + c, dq[4 * n + 2 * h], dq[4 * n + 2 * h + 1]);
+                TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c] = tau * dq[4 * n + 2 * h]);
+                TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c + 1] = tau * dq[4 * n + 2 * h + 1]);
+            }
+        }
+#ifdef FLASHLAB_TRACE
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int kl = krow + g + 8 * h;
+            if (j * BC + kl >= Nk) continue;
+            const size_t tD = trace_offset(bh, i, j, Tr, Tc, BC, D) + (size_t)kl * D;
+#pragma unroll
+            for (int n = 0; n < ND; ++n) {
+                const int c = n * 8 + 2 * t;
+                tr_dK[tD + c] = tau * dk[4 * n + 2 * h];
+                tr_dK[tD + c + 1] = tau * dk[4 * n + 2 * h + 1];
+                tr_dV[tD + c] = dv[4 * n + 2 * h];
+                tr_dV[tD + c + 1] = dv[4 * n + 2 * h + 1];
+            }
+        }
+        if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + j] = i - i0;
+#endif
+    }
+    cp_wait<0>();
+
+    // G2:L10  write dK_j = tau dK~, dV_j = dV~ (keys with no visible query get zeros)
+    u16* dKh = dK + head_offset(bh, Nk, D);
+    u16* dVh = dV + head_offset(bh, Nk, D);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int c = j * BC + krow + g + 8 * h;
+        if (c >= Nk) continue;
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            const int x = n * 8 + 2 * t;
+            *reinterpret_cast<u32*>(dKh + (size_t)c * D + x) =
+                pack2<BF16>(tau * dk[4 * n + 2 * h], tau * dk[4 * n + 2 * h + 1]);
+            *reinterpret_cast<u32*>(dVh + (size_t)c * D + x) = pack2<BF16>(dv[4 * n + 2 * h], dv[4 * n + 2 * h + 1]);
+        }
+    }
+}
