@@ -702,7 +702,8 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
     """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
 
     out: optional (o, lse) buffers to write into. config: kernel 'tc' only, a tile shape other
-    than TC_FORWARD's (dict(BC=, NW=, WM=)), for tuning.
+    than the default, for tuning: kernels/tc.cu's (dict(BC=, NW=, WM=, BK=)) or kernels/tc90.cu's
+    (dict(BC=, NWG=, MINB=); compute capability 9.0 only).
     """
     dims = check_qkv(q, k, v, causal, softmax_scale)
     cp, device, limits, tau, causal_i, desc = _setup(kernel, dims, {"q": q, "k": k, "v": v}, trace)
@@ -760,7 +761,8 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
     """Run kernel `kernel` backward. Returns (dq, dk, dv) or, with trace=True, (dq, dk, dv, Trace).
 
     out: optional (dq, dk, dv) buffers to write into. config: kernel 'tc' only, a tile shape
-    other than TC_BACKWARD's (dict(BR=, NW=)), for tuning.
+    other than the default, for tuning: kernels/tc.cu's (dict(BR=, BC=, NW=, WS=, WKV=, WQ=, QS=))
+    or kernels/tc90.cu's (dict(BR=, BC=, QS=, MINB=)).
     """
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     cp, device, limits, tau, causal_i, desc = _setup(
