@@ -844,7 +844,7 @@ def tc_launch_plan(device: int, d: int, direction: str, config: dict | None = No
     cc = int(device_limits(device)["compute_capability"])
     variant = tc_variant(cc, d)
     if source is not None and config is None:
-        variant = "wgmma" if "tc90_forward" in Path(source).read_text() else "mma"
+        variant = "wgmma" if "tc90_forward" in kernel_source("tc", path=source) else "mma"
     return tc_plan(d, direction, config, variant)
 
 

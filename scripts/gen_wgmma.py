@@ -90,15 +90,20 @@ __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const unsigned (&a)[4],
 """
 
 
-def main():
+def render() -> str:
+    """The text of kernels/wgmma.cuh."""
     parts = [HEAD]
     for flag, ty in DTYPES:
         for N in SHAPES:
             parts.append(ss(flag, ty, N))
             parts.append(rs(flag, ty, N))
     parts.append(TAIL)
+    return "\n".join(parts)
+
+
+def main():
     out = Path(__file__).resolve().parent.parent / "kernels" / "wgmma.cuh"
-    out.write_text("\n".join(parts))
+    out.write_text(render())
     print(f"wrote {out}")
 
 
