@@ -4,9 +4,12 @@ GPU (CuPy): for each sequence length and kernel, one configuration of B*N = `tok
 H = hidden / d heads (the FlashAttention papers' setup). Before timing, each kernel's output is
 checked against the float64 reference (forward: query rows 0..127 of the first and last head;
 backward: dQ for the same rows, which depends on those rows alone); a wrong kernel is reported
-as wrong and not timed. Timing: CUDA events around each call after warm-up (compilation stays
-out), the median of `repeat` calls, inputs rotated over enough copies that the 50 MB L2 of an
-H100 cannot serve a repeat. Peak extra memory: CuPy's pool high-water mark minus the inputs.
+as wrong and not timed. Timing: after warm-up (compilation stays out), `repeat` calls queued
+back to back with CUDA events around each, the median; inputs rotated over enough copies that
+the 50 MB L2 of an H100 cannot serve a repeat. Queued, an event pair times the GPU's work for
+the call, not the Python launch overhead in front of it (as triton's do_bench); that overhead
+is reported apart, as host_us (JSON). Peak extra memory: CuPy's pool high-water mark minus the
+inputs.
 
 float16 / bfloat16 (dtype=...): the tensor-core kernel "tc" and torch's SDPA backends on the
 same 16-bit inputs; the check is FlashAttention's rule on those rows (error against the float64
@@ -50,6 +53,7 @@ class Row:
     tflops: float = float("nan")
     speedup: float = float("nan")  # over naive, same N and direction
     extra_mb: float = float("nan")
+    host_us: float = float("nan")  # host (Python) time per call while calls are queued
     check: str = ""  # "ok (err 3e-07)", "WRONG (err ...)", "out of memory", "skipped: ..."
 
     def table(self):
@@ -101,22 +105,35 @@ def device_header() -> dict:
 
 
 def time_gpu(fn, states, warmup=3, repeat=10) -> float:
-    """Median milliseconds of fn(state) over `repeat` calls, rotating through `states`."""
+    """Median milliseconds of fn(state) over `repeat` calls, rotating through `states`.
+
+    The calls are queued back to back, each between two CUDA events, and the host waits once at
+    the end (as triton's do_bench and FlashAttention's benchmarks do): while the host launches
+    faster than the GPU runs, an event pair measures the GPU's time for that call, not the
+    Python launch overhead in front of it. Where the host is the slower side (small N), the
+    GPU idles between calls and that wait is in the number. time_gpu_host also returns the
+    host's own time per call."""
+    return time_gpu_host(fn, states, warmup, repeat)[0]
+
+
+def time_gpu_host(fn, states, warmup=3, repeat=10) -> tuple[float, float]:
+    """(median GPU milliseconds per call as time_gpu, host microseconds per call while queued)."""
     import cupy as cp
 
     for w in range(warmup):
         fn(states[w % len(states)])
     cp.cuda.Device().synchronize()
-    times = []
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    starts = [cp.cuda.Event() for _ in range(repeat)]
+    stops = [cp.cuda.Event() for _ in range(repeat)]
+    t0 = time.perf_counter()
     for r in range(repeat):
-        state = states[r % len(states)]
-        start.record()
-        fn(state)
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop))
-    return statistics.median(times)
+        starts[r].record()
+        fn(states[r % len(states)])
+        stops[r].record()
+    host_us = (time.perf_counter() - t0) / repeat * 1e6
+    stops[-1].synchronize()
+    times = [cp.cuda.get_elapsed_time(a, b) for a, b in zip(starts, stops)]
+    return statistics.median(times), host_us
 
 
 def _rows_reference(q, k, v, do, causal, tau, rows=128):
@@ -252,7 +269,7 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                     pool.free_all_blocks()  # what stays is live: inputs, states
                     mark = pool.total_bytes()
                     peak(reset=True)
-                    row.ms = time_gpu(fn, states, repeat=repeat)
+                    row.ms, row.host_us = time_gpu_host(fn, states, repeat=repeat)
                     # CuPy keeps freed blocks, so its total is the high-water mark of the calls
                     row.extra_mb = (pool.total_bytes() - mark + peak()) / 1e6
                     del states

@@ -336,6 +336,7 @@ def device_limits(device_id: int) -> dict:
         "smem_optin": int(attrs.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)),
         "smem_default": 48 * 1024,
         "sm_count": int(attrs.get("MultiProcessorCount", 1)),
+        "l2_bytes": int(attrs.get("L2CacheSize", 0)),
         "compute_capability": cc,
     }
 
@@ -458,8 +459,16 @@ def _launch(kernel: str, func, grid, block, args, smem: int, describe: str):
             f"{smem} bytes of shared memory, {describe}: {e}") from e
 
 
+_dtype_names: dict = {}
+
+
 def _dtype_name(dtype) -> str:
-    return np.dtype(dtype).name
+    """np.dtype(dtype).name, remembered per dtype object (a launch asks 5-8 times; NumPy's name
+    lookup is microseconds each)."""
+    name = _dtype_names.get(dtype)
+    if name is None:
+        name = _dtype_names[dtype] = np.dtype(dtype).name
+    return name
 
 
 def check_device_inputs(kernel: str, names_arrays: dict, dtypes=None) -> int:
@@ -564,6 +573,16 @@ def tc_variant(compute_capability: int, d: int) -> str:
             and os.environ.get("FLASHLAB_TC_WGMMA", "1") != "0"):
         return "wgmma"
     return "mma"
+
+
+def tc_head_group(l2_bytes: int, N: int, d: int, BH: int, itemsize: int = 2) -> int:
+    """Heads per group of the causal block order (kernels/tc_common.cuh block_order,
+    reference.tc_block_order): as many heads as have the operands every block of a head streams
+    through (forward: K and V, N = Nk; backward: Q and dO, N = Nq; 2 N d itemsize bytes) within a
+    third of L2, at least 1 and at most BH. Resident thread blocks then share few heads' operands
+    while the longest blocks of all those heads start first."""
+    per_head = 2 * N * d * itemsize
+    return max(1, min(BH, (l2_bytes // 3) // max(1, per_head)))
 
 
 def _config_variant(config: dict | None, variant: str) -> str:
@@ -869,8 +888,10 @@ def _tc_forward(cp, q, k, v, o, lse, dims: Dims, tau, causal_i, desc, trace, bug
     p = tc_launch_plan(q.device.id, d, "forward", config, source)
     mod, names = _tc_module(bf16, d, trace, bug, source, fwd=p["config"], variant=p["variant"])
     tr, targs = _tc_trace_args(cp, trace, "F2", dims, p["Br"], p["Bc"], ("m_i", "l_i", "O~_i"))
+    group = tc_head_group(device_limits(q.device.id)["l2_bytes"], Nk, d, B * H) if causal_i else 1
     _launch("tc", _function(mod, names[0]), (math.ceil(Nq / p["Br"]), B * H), (p["threads"],),
-            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i) + targs, p["smem"], desc)
+            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), tau, causal_i, np.int32(group)) + targs,
+            p["smem"], desc)
     if trace:
         return o, lse, _finish_trace(*tr, "tc forward")
     return o, lse
@@ -891,9 +912,10 @@ def _tc_backward(cp, do, q, k, v, o, lse, dq, dk, dv, dims: Dims, tau, causal_i,
     Dvec = cp.empty((BH, Nq), cp.float32)
     _launch("tc", _function(mod, names[2]), (math.ceil(rows / 8),), (256,),
             (do, o, Dvec, dq_acc, np.int64(rows), np.int32(d)), 0, desc)          # G2:L0
+    group = tc_head_group(device_limits(q.device.id)["l2_bytes"], Nq, d, BH) if causal_i else 1
     _launch("tc", _function(mod, names[1]), (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
-            (q, k, v, do, lse, Dvec, dq_acc, dk, dv, np.int32(Nq), np.int32(Nk), tau, causal_i)
-            + targs, p["smem"], desc)
+            (q, k, v, do, lse, Dvec, dq_acc, dk, dv, np.int32(Nq), np.int32(Nk), tau, causal_i,
+             np.int32(group)) + targs, p["smem"], desc)
     n = rows * d
     _launch("tc", _function(mod, names[3]), (math.ceil(n / 256),), (256,),
             (dq_acc, dq, np.int64(n), tau), 0, desc)

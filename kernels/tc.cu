@@ -24,8 +24,9 @@
  * Launch: forward grid (ceil(Nq / BR), B*H), NW warps, (BR + 4 BC) D 2 bytes of shared memory;
  *   backward: tc_backward_dot (8 rows per 256-thread block), then tc_backward with grid
  *   (ceil(Nk / BC), B*H), NW warps, (2 BC + 2 QS BR) D 2 + 2 BC BR 2 + 8 QS BR bytes, then
- *   tc_backward_dq. Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in cuda_kernel_ops.py
- *   (tc_plan computes the same byte counts).
+ *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_common.cuh).
+ *   Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in cuda_kernel_ops.py (tc_plan computes
+ *   the same byte counts).
  */
 #include "tc_common.cuh"
 
@@ -46,6 +47,7 @@ template <bool BF16, int D, int BC, int NW, int WM, int BK>
 __global__ void __launch_bounds__(NW * 32)
 tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
            u16* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
+           int group,
            float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
     constexpr int BR = 16 * WM * NW, NT = NW * 32, CH = D / 8;
     constexpr int NS = BK / 8;   // n8 tiles of S per slab and sub-step
@@ -57,9 +59,8 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int bh = blockIdx.y;
-    // causal: the longest row blocks start first, so the short ones fill the tail
-    const int i = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    int i, bh;
+    block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
     const u16* Qh = Q + head_offset(bh, Nq, D);
     const u16* Kh = K + head_offset(bh, Nk, D);
     const u16* Vh = V + head_offset(bh, Nk, D);
@@ -130,21 +131,28 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
 
             // scale to base-2 units; mask keys past Nk and, where the diagonal crosses, keys
             // after the query (F2:L5)
+            // (two loops, not one with a test inside: the interior tiles skip the compares)
             const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR);
+            if (edge) {
 #pragma unroll
-            for (int a = 0; a < WM; ++a)
+                for (int a = 0; a < WM; ++a)
 #pragma unroll
-                for (int n = 0; n < NS; ++n)
+                    for (int n = 0; n < NS; ++n)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        float x = s[a][n][e] * sl2;
-                        if (edge) {
+                        for (int e = 0; e < 4; ++e) {
                             const int r = i * BR + wrow + a * 16 + g + (e >> 1) * 8;
                             const int c = k0 + n * 8 + 2 * t + (e & 1);
-                            if (c >= Nk || masked(causal, r, c)) x = FL_NEG_INF;
+                            s[a][n][e] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF
+                                                                           : s[a][n][e] * sl2;
                         }
-                        s[a][n][e] = x;
-                    }
+            } else {
+#pragma unroll
+                for (int a = 0; a < WM; ++a)
+#pragma unroll
+                    for (int n = 0; n < NS; ++n)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) s[a][n][e] *= sl2;
+            }
 
             // F2:L6  m_new = max(m, rowmax S); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum P~
             // F2:L7  O~ = e^(m - m_new) O~  (+ P~ V below)
@@ -225,6 +233,7 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
     cp_wait<0>();
 
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units), one write per row
+    block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
     u16* Oh = O + head_offset(bh, Nq, D);
 #pragma unroll
     for (int a = 0; a < WM; ++a)
@@ -266,7 +275,7 @@ __global__ void __launch_bounds__(NW * 32)
 tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
             const u16* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
             float* __restrict__ dQacc, u16* __restrict__ dK, u16* __restrict__ dV,
-            int Nq, int Nk, float tau, int causal,
+            int Nq, int Nk, float tau, int causal, int group,
             float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
     constexpr int NT = NW * 32, CH = D / 8;
     constexpr int SK = BC / WS, SQ = BR / (NW / WS);     // S^T, dP^T: keys x queries per warp
@@ -291,7 +300,8 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int j = blockIdx.x, bh = blockIdx.y;
+    int j, bh;
+    block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
     const u16* Qh = Q + head_offset(bh, Nq, D);
     const u16* dOh = dO + head_offset(bh, Nq, D);
     const float* Lh = L + head_offset(bh, Nq, 1);

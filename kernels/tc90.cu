@@ -26,7 +26,7 @@
  * Launch: forward grid (ceil(Nq / BR), B*H), 128 NWG threads, (BR + 4 BC) D 2
  *   bytes of shared memory; backward tc_backward_dot, then tc90_backward with grid
  *   (ceil(Nk / BC), B*H), 128 NWG threads, (2 BC + 2 QS BR) D 2 + BC BR 2 + 8 QS BR bytes, then
- *   tc_backward_dq.
+ *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_common.cuh).
  */
 #include "tc_common.cuh"
 #include "wgmma.cuh"
@@ -105,6 +105,7 @@ template <bool BF16, int D, int BC, int NWG, int MINB>
 __global__ void __launch_bounds__(NWG * 128, MINB)
 tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
              u16* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
+             int group,
              float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
     constexpr int BR = 64 * NWG, NT = NWG * 128;
     constexpr int NS = BC / 8;   // n8 column tiles of S per warp
@@ -119,8 +120,8 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
-    const int bh = blockIdx.y;
-    const int i = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    int i, bh;
+    block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
     const u16* Qh = Q + head_offset(bh, Nq, D);
     const u16* Kh = K + head_offset(bh, Nk, D);
     const u16* Vh = V + head_offset(bh, Nk, D);
@@ -207,18 +208,20 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
     auto softmax = [&](float (&s)[BC / 2], int j, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
         const int k0 = j * BC;
         const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR);
+        if (edge) {  // two loops, not one with a test inside: the interior tiles skip the compares
 #pragma unroll
-        for (int n = 0; n < NS; ++n)
+            for (int n = 0; n < NS; ++n)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[4 * n + e] * sl2;  // base-2 units
-                if (edge) {
+                for (int e = 0; e < 4; ++e) {
                     const int r = i * BR + wrow + g + (e >> 1) * 8;
                     const int c = k0 + n * 8 + 2 * t + (e & 1);
-                    if (c >= Nk || masked(causal, r, c)) x = FL_NEG_INF;
+                    s[4 * n + e] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF
+                                                                     : s[4 * n + e] * sl2;
                 }
-                s[4 * n + e] = x;
-            }
+        } else {
+#pragma unroll
+            for (int x = 0; x < BC / 2; ++x) s[x] *= sl2;  // base-2 units
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the warp's slab
             float mx = m[h];
@@ -301,6 +304,7 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
 #endif
 
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units)
+    block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
     u16* Oh = O + head_offset(bh, Nq, D);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -335,7 +339,7 @@ __global__ void __launch_bounds__(BC * 2, MINB)
 tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
               const u16* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
               float* __restrict__ dQacc, u16* __restrict__ dK, u16* __restrict__ dV,
-              int Nq, int Nk, float tau, int causal,
+              int Nq, int Nk, float tau, int causal, int group,
               float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
     constexpr int NWG = BC / 64, NT = NWG * 128;
     constexpr int NQ = BR / 8;        // n8 query tiles of S^T per warp
@@ -358,7 +362,8 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2, wq = warp & 3;
     const int g = lane >> 2, t = lane & 3;
-    const int j = blockIdx.x, bh = blockIdx.y;
+    int j, bh;
+    block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
     const u16* Qh = Q + head_offset(bh, Nq, D);
     const u16* dOh = dO + head_offset(bh, Nq, D);
     const float* Lh = L + head_offset(bh, Nq, 1);

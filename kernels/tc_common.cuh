@@ -1,6 +1,6 @@
 /* tc_common.cuh: what the tensor-core kernels share (kernels/tc.cu for sm_80 and newer, kernels/tc90.cu
  * for sm_90a): PTX wrappers (cp.async, ldmatrix, mma.sync, conversions), the shared-memory swizzle of
- * tc.cu's tiles and its tile loader.
+ * tc.cu's tiles and its tile loader, the causal block order and the backward's helper kernels.
  */
 #pragma once
 #include "common.cuh"
@@ -147,6 +147,37 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0,
         const bool ok = k * RS < left;
         cp_async16(dst + 16u * (u32)(k * RS * CH), ok ? g + (size_t)k * RS * W : src, ok);
     }
+}
+
+/* ---------------------------------------------------------------- causal block order */
+
+/* Which block x (F2: row block i; G2: key block j) and head bh the thread block
+ * (blockIdx.x, blockIdx.y) of a grid (blocks per head, B*H) computes.
+ *
+ * Not causal: x = blockIdx.x, bh = blockIdx.y (every block has the same work). Causal: the work
+ * is a triangle. F2's row block i sees about i + 1 key tiles (LONG_HIGH: the longest block has
+ * the highest x); G2's key block j sees every query block from about j on (the longest has
+ * x = 0). The GPU starts thread blocks in index order as earlier ones finish, so the longest go
+ * first and the last to start are short: they fill the tail instead of leaving multiprocessors
+ * idle behind one long block. Longest first across every head would spread the resident blocks
+ * over all heads' K and V (Q and dO), more than L2 holds; so heads go in groups of `group` (the
+ * launcher picks how many heads' operands fit: tc_head_group in cuda_kernel_ops.py), inside a
+ * group longest first, then by head. The last group may have fewer heads. The same mapping:
+ * flashlab/reference/tc.py tc_block_order. */
+template <bool LONG_HIGH>
+__device__ __forceinline__ void block_order(int causal, int group, int& x, int& bh) {
+    const int nx = gridDim.x, BH = gridDim.y;
+    const int G = causal ? group : 1;             // not causal: one head at a time, x ascending
+    u32 bx, by;  // read anew at each call (volatile): a kernel short of registers may call this
+    asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(bx));  // again for its epilogue rather than
+    asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(by));  // keep x and bh live (or spill them)
+    const int id = (int)bx + nx * (int)by;        // start order
+    const int c = id / (G * nx);                  // head group
+    const int r = id - c * G * nx;
+    const int heads = min(G, BH - c * G);         // the last group may have fewer
+    const int q = r / heads;
+    x = (LONG_HIGH && causal) ? nx - 1 - q : q;
+    bh = c * G + r % heads;
 }
 
 /* ---------------------------------------------------------------- G2 helper kernels */

@@ -39,6 +39,17 @@ def main(paths):
     print()
     for direction, w in worst.items():
         print(f"lowest tc/flash ratio, {direction}: {w:.2f}x")
+    # the launch overhead the queued timing keeps out of the numbers above (bench.time_gpu)
+    for direction in ("forward", "backward"):
+        host = {}
+        for key, c in cells.items():
+            if key[4] == direction:
+                for n, r in c.items():
+                    if r.get("host_us") is not None and not math.isnan(r["host_us"]):
+                        host.setdefault(n, []).append(r["host_us"])
+        if host:
+            print(f"host time per call, {direction} (median over cells, us): "
+                  + ", ".join(f"{n} {sorted(v)[len(v) // 2]:.0f}" for n, v in sorted(host.items())))
     return 0
 
 

@@ -10,9 +10,9 @@ from flashlab import trace
 from flashlab.reference import (fa2_backward, fa2_backward_steps, fa2_forward, fa2_forward_steps,
                                 naive_attention, naive_attention_backward, naive_lowp_backward,
                                 naive_lowp_forward, tc_backward, tc_backward_steps, tc_forward,
-                                tc_forward_steps, within_fa_rule)
+                                tc_block_order, tc_forward_steps, within_fa_rule)
 from flashlab.reference import tc as tc_mod
-from flashlab.cuda_kernel_ops import TC_BACKWARD, TC_FORWARD
+from flashlab.cuda_kernel_ops import TC_BACKWARD, TC_FORWARD, tc_head_group
 from flashlab.reference.tc import tc_blocks
 
 
@@ -402,3 +402,45 @@ def test_backward_takes_tc90s_warp_grids(rng):
             got = tc_mod.tc_backward(do, q, k, v, o, lse, Br=64, Bc=128, warps=8, grid=grid)
             for a, b in zip(got, base):
                 assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
+
+
+# ---------------------------------------------------------------------------- the forward's block order
+
+@pytest.mark.parametrize("long_high", [True, False], ids=["forward", "backward"])
+@pytest.mark.parametrize("nx, BH, group", [(1, 1, 1), (5, 7, 1), (5, 7, 3), (5, 7, 7), (16, 4, 9),
+                                           (3, 10, 4)])
+def test_causal_block_order_is_longest_first_within_head_groups(nx, BH, group, long_high):
+    order = tc_block_order(nx, BH, True, group, long_high)
+    # every (block, head) exactly once: the kernel writes every output row
+    assert sorted(order) == sorted((x, bh) for x in range(nx) for bh in range(BH))
+    g = min(group, BH)
+    longest = nx - 1 if long_high else 0
+    for c in range(0, BH, g):  # one group after another ...
+        heads = set(range(c, min(BH, c + g)))
+        part = order[c * nx:(c + len(heads)) * nx]
+        assert {bh for _, bh in part} == heads
+        xs = [x for x, _ in part]
+        assert xs == sorted(xs, reverse=long_high)  # ... inside it, the longest blocks first
+        assert xs[:len(heads)] == [longest] * len(heads)
+
+
+def test_block_order_without_the_mask_is_head_by_head():
+    for long_high in (True, False):
+        assert tc_block_order(3, 2, False, 5, long_high) == [(0, 0), (1, 0), (2, 0),
+                                                            (0, 1), (1, 1), (2, 1)]
+    assert tc_block_order(3, 2, True, 1) == [(2, 0), (1, 0), (0, 0), (2, 1), (1, 1), (0, 1)]
+    assert tc_block_order(2, 3, True, 3) == [(1, 0), (1, 1), (1, 2), (0, 0), (0, 1), (0, 2)]
+    assert tc_block_order(2, 3, True, 3, False) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    with pytest.raises(ValueError, match="group"):
+        tc_block_order(2, 3, True, 0)
+
+
+def test_head_group_fits_k_and_v_in_a_third_of_l2():
+    l2 = 50 * 2**20  # an H100's
+    # N = 1k, d = 128, 16-bit: 512 KiB of K and V per head
+    assert tc_head_group(l2, 1024, 128, 256) == (l2 // 3) // (2 * 1024 * 128 * 2) == 33
+    assert tc_head_group(l2, 1024, 64, 256) == 66
+    assert tc_head_group(l2, 16384, 128, 16) == 2
+    assert tc_head_group(l2, 1024, 128, 8) == 8         # at most every head
+    assert tc_head_group(l2, 1 << 22, 128, 4) == 1      # at least 1
+    assert tc_head_group(0, 1024, 128, 4) == 1          # L2 size unknown

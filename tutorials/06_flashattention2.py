@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -153,7 +154,7 @@ print(f"FlashAttention's rule: error {err:.2e} <= 2 x (16-bit naive error) = {bo
 # %% [markdown]
 # On an H100 (`bash scripts/gpu_check.sh tc-table`, docs/PERFORMANCE.md), kernel "tc" runs
 # `kernels/tc90.cu`, the same loops on Hopper's warpgroup instruction `wgmma` (sm_90a): forward
-# 0.98-1.38x torch's flash backend (FlashAttention-2) and backward 1.10-1.49x. On other GPUs it
+# 1.14-1.46x torch's flash backend (FlashAttention-2) and backward 1.16-1.32x. On other GPUs it
 # runs `kernels/tc.cu` (`mma.sync`, the code above), which on the H100 measured at about
 # FlashAttention-2's speed. The notes say how each got there and what comes next. On the command
 # line:
@@ -175,8 +176,9 @@ print(tabulate(bench.traffic_rows([1024, 4096, 16384], 64, causal=False), header
                floatfmt=".3g"))
 
 # %% [markdown]
-# On a GPU the same function times the CUDA kernels (CUDA events, median of the repeats, inputs
-# rotated past the L2 cache), forward and backward, at a small configuration here:
+# On a GPU the same function times the CUDA kernels (calls queued back to back, CUDA events
+# around each, median of the repeats, inputs rotated past the L2 cache), forward and backward,
+# at a small configuration here:
 
 # %%
 if gpu_available():

@@ -8,7 +8,7 @@ from .fa1 import fa1_backward, fa1_backward_steps, fa1_forward, fa1_forward_step
 from .fa2 import fa2_backward, fa2_backward_steps, fa2_forward, fa2_forward_steps
 from .naive import naive_attention, naive_attention_backward, naive_attention_steps
 from .tc import (naive_lowp_backward, naive_lowp_forward, tc_backward, tc_backward_steps,
-                 tc_forward, tc_forward_steps, within_fa_rule)
+                 tc_block_order, tc_forward, tc_forward_steps, within_fa_rule)
 from .tiles import Step, run
 
 __all__ = [
@@ -16,6 +16,6 @@ __all__ = [
     "naive_attention", "naive_attention_backward", "naive_attention_steps",
     "fa1_forward", "fa1_forward_steps", "fa1_backward", "fa1_backward_steps",
     "fa2_forward", "fa2_forward_steps", "fa2_backward", "fa2_backward_steps",
-    "tc_forward", "tc_forward_steps", "tc_backward", "tc_backward_steps",
+    "tc_forward", "tc_forward_steps", "tc_backward", "tc_backward_steps", "tc_block_order",
     "naive_lowp_forward", "naive_lowp_backward", "within_fa_rule",
 ]

@@ -257,6 +257,30 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
     return O, L
 
 
+def tc_block_order(nx: int, BH: int, causal: bool, group: int = 1,
+                   long_high: bool = True) -> list[tuple[int, int]]:
+    """The (block, head) pairs of a grid (nx blocks per head, BH heads) in the order the GPU
+    starts them (kernels/tc_common.cuh block_order: thread block blockIdx.x + nx * blockIdx.y).
+
+    Not causal: head by head, blocks ascending. Causal: the work per block is a triangle, so the
+    longest blocks start first and the short ones fill the tail. long_high: the forward's row
+    block i sees about i + 1 key tiles (longest last index, True); the backward's key block j
+    sees the query blocks from about j on (longest first index, False). Heads go in groups of
+    `group` (as many heads' streamed operands as fit in L2: cuda_kernel_ops.tc_head_group),
+    inside a group longest first, then by head. The numbers do not depend on this order, only
+    the speed."""
+    if nx < 1 or BH < 1 or group < 1:
+        raise ValueError(f"tc_block_order: nx, BH and group must be >= 1 (got {nx}, {BH}, {group})")
+    G = group if causal else 1
+    order = []
+    for n in range(nx * BH):
+        c, r = divmod(n, G * nx)
+        heads = min(G, BH - c * G)
+        x = r // heads
+        order.append((nx - 1 - x if (causal and long_high) else x, c * G + r % heads))
+    return order
+
+
 def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None, Bk=None):
     """The tensor-core forward run to the end. Returns (o (B, H, Nq, d) 16-bit, lse fp32)."""
     return run(tc_forward_steps(q, k, v, causal, softmax_scale, Br, Bc, warps, Bk))
