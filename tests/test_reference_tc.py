@@ -13,7 +13,7 @@ from flashlab.reference import (fa2_backward, fa2_backward_steps, fa2_forward, f
                                 tc_block_order, tc_forward_steps, within_fa_rule)
 from flashlab.reference import tc as tc_mod
 from flashlab.cuda_kernel_ops import TC_BACKWARD, TC_FORWARD, tc_head_group
-from flashlab.reference.tc import tc_blocks
+from flashlab.reference.tc import block_order_makespan, tc_blocks
 
 
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -444,3 +444,17 @@ def test_head_group_fits_k_and_v_in_a_third_of_l2():
     assert tc_head_group(l2, 1024, 128, 8) == 8         # at most every head
     assert tc_head_group(l2, 1 << 22, 128, 4) == 1      # at least 1
     assert tc_head_group(0, 1024, 128, 4) == 1          # L2 size unknown
+
+
+def test_grouped_longest_first_shortens_the_modelled_tail():
+    # N = 1k at Br = 64: 16 row blocks per head, 256 heads, 264 resident blocks (an H100 at d = 128)
+    per_head = block_order_makespan(16, 256, 1, 264)
+    grouped = block_order_makespan(16, 256, 33, 264)   # tc_head_group's choice there
+    everything = block_order_makespan(16, 256, 256, 264)
+    assert per_head > 1.05          # each head longest first: the last wave mixes long and short
+    assert grouped < per_head - 0.03
+    assert everything < 1.02        # longest first over the whole grid: almost no tail
+    for long_high in (True, False):  # the backward's mirror order models the same
+        assert block_order_makespan(16, 256, 33, 264, long_high) == pytest.approx(grouped)
+    with pytest.raises(ValueError, match="slots"):
+        block_order_makespan(4, 4, 1, 0)
