@@ -104,20 +104,16 @@ def device_header() -> dict:
     }
 
 
-def time_gpu(fn, states, warmup=3, repeat=10) -> float:
-    """Median milliseconds of fn(state) over `repeat` calls, rotating through `states`.
+def time_gpu(fn, states, warmup=3, repeat=10) -> tuple[float, float]:
+    """(median milliseconds of fn(state) over `repeat` calls rotating through `states`, host
+    microseconds per call).
 
     The calls are queued back to back, each between two CUDA events, and the host waits once at
     the end (as triton's do_bench and FlashAttention's benchmarks do): while the host launches
     faster than the GPU runs, an event pair measures the GPU's time for that call, not the
     Python launch overhead in front of it. Where the host is the slower side (small N), the
-    GPU idles between calls and that wait is in the number. time_gpu_host also returns the
-    host's own time per call."""
-    return time_gpu_host(fn, states, warmup, repeat)[0]
-
-
-def time_gpu_host(fn, states, warmup=3, repeat=10) -> tuple[float, float]:
-    """(median GPU milliseconds per call as time_gpu, host microseconds per call while queued)."""
+    GPU idles between calls and that wait is in the number. The host's own time per call is
+    the second value."""
     import cupy as cp
 
     for w in range(warmup):
@@ -269,7 +265,7 @@ def gpu_bench(seqs, kernels, d=64, causal=False, backward=False, batch=None, hea
                     pool.free_all_blocks()  # what stays is live: inputs, states
                     mark = pool.total_bytes()
                     peak(reset=True)
-                    row.ms, row.host_us = time_gpu_host(fn, states, repeat=repeat)
+                    row.ms, row.host_us = time_gpu(fn, states, repeat=repeat)
                     # CuPy keeps freed blocks, so its total is the high-water mark of the calls
                     row.extra_mb = (pool.total_bytes() - mark + peak()) / 1e6
                     del states

@@ -5,6 +5,7 @@ tc-table writes them): tc against torch SDPA's flash and cuDNN backends, TFLOP/s
 """
 import json
 import math
+import statistics
 import sys
 
 
@@ -49,7 +50,7 @@ def main(paths):
                         host.setdefault(n, []).append(r["host_us"])
         if host:
             print(f"host time per call, {direction} (median over cells, us): "
-                  + ", ".join(f"{n} {sorted(v)[len(v) // 2]:.0f}" for n, v in sorted(host.items())))
+                  + ", ".join(f"{n} {statistics.median(v):.0f}" for n, v in sorted(host.items())))
     return 0
 
 
