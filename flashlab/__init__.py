@@ -9,7 +9,14 @@ from .hbm import MemoryCounter, block_sizes
 from .reference import (fa1_backward, fa1_forward, fa2_backward, fa2_forward, naive_attention,
                         naive_attention_backward)
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml's); the literal for a bare checkout
+    from importlib.metadata import PackageNotFoundError as _NotFound
+    from importlib.metadata import version as _version
+
+    __version__ = _version("flashlab")
+except _NotFound:  # pragma: no cover - running from a checkout that was never pip-installed
+    __version__ = "0.1.0"  # keep in step with pyproject.toml (tests/test_cli_bench.py checks)
+del _NotFound, _version
 
 __all__ = [
     "flash_attention", "flash_attention_backward", "available_kernels",

@@ -16,8 +16,9 @@ same 16-bit inputs; the check is FlashAttention's rule on those rows (error agai
 oracle at most 2x that of standard attention computed in the same dtype, flashlab.lowp), and the
 speedup column is over torch's flash backend (FlashAttention-2) instead of naive.
 
-CPU (no GPU): the NumPy step-throughs at small sizes, timed with perf_counter. Those numbers
-measure Python and NumPy, not IO; the HBM traffic table beside them is the lesson.
+CPU (no GPU): the NumPy step-throughs at small sizes, timed with perf_counter (cpu_bench: naive,
+fa1, fa2 in float32; the tensor-core step-through tc and 16-bit naive in float16 / bfloat16).
+Those numbers measure Python and NumPy, not IO; the HBM traffic table beside them is the lesson.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ TORCH_NO_FP32 = ("torch-flash", "torch-cudnn")  # fa1 has B*H thread blocks only
 
 
 def attention_flops(B, H, Nq, Nk, d, causal, direction) -> float:
-    """ALGORITHMS.md convention: forward 4 B H Nq Nk d (halved when causal); backward 2.5x."""
+    """docs/ALGORITHMS.md convention: forward 4 B H Nq Nk d (halved when causal); backward 2.5x."""
     f = 4.0 * B * H * Nq * Nk * d * (0.5 if causal else 1.0)
     return f * 2.5 if direction == "backward" else f
 
@@ -377,44 +378,124 @@ def _to_cupy(t):
 # ----------------------------------------------------------------------------- CPU
 
 
-def cpu_bench(seqs, d=64, causal=False, backward=False, repeat=3):
-    """Time the NumPy references (1 head) and give the HBM traffic they count."""
-    report = Report({"device": "CPU (no CUDA device found)",
+CPU_LOWP_KERNELS = ("naive", "tc")  # on CPU, 16-bit naive is lowp.naive_lowp_* (the 2x rule's yardstick)
+
+
+def cpu_kernels(dtype="float32") -> tuple:
+    """The step-throughs cpu_bench times by default (and all it can time) in `dtype`."""
+    return ("naive", "fa1", "fa2") if dtype == "float32" else CPU_LOWP_KERNELS
+
+
+def _cpu_fns(name, low):
+    """(forward(q, k, v, causal) -> (o, lse), backward(do, q, k, v, o, lse, causal) -> (dq, ...))."""
+    if name == "naive":
+        fwd, bwd = ((lowp.naive_lowp_forward, lowp.naive_lowp_backward) if low else
+                    (ref.naive_attention, ref.naive_attention_backward))
+        return fwd, (lambda do, q, k, v, o, lse, causal: bwd(do, q, k, v, causal))
+    return {"fa1": (ref.fa1_forward, ref.fa1_backward), "fa2": (ref.fa2_forward, ref.fa2_backward),
+            "tc": (ref.tc_forward, ref.tc_backward)}[name]
+
+
+def cpu_bench(seqs, d=64, causal=False, backward=False, repeat=3, kernels=None, batch=None,
+              heads=None, tokens=None, dtype="float32", progress=None):
+    """Time the NumPy step-throughs with perf_counter (median of `repeat` calls). Returns a Report.
+
+    float32 (default kernels naive, fa1, fa2): the references of A0, A1/B1 and F2/G2 run in
+    float32 NumPy, each checked against float64 naive attention (the oracle) before timing.
+    float16 / bfloat16 (default, and only, kernels naive, tc): tc is reference.tc_forward /
+    tc_backward (16-bit inputs, fp32 sums, rounded where kernels/tc.cu rounds), naive is standard
+    attention with S, P, O stored in that dtype (lowp.naive_lowp_*); both are held to
+    FlashAttention's 2x rule, as gpu_bench holds tc. Kernels that take the other dtype are not
+    run (a note says so). Inputs are (B, H, N, d): B = batch, else tokens // N when tokens is
+    given, else 1; H = heads or 1. The backward check is dQ, as on the GPU.
+    """
+    dtype = "float32" if dtype == "float32" else lowp.lowp_dtype(dtype).name
+    low = dtype != "float32"
+    report = Report({"device": "CPU (no CUDA device found)", "dtype": dtype,
+                     "causal": bool(causal),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-    fns = {"naive": (ref.naive_attention, ref.naive_attention_backward),
-           "fa1": (ref.fa1_forward, ref.fa1_backward), "fa2": (ref.fa2_forward, ref.fa2_backward)}
+    if low:
+        report.header["check"] = "2x rule: error <= 2 x error of 16-bit standard attention (ratio shown)"
+    can = cpu_kernels(dtype)
+    kernels = list(dict.fromkeys(can if kernels is None else kernels))
+    for name in [n for n in kernels if n not in can]:
+        report.notes.append(f"{name} is not run: on the CPU it takes "
+                            f"{'float32' if low else 'float16 / bfloat16'} "
+                            f"(--dtype {'float32' if low else 'bfloat16'})")
+    kernels = [n for n in kernels if n in can]
+    from .cuda_kernel_ops import TC_BACKWARD, TC_FORWARD
+
+    tc_dims = sorted(set(TC_FORWARD) & set(TC_BACKWARD))
+    if "tc" in kernels and d not in tc_dims:
+        kernels.remove("tc")
+        report.notes.append(f"tc is not run: its step-through has kernels/tc.cu's tiles for head "
+                            f"dims {', '.join(map(str, tc_dims))} only, not {d}")
+    directions = ["forward"] + (["backward"] if backward else [])
+    total = len(seqs) * len(kernels) * len(directions)
     rng = np.random.default_rng(0)
+    failed = set()
     for N in seqs:
-        q, k, v, do = (rng.standard_normal((1, 1, N, d)).astype(np.float32) for _ in range(4))
-        q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
-        o_ref, _ = ref.naive_attention(q64, k64, v64, causal)
-        dq_ref = ref.naive_attention_backward(do64, q64, k64, v64, causal)[0]
-        naive_ms = {}
-        for name, (fwd, bwd) in fns.items():
-            for direction in ["forward"] + (["backward"] if backward else []):
-                row = Row(N, 1, 1, d, name, direction)
-                if direction == "forward":
-                    call = lambda: fwd(q, k, v, causal)  # noqa: E731
-                else:
-                    o, lse = fwd(q, k, v, causal)
-                    if name == "naive":
-                        call = lambda: bwd(do, q, k, v, causal)  # noqa: E731
+        B = batch or (max(1, tokens // N) if tokens else 1)
+        H = heads or 1
+        x32 = [rng.standard_normal((B, H, N, d)).astype(np.float32) for _ in range(4)]
+        q, k, v, do = (lowp.from_float32(x, dtype) for x in x32) if low else x32
+        o64, _, dq64, _, _ = lowp.attention_oracle(q, k, v, do, causal)
+        if low:
+            yard = {"forward": lowp.naive_lowp_forward(q, k, v, causal)[0],
+                    "backward": lowp.naive_lowp_backward(do, q, k, v, causal)[0]}
+        base_ms = {}
+        for name in kernels:
+            fwd, bwd = _cpu_fns(name, low)
+            for direction in directions:
+                row = Row(N, B, H, d, name, direction)
+                report.rows.append(row)
+                if progress:
+                    progress(f"[{len(report.rows)}/{total}] N={N} {name} {direction}")
+                try:
+                    if direction == "forward":
+                        call = lambda: fwd(q, k, v, causal)  # noqa: E731
                     else:
+                        o, lse = fwd(q, k, v, causal)
                         call = lambda: bwd(do, q, k, v, o, lse, causal)  # noqa: E731
-                got, want = call()[0], (o_ref if direction == "forward" else dq_ref)
-                err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
-                row.check = f"ok (err {err:.0e})" if err < 1e-4 else f"WRONG (err {err:.1e})"
+                    got = call()[0]
+                except ValueError as e:  # e.g. tc at a head dim its tiles do not take
+                    row.check = f"error: {str(e).splitlines()[0][:60]}"
+                    if name not in failed:
+                        failed.add(name)
+                        report.notes.append(f"{name}: {str(e).splitlines()[0]}")
+                    continue
+                want = o64 if direction == "forward" else dq64
+                if low:
+                    try:
+                        _, err, bound = lowp.within_fa_rule(got, want, yard[direction])
+                        ratio = err / bound
+                    except ValueError:  # a NaN in the output
+                        ratio = float("inf")
+                    row.check = (f"ok ({ratio:.2f} of bound)" if ratio <= 1.0 else
+                                 f"WRONG (error {ratio:.2f}x the bound)")
+                else:
+                    err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+                    row.check = f"ok (err {err:.0e})" if err < 1e-4 else f"WRONG (err {err:.1e})"
                 times = []
                 for _ in range(repeat):
                     t0 = time.perf_counter()
                     call()
                     times.append((time.perf_counter() - t0) * 1e3)
                 row.ms = statistics.median(times)
-                row.tflops = attention_flops(1, 1, N, N, d, causal, direction) / (row.ms * 1e-3) / 1e12
+                row.tflops = attention_flops(B, H, N, N, d, causal, direction) / (row.ms * 1e-3) / 1e12
                 if name == "naive":
-                    naive_ms[direction] = row.ms
-                row.speedup = naive_ms.get(direction, float("nan")) / row.ms
-                report.rows.append(row)
+                    base_ms[direction] = row.ms
+        for row in report.rows:
+            if row.N == N and row.direction in base_ms and not math.isnan(row.ms):
+                row.speedup = base_ms[row.direction] / row.ms
+    if low:
+        said = {"tc": "tc is the tensor-core step-through (flashlab.reference.tc_forward) on "
+                      f"{dtype} inputs with fp32 sums",
+                "naive": f"naive is standard attention with S, P, O stored in {dtype}"}
+        report.notes.extend(["; ".join(said[n] for n in kernels)] if kernels else [])
+    else:
+        report.notes.append("the step-throughs run in float32 NumPy; each is checked against "
+                            "float64 naive attention before it is timed")
     report.notes.append("CPU timings measure NumPy and Python loop overhead, not HBM traffic; "
                         "the traffic table below is what the GPU kernels are about.")
     return report

@@ -6,6 +6,8 @@ IndexError from deep inside a loop nest.
 from __future__ import annotations
 
 import math
+import numbers
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +26,48 @@ class Dims:
     causal: bool
 
 
-def _shape(x) -> tuple:
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        raise ValueError(f"expected an array, got {type(x).__name__}")
-    return tuple(int(s) for s in shape)
+def is_array(x) -> bool:
+    """True for a NumPy array or a CuPy one (told by its type's module: CuPy is never imported)."""
+    return isinstance(x, np.ndarray) or (
+        type(x).__module__.startswith("cupy") and hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def _type_name(x) -> str:
+    """list, str, torch.Tensor, ...: the type as a user would write it."""
+    t = type(x)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__.split('.')[0]}.{t.__name__}"
+
+
+def _repr(value) -> str:
+    """repr, shortened (a 400-digit int, a long string) to fit an error message."""
+    return reprlib.repr(value)
+
+
+def check_array_type(name: str, x, layout: str = "(B, H, N, d)") -> None:
+    """TypeError naming `name` unless x is a NumPy or CuPy array (lists and tuples are not)."""
+    if is_array(x):
+        return
+    if isinstance(x, (list, tuple)):
+        hint = f": convert it first, e.g. np.asarray({name})"
+    elif type(x).__module__.startswith("torch"):
+        hint = (": flashlab.torch.flash_attention takes torch CUDA tensors, or convert with "
+                f"cupy.from_dlpack({name}) / {name}.numpy()")
+    else:
+        hint = ""
+    raise TypeError(f"{name} must be a NumPy or CuPy array of shape {layout}, got {_type_name(x)}"
+                    f"{hint}")
+
+
+def check_flag(name: str, value) -> bool:
+    """causal, return_lse: True or False (NumPy's bool too); never a string or a number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_repr(value)} ({_type_name(value)})")
+    return bool(value)
+
+
+def _shape(x, name: str, layout: str) -> tuple:
+    check_array_type(name, x, layout)
+    return tuple(int(s) for s in x.shape)
 
 
 def _is_float_dtype(dtype) -> bool:
@@ -42,9 +81,7 @@ def _is_float_dtype(dtype) -> bool:
 
 def check_array(name: str, x, rank: int = 4, layout: str = "(B, H, N, d)") -> tuple:
     """Check that `x` is a float array of the given rank; returns its shape."""
-    shape = _shape(x) if hasattr(x, "shape") else None
-    if shape is None:
-        raise ValueError(f"{name} must be an array of shape {layout}, got {type(x).__name__}")
+    shape = _shape(x, name, layout)
     if len(shape) != rank:
         raise ValueError(f"{name} must have rank {rank}, layout {layout}; got shape {shape}")
     if not _is_float_dtype(x.dtype):
@@ -56,14 +93,22 @@ def check_array(name: str, x, rank: int = 4, layout: str = "(B, H, N, d)") -> tu
 
 
 def check_scale(softmax_scale, d: int) -> float:
+    """tau in softmax(tau q k^T): None (1/sqrt(d)) or a real number (int, float, NumPy scalar;
+    not bool, not str), finite and > 0. Zero (often 1 // math.sqrt(d)) and negative values are
+    refused: they make attention uniform or favour the least similar keys."""
     if softmax_scale is None:
         return 1.0 / math.sqrt(d)
+    if isinstance(softmax_scale, (bool, np.bool_)) or not isinstance(softmax_scale, numbers.Real):
+        hint = ": pass float(softmax_scale)" if is_array(softmax_scale) else ""
+        raise TypeError(f"softmax_scale must be a real number (int or float) or None, got "
+                        f"{_repr(softmax_scale)} ({_type_name(softmax_scale)}){hint}")
     try:
         tau = float(softmax_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"softmax_scale must be a real number or None, got {softmax_scale!r}") from None
-    if not math.isfinite(tau) or tau == 0.0:
-        raise ValueError(f"softmax_scale must be finite and non-zero, got {softmax_scale!r}")
+    except OverflowError:  # an int past float's range
+        tau = math.inf
+    if not math.isfinite(tau) or tau <= 0.0:
+        raise ValueError(f"softmax_scale must be finite and > 0 (None gives 1/sqrt(d) = "
+                         f"{1.0 / math.sqrt(max(d, 1)):.4g}), got {_repr(softmax_scale)}")
     return tau
 
 
@@ -98,14 +143,13 @@ def check_qkv(q, k, v, causal=False, softmax_scale=None) -> Dims:
         raise ValueError(
             f"q, k, v must share one dtype: got q {q.dtype}, k {k.dtype}, v {v.dtype}"
         )
-    if not isinstance(causal, (bool, np.bool_)):
-        raise ValueError(f"causal must be True or False, got {causal!r}")
-    return Dims(B, H, Nq, sk[2], d, check_scale(softmax_scale, d), bool(causal))
+    causal = check_flag("causal", causal)
+    return Dims(B, H, Nq, sk[2], d, check_scale(softmax_scale, d), causal)
 
 
 def check_like(name: str, x, shape: tuple, dtype, what: str) -> None:
     """Check that an extra input (do, o, lse) has the shape and dtype the call implies."""
-    got = _shape(x)
+    got = _shape(x, name, f"{tuple(shape)} ({what})")
     if got != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} ({what}); got {got}")
     if x.dtype != dtype:
@@ -118,7 +162,7 @@ def check_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None) -> Dim
     qshape = (dims.B, dims.H, dims.Nq, dims.d)
     check_like("do", do, qshape, q.dtype, "the gradient of o, shaped like q")
     check_like("o", o, qshape, q.dtype, "the forward output, shaped like q")
-    got = _shape(lse)
+    got = _shape(lse, "lse", f"{qshape[:3]} (B, H, Nq)")
     if got != qshape[:3]:
         raise ValueError(f"lse must have shape {qshape[:3]} (B, H, Nq); got {got}")
     if not _is_float_dtype(lse.dtype):

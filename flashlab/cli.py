@@ -40,11 +40,57 @@ def _cmd_io(args) -> int:
                        itemsize=args.itemsize)
     print(f"HBM traffic per head, fp{8 * args.itemsize} elements, "
           f"{'causal' if args.causal else 'non-causal'}, d = {args.head_dim} "
-          f"(MB = 1e6 bytes; Br, Bc from A1:L1 for SRAM size M)")
+          f"(MB = 1e6 bytes; each algorithm's Br x Bc for SRAM size M, rules below)")
     print(tabulate(rows, headers="keys", floatfmt=".3g"))
-    print("A0: standard attention (S, P in HBM). A1: the paper's Algorithm 1 (O_i, l_i, m_i travel "
-          "each step). F2: FlashAttention-2 order.\nThe last two columns are the Theta bounds of the "
-          "paper's Theorem 2 (standard: N d + N^2; FlashAttention: N^2 d^2 / M), constants omitted.")
+    causal = ", only the blocks the causal mask leaves" if args.causal else ""
+    print("\n".join([
+        "A0: standard attention (S, P in HBM). A1: the paper's Algorithm 1 (O_i, l_i, m_i go to "
+        "HBM and back at every (i, j) step" + ("; it visits every tile, masked or not" if causal
+                                              else "") + ").",
+        f"F2: FlashAttention-2 order (Q_i, O~_i stay on chip; K_j, V_j are read once per row "
+        f"block{causal}).",
+        "Tiles: A1 uses A1:L1, Bc = ceil(M / 4d), Br = min(Bc, d). F2 sizes its own "
+        "(hbm.f2_block_sizes): Br = ceil(M / 4d),",
+        "not capped at d, and Bc the largest that fits Q_i, O~_i, K_j, V_j, S_ij and the row "
+        "stats in M. So F2 has as many",
+        "row blocks as A1 has column blocks, and moves less than A1 at every M. At long N, "
+        "A0 / A1 is about M / 3d^2 and",
+        "A0 / F2 about M / 2d^2: flash saves traffic once M is large against d^2.",
+        "The last two columns are the Theta bounds of the paper's Theorem 2 (standard: N d + N^2; "
+        "FlashAttention: N^2 d^2 / M),",
+        "constants omitted."]))
+    return 0
+
+
+def _cmd_algorithms(args) -> int:
+    from . import algorithms
+
+    valid = ", ".join(algorithms.ALGORITHMS)
+    label, line = args.label, args.line
+    if line is not None and ":" in line:  # --line A1:L12 names its algorithm itself
+        named, line = line.split(":", 1)
+        if label is not None and named.upper() != label.upper():
+            raise UsageError(f"flashlab algorithms: --line {args.line} is not a line of {label}")
+        label = named
+    if label is not None and label.upper() not in algorithms.ALGORITHMS:
+        raise UsageError(f"flashlab algorithms: unknown algorithm {label!r}: choose {valid}")
+    if line is None:
+        chosen = [label.upper()] if label else list(algorithms.ALGORITHMS)
+        print("\n\n".join(algorithms.LISTINGS[a] for a in chosen))
+        if not label:
+            print("\nNotation, causal masking and the FLOP convention: docs/ALGORITHMS.md")
+        return 0
+    if label is None:
+        raise UsageError(f"flashlab algorithms: --line {line} needs an algorithm ({valid}), "
+                         f"e.g. flashlab algorithms A1 --line {line}")
+    label = label.upper()
+    lines = algorithms.listing_lines(label)
+    want = f"{label}:L{line.upper().lstrip('L')}"
+    if want not in lines:
+        first, last = next(iter(lines)), list(lines)[-1]
+        raise UsageError(f"flashlab algorithms: {label} has no line {line!r}: its lines are "
+                         f"{first.split(':')[1]}-{last.split(':')[1]}")
+    print(lines[want])
     return 0
 
 
@@ -79,8 +125,11 @@ def _cmd_bench(args) -> int:
         raise UsageError(f"flashlab bench: --dtype {args.dtype}: choose float32 (naive, fa1, fa2) "
                          "or float16 / bfloat16 (tc, the tensor-core kernel)")
     low = dtype != "float32"
-    kernels = args.kernels or (["tc"] if low else ["naive", "fa1", "fa2"])
-    unknown = [k for k in kernels if k not in KERNELS]
+    for name in ("batch", "heads", "tokens", "repeat"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"flashlab bench: --{name} must be >= 1, got {value}")
+    unknown = [k for k in args.kernels or () if k not in KERNELS]
     if unknown:
         raise UsageError(f"flashlab bench: --kernels {','.join(unknown)}: choose from {','.join(KERNELS)}")
     compare = []
@@ -89,39 +138,43 @@ def _cmd_bench(args) -> int:
             raise UsageError(f"flashlab bench: --compare {c}: only 'torch' is known")
         compare = (["torch-flash", "torch-cudnn"] if low else
                    ["torch-math", "torch-efficient", "torch-flash", "torch-cudnn"])
-    if gpu_available():
+    on_gpu = gpu_available()
+    # what takes this dtype where the run happens (on the CPU, 16-bit naive is lowp's yardstick)
+    takes = (("tc",) if low else ("naive", "fa1", "fa2")) if on_gpu else bench.cpu_kernels(dtype)
+    kernels = args.kernels or list(takes)
+    if not any(k in takes for k in kernels):
+        others = [k for k in KERNELS if k not in takes]
+        raise UsageError(f"flashlab bench: --kernels {','.join(kernels)}: {dtype} runs "
+                         f"{', '.join(takes)} {'here' if on_gpu else 'on the CPU'}; "
+                         f"{', '.join(others)} take{'s' if len(others) == 1 else ''} "
+                         f"--dtype {'float32' if low else 'bfloat16 (or float16)'}")
+    _check_bench_outputs(args)  # before the timing: a run is not thrown away at the end
+    if on_gpu:
         seqs = args.seq or [512, 1024, 2048, 4096, 8192, 16384]
-        if compare:
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                print("note: --compare torch: torch is not importable here; comparing nothing")
         report = bench.gpu_bench(seqs, kernels, args.head_dim, args.causal, args.backward,
-                                 args.batch, args.heads, args.tokens, repeat=args.repeat,
-                                 compare=compare, progress=_progress, dtype=dtype)
-        if sys.stderr.isatty():
-            print("\r\033[K", end="", file=sys.stderr)
-        _print_report(report, args)
+                                 args.batch, args.heads, args.tokens or 16384,
+                                 repeat=args.repeat or 10, compare=compare, progress=_progress,
+                                 dtype=dtype)
     else:
+        from .install import install_hint
+
         print("No CUDA device found (or CuPy is not installed): timing the NumPy step-throughs at "
-              "small sizes instead. On a GPU machine: pip install -e '.[cuda13]' and run again.")
-        if low:
-            print(f"note: --dtype {dtype} applies on a GPU (the tensor-core kernel 'tc'); the "
-                  "step-throughs below run in float64")
+              f"small sizes instead. On a GPU machine: {install_hint('cuda13')} and run again.")
+        if compare:
+            print("note: --compare torch applies only on a GPU (torch's CUDA attention backends); "
+                  "nothing is compared here")
         seqs = args.seq or [128, 256, 512]
         report = bench.cpu_bench(seqs, args.head_dim, args.causal, args.backward,
-                                 repeat=min(args.repeat, 3))
-        _print_report(report, args)
-        print()
-        print("HBM traffic the GPU versions of these algorithms would make, per head "
-              f"(M = {hbm.DEFAULT_SRAM} floats):")
-        print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
-                       floatfmt=".3g"))
+                                 repeat=args.repeat or 3, kernels=kernels, batch=args.batch,
+                                 heads=args.heads, tokens=args.tokens, dtype=dtype,
+                                 progress=_progress)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    # the files first, then the table: `flashlab bench --json x.json | head` still writes x.json
     if args.plot:
         from .viz import bench_plot
 
         bench_plot(report, args.plot)
-        print(f"plot written to {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.as_dict(), f, indent=1, default=str)
@@ -133,8 +186,40 @@ def _cmd_bench(args) -> int:
             w.writerow(list(report.rows[0].__dataclass_fields__) if report.rows else [])
             for r in report.rows:
                 w.writerow(list(vars(r).values()))
+    _print_report(report, args)
+    if not on_gpu:
+        print()
+        print("HBM traffic the GPU versions of these algorithms would make, per head "
+              f"(M = {hbm.DEFAULT_SRAM} floats):")
+        print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
+                       floatfmt=".3g"))
+    for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
+        if path:
+            print(f"{what} written to {path}")
     wrong = [r for r in report.rows if r.check.startswith("WRONG")]
     return 1 if wrong else 0
+
+
+def _check_bench_outputs(args):
+    """--plot, --json, --csv: fail now, not after the timing, if they cannot be written."""
+    import os
+
+    for flag, path in (("--plot", args.plot), ("--json", args.json), ("--csv", args.csv)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or os.path.isdir(path):
+            raise UsageError(f"flashlab bench: {flag} {path}: "
+                             + ("is a directory" if os.path.isdir(path) else
+                                f"no such directory {folder}"))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            from .install import install_hint
+
+            raise EnvironmentError("flashlab bench --plot needs matplotlib (the 'plot' extra): "
+                                   f"{install_hint('plot')}") from None
 
 
 def _bug_names():
@@ -205,14 +290,140 @@ def _cmd_trace(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from .cuda_kernel_ops import gpu_available, nvrtc_compile
+    """Compile a user's .cu file for --algorithm and, on a GPU, compare it tile by tile with the
+    step-through. Exit 0: compiled (and, on a GPU, every step matched); 1: it does not compile,
+    lacks the algorithm's kernels, diverges, or NVRTC is missing; 2: a bad argument."""
+    import re
+    from pathlib import Path
 
-    if not gpu_available():
-        log = nvrtc_compile(args.algorithm, "sm_80", source=args.file)
-        print(f"{args.file} compiles with NVRTC for sm_80" + (f":\n{log}" if log else "."))
-        print("No CUDA device found: the tile-by-tile check needs a GPU.")
+    from . import cuda_kernel_ops as ops
+
+    alg, path = args.algorithm, Path(args.file)
+    direction = "backward" if args.backward else "forward"
+    if path.is_dir():
+        inside = sorted(f.name for f in path.glob("*.cu"))
+        raise UsageError(f"flashlab check: {args.file} is a directory; give one .cu file"
+                         + (f" in it ({', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''})"
+                            if inside else ""))
+    if not path.exists():
+        raise UsageError(f"flashlab check: {args.file}: no such file")
+    if path.suffix != ".cu":
+        raise UsageError(f"flashlab check: {args.file} is not a .cu file; give the CUDA C file "
+                         f"that defines your kernels, e.g. my_{alg}.cu")
+    try:
+        src = ops.kernel_source(alg, path=path)
+    except UnicodeDecodeError:
+        raise UsageError(f"flashlab check: {args.file} (or a header it includes) is not a UTF-8 "
+                         "text file") from None
+    except OSError as e:
+        raise EnvironmentError(f"flashlab check: cannot read {args.file}: {e}") from None
+    name = path.name
+
+    # the kernels the launcher looks up by name, before the compiler sees them missing
+    wanted = ops.required_kernels(alg)
+    absent = ops.missing_kernels(alg, src)
+    if len(absent) == len(wanted):
+        msg = f"{name} defines none of {alg}'s kernels ({', '.join(wanted)})"
+        alike = []
+        for other in ("fa1", "fa2", "tc", "tc90", "naive"):
+            has = [k for k in ops.required_kernels(other)
+                   if k not in ops.missing_kernels(other, src)]
+            if other != alg and has:
+                alike.append((len(has), other, has))
+        if alike:
+            _, other, has = max(alike, key=lambda t: t[0])
+            msg += f"; it looks like {other} (defines {', '.join(has)})"
+            choices = ("fa1", "fa2")
+            msg += (f": try --algorithm {other}" if other in choices else
+                    f", which flashlab check does not take (--algorithm {' or '.join(choices)})")
+        else:
+            msg += f"; define them as kernels/{alg}.cu does, with the same signatures"
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    lacking = ops.missing_kernels(alg, src, direction)
+    if lacking:
+        have = [k for k in wanted if k not in absent]
+        other = "forward" if direction == "backward" else "backward"
+        print(f"error: {name} does not define {', '.join(lacking)}, which the {alg} {direction} "
+              f"pass launches (it defines {', '.join(have)}: check the {other} pass with "
+              f"{'no --backward' if other == 'forward' else '--backward'})", file=sys.stderr)
+        return 1
+
+    def compile_failed(text, where):
+        """The compiler's first few errors, file:line first, then how many more."""
+        diags = ops.compile_diagnostics(text)
+        errors = [d for d in diags if d["kind"] != "warning" and d["file"] != "__nv_name_map"]
+        # the launcher's instantiations the file's templates cannot take, as NVRTC reports them
+        # (in its name map, twice each): said once, with our template's parameters
+        unmatched = list(dict.fromkeys(
+            re.sub(r"\s+", "", c.split("nv_mangled_name", 1)[1]).replace(",", ", ")
+            for d in diags if d["file"] == "__nv_name_map" for c in d["context"][:1]
+            if "nv_mangled_name" in c))
+        warnings = sum(d["kind"] == "warning" for d in diags)
+        count = len(errors) + len(unmatched)
+        print(f"error: {name} failed to compile with {where}"
+              + (f": {count} error{'s' * (count != 1)}" if count else ""), file=sys.stderr)
+        if not count:  # a log in no format we know: show it whole
+            print(text, file=sys.stderr)
+            return 1
+        shown = 3
+        for d in errors[:shown]:
+            print(f"{d['file']}:{d['line']}: {d['kind']}: {d['message']}", file=sys.stderr)
+            for line in d["context"]:
+                print(line, file=sys.stderr)
+        if unmatched:
+            templates = list(dict.fromkeys(u.split("<")[0] for u in unmatched))
+            ours = ops.kernel_source(alg)
+            params = [m[1] for t in templates for m in [re.search(
+                rf"template\s*<([^>]*)>\s*__global__[^;{{]*?\b{t}\s*\(", ours)] if m]
+            print(f"{name}: error: {', '.join(templates)} cannot be instantiated as the {alg} "
+                  f"launcher does ({unmatched[0]}"
+                  + (f" and {len(unmatched) - 1} more" if len(unmatched) > 1 else "") + "): keep "
+                  + (f"the template parameters <{'>, <'.join(dict.fromkeys(params))}> "
+                     if params else "the template parameters ")
+                  + f"of kernels/{alg}.cu", file=sys.stderr)
+        more = len(errors) - shown
+        also = f"{warnings} warning{'s' * (warnings != 1)}" if warnings else ""
+        if more > 0:
+            print(f"... {more} more error{'s' * (more != 1)}" + (f" and {also}" if also else ""),
+                  file=sys.stderr)
+        elif also:
+            print(f"({also} not shown)", file=sys.stderr)
+        return 1
+
+    if not ops.gpu_available():
+        # the instantiations of the templates the file defines (a forward-only file compiles)
+        names = tuple(n for n in ops.instantiations(alg) if n.split("<")[0] not in absent)
+        try:
+            log = ops.nvrtc_compile(alg, "sm_80", source=path, name_expressions=names)
+        except ImportError as e:
+            print(f"error: flashlab check compiles {name} with NVRTC, and {e}", file=sys.stderr)
+            return 1
+        except ops.KernelCompileError as e:
+            return compile_failed(getattr(e, "log", str(e)), "NVRTC for sm_80")
+        warnings = [d for d in ops.compile_diagnostics(log) if d["kind"] == "warning"]
+        defined = ", ".join(k for k in wanted if k not in absent)
+        print(f"{name} compiles with NVRTC for sm_80 ({defined})"
+              + (f", with {len(warnings)} warning{'s' * (len(warnings) != 1)}:" if warnings else
+                 ":\n" + log if log else "."))
+        for d in warnings[:3]:
+            print(f"{d['file']}:{d['line']}: warning: {d['message']}")
+            for line in d["context"]:
+                print(line)
+        if len(warnings) > 3:
+            print(f"... {len(warnings) - 3} more warnings")
+        if absent:
+            print(f"note: {name} does not define {', '.join(absent)}, so the pass that launches "
+                  f"{'it' if len(absent) == 1 else 'them'} cannot be checked")
+        print("Only compilation was checked: no CUDA device was found (or CuPy is not installed), "
+              "so the kernels did not run and their results were not compared with the "
+              "step-through. On a machine with a CUDA GPU the same command checks them tile by "
+              "tile.")
         return 0
-    return _run_trace(args, args.algorithm, source=args.file)
+    try:
+        return _run_trace(args, alg, source=path)
+    except ops.KernelCompileError as e:
+        return compile_failed(str(e), "CuPy (NVRTC)")
 
 
 def _cmd_info(args) -> int:
@@ -229,7 +440,9 @@ def _cmd_info(args) -> int:
     try:
         import cupy as cp
     except ImportError:
-        print("CuPy: not installed (pip install -e '.[cuda13]'); NumPy inputs run the references")
+        from .install import install_hint
+
+        print(f"CuPy: not installed ({install_hint('cuda13')}); NumPy inputs run the references")
         print("kernels that run here: none")
         return 0
     print(f"CuPy {cp.__version__}; kernel cache: "
@@ -312,8 +525,10 @@ def _cmd_train(args) -> int:
         from .cuda_kernel_ops import gpu_available
 
         if not gpu_available():
+            from .install import install_hint
+
             raise EnvironmentError("flashlab train --device gpu needs CuPy and a CUDA GPU, and "
-                                   "none was found (pip install -e '.[cuda13]'); use --device cpu")
+                                   f"none was found ({install_hint('cuda13')}); use --device cpu")
     kinds = ["flash", "standard"] if args.compare else [args.attention]
     config = dict(steps=args.steps, batch=args.batch, seq=args.seq, layers=args.layers,
                   heads=args.heads, dim=args.dim, lr=args.lr, seed=args.seed, device=args.device)
@@ -372,7 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flashlab", description="Learn FlashAttention by running it.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="examples:\n  flashlab bench\n  flashlab io --seq 1k,4k,16k --head-dim 64\n"
-                       "  flashlab trace --kernel fa1 --inject-bug no-rescale --seq 600\n  flashlab info\n")
+                       "  flashlab trace --kernel fa1 --inject-bug no-rescale --seq 600\n  flashlab info\n"
+                       "  flashlab algorithms A1    # the listing code and messages cite (A1:L12)\n")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"flashlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     io = sub.add_parser(
@@ -389,27 +608,46 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bytes per element (default 4, fp32)")
     io.set_defaults(func=_cmd_io)
 
+    al = sub.add_parser(
+        "algorithms", help="print the line-numbered algorithm listings the code cites (A1:L12, ...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  flashlab algorithms            (all five)\n  flashlab algorithms A1\n"
+               "  flashlab algorithms A1 --line L12\n"
+               "The same text with notation and notes: docs/ALGORITHMS.md\n")
+    al.add_argument("label", nargs="?", default=None, metavar="A0|A1|B1|F2|G2",
+                    help="which algorithm (default all)")
+    al.add_argument("--line", default=None, metavar="L12", help="print only this line")
+    al.set_defaults(func=_cmd_algorithms)
+
     b = sub.add_parser(
         "bench", help="speedup table: every kernel against standard attention (GPU; CPU fallback)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  flashlab bench\n  flashlab bench --seq 1k,4k --head-dim 128 --causal "
-               "--backward --compare torch --json out.json\n")
+               "--backward --compare torch --json out.json\n"
+               "  flashlab bench --dtype bf16 --batch 2 --heads 4   # CPU: the tc step-through\n"
+               "Without a GPU the NumPy step-throughs are timed instead: --kernels picks them\n"
+               "(naive, fa1, fa2 in float32; naive, tc in float16 / bfloat16), --batch, --heads\n"
+               "and --tokens shape the inputs (default B = H = 1), and --compare needs a GPU.\n")
     b.add_argument("--seq", type=_int_list, default=None,
                    help="sequence lengths (GPU default 512..16k; CPU default 128,256,512)")
-    b.add_argument("--batch", type=int, default=None, help="batch B (default tokens / N)")
-    b.add_argument("--heads", type=int, default=None, help="heads H (default 2048 / d)")
-    b.add_argument("--tokens", type=int, default=16384, help="B * N when --batch is not given")
+    b.add_argument("--batch", type=int, default=None,
+                   help="batch B (default tokens / N; CPU: 1 unless --tokens is given)")
+    b.add_argument("--heads", type=int, default=None, help="heads H (default 2048 / d; CPU: 1)")
+    b.add_argument("--tokens", type=int, default=None,
+                   help="B * N when --batch is not given (GPU default 16384)")
     b.add_argument("--head-dim", type=int, default=64, help="head dim d (default 64)")
     b.add_argument("--dtype", default="float32",
                    help="float32 (naive, fa1, fa2; default) or float16 / bfloat16 (tc, against "
                         "torch's flash and cuDNN backends with --compare torch)")
     b.add_argument("--causal", action="store_true")
     b.add_argument("--backward", action="store_true", help="time the backward pass too")
-    b.add_argument("--kernels", type=lambda t: t.split(","), default=None,
-                   help="comma-separated (default naive,fa1,fa2; tc with --dtype float16/bfloat16)")
+    b.add_argument("--kernels", type=lambda t: list(dict.fromkeys(k.strip() for k in t.split(","))),
+                   default=None, help="comma-separated (default naive,fa1,fa2; tc with --dtype "
+                                      "float16/bfloat16, and naive,tc on the CPU)")
     b.add_argument("--compare", action="append", default=[], metavar="torch",
                    help="also time torch's scaled_dot_product_attention backends")
-    b.add_argument("--repeat", type=int, default=10, help="timed calls per entry (median)")
+    b.add_argument("--repeat", type=int, default=None,
+                   help="timed calls per entry, median (default 10; CPU: 3)")
     b.add_argument("--json", metavar="FILE", help="write the table and header as JSON")
     b.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
     b.add_argument("--plot", metavar="FILE.png", help="speedup and memory against N (matplotlib)")
@@ -427,11 +665,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_trace)
 
     c = sub.add_parser(
-        "check", help="compile your own kernel source and check it tile by tile (GPU)",
+        "check", help="compile your own kernel source and check it tile by tile (GPU; "
+                      "without one, compilation only)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  flashlab check my_fa1.cu --algorithm fa1 --seq 300 --causal\n"
                "The file must define the kernels of kernels/<algorithm>.cu with the same\n"
-               "signatures (it may #include \"common.cuh\").\n")
+               "signatures (it may #include \"common.cuh\": the one beside it, else flashlab's).\n"
+               "On a GPU it runs the file's trace build and compares every tile step with the\n"
+               "step-through (exit 0: all steps match). Without a GPU it only compiles the file\n"
+               "with NVRTC (flashlab's nvrtc extra); exit 0 then means it compiles, not that it\n"
+               "is right. Exit 1: it does not compile, lacks a kernel, or a step diverges.\n")
     c.add_argument("file", help="a .cu file")
     c.add_argument("--algorithm", required=True, choices=("fa1", "fa2"),
                    help="whose launch contract and step-through to use")
@@ -497,6 +740,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command; returns its exit code (0 ok, 1 failed or environment, 2 usage, 141 when
+    stdout's reader went away, as `flashlab bench | head` does)."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # inside the try, so a reader that left is seen here and not at interpreter exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Stop quietly, as cat or seq do when killed by SIGPIPE; 141 = 128 + SIGPIPE is their
+        # status too, so `set -o pipefail` scripts see flashlab as they see any other tool, and a
+        # cut-short run does not claim the 0 of a complete one. stdout goes to devnull so that
+        # Python's own flush at exit does not complain about the same pipe.
+        try:
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+            pass
+        return 141
+
+
+def _main(argv) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -506,15 +772,21 @@ def main(argv=None) -> int:
         if getattr(args, "head_dim", 1) < 1:
             raise UsageError(f"flashlab {args.command}: --head-dim must be >= 1, got {args.head_dim}")
         return args.func(args)
+    except BrokenPipeError:  # an OSError, but no error of the command: main() ends quietly
+        raise
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (EnvironmentError, RuntimeError, FileNotFoundError) as e:
+    except (EnvironmentError, RuntimeError, ImportError, MemoryError) as e:
+        # a missing package or device, a failed compile or launch: one line, what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

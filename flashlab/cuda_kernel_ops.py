@@ -56,7 +56,9 @@ TC_BACKWARD = {32: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2),
 #   both:     MINB thread blocks per multiprocessor the compiler must fit in registers
 TC90_FORWARD = {64: dict(BC=64, NWG=2, MINB=2), 128: dict(BC=64, NWG=1, MINB=2)}
 TC90_BACKWARD = {64: dict(BR=128, BC=128, QS=2, MINB=1), 128: dict(BR=64, BC=128, QS=2, MINB=1)}
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+# A local include on a line of its own (a trailing // comment allowed). Only spaces and tabs
+# around it: \s would match newlines too, and inlining would then shift the lines that follow.
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"[ \t]*(?://[^\n]*)?$', re.M)
 
 
 class KernelCompileError(RuntimeError):
@@ -93,23 +95,42 @@ def kernel_files() -> list[Path]:
     return sorted(kernel_dir().glob("*.cu"))
 
 
-def expand_includes(path: Path, _seen=None) -> str:
-    """The source of `path` with each local #include "x.cuh" replaced by x.cuh's own text."""
-    _seen = set() if _seen is None else _seen
+def expand_includes(path: Path, _seen=None, fallback: Path | None = None, _name=None) -> str:
+    """The source of `path` with each local #include "x.cuh" replaced by x.cuh's own text.
+
+    Each inlined header is preceded by `#line 1 "x.cuh"` and followed by `#line N "file"`, and
+    the whole text starts with `#line 1 "file"`, so compiler messages name the file and line
+    they come from, whatever the compiler calls the program. No line of `path` is dropped or
+    added (the #include line itself becomes the `#line N` line). A header that is not beside
+    the file including it is looked for in `fallback` (a user's lone file gets kernels/'s
+    common.cuh) and is then named by its full path. A header seen before is left out
+    (#pragma once)."""
+    top = _seen is None
+    _seen = set() if top else _seen
     text = path.read_text()
+    name = _name or path.name
+
+    def quoted(n):
+        return '"' + str(n).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     def inline(match):
-        header = path.parent / match.group(1)
-        if not header.exists():
+        header, header_name = path.parent / match.group(1), match.group(1)
+        if not header.is_file() and fallback is not None and (fallback / match.group(1)).is_file():
+            header = fallback / match.group(1)
+            header_name = str(header)
+        if not header.is_file():
             return match.group(0)  # a system header: NVRTC finds it or says so
-        if header in _seen:
-            return ""  # #pragma once
-        _seen.add(header)
-        line = text[: match.start()].count("\n") + 2
-        body = expand_includes(header, _seen)
-        return f'#line 1 "{header.name}"\n{body}\n#line {line} "{path.name}"'
+        seen = header.resolve()
+        if seen in _seen:
+            return ""  # #pragma once; the line stays, empty
+        _seen.add(seen)
+        after = text.count("\n", 0, match.start()) + 2  # the line after the #include
+        body = expand_includes(header, _seen, fallback, header_name)
+        end = "" if body.endswith("\n") else "\n"
+        return f"#line 1 {quoted(header_name)}\n{body}{end}#line {after} {quoted(name)}"
 
-    return _INCLUDE.sub(inline, text)
+    out = _INCLUDE.sub(inline, text)
+    return f"#line 1 {quoted(name)}\n{out}" if top else out
 
 
 # ----------------------------------------------------------------------------- planted bugs
@@ -206,11 +227,8 @@ def _read_source(kernel: str, bug: str | None, path) -> str:
     path = Path(path) if user else kernel_dir() / f"{kernel}.cu"
     if user and not path.is_file():
         raise ValueError(f"kernel source {path} does not exist")
-    src = expand_includes(path)
-    if user and not (path.parent / "common.cuh").exists() and "common.cuh" in src:
-        # a student's file next to nothing: inline our header for it
-        src = _INCLUDE.sub(lambda m: expand_includes(kernel_dir() / m.group(1))
-                           if m.group(1) == "common.cuh" else m.group(0), src)
+    # a user's file next to nothing gets our headers (common.cuh) for its #include lines
+    src = expand_includes(path, fallback=kernel_dir() if user else None)
     if bug is not None:
         b = BUGS.get(bug) or HUNT.get(bug)
         if b is None:
@@ -263,20 +281,105 @@ def instantiations(kernel: str) -> tuple:
                  for D in FA2_HEAD_DIMS for B in (16, 32, 64))
 
 
+def required_kernels(kernel: str, direction: str | None = None) -> tuple:
+    """The kernels the launcher of `kernel` looks up by name, for one pass ("forward",
+    "backward") or both (None): extern "C" names, and the templates whose instantiations()
+    it compiles (by their plain names). A user's source for `kernel` must define them."""
+    launched = {"naive": (("naive_matmul", "naive_softmax"),
+                          ("naive_matmul", "naive_softmax", "naive_dsoftmax")),
+                "fa1": (("fa1_forward",), ("fa1_backward",)),
+                "fa2": (("fa2_forward",), ("fa2_backward", "fa2_backward_dot")),
+                "tc": (("tc_forward",), ("tc_backward", "tc_backward_dot", "tc_backward_dq")),
+                "tc90": (("tc90_forward",), ("tc90_backward", "tc_backward_dot",
+                                             "tc_backward_dq"))}
+    if kernel not in launched:
+        raise ValueError(f"kernel must be one of {', '.join(launched)}, got {kernel!r}")
+    fwd, bwd = launched[kernel]
+    if direction is None:
+        return tuple(dict.fromkeys(fwd + bwd))
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    return fwd if direction == "forward" else bwd
+
+
+_GLOBAL = re.compile(r"\b__global__\s+(?:__launch_bounds__\s*\((?:[^()]|\([^()]*\))*\)\s*|\w+\s+)*"
+                     r"(\w+)\s*\(")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def defined_kernels(source: str) -> set:
+    """The names of the __global__ functions (extern "C" or templates) a source defines or
+    declares, comments left out."""
+    names = set(_GLOBAL.findall(_COMMENT.sub(" ", source)))
+    names.discard("__launch_bounds__")
+    return names
+
+
+def missing_kernels(kernel: str, source: str, direction: str | None = None) -> tuple:
+    """required_kernels(kernel, direction) that `source` does not define. Lenient: a name
+    the source uses as `name(` or `name<` outside comments counts as defined (a macro may
+    define it), so the compiler, not this, has the last word."""
+    code = _COMMENT.sub(" ", source)
+    defined = defined_kernels(source)
+    return tuple(n for n in required_kernels(kernel, direction) if n not in defined
+                 and not re.search(rf"\b{n}\s*[(<]", code))
+
+
+_DIAGNOSTIC = re.compile(r"^(?P<file>[^\n]+?)\((?P<line>\d+)\): (?P<kind>catastrophic error|error|"
+                         r"warning)(?: #[\w-]+)?: (?P<message>[^\n]*)$", re.M)
+
+
+def compile_diagnostics(log: str) -> list:
+    """NVRTC's (or CuPy's) compiler log as a list of dicts: file, line, kind ("error",
+    "warning", "catastrophic error"), message and context (the source line and caret that
+    follow it, as the compiler printed them)."""
+    found = list(_DIAGNOSTIC.finditer(log))
+    out = []
+    for n, m in enumerate(found):
+        end = found[n + 1].start() if n + 1 < len(found) else len(log)
+        context = []
+        for text in log[m.end():end].split("\n")[1:]:
+            if not text.strip() or re.match(r"\d+ errors? detected|Remark:", text.strip()):
+                break
+            context.append(text.rstrip())
+        out.append({"file": m["file"], "line": int(m["line"]), "kind": m["kind"],
+                    "message": m["message"].strip(), "context": context})
+    return out
+
+
 def nvrtc_compile(kernel: str, arch: str, trace: bool = False, bug: str | None = None,
                   name_expressions: tuple | None = None, source=None) -> str:
     """Compile kernels/<kernel>.cu to PTX with NVRTC for `arch` (e.g. "sm_75"); no GPU needed.
 
-    Uses the cuda-bindings package (pip install -e '.[nvrtc]'). Returns the compiler log;
-    raises KernelCompileError with that log when NVRTC refuses the source.
+    Uses the cuda-bindings package (flashlab's nvrtc extra). Returns the compiler log;
+    raises KernelCompileError with that log (also as its .log) when NVRTC refuses the source,
+    and ImportError (a ModuleNotFoundError without cuda-bindings) with the install command when
+    NVRTC is missing. source: a user's file, whose name the program (and the log) takes.
     """
-    from cuda.bindings import nvrtc
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as e:
+        from .install import install_hint
+
+        raise ModuleNotFoundError(
+            "NVRTC is not installed (compiling a kernel without a GPU needs flashlab's nvrtc "
+            f"extra: cuda-bindings and nvidia-cuda-nvrtc): {install_hint('nvrtc')}",
+            name=e.name) from e
 
     src = kernel_source(kernel, bug, source).encode()
     names = instantiations(kernel) if name_expressions is None else name_expressions
-    err, prog = nvrtc.nvrtcCreateProgram(src, f"{kernel}.cu".encode(), 0, [], [])
+    program = Path(source).name if source is not None else f"{kernel}.cu"  # as #line names it
+    try:
+        err, prog = nvrtc.nvrtcCreateProgram(src, program.encode(), 0, [], [])
+    except Exception as e:  # cuda-bindings without the library: DynamicLibNotFoundError
+        if "nvrtc" not in f"{type(e).__name__} {e}".lower():
+            raise
+        from .install import install_hint
+
+        raise ImportError("NVRTC's library was not found (cuda-bindings is installed, "
+                          f"nvidia-cuda-nvrtc is not): {install_hint('nvrtc')}; {e}") from e
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise KernelCompileError(f"nvrtcCreateProgram({kernel}.cu) failed: {err}")
+        raise KernelCompileError(f"nvrtcCreateProgram({program}) failed: {err}")
     try:
         for name in names:
             nvrtc.nvrtcAddNameExpression(prog, name.encode())
@@ -288,8 +391,10 @@ def nvrtc_compile(kernel: str, arch: str, trace: bool = False, bug: str | None =
         nvrtc.nvrtcGetProgramLog(prog, log)
         log = log.decode(errors="replace").rstrip("\x00 \n")
         if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise KernelCompileError(f"kernel {kernel!r} failed to compile for {arch} "
-                                     f"(trace={trace}, bug={bug}):\n{log}")
+            error = KernelCompileError(f"kernel {kernel!r} failed to compile for {arch} "
+                                       f"(trace={trace}, bug={bug}):\n{log}")
+            error.log = log  # the compiler's log alone (compile_diagnostics reads it)
+            raise error
         return log
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
@@ -301,8 +406,9 @@ def _cupy():
     try:
         import cupy
     except ImportError as e:  # pragma: no cover - depends on the machine
+        from .install import install_hint
         raise RuntimeError(
-            "the CUDA kernels need CuPy: pip install -e '.[cuda13]' (or '[cuda12]'); "
+            f"the CUDA kernels need CuPy: {install_hint('cuda13')} (or the cuda12 extra); "
             "NumPy inputs run the references without it") from e
     return cupy
 
@@ -515,8 +621,9 @@ def _check_sizes(kernel: str, dims: Dims):
 def _check_head_dim(kernel: str, d: int):
     if kernel == "tc" and d not in TC_HEAD_DIMS:
         raise ValueError(f"head_dim {d} is not supported by kernel 'tc' (supported: "
-                         f"{', '.join(map(str, TC_HEAD_DIMS))}); pad the head dim, or use "
-                         f"kernel='fa1' in float32")
+                         f"{', '.join(map(str, TC_HEAD_DIMS))}); pad the head dim to one of "
+                         f"those, or use kernel='auto' (runs fa2 or fa1 on float32 copies), or "
+                         f"kernel='fa1' on float32 inputs (any d up to {FA1_MAX_HEAD_DIM})")
     if kernel == "fa2" and d not in FA2_HEAD_DIMS:
         raise ValueError(f"head_dim {d} is not supported by kernel 'fa2' (supported: "
                          f"{', '.join(map(str, FA2_HEAD_DIMS))}); use kernel='fa1' "
@@ -636,7 +743,8 @@ def plan(kernel: str, d: int, direction: str, smem_bytes: int, variant: str = "m
         p = tc_plan(d, direction, variant=variant)
         if p["smem"] > smem_bytes:
             raise ValueError(f"kernel 'tc' at head_dim {d} needs {p['smem']} bytes of shared "
-                             f"memory per block; this GPU allows {smem_bytes}")
+                             f"memory per block; this GPU allows {smem_bytes}: use kernel='fa2' "
+                             f"or 'fa1' on float32 inputs (x.astype(cupy.float32))")
         return p
     if kernel == "fa1":
         Br, Bc = fa1_blocks(d, smem_bytes, direction)

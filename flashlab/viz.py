@@ -33,7 +33,8 @@ def _pyplot():
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise RuntimeError("plots need matplotlib: pip install -e '.[plot]'") from e
+        from .install import install_hint
+        raise RuntimeError(f"plots need matplotlib: {install_hint('plot')}") from e
     return plt
 
 
@@ -94,52 +95,95 @@ def bench_plot(report, path: str) -> None:
 
 # ----------------------------------------------------------------------------- notebook 1
 
-def traffic_plot(seqs, d: int = 64, sram=None, itemsize: int = 4, measured=None):
+def traffic_plot(seqs, d: int = 64, sram=None, itemsize: int = 4, measured=None, srams=None):
     """HBM traffic and extra memory of standard attention (A0), Algorithm 1 (A1) and the
-    FlashAttention-2 order (F2) against N, per head, from the closed forms in flashlab.hbm.
+    FlashAttention-2 order (F2), per head, from the closed forms in flashlab.hbm.
 
-    measured: optional {"A0": [(N, elements), ...], ...} counted by a MemoryCounter; drawn as
-    markers on the closed-form lines they should sit on.
+    Left: traffic against N at an SRAM of `sram` floats (default hbm.DEFAULT_SRAM), each
+    algorithm with its own tiles (A1:L1 for A1, hbm.f2_block_sizes for F2). All three grow as
+    N^2 at a fixed M, so the lines are parallel on these axes; middle: how many times fewer bytes
+    than A0 each flash variant moves at the longest N, against M (`srams`, default 2k..128k
+    floats): about M / 3d^2 for A1 and M / 2d^2 for F2, below 1 where flash moves more. Right:
+    the extra memory each needs beyond Q, K, V and O.
+
+    measured: optional {"A0": [(N, elements), ...], ...} counted by a MemoryCounter (at the
+    same M); drawn as circles on the closed-form lines they should sit on.
     """
     from . import hbm
 
     plt = _pyplot()
     M = hbm.DEFAULT_SRAM if sram is None else sram
     Br, Bc = hbm.block_sizes(d, M)
+    fBr, fBc = hbm.f2_block_sizes(d, M)
     seqs = sorted(seqs)
     mb = itemsize / 1e6
-    lines = {
-        "A0 standard attention": [hbm.a0_traffic(1, 1, N, N, d).total * mb for N in seqs],
-        "A1 FlashAttention (Algorithm 1)": [hbm.a1_traffic(1, 1, N, N, d, Br, Bc).total * mb
-                                            for N in seqs],
-        "F2 FlashAttention-2 order": [hbm.f2_traffic(1, 1, N, N, d, Br, Bc).total * mb
-                                      for N in seqs],
-    }
-    extra = {
-        "A0: S and P (2 N^2)": [2 * N * N * mb for N in seqs],
-        "A1: l and m (2 N)": [2 * N * mb for N in seqs],
-        "F2: L (N)": [N * mb for N in seqs],
-    }
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = ["tab:red", "tab:purple", "tab:green"]
-    for (name, ys), color in zip(lines.items(), colors):
-        ax1.plot(seqs, ys, "-", color=color, label=name)
+
+    def totals(N, m):
+        return (hbm.a0_traffic(1, 1, N, N, d).total,
+                hbm.a1_traffic(1, 1, N, N, d, *hbm.block_sizes(d, m)).total,
+                hbm.f2_traffic(1, 1, N, N, d, *hbm.f2_block_sizes(d, m)).total)
+
+    per_n = [totals(N, M) for N in seqs]
+    styles = {  # colour, line style, marker: told apart even where two lines lie close
+        "A0": ("tab:red", "-", "s"), "A1": ("tab:purple", "--", "^"),
+        "F2": ("tab:green", "-.", "D")}
+    names = {"A0": "A0 standard attention", "A1": f"A1 Algorithm 1 ({Br} x {Bc} tiles)",
+             "F2": f"F2 FlashAttention-2 order ({fBr} x {fBc} tiles)"}
+    fig, (ax1, axr, ax2) = plt.subplots(1, 3, figsize=(16, 4.6))
+    for k, key in enumerate(("A0", "A1", "F2")):
+        color, ls, marker = styles[key]
+        ax1.plot(seqs, [t[k] * mb for t in per_n], ls, color=color, marker=marker, ms=5, lw=1.6,
+                 label=names[key])
     ax1.plot(seqs, [hbm.theta_standard(N, d) * mb for N in seqs], ":", color="tab:red", lw=1,
              label="N d + N^2 (bound, standard)")
     ax1.plot(seqs, [hbm.theta_flash(N, d, M) * mb for N in seqs], ":", color="tab:purple", lw=1,
              label="N^2 d^2 / M (bound, flash)")
-    by_key = {"A0": colors[0], "A1": colors[1], "F2": colors[2]}
     for key, pts in (measured or {}).items():
-        color = by_key.get(str(key)[:2], "k")
+        color = styles.get(str(key)[:2], ("k",))[0]
         if pts:
             xs, ys = zip(*pts)
-            ax1.plot(xs, [y * mb for y in ys], "o", color=color, mfc="none",
+            ax1.plot(xs, [y * mb for y in ys], "o", color=color, mfc="none", ms=9, mew=1.4,
                      label=f"{key} counted by MemoryCounter")
-    for (name, ys), color in zip(extra.items(), colors):
-        ax2.plot(seqs, ys, "-", color=color, label=name)
-    ax1.set_title(f"HBM traffic per head (d = {d}, M = {M} floats, Br x Bc = {Br} x {Bc})",
-                  fontsize=10)
+    N = seqs[-1]
+    a0, a1, f2 = per_n[-1]
+    ax1.text(0.97, 0.04, f"at N = {N}: A0 moves {a0 / a1:.1f}x the bytes of A1,\n"
+             f"{a0 / f2:.1f}x those of F2", transform=ax1.transAxes, ha="right", va="bottom",
+             fontsize=8, bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    ax1.set_title(f"HBM traffic per head (d = {d}, M = {M} floats)", fontsize=10)
     ax1.set_ylabel(f"MB read + written (fp{8 * itemsize})")
+
+    ms = sorted({int(m) for m in srams or [2048 * 2 ** (k / 2) for k in range(11)]}
+                | {M, hbm.DEFAULT_SRAM})
+    ratio = [totals(N, m) for m in ms]
+    for k, key in ((1, "A1"), (2, "F2")):
+        color, ls, marker = styles[key]
+        axr.plot(ms, [t[0] / t[k] for t in ratio], ls, color=color, marker=marker, ms=4,
+                 label=f"A0 / {key}")
+    axr.plot(ms, [hbm.theta_standard(N, d) / hbm.theta_flash(N, d, m) for m in ms], ":",
+             color="gray", lw=1, label="ratio of the bounds, about M / d^2")
+    axr.axhline(1.0, color="black", lw=0.8, label="1: flash moves as many bytes as A0")
+    marks = {M: "left panel"}
+    marks.setdefault(hbm.DEFAULT_SRAM, "the references' default")
+    for m, why in marks.items():
+        axr.axvline(m, color="gray", lw=0.8, ls="--")
+        axr.annotate(f"M = {m}\n({why})", (m, 1.0), xytext=(4, -28), textcoords="offset points",
+                     fontsize=7, color="dimgray")
+    axr.set_xscale("log", base=2)
+    axr.set_yscale("log")
+    axr.set_xlabel("SRAM size M (floats)")
+    axr.set_ylabel("A0's bytes / flash's bytes")
+    axr.set_title(f"how many times fewer bytes than A0 (N = {N}, d = {d})", fontsize=10)
+    axr.grid(True, alpha=0.3)
+    axr.legend(fontsize=7, loc="upper left")
+
+    extra = {
+        "A0: S and P (2 N^2)": [2 * n * n * mb for n in seqs],
+        "A1: l and m (2 N)": [2 * n * mb for n in seqs],
+        "F2: L (N)": [n * mb for n in seqs],
+    }
+    for (name, ys), key in zip(extra.items(), ("A0", "A1", "F2")):
+        color, ls, marker = styles[key]
+        ax2.plot(seqs, ys, ls, color=color, marker=marker, ms=5, label=name)
     ax2.set_title("extra HBM memory per head, beyond Q, K, V, O", fontsize=10)
     ax2.set_ylabel("MB")
     for ax in (ax1, ax2):
@@ -361,8 +405,11 @@ def _traffic_panel(ax, traffic, names):
     ax.tick_params(axis="x", labelsize=6)
     total = sum(r) + sum(w)
     title = f"HBM traffic so far: {total:,} elements"
-    if getattr(traffic, "sram_peak", 0):
-        title += f"\n(peak SRAM so far: {traffic.sram_peak:,})"
+    peak = getattr(traffic, "sram_peak", 0)
+    if peak:  # elements one thread block held on chip at once (hbm.MemoryCounter.hold)
+        size = getattr(traffic, "itemsize", 0)
+        title += f"\npeak SRAM so far: {peak:,} elements" + (f" ({peak * size:,} bytes)"
+                                                              if size else "")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 

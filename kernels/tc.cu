@@ -1,6 +1,6 @@
 /* tc.cu: F2 and G2 on tensor cores. fp16 or bf16 Q, K, V, dO; fp32 accumulation. sm_80 and newer.
  *
- * The same algorithms as fa2.cu (ALGORITHMS.md F2, G2), rewritten for mma.sync.m16n8k16:
+ * The same algorithms as fa2.cu (docs/ALGORITHMS.md F2, G2), rewritten for mma.sync.m16n8k16:
  *
  *   - a warp, not a thread, is the unit of work: it owns 16-row slabs of a tile and computes
  *     16 x 8 pieces of a product with one tensor-core instruction (mma.sync);

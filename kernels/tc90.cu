@@ -1,7 +1,7 @@
 /* tc90.cu: F2 and G2 on Hopper's warpgroup tensor-core instructions (wgmma, sm_90a only).
  *
- * The same algorithms and the same roundings as tc.cu (ALGORITHMS.md F2, G2); what changes is who
- * multiplies and where the operands come from:
+ * The same algorithms and the same roundings as tc.cu (docs/ALGORITHMS.md F2, G2); what changes
+ * is who multiplies and where the operands come from:
  *
  *   - a warpgroup (4 consecutive warps, 128 threads), not a warp, issues each product: one wgmma
  *     computes a 64 x N piece (N up to 128) of a product, 16 steps of the inner dimension at a time,

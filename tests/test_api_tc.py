@@ -81,3 +81,44 @@ def test_lowp_conversions_round_to_nearest_even():
     np.testing.assert_array_equal(lowp.round_to(x, "float16"), x.astype(np.float16).astype(np.float32))
     with pytest.raises(ValueError, match="dtype must be float16 or bfloat16, got 'int8'"):
         lowp.lowp_dtype("int8")
+
+
+@pytest.mark.parametrize("d", [48, 40, 96])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_kernel_tc_at_another_head_dim_says_what_the_api_can_do(rng, d, direction):
+    # the reference's own message asks for Br and Bc, which flash_attention cannot take
+    q, k, v, do = (rng.standard_normal((1, 2, 40, d)).astype(np.float16) for _ in range(4))
+    with pytest.raises(ValueError) as e:
+        if direction == "forward":
+            flashlab.flash_attention(q, k, v, kernel="tc")
+        else:
+            o, lse = flashlab.flash_attention(q, k, v, return_lse=True)  # auto: fa2 at this d
+            flashlab.flash_attention_backward(do, q, k, v, o, lse, kernel="tc")
+    msg = str(e.value)
+    assert msg.startswith(f"head_dim {d} is not supported by kernel 'tc' (supported: 32, 64, 128)")
+    assert "kernel='auto' or kernel='fa2'" in msg and "pass Br" not in msg
+    # the reference's tiles are public only for d a multiple of 16 (mma's 16-wide k slices)
+    assert ("tc_forward / tc_backward with Br=, Bc=" in msg) == (d % 16 == 0)
+    # and what it suggests runs
+    assert flashlab.flash_attention(q, k, v, kernel="fa2").shape == q.shape
+
+
+def test_kernel_tc_head_dim_error_on_the_gpu_path_names_what_runs():
+    # ops._check_head_dim (every tc launch; tc_plan needs no GPU)
+    with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: "
+                                         r"32, 64, 128\); pad the head dim to one of those, or use "
+                                         r"kernel='auto' \(runs fa2 or fa1 on float32 copies\), or "
+                                         r"kernel='fa1' on float32 inputs \(any d up to 256\)"):
+        ops.tc_plan(48, "forward")
+    with pytest.raises(ValueError, match=r"needs \d+ bytes of shared memory per block; this GPU "
+                                         r"allows 1000: use kernel='fa2' or 'fa1' on float32"):
+        ops.plan("tc", 64, "forward", 1000)
+
+
+def test_resolve_kernel_checks_its_arguments(rng):
+    q = rng.standard_normal((1, 2, 8, 64)).astype(np.float16)
+    assert api.resolve_kernel("auto", q) == "tc" and api.resolve_kernel("fa1", q) == "fa1"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        api.resolve_kernel("fast", q)
+    with pytest.raises(TypeError, match=r"q must be a NumPy or CuPy array .* got tuple"):
+        api.resolve_kernel("auto", tuple(q.tolist()))

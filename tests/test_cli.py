@@ -1,6 +1,8 @@
 """The command line: `flashlab io` prints the traffic table; usage errors are one line, exit 2."""
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from flashlab.cli import main
 
@@ -23,9 +25,13 @@ def test_usage_errors_are_one_line(capsys):
     assert main(["nonsense"]) == 2
 
 
-def test_console_script_runs():
+def test_console_script_runs(tmp_path):
+    # from another directory, with this checkout on the path (it need not be installed)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     out = subprocess.run([sys.executable, "-m", "flashlab", "io", "--seq", "1k"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert "1024" in out.stdout
 

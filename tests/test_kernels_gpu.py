@@ -128,9 +128,9 @@ def test_public_entry_points_route_cupy_to_kernels(rng):
     q, k, v, do = _inputs(rng, 1, 2, 100, 100, 64)
     gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
     o, lse = flashlab.flash_attention(gq, gk, gv, causal=True, return_lse=True)
-    assert isinstance(o, cp.ndarray)
-    o_np, _ = flashlab.flash_attention(q, k, v, causal=True, return_lse=True)  # NumPy reference
-    assert rel(o.get(), o_np) < 2e-5
+    assert isinstance(o, cp.ndarray) and lse.dtype == np.float32
+    o_np, lse_np = flashlab.flash_attention(q, k, v, causal=True, return_lse=True)  # NumPy reference
+    assert rel(o.get(), o_np) < 2e-5 and lse_np.dtype == np.float32  # float32 on both paths
     dq, dk, dv = flashlab.flash_attention_backward(gdo, gq, gk, gv, o, lse, causal=True)
     ref = naive_attention_backward(*(x.astype(np.float64) for x in (do, q, k, v)), True)
     assert rel(dk.get(), ref[1]) < 1e-4
@@ -146,6 +146,22 @@ def test_bad_gpu_inputs_name_the_argument_and_the_fix(rng):
     gq, gk, gv = (cp.asarray(x) for x in (q, k, v))
     with pytest.raises(TypeError, match=r"q, v are CuPy arrays but k are not"):
         flashlab.flash_attention(gq, k, gv)
+    with pytest.raises(TypeError, match=r"k must be a NumPy or CuPy array of shape \(B, H, N, d\), got list"):
+        flashlab.flash_attention(gq, k.tolist(), gv)
+    with pytest.raises(TypeError, match=r"q must be a NumPy or CuPy array .* got tuple"):
+        flashlab.flash_attention(tuple(q.tolist()), gk, gv)
+    o, lse = flashlab.flash_attention(gq, gk, gv, return_lse=True)
+    with pytest.raises(TypeError, match=r"lse must be a NumPy or CuPy array of shape \(B, H, N\), got list"):
+        flashlab.flash_attention_backward(o, gq, gk, gv, o, lse.get().tolist())
+    for kw, err, msg in [({"causal": "false"}, TypeError, r"causal must be True or False, got 'false'"),
+                         ({"softmax_scale": "0.5"}, TypeError, r"softmax_scale must be a real number"),
+                         ({"softmax_scale": True}, TypeError, r"softmax_scale must be a real number"),
+                         ({"softmax_scale": float("nan")}, ValueError, r"softmax_scale must be finite")]:
+        for kernel in ("auto",) + ops.FP32_KERNELS:
+            with pytest.raises(err, match=msg):
+                flashlab.flash_attention(gq, gk, gv, kernel=kernel, **kw)
+            with pytest.raises(err, match=msg):
+                flashlab.flash_attention_backward(o, gq, gk, gv, o, lse, kernel=kernel, **kw)
     with pytest.raises(TypeError, match=r"q has dtype float64; kernel 'fa2' takes float32"):
         flashlab.flash_attention(gq.astype(cp.float64), gk.astype(cp.float64), gv.astype(cp.float64), kernel="fa2")
     with pytest.raises(ValueError, match=r"k is not contiguous.*ascontiguousarray\(k\)"):
@@ -175,9 +191,11 @@ def test_nan_input_propagates_like_the_oracle(rng):
 
 
 def test_racecheck_reports_the_planted_race(tmp_path):
+    import os
     import shutil
     import subprocess
     import sys
+    from pathlib import Path
 
     if shutil.which("compute-sanitizer") is None:
         pytest.skip("compute-sanitizer is not on PATH")
@@ -188,9 +206,15 @@ def test_racecheck_reports_the_planted_race(tmp_path):
         "q = cp.random.default_rng(0).standard_normal((1, 1, 300, 64), dtype=cp.float32)\n"
         "ops.forward('fa1', q, q, q, bug=sys.argv[1] if len(sys.argv) > 1 else None)\n"
         "cp.cuda.Device().synchronize()\n")
+    # the script's folder, not the repository, is sys.path[0] in the child: put this checkout
+    # first on PYTHONPATH so it imports without flashlab installed
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+
     def hazards(*bug):
         out = subprocess.run(["compute-sanitizer", "--tool", "racecheck", sys.executable, str(script), *bug],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, cwd=root, env=env)
         line = [l for l in (out.stdout + out.stderr).splitlines() if "RACECHECK SUMMARY" in l]
         assert line, out.stdout[-2000:] + out.stderr[-2000:]
         return line[0]

@@ -199,7 +199,7 @@ def test_auto_without_a_tc_head_dim_runs_fa2_on_float32_copies_and_says_so_once(
     monkeypatch.setattr(flashlab.api, "_warned_fallback", False)
     with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies .*no head dim 96"):
         o, lse = flashlab.flash_attention(q, k, v, return_lse=True)
-    assert o.dtype.name == "float16"
+    assert o.dtype.name == "float16" and lse.dtype == np.float32
     o64 = lowp.attention_oracle(q, k, v, do)[0]
     ok, err, bound = lowp.within_fa_rule(o, o64, lowp.naive_lowp_forward(q, k, v)[0])
     assert ok, (err, bound)
@@ -226,7 +226,19 @@ def test_tc_bad_inputs_name_the_argument():
     q48 = _inputs(1, 1, 64, 64, 48, "bfloat16")[0]
     with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: 32, 64, 128\)"):
         ops.forward("tc", q48, q48, q48)
+    with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' .* kernel='auto'"):
+        flashlab.flash_attention(q48, q48, q48, kernel="tc")
     o, lse = ops.forward("tc", q, k, v)
+    for kernel in ("auto", "tc"):  # auto at d = 96 is the fallback: checked before it warns
+        x = (q, k, v) if kernel == "tc" else _inputs(1, 1, 64, 64, 96, "bfloat16")[:3]
+        with pytest.raises(TypeError, match=r"v must be a NumPy or CuPy array .* got list"):
+            flashlab.flash_attention(*x[:2], x[2].get().tolist(), kernel=kernel)
+        with pytest.raises(TypeError, match=r"softmax_scale must be a real number"):
+            flashlab.flash_attention(*x, kernel=kernel, softmax_scale="0.5")
+        with pytest.raises(TypeError, match=r"causal must be True or False, got 'false'"):
+            flashlab.flash_attention(*x, kernel=kernel, causal="false")
+    with pytest.raises(ValueError, match=r"softmax_scale must be finite and > 0"):
+        flashlab.flash_attention_backward(do, q, k, v, o, lse, kernel="tc", softmax_scale=float("inf"))
     with pytest.raises(TypeError, match=r"lse has dtype float16"):
         ops.backward("tc", do, q, k, v, o, lse.astype(cp.float16))
     with pytest.raises(ValueError, match=r"q is not contiguous"):

@@ -155,11 +155,38 @@ def test_online_softmax_figure(rng):
 
 def test_traffic_plot_draws_closed_forms_and_counted_points():
     fig = viz.traffic_plot([64, 256, 1024], d=16, measured={"A0": [(64, 12345)]})
-    ax1, ax2 = fig.axes
+    ax1, axr, ax2 = fig.axes
     labels = [line.get_label() for line in ax1.lines]
     assert any(lab.startswith("A0 standard") for lab in labels)
     assert any("counted by MemoryCounter" in lab for lab in labels)
     assert ax1.get_yscale() == "log" and ax2.get_title().startswith("extra HBM memory")
+    # A0, A1 and F2 differ in line style and marker, so one drawn over another still shows
+    styles = {line.get_label()[:2]: (line.get_linestyle(), line.get_marker())
+              for line in ax1.lines if line.get_label()[:2] in ("A0", "A1", "F2")
+              and "counted" not in line.get_label()}
+    assert len(set(styles.values())) == 3
+    assert "A1 Algorithm 1 (16 x 192 tiles)" in labels  # A1:L1 at M = 12288, d = 16
+    assert any("(192 x 24 tiles)" in lab for lab in labels)  # F2's own tiles
+
+
+def test_traffic_plot_ratio_panel_shows_how_many_times_less_than_a0():
+    from flashlab import hbm
+
+    d, M, N = 64, 49152, 16384
+    fig = viz.traffic_plot([1024, N], d=d, sram=M)
+    axr = fig.axes[1]
+    assert axr.get_xlabel().startswith("SRAM size M") and f"N = {N}" in axr.get_title()
+    curves = {line.get_label(): line for line in axr.lines}
+    ms, a1 = curves["A0 / A1"].get_data()
+    _, f2 = curves["A0 / F2"].get_data()
+    k = list(ms).index(M)
+    a0 = hbm.a0_traffic(1, 1, N, N, d).total
+    assert a1[k] == pytest.approx(a0 / hbm.a1_traffic(1, 1, N, N, d, 64, 192).total)  # 3.9x
+    assert f2[k] == pytest.approx(a0 / hbm.f2_traffic(1, 1, N, N, d, 192, 75).total)  # 5.9x
+    assert all(f > a for f, a in zip(f2, a1))  # F2 moves less than A1 at every M
+    assert a1[list(ms).index(hbm.DEFAULT_SRAM)] < 1  # A1 breaks even near M = 3 d^2
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("3.9x the bytes of A1" in t and "5.9x those of F2" in t for t in texts)
 
 
 def test_loop_order_marks_visited_skipped_and_masked_tiles(rng):

@@ -19,8 +19,8 @@
 #
 #     O = softmax(tau Q K^T) V,      tau = 1 / sqrt(d), softmax row by row.
 #
-# Standard attention (line labels **A0** in `ALGORITHMS.md`) does it in three passes over
-# the GPU's main memory (HBM):
+# Standard attention (line labels **A0** in `docs/ALGORITHMS.md`; `flashlab algorithms A0`
+# prints them) does it in three passes over the GPU's main memory (HBM):
 #
 # | line | what it does | HBM traffic |
 # | --- | --- | --- |
@@ -114,33 +114,45 @@ print(f"S and P for these 128 heads: {S_and_P / 1e9:.1f} GB of HBM, "
 # never writes S or P: it computes them a tile at a time in SRAM (notebook 3). What it still
 # moves is set by the tile sizes: Algorithm 1 (A1) reads Q_i and reads and writes O_i, l_i, m_i
 # once per (i, j) tile pair, so its traffic is Theta(N^2 d^2 / M) for an SRAM of M floats (the
-# paper's Theorem 2). FlashAttention-2's loop order (F2, notebook 6) keeps O_i on chip but reads
-# K and V once per row block instead; which of the two moves less depends on the tile shape.
+# paper's Theorem 2). FlashAttention-2's loop order (F2, notebook 6) keeps O_i on chip and reads
+# K and V once per row block instead, so it takes tall row blocks (Br = ceil(M / 4d), not capped
+# at d as A1:L1 caps A1's) and moves less than Algorithm 1 at every M.
 #
-# The picture: the closed forms of `flashlab.hbm` against N, with the counts our step-throughs
-# make (circles) on top of them, and the extra memory each needs beyond Q, K, V and O.
+# The picture, for an SRAM of M = 49152 floats (192 KiB of fp32; an H100 gives one thread block
+# up to 227 KiB). Left: the closed forms of `flashlab.hbm` against N, with the counts our
+# step-throughs make (circles) on top of them. Middle: how many times fewer bytes than standard
+# attention each flash variant moves at N = 16k, against M. Right: the extra memory each needs
+# beyond Q, K, V and O.
 
 # %%
+M = 4 * hbm.DEFAULT_SRAM  # 49152 floats; the references' default is hbm.DEFAULT_SRAM = 12288
 measured = {"A0": [], "A1": [], "F2": []}
 for n_small in (64, 128, 256):
     x = [rng.standard_normal((1, 1, n_small, d)).astype(np.float32) for _ in range(3)]
-    for name, fn in (("A0", naive_attention), ("A1", fa1_forward), ("F2", fa2_forward)):
+    for name, fn, tiles in (("A0", naive_attention, {}), ("A1", fa1_forward, {"sram": M}),
+                            ("F2", fa2_forward, {"sram": M})):
         c = MemoryCounter()
-        fn(*x, counter=c)
+        fn(*x, counter=c, **tiles)  # A1 and F2 size their tiles for M (A0 has none)
         measured[name].append((n_small, c.hbm_elements))
 
-traffic_plot([64, 256, 1024, 4096, 16384], d=d, measured=measured)
+traffic_plot([64, 256, 1024, 4096, 16384], d=d, sram=M, measured=measured)
 
 # %% [markdown]
-# Two things to read off. Standard attention's extra memory is 2 N^2 (S and P): 2 GB per head
-# at N = 16k in fp32, so a batch of heads does not fit in 80 GB. And with the default SRAM of
-# M = 12288 floats (48 KiB, Br = Bc = 48 at d = 64), Algorithm 1 moves about as many bytes as
-# standard attention: the constant hidden in Theta(N^2 d^2 / M) is about 16, because O_i, l_i
-# and m_i make a round trip per tile. The table below (the same one `flashlab io` prints) shows
-# two SRAM sizes. With M = 49152 floats, A1:L1 gives Br = 64 and Bc = 192, and Algorithm 1
-# moves 3.9x less than standard attention; the F2 order with those tall tiles reads K and V once
-# per 64-row block, so here it moves more than A1. The last two columns are the paper's Theta
-# bounds without their constants.
+# Three things to read off. At a fixed M all three lines rise as N^2 (they are parallel on the
+# left): FlashAttention does not change how the traffic grows with N, it divides it by a factor
+# set by M / d^2 (Theorem 2). Second, the middle panel shows the factor: about M / 3d^2 for A1
+# and M / 2d^2 for F2. At M = 49152 floats Algorithm 1 moves 3.9x fewer bytes than standard
+# attention and F2 5.9x fewer. At the references' default M = 12288 floats (48 KiB, Br = Bc = 48
+# at d = 64) Algorithm 1 moves a little more than standard attention (4.41 GB against 4.31 GB
+# at N = 16k: the constant in Theta(N^2 d^2 / M) is about 12, because O_i, l_i and m_i make a
+# round trip per tile) and F2 1.5x fewer. Algorithm 1 breaks even near M = 3d^2. Third, the right
+# panel: standard attention's extra memory is 2 N^2 (S and P), 2 GB per head at N = 16k in fp32,
+# so a batch of heads does not fit in 80 GB; flash keeps N or 2N floats per head.
+#
+# The table below is the one `flashlab io` prints, at both SRAM sizes, with the tiles each
+# algorithm uses: A1:L1 caps A1's Br at d (64 x 192 at M = 49152), while F2 takes
+# Br = ceil(M / 4d) = 192 and the largest Bc that still fits its SRAM (192 x 75). The last two
+# columns are the paper's Theta bounds without their constants.
 
 # %%
 print(tabulate(hbm.io_rows([1024, 4096, 16384], 64, [12288, 49152]), headers="keys",

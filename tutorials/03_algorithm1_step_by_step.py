@@ -15,7 +15,7 @@
 # %% [markdown]
 # # 3. Algorithm 1, step by step
 #
-# FlashAttention's forward pass (the paper's Algorithm 1, labels **A1** in `ALGORITHMS.md`)
+# FlashAttention's forward pass (the paper's Algorithm 1, labels **A1** in `docs/ALGORITHMS.md`)
 # cuts Q into Tr row blocks Q_i of Br rows and K, V into Tc blocks K_j, V_j of Bc rows, and walks
 # the tiles with K/V blocks outside and Q blocks inside:
 #

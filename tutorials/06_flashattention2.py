@@ -17,7 +17,7 @@
 # # 6. FlashAttention-2 and tensor cores
 #
 # FlashAttention-2 computes the same thing as Algorithm 1 with the loops turned around
-# (labels **F2** and **G2** in `ALGORITHMS.md`):
+# (labels **F2** and **G2** in `docs/ALGORITHMS.md`):
 #
 #     F2:L1  for each Q block i, in parallel (one thread block each):
 #     F2:L2    load Q_i; O~ = 0, l = 0, m = -inf on chip
@@ -81,7 +81,8 @@ draw_loop_order({"Algorithm 1, causal": a1, "FlashAttention-2 forward, causal": 
 # ## What the loop order saves in HBM traffic
 #
 # The step-throughs count their traffic as they run. One head, N = 256, d = 64, the default
-# SRAM of M = 12288 floats (Br = Bc = 48): Algorithm 1 reads and writes O (and l, m) at every
+# SRAM of M = 12288 floats (A1:L1 gives Algorithm 1 Br = Bc = 48; F2 sizes its own tiles to fit
+# M, Br = 48 and Bc = 34, `flashlab io` prints both): Algorithm 1 reads and writes O (and l, m) at every
 # step; F2 writes O once and L once, and reads K and V once per row block. Under the causal mask
 # F2 also skips the tiles above the diagonal.
 

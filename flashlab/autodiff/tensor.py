@@ -455,8 +455,9 @@ def to_device(data, device: str, dtype=None):
         try:
             import cupy
         except ImportError:
+            from ..install import install_hint
             raise EnvironmentError(f"device {device!r} needs CuPy and a CUDA GPU "
-                                   "(pip install -e '.[cuda13]'); use device='cpu'") from None
+                                   f"({install_hint('cuda13')}); use device='cpu'") from None
         index = int(device.split(":")[1]) if ":" in device else cupy.cuda.Device().id
         with cupy.cuda.Device(index):
             arr = cupy.asarray(data)

@@ -6,6 +6,10 @@ logsumexp L_i once. The backward gives each thread block one K/V block j; dQ_i c
 contributions of every j (atomic adds on the GPU). Under the causal mask both skip the tiles
 that hold no unmasked entry (F2:L3, G2:L3).
 
+Default tiles for an SRAM of `sram` floats: the forward sizes its own (hbm.f2_block_sizes:
+Br = ceil(M / 4d), not capped at d as A1:L1 caps it, and the largest Bc that fits), the backward
+keeps A1:L1 (hbm.block_sizes). `flashlab io` counts F2 with the same rule.
+
 Every tile below is shaped (B, H, rows[, cols]): one step does tile (i, j) for all heads at once.
 """
 from __future__ import annotations
@@ -13,16 +17,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_backward, check_qkv
-from .tiles import (Step, causal_visits, ceil_div, counter_for, resolve_blocks, rows, run, safe,
-                    scores)
+from .tiles import (Step, causal_visits, ceil_div, counter_for, f2_block_sizes, resolve_blocks,
+                    rows, run, safe, scores)
 
 
 def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, sram=None,
                       counter=None):
-    """F2:L1-L9 as a generator of Steps; returns (o, lse)."""
+    """F2:L1-L9 as a generator of Steps; returns (o, lse).
+
+    Br, Bc default to hbm.f2_block_sizes with M = `sram` floats."""
     dims = check_qkv(q, k, v, causal, softmax_scale)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
-    Br, Bc = resolve_blocks(d, Br, Bc, sram)
+    Br, Bc = resolve_blocks(d, Br, Bc, sram, rule=f2_block_sizes)
     mem = counter_for(counter, q.dtype)
     tau = q.dtype.type(dims.scale)
 

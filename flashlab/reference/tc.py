@@ -1,6 +1,6 @@
 """F2 and G2 as kernels/tc.cu runs them on tensor cores: 16-bit inputs, fp32 sums, warps own slabs.
 
-Step-through twin of kernels/tc.cu. The loop nests are those of fa2.py (ALGORITHMS.md F2, G2);
+Step-through twin of kernels/tc.cu. The loop nests are those of fa2.py (docs/ALGORITHMS.md F2, G2);
 what changes is who holds which rows and where numbers are rounded to 16 bits:
 
   - Warps, not threads, own the pieces of a tile. Forward: a thread block of `warps` warps takes

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..checks import check_block
-from ..hbm import DEFAULT_SRAM, MemoryCounter, block_sizes, causal_visits  # noqa: F401
+from ..hbm import (DEFAULT_SRAM, MemoryCounter, block_sizes, causal_visits,  # noqa: F401
+                   f2_block_sizes)
 
 
 @dataclass
@@ -51,9 +52,10 @@ def run(steps):
             return stop.value
 
 
-def resolve_blocks(d: int, Br, Bc, sram) -> tuple[int, int]:
-    """Br and Bc as given, or the A1:L1 default from the SRAM size M (in floats)."""
-    dBr, dBc = block_sizes(d, check_block("sram", DEFAULT_SRAM if sram is None else sram))
+def resolve_blocks(d: int, Br, Bc, sram, rule=block_sizes) -> tuple[int, int]:
+    """Br and Bc as given, or `rule`'s default from the SRAM size M (in floats): A1:L1
+    (hbm.block_sizes) unless the caller passes another (F2: hbm.f2_block_sizes)."""
+    dBr, dBc = rule(d, check_block("sram", DEFAULT_SRAM if sram is None else sram))
     Br = dBr if Br is None else check_block("Br", Br)
     Bc = dBc if Bc is None else check_block("Bc", Bc)
     return Br, Bc
