@@ -1,0 +1,232 @@
+"""The kernel registry: one declaration per kernel, and the one place that knows their names.
+
+Each `KernelSpec` says what a kernel is (the algorithms it follows, its sources per variant),
+what it takes (dtypes, head dims, the GPUs it runs on), how it is laid out (tile tables), what it
+is checked against (step-throughs, trace algorithms, tolerance) and who launches it. The API, the
+command line's choices, the benchmark, the trace checks, the assignments, the tensor-core twin
+and the tests read it; a new kernel is one more declaration here plus its launcher module, and
+the tests parametrized over `names()` pick it up.
+
+Nothing here imports CuPy, the launcher or the references (names are strings, resolved on use),
+so every module may import the registry without a cycle.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+# ----------------------------------------------------------------------------- tensor-core tiles
+# kernels/tc.cu tile shapes per head dim (kernels/tc.cu comments say what each means):
+#   forward:  BC keys per K/V tile (two stages in shared memory), taken BK keys per online-softmax
+#             sub-step; NW warps of WM 16-row slabs each (Br = 16 * WM * NW)
+#   backward: BR queries per step, BC keys per thread block, NW warps laid out per product as
+#             grids of WS (S^T, dP^T), WKV (dK~, dV~) and WQ (dQ) warps along the first dimension;
+#             QS stages of Q_i, dO_i in shared memory (2: double-buffered)
+# docs/PERFORMANCE.md records how these were chosen.
+TC_FORWARD = {32: dict(BC=128, NW=4, WM=2, BK=64), 64: dict(BC=128, NW=4, WM=2, BK=64),
+              128: dict(BC=64, NW=4, WM=2, BK=32)}
+TC_BACKWARD = {32: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2),
+               64: dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=3),
+               128: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3)}
+# kernels/tc90.cu (sm_90a, wgmma) tile shapes per head dim:
+#   forward:  BC keys per K/V tile (two stages), NWG warpgroups of 64 query rows (Br = 64 NWG)
+#   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
+#             Q_i, dO_i
+#   both:     MINB thread blocks per multiprocessor the compiler must fit in registers
+TC90_FORWARD = {64: dict(BC=64, NWG=2, MINB=2), 128: dict(BC=64, NWG=1, MINB=2)}
+TC90_BACKWARD = {64: dict(BR=128, BC=128, QS=2, MINB=1), 128: dict(BR=64, BC=128, QS=2, MINB=1)}
+
+# 16-bit unit roundoff (2^-11, 2^-8): kernel 'tc' is compared with its twin at TC_UNITS of it.
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+TC_UNITS = 4
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One source of a kernel: the file in kernels/, and when it is the one that runs."""
+
+    source: str  # file name in kernels/, e.g. "tc90.cu"
+    min_cc: int  # lowest compute capability (x10) it runs on
+    max_cc: int | None = None  # highest (x10), for arch-specific builds (sm_90a: exactly 90)
+    arch: str | None = None  # an arch-specific compile target ("sm_90a"), else the device's own
+    head_dims: tuple | None = None  # where it has fewer head dims than the kernel
+    tiles: dict = field(default_factory=dict)  # direction -> {head dim: config}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How a kernel's outputs are held against the float64 oracle, and its trace against its
+    step-through. kind "rel": max |x - ref| / max(1, max |ref|) <= value (fp32 kernels);
+    kind "fa_rule": FlashAttention's rule, error at most 2x that of standard attention in the
+    same 16-bit dtype (flashlab.lowp.within_fa_rule). Traces: rtol / atol, or for 16-bit kernels
+    `units` of the dtype's unit roundoff."""
+
+    kind: str
+    value: float = 0.0
+    trace_rtol: float = 1e-3
+    trace_atol: float = 1e-4
+    units: float = 0.0  # trace tolerance in units of roundoff (16-bit kernels)
+
+    def trace_tolerance(self, dtype: str = "float32") -> tuple[float, float]:
+        if self.units:
+            u = self.units * UNIT_ROUNDOFF[dtype]
+            return u, u
+        return self.trace_rtol, self.trace_atol
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    title: str  # one line: what it is
+    algorithms: tuple  # (forward, backward) labels of docs/ALGORITHMS.md, e.g. ("A1", "B1")
+    variants: dict  # variant name -> Variant; the first whose compute capability fits runs
+    dtypes: tuple  # input dtypes (q, k, v, do); lse is always float32
+    head_dims: tuple | None  # the head dims it takes, or None for any d <= max_head_dim
+    max_head_dim: int | None
+    launcher: str  # module with forward(...) / backward(...), e.g. "flashlab.launch.fa1"
+    reference: tuple  # (forward, backward) "module:function" of the matching reference
+    steps: tuple | None  # (forward, backward) "module:function" of the step-through generators
+    tolerance: Tolerance
+    traceable: bool = True  # compiled with -DFLASHLAB_TRACE it writes the trace buffers
+    exercises: bool = False  # kernel exercises and planted bugs may live in its source
+
+    # -- what it takes
+    def takes_dtype(self, dtype: str) -> bool:
+        return dtype in self.dtypes
+
+    def takes_head_dim(self, d: int) -> bool:
+        if self.head_dims is not None:
+            return d in self.head_dims
+        return self.max_head_dim is None or d <= self.max_head_dim
+
+    @property
+    def min_cc(self) -> int:
+        return min(v.min_cc for v in self.variants.values())
+
+    def variant_for(self, compute_capability: int, d: int | None = None) -> str:
+        """The variant that runs on this compute capability (x10) at head dim d."""
+        for name, v in self.variants.items():
+            fits = v.min_cc <= compute_capability and (v.max_cc is None
+                                                       or compute_capability <= v.max_cc)
+            if fits and (d is None or v.head_dims is None or d in v.head_dims):
+                return name
+        raise ValueError(f"kernel {self.name!r} has no source for compute capability "
+                         f"{compute_capability // 10}.{compute_capability % 10}"
+                         + (f" at head dim {d}" if d is not None else ""))
+
+    def sources(self) -> tuple:
+        """Every kernels/ file this kernel compiles (one per variant)."""
+        return tuple(v.source for v in self.variants.values())
+
+    # -- who runs it, and what checks it (resolved on use, so importing the registry is free)
+    def launch_module(self):
+        return importlib.import_module(self.launcher)
+
+    def reference_fn(self, direction: str):
+        return _resolve(self.reference[_index(direction)])
+
+    def steps_fn(self, direction: str):
+        if self.steps is None:
+            raise ValueError(f"kernel {self.name!r} has no tile steps to trace "
+                             f"({self.algorithms[0]} writes S and P whole); trace "
+                             + " or ".join(repr(n) for n in traceable()))
+        return _resolve(self.steps[_index(direction)])
+
+    def algorithm(self, direction: str) -> str:
+        return self.algorithms[_index(direction)]
+
+
+def _index(direction: str) -> int:
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    return 0 if direction == "forward" else 1
+
+
+def _resolve(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+FP32 = ("float32",)
+LOWP = ("float16", "bfloat16")
+FA2_HEAD_DIMS = (16, 32, 64, 96, 128)  # D must be a multiple of 16 (16 x 16 thread grid)
+FA1_MAX_HEAD_DIM = 256
+TC_HEAD_DIMS = (32, 64, 128)  # rows of 64 or 128 bytes...: the swizzle in kernels/tc.cu
+TC90_HEAD_DIMS = (64, 128)
+
+KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
+    KernelSpec(
+        name="naive", title="standard attention: S and P written to HBM (A0)",
+        algorithms=("A0", "A0"), variants={"default": Variant("naive.cu", min_cc=0)},
+        dtypes=FP32, head_dims=None, max_head_dim=None, launcher="flashlab.launch.naive",
+        reference=("flashlab.reference:naive_attention", "flashlab.reference:naive_attention_backward"),
+        steps=None, tolerance=Tolerance("rel", 1e-4), traceable=False),
+    KernelSpec(
+        name="fa1", title="FlashAttention as the paper's Algorithm 1 (A1, B1)",
+        algorithms=("A1", "B1"), variants={"default": Variant("fa1.cu", min_cc=0)},
+        dtypes=FP32, head_dims=None, max_head_dim=FA1_MAX_HEAD_DIM,
+        launcher="flashlab.launch.fa1",
+        reference=("flashlab.reference:fa1_forward", "flashlab.reference:fa1_backward"),
+        steps=("flashlab.reference:fa1_forward_steps", "flashlab.reference:fa1_backward_steps"),
+        tolerance=Tolerance("rel", 1e-4), exercises=True),
+    KernelSpec(
+        name="fa2", title="FlashAttention-2's loop order, register tiles, fp32 (F2, G2)",
+        algorithms=("F2", "G2"), variants={"default": Variant("fa2.cu", min_cc=0)},
+        dtypes=FP32, head_dims=FA2_HEAD_DIMS, max_head_dim=max(FA2_HEAD_DIMS),
+        launcher="flashlab.launch.fa2",
+        reference=("flashlab.reference:fa2_forward", "flashlab.reference:fa2_backward"),
+        steps=("flashlab.reference:fa2_forward_steps", "flashlab.reference:fa2_backward_steps"),
+        tolerance=Tolerance("rel", 1e-4), exercises=True),
+    KernelSpec(
+        name="tc", title="F2 and G2 on tensor cores, fp16 / bf16 (mma.sync; wgmma on sm_90a)",
+        algorithms=("F2", "G2"),
+        variants={
+            "wgmma": Variant("tc90.cu", min_cc=90, max_cc=90, arch="sm_90a",
+                             head_dims=TC90_HEAD_DIMS,
+                             tiles={"forward": TC90_FORWARD, "backward": TC90_BACKWARD}),
+            "mma": Variant("tc.cu", min_cc=80,
+                           tiles={"forward": TC_FORWARD, "backward": TC_BACKWARD}),
+        },
+        dtypes=LOWP, head_dims=TC_HEAD_DIMS, max_head_dim=max(TC_HEAD_DIMS),
+        launcher="flashlab.launch.tc",
+        reference=("flashlab.reference:tc_forward", "flashlab.reference:tc_backward"),
+        steps=("flashlab.reference:tc_forward_steps", "flashlab.reference:tc_backward_steps"),
+        tolerance=Tolerance("fa_rule", units=TC_UNITS)),
+]}
+
+
+def names() -> tuple:
+    """Every kernel's name, in the order of the ladder (naive, fa1, fa2, tc)."""
+    return tuple(KERNELS)
+
+
+def get(name: str) -> KernelSpec:
+    """The declaration of kernel `name`; a clear error naming the known ones otherwise."""
+    spec = KERNELS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} (or 'auto'), got {name!r}")
+    return spec
+
+
+def for_dtype(dtype: str) -> tuple:
+    """Names of the kernels that take inputs of `dtype` ("float32", "float16", "bfloat16")."""
+    return tuple(n for n, s in KERNELS.items() if s.takes_dtype(dtype))
+
+
+def traceable() -> tuple:
+    """Names of the kernels with a trace mode and a step-through to compare it with."""
+    return tuple(n for n, s in KERNELS.items() if s.traceable)
+
+
+def with_exercises() -> tuple:
+    """Names of the kernels whose sources carry exercises and planted bugs (fa1, fa2)."""
+    return tuple(n for n, s in KERNELS.items() if s.exercises)
+
+
+def by_source(file_name: str) -> tuple[KernelSpec, str]:
+    """(kernel, variant) that compiles kernels/<file_name>."""
+    for spec in KERNELS.values():
+        for vname, v in spec.variants.items():
+            if v.source == file_name:
+                return spec, vname
+    raise ValueError(f"no kernel compiles {file_name!r}")
