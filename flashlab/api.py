@@ -1,7 +1,8 @@
 """flash_attention / flash_attention_backward: one entry point for every implementation.
 
 NumPy arrays run the references (flashlab.reference); CuPy arrays run a CUDA kernel
-(flashlab.cuda_kernel_ops). Mixing the two is an error that says which argument to move.
+(flashlab.launch). Mixing the two is an error that says which argument to move. Which kernels
+exist, what they take and which reference matches each is flashlab.registry's.
 
 kernel="auto" picks, for CuPy arrays: "tc" (tensor cores) for float16 / bfloat16 on a GPU of
 compute capability 8.0 or newer and a head dim it has; "fa2" for float32 (or "fa1" where fa2 has
@@ -23,15 +24,12 @@ import warnings
 
 import numpy as np
 
-from . import lowp
-from . import reference as ref
+from . import launch, lowp, registry
 from .checks import check_array_type, check_backward, check_flag, check_qkv
+from .launch import device
 
-KERNEL_NAMES = ("auto", "naive", "fa1", "fa2", "tc")
+KERNEL_NAMES = ("auto",) + registry.names()
 LOWP = lowp.LOWP_DTYPES
-_REF_FORWARD = {"naive": ref.naive_attention, "fa1": ref.fa1_forward, "fa2": ref.fa2_forward,
-                "tc": ref.tc_forward}
-_REF_BACKWARD = {"fa1": ref.fa1_backward, "fa2": ref.fa2_backward, "tc": ref.tc_backward}
 _warned_fallback = False
 
 
@@ -65,10 +63,26 @@ def _route(kernel: str, arrays: dict) -> bool:
     return any(kinds.values())
 
 
-def _fp32_kernel(q) -> str:
-    from .cuda_kernel_ops import FA2_HEAD_DIMS
+def _head_dim(q):
+    return q.shape[-1] if q.ndim == 4 else None
 
-    return "fa2" if q.ndim == 4 and q.shape[-1] in FA2_HEAD_DIMS else "fa1"
+
+def _fp32_kernel(q) -> str:
+    """auto's float32 kernel: the fastest that has q's head dim, else the most general one
+    (whose checks then say what to do): fa2, else fa1."""
+    candidates = registry.for_auto("float32")
+    fits = registry.for_auto("float32", _head_dim(q)) if _head_dim(q) is not None else ()
+    return fits[0] if fits else candidates[-1]
+
+
+def _lowp_kernel(q, compute_capability=None):
+    """auto's kernel for 16-bit q (tc), where one takes its dtype and head dim (and runs on
+    this compute capability), else None."""
+    d = _head_dim(q)
+    if q.dtype.name not in LOWP or d is None:
+        return None
+    fits = registry.for_auto(q.dtype.name, d, compute_capability)
+    return fits[0] if fits else None
 
 
 def resolve_kernel(kernel: str, q) -> str:
@@ -86,18 +100,12 @@ def _resolve(kernel: str, q) -> str:
     """resolve_kernel for checked arguments."""
     if kernel != "auto":
         return kernel
-    from . import cuda_kernel_ops as ops
-
     if not _is_cupy(q):  # the references: tc's twin where the kernel would run, else fa2's
-        lowp_tc = q.dtype.name in LOWP and q.ndim == 4 and q.shape[-1] in ops.TC_HEAD_DIMS
-        return "tc" if lowp_tc else "fa2"
+        return _lowp_kernel(q) or registry.for_auto("float32")[0]
     if q.dtype.name not in LOWP:
         return _fp32_kernel(q)
-
-    cc = int(ops.device_limits(q.device.id)["compute_capability"])
-    if cc >= ops.TC_MIN_CC and q.ndim == 4 and q.shape[-1] in ops.TC_HEAD_DIMS:
-        return "tc"
-    return _fp32_kernel(q)
+    cc = int(device.device_limits(q.device.id)["compute_capability"])
+    return _lowp_kernel(q, cc) or _fp32_kernel(q)
 
 
 def _fallback(kernel: str, q, why_cc: bool) -> None:
@@ -106,40 +114,51 @@ def _fallback(kernel: str, q, why_cc: bool) -> None:
     if _warned_fallback:
         return
     _warned_fallback = True
-    from . import cuda_kernel_ops as ops
-
+    spec = _lowp_spec(q)
+    cc = spec.min_cc
     reason = (f"this GPU has compute capability "
-              f"{ops.device_limits(q.device.id)['compute_capability']} (tc needs 8.0+)" if why_cc
-              else f"kernel 'tc' has no head dim {q.shape[-1]} (it has "
-                   f"{', '.join(map(str, ops.TC_HEAD_DIMS))})")
+              f"{device.device_limits(q.device.id)['compute_capability']} ({spec.name} needs "
+              f"{cc // 10}.{cc % 10}+)" if why_cc
+              else f"kernel {spec.name!r} has no head dim {q.shape[-1]} (it has "
+                   f"{', '.join(map(str, spec.head_dims))})")
     warnings.warn(f"flash_attention(kernel='auto'): {q.dtype.name} inputs run kernel {kernel!r} "
                   f"on float32 copies because {reason}; outputs are cast back to {q.dtype.name}",
                   stacklevel=3)
 
 
+def _lowp_spec(q):
+    """The kernel that takes q's 16-bit dtype (tc), the one 'auto' fell back from."""
+    return registry.get(registry.for_auto(q.dtype.name)[0])
+
+
+def _runs_natively(kernel: str, q) -> bool:
+    """The kernel takes q's dtype itself (no float32 copies)."""
+    return registry.get(kernel).takes_dtype(q.dtype.name)
+
+
 def _gpu_lowp_fallback(kernel: str, q) -> bool:
     """True when 'auto' sent 16-bit CuPy inputs to a float32 kernel (and warns, once)."""
-    if q.dtype.name not in LOWP or kernel == "tc":
+    if q.dtype.name not in LOWP or _runs_natively(kernel, q):
         return False
-    from . import cuda_kernel_ops as ops
-
-    cc = int(ops.device_limits(q.device.id)["compute_capability"])
-    _fallback(kernel, q, why_cc=cc < ops.TC_MIN_CC)
+    cc = int(device.device_limits(q.device.id)["compute_capability"])
+    _fallback(kernel, q, why_cc=cc < _lowp_spec(q).min_cc)
     return True
 
 
-def _check_tc_head_dim(q) -> None:
+def _check_reference_head_dim(spec, q) -> None:
     """kernel="tc" on NumPy arrays: the step-through's default tiles are the kernel's, which
-    exist for TC_HEAD_DIMS only (flash_attention cannot take the Br, Bc the reference would need)."""
-    from .cuda_kernel_ops import TC_HEAD_DIMS
-
-    d = q.shape[-1] if q.ndim == 4 else None
-    if d is None or d in TC_HEAD_DIMS:
+    exist for its tile tables' head dims only (flash_attention cannot take the Br, Bc the
+    reference would need)."""
+    dims = spec.reference_head_dims()
+    d = _head_dim(q)
+    if dims is None or d is None or d in dims:
         return  # a wrong rank: check_qkv says so
-    tiles = (f"; for the step-through at d = {d} call flashlab.reference.tc_forward / tc_backward "
+    fwd, bwd = (path.partition(":")[2] for path in spec.reference)
+    tiles = (f"; for the step-through at d = {d} call flashlab.reference.{fwd} / {bwd} "
              "with Br=, Bc= (multiples of 16)" if d % 16 == 0 else "")
-    raise ValueError(f"head_dim {d} is not supported by kernel 'tc' (supported: "
-                     f"{', '.join(map(str, TC_HEAD_DIMS))}): use kernel='auto' or kernel='fa2' "
+    raise ValueError(f"head_dim {d} is not supported by kernel {spec.name!r} (supported: "
+                     f"{', '.join(map(str, dims))}): use kernel='auto' or "
+                     f"kernel={registry.for_auto('float32')[0]!r} "
                      f"(the NumPy references take any head dim), or pad the head dim{tiles}")
 
 
@@ -160,23 +179,20 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     """
     check_flag("return_lse", return_lse)
     if _route(kernel, {"q": q, "k": k, "v": v}):
-        from . import cuda_kernel_ops as ops
-
         name = _resolve(kernel, q)
-        if kernel == "auto" and name != "tc" and q.dtype.name in LOWP:
+        if kernel == "auto" and not _runs_natively(name, q) and q.dtype.name in LOWP:
             # checked before the fallback's warning, and before the copies hide a dtype mismatch
             check_qkv(q, k, v, causal, softmax_scale)
             _gpu_lowp_fallback(name, q)
-            o, lse = ops.forward(name, *(lowp.to_float32(x) for x in (q, k, v)), causal,
-                                 softmax_scale)
+            o, lse = launch.forward(name, *(lowp.to_float32(x) for x in (q, k, v)), causal,
+                                    softmax_scale)
             o = lowp.from_float32(o, q.dtype.name)
         else:
-            o, lse = ops.forward(name, q, k, v, causal, softmax_scale)
+            o, lse = launch.forward(name, q, k, v, causal, softmax_scale)
     else:
-        name = _resolve(kernel, q)
-        if name == "tc":
-            _check_tc_head_dim(q)
-        o, lse = _REF_FORWARD[name](q, k, v, causal, softmax_scale)
+        spec = registry.get(_resolve(kernel, q))
+        _check_reference_head_dim(spec, q)
+        o, lse = spec.reference_fn("forward")(q, k, v, causal, softmax_scale)
         o, lse = o.astype(q.dtype, copy=False), _lse_out(lse)  # naive promotes bfloat16
     return (o, lse) if return_lse else o
 
@@ -189,28 +205,20 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
     """
     arrays = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
     if _route(kernel, arrays):
-        from . import cuda_kernel_ops as ops
-
         name = _resolve(kernel, q)
-        if kernel == "auto" and name != "tc" and q.dtype.name in LOWP:
+        if kernel == "auto" and not _runs_natively(name, q) and q.dtype.name in LOWP:
             check_backward(do, q, k, v, o, lse, causal, softmax_scale)
             _gpu_lowp_fallback(name, q)
             f32 = [lowp.to_float32(x) for x in (do, q, k, v, o)]
-            grads = ops.backward(name, *f32, lse, causal, softmax_scale)
+            grads = launch.backward(name, *f32, lse, causal, softmax_scale)
             return tuple(lowp.from_float32(g, q.dtype.name) for g in grads)
-        return ops.backward(name, do, q, k, v, o, lse, causal, softmax_scale)
-    if kernel == "naive":  # A0's backward recomputes P: o and lse are checked, not read
-        check_backward(do, q, k, v, o, lse, causal, softmax_scale)
-        grads = ref.naive_attention_backward(do, q, k, v, causal, softmax_scale)
-        return tuple(g.astype(q.dtype, copy=False) for g in grads)  # bfloat16 comes back float32
-    name = _resolve(kernel, q)
-    if name == "tc":
-        _check_tc_head_dim(q)
-    return _REF_BACKWARD[name](do, q, k, v, o, lse, causal, softmax_scale)
+        return launch.backward(name, do, q, k, v, o, lse, causal, softmax_scale)
+    spec = registry.get(_resolve(kernel, q))
+    _check_reference_head_dim(spec, q)
+    # naive's reference (A0 recomputes P) checks o and lse without reading them
+    return spec.reference_fn("backward")(do, q, k, v, o, lse, causal, softmax_scale)
 
 
 def available_kernels() -> list[str]:
     """Kernels that run on CuPy arrays here; [] without CuPy or a GPU (NumPy always works)."""
-    from .cuda_kernel_ops import available_kernels as avail
-
-    return avail()
+    return device.available_kernels()

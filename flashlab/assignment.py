@@ -31,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cuda_kernel_ops as ops
+from . import course
 from . import trace as trace_mod
+from .kernel_check import check_kernel
+from .launch import compiler, device, plans, sources
+from .launch.errors import KernelCompileError
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<c>#|//) BEGIN EXERCISE (?P<id>\d+\.\d+): ?(?P<hint>.*)$")
 _END = re.compile(r"^[ \t]*(#|//) END EXERCISE\s*$")
@@ -68,7 +71,7 @@ EXERCISES = {e.id: e for e in [
     Exercise("2.3", "F2:L6-L7, the online softmax in registers, in the fa2 kernel",
              "kernels/fa2.cu", "kernel", 20, kernel="fa2"),
 ]}
-for _bug in sorted((b for b in ops.BUGS.values() if b.hunt), key=lambda b: b.hunt):
+for _bug in sorted((b for b in course.BUGS.values() if b.hunt), key=lambda b: b.hunt):
     _n = _bug.hunt.split("-")[1]
     EXERCISES[f"3.{_n}"] = Exercise(
         f"3.{_n}", f"bug hunt {_bug.hunt}: which algorithm line does it break?", "answers.txt",
@@ -162,7 +165,7 @@ def splice(solution: str, student: str, ex_id: str, where: str = "") -> str:
 
 def _solution_file(rel: str) -> Path:
     if rel.startswith("kernels/"):
-        return ops.kernel_dir() / rel.split("/", 1)[1]
+        return sources.kernel_dir() / rel.split("/", 1)[1]
     return Path(__file__).resolve().parent.parent / rel
 
 
@@ -183,7 +186,7 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
     pkg = Path(__file__).resolve().parent
     stubbed = []
     for src_root, dst_root, pattern in ((pkg, outdir / "flashlab", "**/*.py"),
-                                        (ops.kernel_dir(), outdir / "kernels", "*.cu*")):
+                                        (sources.kernel_dir(), outdir / "kernels", "*.cu*")):
         for f in sorted(src_root.glob(pattern)):
             if "__pycache__" in f.parts:
                 continue
@@ -218,7 +221,7 @@ def _handout(stubbed, hunts) -> str:
                   "Each mystery is a kernel with one planted bug. Find the algorithm line it breaks with "
                   "`flashlab trace`, and write it in answers.txt as `mystery-N: A1:L12`.", ""]
         for e in hunts:
-            b = ops.HUNT[e.hunt]
+            b = course.HUNT[e.hunt]
             flag = " --backward" if b.direction == "backward" else ""
             cause = (" Run it several times. If the first divergence moves, what kind of bug is "
                      "it? Confirm with `compute-sanitizer --tool racecheck`." if b.race else "")
@@ -330,14 +333,15 @@ def _grade_kernel(e: Exercise, root: Path) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(e.file).name
         path.write_text(spliced)
-        shutil.copy(ops.kernel_dir() / "common.cuh", Path(tmp) / "common.cuh")
-        if not ops.gpu_available():
+        shutil.copy(sources.kernel_dir() / "common.cuh", Path(tmp) / "common.cuh")
+        if not device.gpu_available():
             try:
-                ops.nvrtc_compile(e.kernel, "sm_80", source=path)
+                compiler.nvrtc_compile(sources.user_file(path, e.kernel), "sm_80",
+                                       kernel=e.kernel)
                 compiled = "it compiles with NVRTC for sm_80"
             except ImportError:
                 compiled = "NVRTC is not installed here, so it was not compiled"
-            except ops.KernelCompileError as exc:
+            except KernelCompileError as exc:
                 res.output = f"your code does not compile:\n{exc}"
                 return res
             res.status = "needs GPU"
@@ -345,15 +349,15 @@ def _grade_kernel(e: Exercise, root: Path) -> Result:
             return res
         import cupy as cp
 
-        smem = ops.device_limits(cp.cuda.Device().id)["smem_optin"]
-        p = ops.plan(e.kernel, 64, e.direction, smem)
+        smem = device.device_limits(cp.cuda.Device().id)["smem_optin"]
+        p = plans.plan(e.kernel, 64, e.direction, smem)
         N = 2 * max(p["Br"], p["Bc"]) + 17  # at least two tiles each way, the last one ragged
         passed, notes = 0, []
         for causal in (False, True):
             try:
-                div, _, _ = trace_mod.check_kernel(e.kernel, e.direction, B=1, H=2, Nq=N, Nk=N, d=64,
-                                                   causal=causal, seed=3, source=path)
-            except ops.KernelCompileError as exc:
+                div, _, _ = check_kernel(e.kernel, e.direction, B=1, H=2, Nq=N, Nk=N, d=64,
+                                         causal=causal, seed=3, source=path)
+            except KernelCompileError as exc:
                 res.output = f"your code does not compile:\n{exc}"
                 return res
             if div is None:
@@ -379,7 +383,7 @@ def _grade_hunts(exercises, root: Path) -> list:
                 answers[key.strip()] = f"{m[1]}:L{m[2]}" if m else value.strip()
     out = []
     for e in exercises:
-        b = ops.HUNT[e.hunt]
+        b = course.HUNT[e.hunt]
         res = Result(e)
         given = answers.get(b.hunt, "")
         if not given:

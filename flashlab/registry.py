@@ -51,6 +51,15 @@ class Variant:
     arch: str | None = None  # an arch-specific compile target ("sm_90a"), else the device's own
     head_dims: tuple | None = None  # where it has fewer head dims than the kernel
     tiles: dict = field(default_factory=dict)  # direction -> {head dim: config}
+    # the __global__ functions its launcher looks up by name, per pass (forward, backward):
+    # extern "C" names, or templates (by their plain names) whose instances it compiles
+    kernels: tuple = ((), ())
+
+    def required(self, direction: str | None = None) -> tuple:
+        """The kernels this source must define for one pass ("forward", "backward") or both."""
+        if direction is None:
+            return tuple(dict.fromkeys(self.kernels[0] + self.kernels[1]))
+        return self.kernels[_index(direction)]
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,17 @@ class KernelSpec:
     tolerance: Tolerance
     traceable: bool = True  # compiled with -DFLASHLAB_TRACE it writes the trace buffers
     exercises: bool = False  # kernel exercises and planted bugs may live in its source
+    baseline: bool = False  # the yardstick benchmarks time speedups against (standard attention)
+    slow_past_n: int | None = None  # benchmarks skip it past this N (fa1: seconds a call there)
+    # launch-plan entries its step-through takes as keywords (beyond Br, Bc), per pass: the
+    # tile walk the kernel made (tc: warps and sub-steps Bk forward, warps and grid backward)
+    step_plan_keys: tuple = ((), ())
+    # "module:function" of its tile planner (flashlab.launch.plans; None: no tiles) and of the
+    # template instantiations a variant's source needs compiled (None: extern "C" only)
+    planner: str | None = None
+    instances: str | None = None
+    hardware: str = ""  # what it runs on, where that is special ("tensor cores"), for messages
+    min_cc_why: str = ""  # what needs its lowest compute capability, for messages
 
     # -- what it takes
     def takes_dtype(self, dtype: str) -> bool:
@@ -103,16 +123,42 @@ class KernelSpec:
     def min_cc(self) -> int:
         return min(v.min_cc for v in self.variants.values())
 
-    def variant_for(self, compute_capability: int, d: int | None = None) -> str:
-        """The variant that runs on this compute capability (x10) at head dim d."""
+    def variant_for(self, compute_capability: int, d: int | None = None,
+                    arch_specific: bool = True) -> str:
+        """The variant that runs on this compute capability (x10) at head dim d; arch_specific
+        False leaves out the variants built for one arch-specific target (sm_90a)."""
         for name, v in self.variants.items():
             fits = v.min_cc <= compute_capability and (v.max_cc is None
                                                        or compute_capability <= v.max_cc)
+            if not arch_specific and v.arch is not None:
+                continue
             if fits and (d is None or v.head_dims is None or d in v.head_dims):
                 return name
         raise ValueError(f"kernel {self.name!r} has no source for compute capability "
                          f"{compute_capability // 10}.{compute_capability % 10}"
                          + (f" at head dim {d}" if d is not None else ""))
+
+    def portable_variant(self) -> str:
+        """The variant that runs on the most GPUs (lowest compute capability, no arch-specific
+        target): kernels/tc.cu for 'tc'. What `ours(kernel)` and a bare tile plan mean."""
+        return min(self.variants, key=lambda n: (self.variants[n].arch is not None,
+                                                 self.variants[n].min_cc))
+
+    def reference_head_dims(self) -> tuple | None:
+        """Head dims the reference takes with its default tiles: those of the tile tables where
+        the kernel has them (the reference's defaults are the kernel's tiles), else None (any)."""
+        dims = {d for v in self.variants.values() for t in v.tiles.values() for d in t}
+        return tuple(sorted(dims)) if dims else None
+
+    def check_traceable(self) -> None:
+        if not self.traceable:
+            self.steps_fn("forward")  # says why, and what to trace instead
+            raise ValueError(f"kernel {self.name!r} has no trace mode; trace "
+                             + " or ".join(repr(n) for n in traceable()))
+
+    def describe(self) -> str:
+        """'tc' (tensor cores), for messages."""
+        return f"{self.name!r}" + (f" ({self.hardware})" if self.hardware else "")
 
     def sources(self) -> tuple:
         """Every kernels/ file this kernel compiles (one per variant)."""
@@ -134,6 +180,10 @@ class KernelSpec:
 
     def algorithm(self, direction: str) -> str:
         return self.algorithms[_index(direction)]
+
+    def step_plan(self, direction: str) -> tuple:
+        """The launch-plan keys the step-through of `direction` takes as keywords."""
+        return self.step_plan_keys[_index(direction)]
 
 
 def _index(direction: str) -> int:
@@ -157,41 +207,53 @@ TC90_HEAD_DIMS = (64, 128)
 KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
     KernelSpec(
         name="naive", title="standard attention: S and P written to HBM (A0)",
-        algorithms=("A0", "A0"), variants={"default": Variant("naive.cu", min_cc=0)},
+        algorithms=("A0", "A0"), variants={"default": Variant("naive.cu", min_cc=0, kernels=(
+            ("naive_matmul", "naive_softmax"), ("naive_matmul", "naive_softmax", "naive_dsoftmax")))},
         dtypes=FP32, head_dims=None, max_head_dim=None, launcher="flashlab.launch.naive",
-        reference=("flashlab.reference:naive_attention", "flashlab.reference:naive_attention_backward"),
-        steps=None, tolerance=Tolerance("rel", 1e-4), traceable=False),
+        reference=("flashlab.reference:naive_attention", "flashlab.reference.naive:naive_backward"),
+        steps=None, tolerance=Tolerance("rel", 1e-4), traceable=False, baseline=True),
     KernelSpec(
         name="fa1", title="FlashAttention as the paper's Algorithm 1 (A1, B1)",
-        algorithms=("A1", "B1"), variants={"default": Variant("fa1.cu", min_cc=0)},
+        algorithms=("A1", "B1"), variants={"default": Variant("fa1.cu", min_cc=0,
+                                     kernels=(("fa1_forward",), ("fa1_backward",)))},
         dtypes=FP32, head_dims=None, max_head_dim=FA1_MAX_HEAD_DIM,
         launcher="flashlab.launch.fa1",
         reference=("flashlab.reference:fa1_forward", "flashlab.reference:fa1_backward"),
         steps=("flashlab.reference:fa1_forward_steps", "flashlab.reference:fa1_backward_steps"),
-        tolerance=Tolerance("rel", 1e-4), exercises=True),
+        tolerance=Tolerance("rel", 1e-4), exercises=True, slow_past_n=4096,
+        planner="flashlab.launch.plans:fa1_plan"),
     KernelSpec(
         name="fa2", title="FlashAttention-2's loop order, register tiles, fp32 (F2, G2)",
-        algorithms=("F2", "G2"), variants={"default": Variant("fa2.cu", min_cc=0)},
+        algorithms=("F2", "G2"), variants={"default": Variant("fa2.cu", min_cc=0, kernels=(
+            ("fa2_forward",), ("fa2_backward", "fa2_backward_dot")))},
         dtypes=FP32, head_dims=FA2_HEAD_DIMS, max_head_dim=max(FA2_HEAD_DIMS),
         launcher="flashlab.launch.fa2",
         reference=("flashlab.reference:fa2_forward", "flashlab.reference:fa2_backward"),
         steps=("flashlab.reference:fa2_forward_steps", "flashlab.reference:fa2_backward_steps"),
-        tolerance=Tolerance("rel", 1e-4), exercises=True),
+        tolerance=Tolerance("rel", 1e-4), exercises=True,
+        planner="flashlab.launch.plans:fa2_plan", instances="flashlab.launch.plans:fa2_instances"),
     KernelSpec(
         name="tc", title="F2 and G2 on tensor cores, fp16 / bf16 (mma.sync; wgmma on sm_90a)",
         algorithms=("F2", "G2"),
         variants={
             "wgmma": Variant("tc90.cu", min_cc=90, max_cc=90, arch="sm_90a",
                              head_dims=TC90_HEAD_DIMS,
-                             tiles={"forward": TC90_FORWARD, "backward": TC90_BACKWARD}),
+                             tiles={"forward": TC90_FORWARD, "backward": TC90_BACKWARD},
+                             kernels=(("tc90_forward",), ("tc90_backward", "tc_backward_dot",
+                                                          "tc_backward_dq"))),
             "mma": Variant("tc.cu", min_cc=80,
-                           tiles={"forward": TC_FORWARD, "backward": TC_BACKWARD}),
+                           tiles={"forward": TC_FORWARD, "backward": TC_BACKWARD},
+                           kernels=(("tc_forward",), ("tc_backward", "tc_backward_dot",
+                                                      "tc_backward_dq"))),
         },
         dtypes=LOWP, head_dims=TC_HEAD_DIMS, max_head_dim=max(TC_HEAD_DIMS),
         launcher="flashlab.launch.tc",
         reference=("flashlab.reference:tc_forward", "flashlab.reference:tc_backward"),
         steps=("flashlab.reference:tc_forward_steps", "flashlab.reference:tc_backward_steps"),
-        tolerance=Tolerance("fa_rule", units=TC_UNITS)),
+        tolerance=Tolerance("fa_rule", units=TC_UNITS),
+        step_plan_keys=(("warps", "Bk"), ("warps", "grid")),
+        planner="flashlab.launch.plans:tc_plan_for", instances="flashlab.launch.plans:tc_instances",
+        hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async"),
 ]}
 
 
@@ -216,6 +278,14 @@ def for_dtype(dtype: str) -> tuple:
 def traceable() -> tuple:
     """Names of the kernels with a trace mode and a step-through to compare it with."""
     return tuple(n for n, s in KERNELS.items() if s.traceable)
+
+
+def for_auto(dtype: str, d: int | None = None, compute_capability: int | None = None) -> tuple:
+    """Names of the kernels kernel="auto" may run for `dtype` inputs (at head dim d, on a GPU
+    of this compute capability), fastest first: the ladder read backwards, the baseline left out."""
+    return tuple(n for n, s in reversed(KERNELS.items())
+                 if not s.baseline and s.takes_dtype(dtype) and (d is None or s.takes_head_dim(d))
+                 and (compute_capability is None or s.min_cc <= compute_capability))
 
 
 def with_exercises() -> tuple:

@@ -1,8 +1,9 @@
 """The one trace format: per tile step (i, j), the state that must match between implementations.
 
 A trace is written by a step-through reference (`record`) and, in trace mode, by a CUDA kernel
-(flashlab.cuda_kernel_ops fills the same arrays). `compare(expected, actual)` walks the steps in
-the order the algorithm runs them and returns the first divergence, or None.
+(the launchers in flashlab.launch fill the same arrays). `compare(expected, actual)` walks the
+steps in the order the algorithm runs them and returns the first divergence, or None. Running a
+kernel against its step-through is flashlab.kernel_check's (this module imports no launcher).
 
 What each algorithm records after step (i, j) (rows are queries for *_i, keys for *_j):
 
@@ -220,108 +221,3 @@ def compare(expected: Trace, actual: Trace, rtol: float = 1e-5, atol: float = 1e
                           detail=f"this step ran (batch {b}, head {h}) but the reference skips it: "
                                  "under the causal mask the tile holds no unmasked entry")
     return None
-
-
-STEP_THROUGH = {  # kernel -> (forward algorithm, backward algorithm)
-    "fa1": ("A1", "B1"),
-    "fa2": ("F2", "G2"),
-    "tc": ("F2", "G2"),  # the same algorithms on tensor cores, 16-bit inputs
-}
-# 16-bit unit roundoff (2^-11, 2^-8): kernel 'tc' is compared with its twin, flashlab/reference/tc.py,
-# at TC_UNITS of it. The twin makes the same roundings; they differ only where ex2.approx or the
-# tensor cores' summation order moves a value across a 16-bit rounding boundary (<= ~3 units seen).
-UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
-TC_UNITS = 4
-
-
-def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=None, d=64,
-                 causal=False, softmax_scale=None, seed=0, bug=None, rtol=None, atol=None,
-                 source=None, dtype="bfloat16"):
-    """Run `kernel` in trace mode on random inputs and compare it with its step-through.
-
-    Returns (divergence or None, kernel trace, reference trace). Needs a GPU with CuPy; the
-    reference runs in float64 on the same (float32) inputs with the kernel's own Br and Bc
-    (rtol 1e-3, atol 1e-4). Kernel 'tc' takes `dtype` (float16 / bfloat16) inputs and is compared
-    with its own twin, which makes the same 16-bit roundings (rtol = atol = TC_UNITS units of
-    roundoff). source: a .cu file to run instead of kernels/<kernel>.cu (same signatures).
-    """
-    if kernel == "tc":
-        return _check_tc(direction, B, H, Nq, Nk, d, causal, softmax_scale, seed, bug, rtol,
-                         atol, source, dtype)
-    rtol = 1e-3 if rtol is None else rtol
-    atol = 1e-4 if atol is None else atol
-    import cupy as cp
-
-    from . import cuda_kernel_ops as ops
-    from . import reference as ref
-
-    if kernel not in STEP_THROUGH:
-        raise ValueError(f"kernel must be one of {sorted(STEP_THROUGH)} to trace, got {kernel!r}")
-    if direction not in ("forward", "backward"):
-        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
-    Nk = Nq if Nk is None else Nk
-    rng = np.random.default_rng(seed)
-    q, k, v, do = (rng.standard_normal(s).astype(np.float32)
-                   for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)))
-    gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
-    q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
-    if direction == "forward":
-        _, _, actual = ops.forward(kernel, gq, gk, gv, causal, softmax_scale, trace=True, bug=bug,
-                                   source=source)
-        steps = (ref.fa1_forward_steps if kernel == "fa1" else ref.fa2_forward_steps)(
-            q64, k64, v64, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc)
-    else:
-        o, lse = ops.forward(kernel, gq, gk, gv, causal, softmax_scale)  # ours: only B1/G2 is checked
-        _, _, _, actual = ops.backward(kernel, gdo, gq, gk, gv, o, lse, causal, softmax_scale,
-                                       trace=True, bug=bug, source=source)
-        o64, lse64 = o.get().astype(np.float64), lse.get().astype(np.float64)
-        steps = (ref.fa1_backward_steps if kernel == "fa1" else ref.fa2_backward_steps)(
-            do64, q64, k64, v64, o64, lse64, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc)
-    expected, _ = record(steps)
-    if bug is not None:
-        actual.label = f"{kernel} {direction} with bug {bug!r}"
-    elif source is not None:
-        actual.label = f"{source} ({kernel} {direction})"
-    return compare(expected, actual, rtol=rtol, atol=atol), actual, expected
-
-
-def _check_tc(direction, B, H, Nq, Nk, d, causal, softmax_scale, seed, bug, rtol, atol, source,
-              dtype):
-    """check_kernel for kernel 'tc': 16-bit inputs, the tensor-core twin as the reference."""
-    import cupy as cp
-
-    from . import cuda_kernel_ops as ops
-    from . import lowp
-    from .reference import tc as tc_ref
-
-    if direction not in ("forward", "backward"):
-        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
-    name = lowp.lowp_dtype(dtype).name
-    unit = TC_UNITS * UNIT_ROUNDOFF[name]
-    rtol = unit if rtol is None else rtol
-    atol = unit if atol is None else atol
-    Nk = Nq if Nk is None else Nk
-    rng = np.random.default_rng(seed)
-    q, k, v, do = (lowp.from_float32(rng.standard_normal(s).astype(np.float32), name)
-                   for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)))
-    gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
-    if direction == "forward":
-        _, _, actual = ops.forward("tc", gq, gk, gv, causal, softmax_scale, trace=True, bug=bug,
-                                   source=source)
-        p = ops.tc_launch_plan(gq.device.id, d, "forward", source=source)  # the shape that ran
-        steps = tc_ref.tc_forward_steps(q, k, v, causal, softmax_scale, Br=actual.Br,
-                                        Bc=actual.Bc, warps=p["warps"], Bk=p["Bk"])
-    else:
-        o, lse = ops.forward("tc", gq, gk, gv, causal, softmax_scale)  # ours: only G2 is checked
-        _, _, _, actual = ops.backward("tc", gdo, gq, gk, gv, o, lse, causal, softmax_scale,
-                                       trace=True, bug=bug, source=source)
-        p = ops.tc_launch_plan(gq.device.id, d, "backward", source=source)
-        steps = tc_ref.tc_backward_steps(do, q, k, v, o.get(), lse.get(), causal, softmax_scale,
-                                         Br=actual.Br, Bc=actual.Bc, warps=p["warps"],
-                                         grid=p["grid"])
-    expected, _ = record(steps, f"reference tc ({name})")
-    if bug is not None:
-        actual.label = f"tc {direction} with bug {bug!r}"
-    elif source is not None:
-        actual.label = f"{source} (tc {direction})"
-    return compare(expected, actual, rtol=rtol, atol=atol), actual, expected

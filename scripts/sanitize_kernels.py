@@ -9,58 +9,60 @@ import sys
 import cupy as cp
 import numpy as np
 
-from flashlab import cuda_kernel_ops as ops
-from flashlab import lowp
+from flashlab import launch, lowp, registry
+from flashlab.launch import plans
 
 rng = np.random.default_rng(0)
 B, H, Nq, Nk = 1, 2, 83, 71  # ragged against every tile size
 only = [k for k in os.environ.get("SANITIZE_KERNELS", "").split(",") if k]
-unknown = sorted(set(only) - set(ops.KERNELS))
+unknown = sorted(set(only) - set(registry.names()))
 if unknown:
-    sys.exit(f"SANITIZE_KERNELS: no kernel named {', '.join(unknown)} (kernels: {', '.join(ops.KERNELS)})")
-for kernel in ops.FP32_KERNELS:
+    sys.exit(f"SANITIZE_KERNELS: no kernel named {', '.join(unknown)} (kernels: {', '.join(registry.names())})")
+for kernel in registry.for_dtype("float32"):
     if only and kernel not in only:
         continue
-    for d in (64, 32) if kernel == "fa2" else (64, 40):
+    for d in (64, 32) if registry.get(kernel).head_dims else (64, 40):  # fa2: its own head dims
         for causal in (False, True):
             q, do = (cp.asarray(rng.standard_normal((B, H, Nq, d)), cp.float32) for _ in range(2))
             k, v = (cp.asarray(rng.standard_normal((B, H, Nk, d)), cp.float32) for _ in range(2))
-            o, lse = ops.forward(kernel, q, k, v, causal)
-            ops.backward(kernel, do, q, k, v, o, lse, causal)
-            if kernel != "naive":
-                ops.forward(kernel, q, k, v, causal, trace=True)
-                ops.backward(kernel, do, q, k, v, o, lse, causal, trace=True)
+            o, lse = launch.forward(kernel, q, k, v, causal)
+            launch.backward(kernel, do, q, k, v, o, lse, causal)
+            if registry.get(kernel).traceable:
+                launch.forward(kernel, q, k, v, causal, trace=True)
+                launch.backward(kernel, do, q, k, v, o, lse, causal, trace=True)
             cp.cuda.runtime.deviceSynchronize()
             print(f"{kernel} d={d} causal={causal}: ran", flush=True)
 cc = int(cp.cuda.Device().compute_capability)
-# kernel 'tc' is two sources on compute capability 9.0: tc90.cu (wgmma, the default there) and
-# tc.cu (FLASHLAB_TC_WGMMA=0); both are checked
-sources = (["tc90"] if cc == ops.TC90_CC else []) + ["tc"]
-for src in sources if cc >= ops.TC_MIN_CC and (not only or "tc" in only) else []:
-    os.environ["FLASHLAB_TC_WGMMA"] = "1" if src == "tc90" else "0"
+# kernel 'tc' is two sources on compute capability 9.0: tc90.cu (variant "wgmma", the default
+# there) and tc.cu ("mma", FLASHLAB_TC_WGMMA=0); every variant this GPU runs is checked
+TC = registry.get("tc")
+variants = [n for n, v in TC.variants.items() if v.min_cc <= cc <= (v.max_cc or cc)]
+for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) else []:
+    src = TC.variants[variant].source
+    os.environ["FLASHLAB_TC_WGMMA"] = "1" if TC.variants[variant].arch else "0"
     # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128), the two
     # K/V stages of the forward and the QS (up to 3) Q/dO stages of the backward going round
     # (Nq > 3 Br at every head dim: bf16 only, since races and bounds do not depend on the dtype)
     for name in lowp.LOWP_DTYPES:
-        for d in ops.TC_HEAD_DIMS if src == "tc" else ops.TC90_HEAD_DIMS:
+        for d in TC.variants[variant].head_dims or TC.head_dims:
             for causal in (False, True):
                 for nq, nk in ((Nq, Nk), (211, 150)) + (((530, 290),) if name == "bfloat16" else ()):
                     q, k, v, do = lowp.random_inputs(cp, [(B, H, nq, d), (B, H, nk, d), (B, H, nk, d),
                                                           (B, H, nq, d)], name)
-                    o, lse = ops.forward("tc", q, k, v, causal)
-                    ops.backward("tc", do, q, k, v, o, lse, causal)
-                    ops.forward("tc", q, k, v, causal, trace=True)
-                    ops.backward("tc", do, q, k, v, o, lse, causal, trace=True)
+                    o, lse = launch.forward("tc", q, k, v, causal)
+                    launch.backward("tc", do, q, k, v, o, lse, causal)
+                    launch.forward("tc", q, k, v, causal, trace=True)
+                    launch.backward("tc", do, q, k, v, o, lse, causal, trace=True)
                     cp.cuda.runtime.deviceSynchronize()
-                print(f"tc ({src}.cu) {name} d={d} causal={causal}: ran", flush=True)
+                print(f"tc ({src}) {name} d={d} causal={causal}: ran", flush=True)
     # the causal block order (block_order) with a last head group of fewer heads: 6 heads, 4 a group
-    default_group, ops.tc_head_group = ops.tc_head_group, (lambda *args: 4)
+    default_group, plans.tc_head_group = plans.tc_head_group, (lambda *args: 4)
     q, k, v, do = lowp.random_inputs(cp, [(2, 3, 211, 64), (2, 3, 150, 64), (2, 3, 150, 64),
                                           (2, 3, 211, 64)], "bfloat16")
-    o, lse = ops.forward("tc", q, k, v, True)
-    ops.backward("tc", do, q, k, v, o, lse, True)
+    o, lse = launch.forward("tc", q, k, v, True)
+    launch.backward("tc", do, q, k, v, o, lse, True)
     cp.cuda.runtime.deviceSynchronize()
-    ops.tc_head_group = default_group
-    print(f"tc ({src}.cu) causal, head groups of 4 over 6 heads: ran", flush=True)
+    plans.tc_head_group = default_group
+    print(f"tc ({src}) causal, head groups of 4 over 6 heads: ran", flush=True)
 print("sanitize workload done")
 sys.exit(0)

@@ -13,8 +13,8 @@ import sys
 
 import cupy as cp
 
-from flashlab import cuda_kernel_ops as ops
-from flashlab import lowp
+from flashlab import launch, lowp, registry
+from flashlab.launch import compiler, plans, sources
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 d = int(args[0]) if args else 128
@@ -22,9 +22,11 @@ N = int(args[1]) if len(args) > 1 else 4096
 causal = "--causal" in sys.argv
 B, H = max(1, 16384 // N), 2048 // d
 q, k, v, do = lowp.random_inputs(cp, [(B, H, N, d)] * 4, "bfloat16")
-ops.get_module("tc", False, ops.tc_names(True, d))  # compile outside the profiled launches
-o, lse = ops.forward("tc", q, k, v, causal)
-ops.backward("tc", do, q, k, v, o, lse, causal)
+variant = plans.tc_variant(cp.cuda.Device().compute_capability, d)  # the source that runs here
+compiler.get_module(sources.ours("tc", variant), False, plans.tc_names(True, d, variant=variant),
+                    arch=registry.get("tc").variants[variant].arch, kernel="tc")  # compiled first
+o, lse = launch.forward("tc", q, k, v, causal)
+launch.backward("tc", do, q, k, v, o, lse, causal)
 cp.cuda.Device().synchronize()
 if "--torch" in sys.argv:
     import torch

@@ -7,7 +7,7 @@ For every (dtype, d) and every candidate config: a correctness check first (a ra
 shape, causal and not, under FlashAttention's 2x rule against the float64 oracle, outputs
 NaN-poisoned beforehand), then forward and backward times at 16k tokens per batch (batch =
 16384 / N) and heads = 2048 / d, the issue's shapes. Writes DIR/tune.json and prints a table.
-docs/PERFORMANCE.md says which runs chose the defaults in flashlab/cuda_kernel_ops.py.
+docs/PERFORMANCE.md says which runs chose the defaults in flashlab/registry.py.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import statistics
 import sys
 import time
 
-from flashlab import cuda_kernel_ops as ops
-from flashlab import lowp
+from flashlab import launch, lowp, registry
+from flashlab.launch import device, sources
 from flashlab.bench import attention_flops
 
+WGMMA = registry.get("tc").variants["wgmma"]  # kernels/tc90.cu
 FWD_CANDIDATES = {
     32: [dict(BC=128, NW=4, WM=2, BK=64), dict(BC=64, NW=4, WM=2, BK=64)],
     64: [dict(BC=128, NW=4, WM=2, BK=64), dict(BC=64, NW=4, WM=2, BK=64),
@@ -29,7 +30,7 @@ FWD_CANDIDATES = {
     128: [dict(BC=64, NW=4, WM=2, BK=32), dict(BC=128, NW=4, WM=2, BK=32),
           dict(BC=128, NW=8, WM=1, BK=64), dict(BC=128, NW=8, WM=1, BK=128)],
 }
-# source variants: textual edits of kernels/tc.cu, compiled through ops' `source=` (each must
+# source variants: textual edits of kernels/tc.cu, compiled through flashlab.launch's `source=` (each must
 # match exactly once).
 _SDP = "        }\n#pragma unroll\n        for (int kk = 0; kk < D / 16; ++kk) {\n            u32 va[MS][4];"
 VARIANTS = {
@@ -69,10 +70,11 @@ def poisoned(cp, shape, dtype):
 
 
 def variant_source(variant, outdir):
-    """None for our source; else the path of kernels/tc.cu with the variant's edits applied."""
+    """None for our source; else kernels/tc.cu with the variant's edits applied (a Source, its
+    text also written to DIR/tc_<variant>.cu)."""
     if not VARIANTS[variant]:
         return None
-    src = ops.kernel_source("tc")
+    src = sources.ours("tc", "mma").text
     for old, new in VARIANTS[variant]:
         if src.count(old) != 1:
             raise ValueError(f"variant {variant}: the text it edits is not in tc.cu exactly once")
@@ -80,7 +82,7 @@ def variant_source(variant, outdir):
     path = os.path.join(outdir, f"tc_{variant}.cu")
     with open(path, "w") as f:
         f.write(src)
-    return path
+    return sources.user_file(path, "tc")
 
 
 def check(cp, name, d, fwd, bwd, seed=0, source=None):
@@ -92,11 +94,11 @@ def check(cp, name, d, fwd, bwd, seed=0, source=None):
                                               (B, H, Nq, d)], name, seed)
         o_buf = poisoned(cp, (B, H, Nq, d), q.dtype)
         l_buf = poisoned(cp, (B, H, Nq), cp.float32)
-        o, lse = ops.forward("tc", q, k, v, causal, out=(o_buf, l_buf), config=fwd, source=source)
+        o, lse = launch.forward("tc", q, k, v, causal, out=(o_buf, l_buf), config=fwd, source=source)
         grads = (poisoned(cp, (B, H, Nq, d), q.dtype), poisoned(cp, (B, H, Nk, d), q.dtype),
                  poisoned(cp, (B, H, Nk, d), q.dtype))
-        dq, dk, dv = ops.backward("tc", do, q, k, v, o, lse, causal, out=grads, config=bwd,
-                                  source=source)
+        dq, dk, dv = launch.backward("tc", do, q, k, v, o, lse, causal, out=grads, config=bwd,
+                                     source=source)
         o64, lse64, dq64, dk64, dv64 = lowp.attention_oracle(q, k, v, do, causal)
         no, _ = lowp.naive_lowp_forward(q, k, v, causal)
         ndq, ndk, ndv = lowp.naive_lowp_backward(do, q, k, v, causal)
@@ -185,14 +187,14 @@ def main(argv=None):
         name = lowp.lowp_dtype(dname).name
         for d in args.dims:
             pairs = []
-            cc = int(ops.device_limits(cp.cuda.Device().id)["compute_capability"])
-            if "tc90" in args.sources and cc == ops.TC90_CC and d in ops.TC90_HEAD_DIMS:
-                fwds = FWD90_CANDIDATES[d] if args.configs == "all" else [ops.TC90_FORWARD[d]]
-                bwds = BWD90_CANDIDATES[d] if args.configs == "all" else [ops.TC90_BACKWARD[d]]
+            cc = int(device.device_limits(cp.cuda.Device().id)["compute_capability"])
+            if "tc90" in args.sources and cc == WGMMA.min_cc and d in WGMMA.head_dims:
+                fwds = FWD90_CANDIDATES[d] if args.configs == "all" else [registry.TC90_FORWARD[d]]
+                bwds = BWD90_CANDIDATES[d] if args.configs == "all" else [registry.TC90_BACKWARD[d]]
                 pairs += [("base", f, bwds[0]) for f in fwds] + [("base", fwds[0], b) for b in bwds[1:]]
             if "tc" in args.sources:
-                fwds = FWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_FORWARD[d]]
-                bwds = BWD_CANDIDATES[d] if args.configs == "all" else [ops.TC_BACKWARD[d]]
+                fwds = FWD_CANDIDATES[d] if args.configs == "all" else [registry.TC_FORWARD[d]]
+                bwds = BWD_CANDIDATES[d] if args.configs == "all" else [registry.TC_BACKWARD[d]]
                 pairs += [("base", f, bwds[0]) for f in fwds] + [("base", fwds[0], b) for b in bwds[1:]]
                 pairs += [(var, fwds[0], bwds[0]) for var in args.variants if var != "base"]
             for variant, fwd, bwd in pairs:
@@ -216,9 +218,9 @@ def main(argv=None):
                     for causal in causals:
                         row = dict(dtype=name, d=d, N=N, B=B, H=H, causal=causal, fwd=fwd, bwd=bwd,
                                    variant=variant)
-                        o, lse = ops.forward("tc", q, k, v, causal, config=fwd, source=src)
-                        row["tc_fwd_ms"] = time_ms(cp, lambda: ops.forward("tc", q, k, v, causal, config=fwd, source=src))
-                        row["tc_bwd_ms"] = time_ms(cp, lambda: ops.backward("tc", do, q, k, v, o, lse, causal, config=bwd, source=src))
+                        o, lse = launch.forward("tc", q, k, v, causal, config=fwd, source=src)
+                        row["tc_fwd_ms"] = time_ms(cp, lambda: launch.forward("tc", q, k, v, causal, config=fwd, source=src))
+                        row["tc_bwd_ms"] = time_ms(cp, lambda: launch.backward("tc", do, q, k, v, o, lse, causal, config=bwd, source=src))
                         ff = attention_flops(B, H, N, N, d, causal, "forward")
                         row["tc_fwd_tflops"] = ff / row["tc_fwd_ms"] / 1e9
                         row["tc_bwd_tflops"] = 2.5 * ff / row["tc_bwd_ms"] / 1e9

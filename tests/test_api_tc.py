@@ -6,7 +6,7 @@ import pytest
 
 import flashlab
 from flashlab import api, lowp
-from flashlab import cuda_kernel_ops as ops
+from flashlab.launch import device, plans
 from flashlab.reference import fa2_forward, tc_forward
 
 
@@ -47,12 +47,12 @@ class _FakeCupy:
     ("90", 40, np.float16, "fa1"), ("90", 64, np.float32, "fa2"), ("75", 64, np.float32, "fa2"),
 ])
 def test_auto_picks_tc_only_where_it_runs(monkeypatch, cc, d, dtype, want):
-    monkeypatch.setattr(ops, "device_limits", lambda dev: {"compute_capability": cc})
+    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": cc})
     assert api.resolve_kernel("auto", _FakeCupy(dtype, d)) == want
 
 
 def test_the_fallback_warning_says_why_and_comes_once(monkeypatch):
-    monkeypatch.setattr(ops, "device_limits", lambda dev: {"compute_capability": "75"})
+    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": "75"})
     monkeypatch.setattr(api, "_warned_fallback", False)
     q = _FakeCupy(np.float16, 64)
     with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies "
@@ -104,15 +104,15 @@ def test_kernel_tc_at_another_head_dim_says_what_the_api_can_do(rng, d, directio
 
 
 def test_kernel_tc_head_dim_error_on_the_gpu_path_names_what_runs():
-    # ops._check_head_dim (every tc launch; tc_plan needs no GPU)
+    # device.check_head_dim (every tc launch; tc_plan needs no GPU)
     with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: "
                                          r"32, 64, 128\); pad the head dim to one of those, or use "
                                          r"kernel='auto' \(runs fa2 or fa1 on float32 copies\), or "
                                          r"kernel='fa1' on float32 inputs \(any d up to 256\)"):
-        ops.tc_plan(48, "forward")
+        plans.tc_plan(48, "forward")
     with pytest.raises(ValueError, match=r"needs \d+ bytes of shared memory per block; this GPU "
                                          r"allows 1000: use kernel='fa2' or 'fa1' on float32"):
-        ops.plan("tc", 64, "forward", 1000)
+        plans.plan("tc", 64, "forward", 1000)
 
 
 def test_resolve_kernel_checks_its_arguments(rng):

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from flashlab import assignment as a
-from flashlab import cuda_kernel_ops as ops
+from flashlab import course
+from flashlab.launch import compiler, device, sources
 from flashlab.cli import main
 
 
@@ -13,7 +14,7 @@ def _sources():
     from pathlib import Path
 
     pkg = Path(a.__file__).resolve().parent
-    return [f for f in list(pkg.glob("**/*.py")) + list(ops.kernel_dir().glob("*.cu*"))
+    return [f for f in list(pkg.glob("**/*.py")) + list(sources.kernel_dir().glob("*.cu*"))
             if "__pycache__" not in f.parts]
 
 
@@ -51,7 +52,8 @@ def test_student_copy_imports_compiles_and_scores_zero(student):
     name = a._load_student_package(out)  # imports
     assert name.startswith("flashlab_student")
     for kernel in ("naive", "fa1", "fa2"):  # still compiles with the stubs in place
-        ops.nvrtc_compile(kernel, "sm_80", source=out / "kernels" / f"{kernel}.cu")
+        compiler.nvrtc_compile(sources.user_file(out / "kernels" / f"{kernel}.cu", kernel), "sm_80",
+                               kernel=kernel)
     report = a.grade(out)
     assert report.score == 0 and report.max_score == sum(e.points for e in a.EXERCISES.values())
     assert all(r.status == "not implemented" for r in report.results), \
@@ -64,10 +66,10 @@ def test_student_copy_imports_compiles_and_scores_zero(student):
 def test_solution_copy_scores_full_marks_on_cpu(tmp_path):
     a.make(tmp_path / "key", solution=True)
     (tmp_path / "key/answers.txt").write_text(
-        "".join(f"{b.hunt}: {b.line.lower()}\n" for b in ops.BUGS.values() if b.hunt))
+        "".join(f"{b.hunt}: {b.line.lower()}\n" for b in course.BUGS.values() if b.hunt))
     report = a.grade(tmp_path / "key")
     for r in report.results:
-        if r.exercise.kind == "kernel" and not ops.gpu_available():
+        if r.exercise.kind == "kernel" and not device.gpu_available():
             assert r.status == "needs GPU" and "compiles with NVRTC" in r.output
         else:
             assert r.score == r.max_score, (r.exercise.id, r.output)
@@ -76,7 +78,7 @@ def test_solution_copy_scores_full_marks_on_cpu(tmp_path):
 def test_a_wrong_step_gets_per_tile_feedback(tmp_path):
     a.make(tmp_path / "hw", exercises=["1.3"])
     f = tmp_path / "hw/flashlab/reference/fa2.py"
-    solution = (ops.kernel_dir().parent / "flashlab/reference/fa2.py").read_text()
+    solution = (sources.kernel_dir().parent / "flashlab/reference/fa2.py").read_text()
     wrong = [l.replace("alpha[..., None] * O_t + P_t @ V_j", "O_t + P_t @ V_j")
              for l in a.body(solution, "1.3")]
     f.write_text(_put(f.read_text(), "1.3", wrong))

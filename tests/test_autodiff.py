@@ -354,7 +354,7 @@ def test_cli_train_compare_prints_both_curves(capsys):
 
 
 def test_cli_train_errors(capsys):
-    from flashlab.cuda_kernel_ops import gpu_available
+    from flashlab.launch.device import gpu_available
 
     assert main(["train", "--dim", "30", "--heads", "4"]) == 2
     assert "--dim 30 must be a multiple of --heads 4" in capsys.readouterr().err
@@ -363,3 +363,16 @@ def test_cli_train_errors(capsys):
     if not gpu_available():
         assert main(["train", "--device", "gpu"]) == 1
         assert "needs CuPy and a CUDA GPU" in capsys.readouterr().err
+
+
+def test_tensor_functions_gathers_the_op_modules():
+    from pathlib import Path
+
+    from flashlab.autodiff import attention, elementwise, layers, shapes
+
+    for mod in (attention, elementwise, layers, shapes):
+        assert len(Path(mod.__file__).read_text().splitlines()) < 500
+    assert tf.FlashAttention is attention.FlashAttention
+    assert tf.standard_attention is attention.standard_attention  # the teaching pair, together
+    assert tf.Add is elementwise.Add and tf.LayerNorm is layers.LayerNorm and tf.Sum is shapes.Sum
+    assert all(hasattr(tf, name) for name in tf.__all__)

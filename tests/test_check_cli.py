@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from flashlab import cuda_kernel_ops as ops
+from flashlab import cuda_kernel_ops
 from flashlab.cli import main
+from flashlab.launch import compiler, device, sources
+from flashlab.launch.errors import KernelCompileError
 
 PLANTED = "flashlab_planted_error"
 
@@ -17,8 +19,9 @@ PLANTED = "flashlab_planted_error"
 @pytest.fixture
 def cpu_only(monkeypatch):
     """Take check's no-GPU path (compile with NVRTC) on any machine."""
-    monkeypatch.setattr(ops, "gpu_available", lambda: False)
-    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 0.0)  # files are edited within a test
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
+    monkeypatch.setattr(cuda_kernel_ops, "gpu_available", lambda: False)  # the old alias, too
+    monkeypatch.setattr(sources, "SOURCE_RECHECK_S", 0.0)  # files are edited within a test
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def plant(text: str, after: str, what: str = f"    {PLANTED};") -> tuple[str, in
 
 
 def fa1_with_error(tmp_path, name="my_fa1.cu"):
-    text, line = plant((ops.kernel_dir() / "fa1.cu").read_text(), "const int p = d + 1;")
+    text, line = plant((sources.kernel_dir() / "fa1.cu").read_text(), "const int p = d + 1;")
     (tmp_path / name).write_text(text)
     return tmp_path / name, line
 
@@ -58,8 +61,8 @@ def test_a_lone_file_reports_its_own_name_and_line(tmp_path, capsys, nvrtc):
     assert error_lines(err) == [f'my_fa1.cu:{line}: error: identifier "{PLANTED}" is undefined']
 
     # the compiler's own log (what CuPy shows on a GPU, too) names the file and line
-    with pytest.raises(ops.KernelCompileError) as e:
-        ops.nvrtc_compile("fa1", "sm_80", source=path)
+    with pytest.raises(KernelCompileError) as e:
+        compiler.nvrtc_compile(sources.user_file(path, "fa1"), "sm_80", kernel="fa1")
     assert f"my_fa1.cu({line}): error" in e.value.log
     assert re.findall(r"^(\S+?)\(\d+\): error", e.value.log, re.M) == ["my_fa1.cu"]
 
@@ -67,7 +70,7 @@ def test_a_lone_file_reports_its_own_name_and_line(tmp_path, capsys, nvrtc):
 def test_a_file_with_common_cuh_beside_it_reports_exact_lines(tmp_path, capsys, nvrtc):
     path, line = fa1_with_error(tmp_path)
     # a header of another length than ours, so a miscount cannot pass by luck
-    header = "/* my own copy */\n\n" + (ops.kernel_dir() / "common.cuh").read_text()
+    header = "/* my own copy */\n\n" + (sources.kernel_dir() / "common.cuh").read_text()
     (tmp_path / "common.cuh").write_text(header)
     assert main(["check", str(path), "--algorithm", "fa1"]) == 1
     err = capsys.readouterr().err
@@ -76,7 +79,7 @@ def test_a_file_with_common_cuh_beside_it_reports_exact_lines(tmp_path, capsys, 
     # an error in the header beside it names the header and its line
     broken, hline = plant(header, "#pragma once", "__device__ int common_error = ;")
     (tmp_path / "common.cuh").write_text(broken)
-    (tmp_path / "my_fa1.cu").write_text((ops.kernel_dir() / "fa1.cu").read_text())
+    (tmp_path / "my_fa1.cu").write_text((sources.kernel_dir() / "fa1.cu").read_text())
     assert main(["check", str(path), "--algorithm", "fa1"]) == 1
     err = capsys.readouterr().err
     assert [l.split(": error:")[0] for l in error_lines(err)] == [f"common.cuh:{hline}"], err
@@ -91,7 +94,7 @@ def test_inlined_headers_keep_every_line_where_it_was(tmp_path):
             '  #  include "inner.cuh"\nint y = X;\n#include <cstdio>\nint z;\n')
     (tmp_path / "k.cu").write_text(text)
     where, file, line = {}, None, None
-    for out in ops.expand_includes(tmp_path / "k.cu").split("\n"):
+    for out in sources.expand_includes(tmp_path / "k.cu").split("\n"):
         m = re.fullmatch(r'#line (\d+) "([^"]+)"', out)
         if m:
             line, file = int(m[1]), m[2]
@@ -113,8 +116,8 @@ def test_the_wrong_algorithm_is_one_line_that_names_the_right_one(tmp_path, caps
                                                                   ours, given):
     # detected before compiling: no NVRTC needed
     path = tmp_path / f"my_{ours}.cu"
-    path.write_text((ops.kernel_dir() / f"{ours}.cu").read_text())
-    shutil.copy(ops.kernel_dir() / "common.cuh", tmp_path / "common.cuh")
+    path.write_text((sources.kernel_dir() / f"{ours}.cu").read_text())
+    shutil.copy(sources.kernel_dir() / "common.cuh", tmp_path / "common.cuh")
     assert main(["check", str(path), "--algorithm", given]) == 1
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err
@@ -124,7 +127,7 @@ def test_the_wrong_algorithm_is_one_line_that_names_the_right_one(tmp_path, caps
 
 
 def test_a_pass_the_file_lacks_is_named(tmp_path, capsys, cpu_only):
-    src = (ops.kernel_dir() / "fa1.cu").read_text()
+    src = (sources.kernel_dir() / "fa1.cu").read_text()
     (tmp_path / "fwd.cu").write_text(src[:src.index("fa1_backward(")] + "\n")
     assert main(["check", str(tmp_path / "fwd.cu"), "--algorithm", "fa1", "--backward"]) == 1
     err = capsys.readouterr().err
@@ -133,7 +136,7 @@ def test_a_pass_the_file_lacks_is_named(tmp_path, capsys, cpu_only):
 
 
 def test_compile_errors_are_trimmed(tmp_path, capsys, nvrtc):
-    text = (ops.kernel_dir() / "fa1.cu").read_text()
+    text = (sources.kernel_dir() / "fa1.cu").read_text()
     lines = []
     for k in range(7):
         text, line = plant(text, "const int p = d + 1;", f"    {PLANTED}_{k};")
@@ -148,7 +151,7 @@ def test_compile_errors_are_trimmed(tmp_path, capsys, nvrtc):
 
 
 def test_template_parameters_that_do_not_match_are_said_once(tmp_path, capsys, nvrtc):
-    text = (ops.kernel_dir() / "fa2.cu").read_text()
+    text = (sources.kernel_dir() / "fa2.cu").read_text()
     head, tail = text.split("fa2_forward(", 1)
     head = head[::-1].replace("template <int D, int BR, int BC>"[::-1],
                               "template <int D, int BR>"[::-1], 1)[::-1]
@@ -162,7 +165,7 @@ def test_template_parameters_that_do_not_match_are_said_once(tmp_path, capsys, n
 # ----------------------------------------------------------------------------- without a GPU
 
 def test_without_a_gpu_only_compilation_is_claimed(tmp_path, capsys, nvrtc):
-    shutil.copy(ops.kernel_dir() / "fa1.cu", tmp_path / "mine.cu")
+    shutil.copy(sources.kernel_dir() / "fa1.cu", tmp_path / "mine.cu")
     assert main(["check", str(tmp_path / "mine.cu"), "--algorithm", "fa1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("mine.cu compiles with NVRTC for sm_80 (fa1_forward, fa1_backward)")
@@ -187,7 +190,7 @@ def test_missing_nvrtc_is_one_line_with_the_install_hint(tmp_path, capsys, cpu_o
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_cuda)
-    shutil.copy(ops.kernel_dir() / "fa1.cu", tmp_path / "mine.cu")
+    shutil.copy(sources.kernel_dir() / "fa1.cu", tmp_path / "mine.cu")
     assert main(["check", str(tmp_path / "mine.cu"), "--algorithm", "fa1"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err

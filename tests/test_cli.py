@@ -45,7 +45,7 @@ def test_help_shows_an_example(capsys):
 
 
 def test_bench_without_a_gpu_says_so_and_times_the_references(tmp_path, capsys):
-    from flashlab.cuda_kernel_ops import gpu_available
+    from flashlab.launch.device import gpu_available
 
     if gpu_available():
         import pytest
@@ -80,7 +80,8 @@ def test_info_runs_everywhere(capsys):
 
 
 def test_check_compiles_a_user_file_on_cpu_and_reports_errors(tmp_path, capsys):
-    from flashlab.cuda_kernel_ops import gpu_available, kernel_dir
+    from flashlab.launch.device import gpu_available
+    from flashlab.launch.sources import kernel_dir
 
     if gpu_available():
         import pytest
@@ -98,7 +99,7 @@ def test_check_compiles_a_user_file_on_cpu_and_reports_errors(tmp_path, capsys):
 
 
 def test_trace_without_a_gpu_is_one_clear_line(capsys):
-    from flashlab.cuda_kernel_ops import gpu_available
+    from flashlab.launch.device import gpu_available
 
     if gpu_available():
         import pytest

@@ -15,7 +15,7 @@ import pytest
 import flashlab
 from flashlab import bench, install
 from flashlab.cli import main
-from flashlab.cuda_kernel_ops import gpu_available
+from flashlab.launch.device import gpu_available
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--seq", "32", "--repeat", "1"]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from flashlab.cli import main
-from flashlab.cuda_kernel_ops import kernel_dir
+from flashlab.launch.sources import kernel_dir
 
 pytestmark = pytest.mark.gpu
 
@@ -52,6 +52,6 @@ def test_info_names_the_device(capsys):
 def test_bug_hunt_names_give_nothing_away(capsys):
     assert main(["trace", "--seq", "600", "--inject-bug", "mystery-2"]) == 1
     out = capsys.readouterr().out
-    bug = __import__("flashlab.cuda_kernel_ops", fromlist=["BUGS"]).BUGS["wrong-l-update"]
+    bug = __import__("flashlab.course", fromlist=["BUGS"]).BUGS["wrong-l-update"]
     assert "bug hunt mystery-2" in out and bug.name not in out and bug.question not in out
     assert "diverges at step (i=0, j=1), A1:L11" in out

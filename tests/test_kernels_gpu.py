@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 import flashlab
-from flashlab import cuda_kernel_ops as ops
-from flashlab import trace
+from flashlab import course, launch, registry
+from flashlab.kernel_check import check_kernel
+from flashlab.launch import device, plans
 from flashlab.reference import naive_attention, naive_attention_backward
+
+FP32_KERNELS = registry.for_dtype("float32")  # naive, fa1, fa2; tc: tests/test_tc_gpu.py
 
 pytestmark = pytest.mark.gpu
 
@@ -20,8 +23,9 @@ FA1_ONLY = [(1, 2, 50, 61, 40, True), (1, 1, 33, 17, 1, False), (1, 1, 40, 40, 2
 
 
 def _cases():
-    for kernel in ops.FP32_KERNELS:  # tc: tests/test_tc_gpu.py
-        for s in SHAPES + (FA1_ONLY if kernel in ("fa1", "naive") else []):
+    for kernel in FP32_KERNELS:
+        any_d = registry.get(kernel).head_dims is None  # naive, fa1: any d (up to fa1's 256)
+        for s in SHAPES + (FA1_ONLY if any_d else []):
             yield pytest.param(kernel, *s, id=f"{kernel}-{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}")
 
 
@@ -47,14 +51,14 @@ def test_kernel_equals_float64_oracle_and_writes_every_element(rng, kernel, B, H
     gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
 
     poison = [cp.full((B, H, Nq, d), cp.nan, cp.float32), cp.full((B, H, Nq), cp.nan, cp.float32)]
-    o, lse = ops.forward(kernel, gq, gk, gv, causal, out=poison)
+    o, lse = launch.forward(kernel, gq, gk, gv, causal, out=poison)
     o, lse = o.get(), lse.get()
     assert np.isfinite(o).all() and np.isfinite(lse).all(), "an output element was never written"
     assert rel(o, o_ref) < 2e-5, rel(o, o_ref)
     assert rel(lse, lse_ref) < 2e-6
 
     poison = [cp.full(s, cp.nan, cp.float32) for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d))]
-    grads = ops.backward(kernel, gdo, gq, gk, gv, cp.asarray(o), cp.asarray(lse), causal, out=poison)
+    grads = launch.backward(kernel, gdo, gq, gk, gv, cp.asarray(o), cp.asarray(lse), causal, out=poison)
     for g, g_ref, name in zip(grads, grads_ref, ("dq", "dk", "dv")):
         g = g.get()
         assert np.isfinite(g).all(), f"{name}: an element was never written"
@@ -62,13 +66,13 @@ def test_kernel_equals_float64_oracle_and_writes_every_element(rng, kernel, B, H
 
 
 @pytest.mark.parametrize("scale", [0.05, 1.0])
-@pytest.mark.parametrize("kernel", ops.FP32_KERNELS)
+@pytest.mark.parametrize("kernel", FP32_KERNELS)
 def test_softmax_scale_is_honoured(rng, kernel, scale):
     import cupy as cp
 
     q, k, v, do = _inputs(rng, 1, 2, 90, 70, 32)
     o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)), True, scale)
-    o, _ = ops.forward(kernel, cp.asarray(q), cp.asarray(k), cp.asarray(v), True, scale)
+    o, _ = launch.forward(kernel, cp.asarray(q), cp.asarray(k), cp.asarray(v), True, scale)
     assert rel(o.get(), o_ref) < 2e-5
 
 
@@ -77,7 +81,7 @@ def test_softmax_scale_is_honoured(rng, kernel, scale):
 @pytest.mark.parametrize("kernel", ["fa1", "fa2"])
 @pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 150, 64), (130, 130, 128), (600, 470, 64)])
 def test_kernel_trace_matches_its_step_through(kernel, direction, causal, Nq, Nk, d):
-    div, actual, expected = trace.check_kernel(kernel, direction, B=2, H=1, Nq=Nq, Nk=Nk, d=d,
+    div, actual, expected = check_kernel(kernel, direction, B=2, H=1, Nq=Nq, Nk=Nk, d=d,
                                                causal=causal, seed=Nq + d)
     assert div is None, str(div)
     assert (actual.seq >= 0).sum() == (expected.seq >= 0).sum() > 1
@@ -96,7 +100,7 @@ PLANTED = {
 
 def test_every_planted_bug_has_a_test():
     # races (missing-sync) are nondeterministic: compute-sanitizer racecheck is their test
-    assert set(PLANTED) == {name for name, b in ops.BUGS.items() if not b.race}
+    assert set(PLANTED) == {name for name, b in course.BUGS.items() if not b.race}
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
@@ -104,18 +108,18 @@ def test_trace_pinpoints_the_planted_bug(bug):
     import cupy as cp
 
     direction, causal, step, quantities, line = PLANTED[bug]
-    kernel = ops.BUGS[bug].kernel
+    kernel = course.BUGS[bug].kernel
     # at least two K/V blocks with this device's tiles, so there is a rescale to get wrong
-    p = ops.plan(kernel, 64, direction, ops.device_limits(cp.cuda.Device().id)["smem_optin"])
+    p = plans.plan(kernel, 64, direction, device.device_limits(cp.cuda.Device().id)["smem_optin"])
     N = 2 * max(p["Br"], p["Bc"]) + 17
-    div, _, _ = trace.check_kernel(kernel, direction, B=1, H=2, Nq=N, Nk=N, d=64,
+    div, _, _ = check_kernel(kernel, direction, B=1, H=2, Nq=N, Nk=N, d=64,
                                    causal=causal, bug=bug, seed=7)
     assert div is not None, f"the trace missed bug {bug}"
     assert (div.i, div.j) == step, str(div)
     assert div.quantity in quantities and div.line == line, str(div)
     assert str(div).startswith(f"{kernel} {direction} with bug {bug!r} diverges at step (i={step[0]}, j={step[1]})")
     # and the same kernel without the bug agrees
-    clean, _, _ = trace.check_kernel(kernel, direction, B=1, H=2, Nq=N, Nk=N, d=64,
+    clean, _, _ = check_kernel(kernel, direction, B=1, H=2, Nq=N, Nk=N, d=64,
                                      causal=causal, seed=7)
     assert clean is None, str(clean)
 
@@ -157,7 +161,7 @@ def test_bad_gpu_inputs_name_the_argument_and_the_fix(rng):
                          ({"softmax_scale": "0.5"}, TypeError, r"softmax_scale must be a real number"),
                          ({"softmax_scale": True}, TypeError, r"softmax_scale must be a real number"),
                          ({"softmax_scale": float("nan")}, ValueError, r"softmax_scale must be finite")]:
-        for kernel in ("auto",) + ops.FP32_KERNELS:
+        for kernel in ("auto",) + FP32_KERNELS:
             with pytest.raises(err, match=msg):
                 flashlab.flash_attention(gq, gk, gv, kernel=kernel, **kw)
             with pytest.raises(err, match=msg):
@@ -165,18 +169,18 @@ def test_bad_gpu_inputs_name_the_argument_and_the_fix(rng):
     with pytest.raises(TypeError, match=r"q has dtype float64; kernel 'fa2' takes float32"):
         flashlab.flash_attention(gq.astype(cp.float64), gk.astype(cp.float64), gv.astype(cp.float64), kernel="fa2")
     with pytest.raises(ValueError, match=r"k is not contiguous.*ascontiguousarray\(k\)"):
-        ops.forward("fa2", gq, cp.asfortranarray(gk), gv)
+        launch.forward("fa2", gq, cp.asfortranarray(gk), gv)
     with pytest.raises(ValueError, match=r"head_dim 40 is not supported by kernel 'fa2'"):
         g40 = cp.zeros((1, 1, 8, 40), cp.float32)
-        ops.forward("fa2", g40, g40, g40)
+        launch.forward("fa2", g40, g40, g40)
     with pytest.raises(ValueError, match=r"q has N = 0"):
-        ops.forward("fa1", gq[:, :, :0].copy(), gk, gv)
+        launch.forward("fa1", gq[:, :, :0].copy(), gk, gv)
     with pytest.raises(ValueError, match=r"k and v must have the same number of keys"):
-        ops.forward("naive", gq, gk, gv[:, :, :10].copy())
+        launch.forward("naive", gq, gk, gv[:, :, :10].copy())
     with pytest.raises(ValueError, match=r"kernel must be one of"):
         flashlab.flash_attention(gq, gk, gv, kernel="fa9")
     with pytest.raises(ValueError, match="'naive' has no tile steps to trace"):
-        ops.forward("naive", gq, gk, gv, trace=True)
+        launch.forward("naive", gq, gk, gv, trace=True)
 
 
 def test_nan_input_propagates_like_the_oracle(rng):
@@ -185,8 +189,8 @@ def test_nan_input_propagates_like_the_oracle(rng):
     q, k, v, _ = _inputs(rng, 1, 1, 70, 70, 64)
     q[0, 0, 5, 3] = np.nan
     o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)))
-    for kernel in ops.FP32_KERNELS:
-        o, _ = ops.forward(kernel, *(cp.asarray(x) for x in (q, k, v)))
+    for kernel in FP32_KERNELS:
+        o, _ = launch.forward(kernel, *(cp.asarray(x) for x in (q, k, v)))
         np.testing.assert_array_equal(np.isnan(o.get()), np.isnan(o_ref), err_msg=kernel)
 
 
@@ -202,9 +206,10 @@ def test_racecheck_reports_the_planted_race(tmp_path):
     script = tmp_path / "race.py"
     script.write_text(
         "import sys; import cupy as cp\n"
-        "from flashlab import cuda_kernel_ops as ops\n"
+        "from flashlab import course, launch\n"
         "q = cp.random.default_rng(0).standard_normal((1, 1, 300, 64), dtype=cp.float32)\n"
-        "ops.forward('fa1', q, q, q, bug=sys.argv[1] if len(sys.argv) > 1 else None)\n"
+        "bug = course.patched(sys.argv[1], 'fa1') if len(sys.argv) > 1 else None\n"
+        "launch.forward('fa1', q, q, q, source=bug)\n"
         "cp.cuda.Device().synchronize()\n")
     # the script's folder, not the repository, is sys.path[0] in the child: put this checkout
     # first on PYTHONPATH so it imports without flashlab installed
@@ -220,3 +225,18 @@ def test_racecheck_reports_the_planted_race(tmp_path):
         return line[0]
     assert "0 hazards" in hazards()
     assert "0 hazards" not in hazards("missing-sync")
+
+
+def test_the_old_launcher_alias_takes_bug_names_and_paths(rng, tmp_path):
+    # flashlab.cuda_kernel_ops (kept for scripts) turns bug= and source=path into a Source
+    import cupy as cp
+
+    from flashlab import cuda_kernel_ops as ops
+    from flashlab.launch import sources
+
+    q, k, v, _ = (cp.asarray(x) for x in _inputs(rng, 1, 2, 200, 200, 64))
+    planted = launch.forward("fa1", q, k, v, source=course.patched("no-rescale", "fa1"))[0]
+    assert bool((ops.forward("fa1", q, k, v, bug="no-rescale")[0] == planted).all())
+    (tmp_path / "mine.cu").write_text(sources.ours("fa2").text)
+    ours = launch.forward("fa2", q, k, v, True)[0]
+    assert bool((ops.forward("fa2", q, k, v, True, source=tmp_path / "mine.cu")[0] == ours).all())

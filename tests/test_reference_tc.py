@@ -12,7 +12,8 @@ from flashlab.reference import (fa2_backward, fa2_backward_steps, fa2_forward, f
                                 naive_lowp_forward, tc_backward, tc_backward_steps, tc_forward,
                                 tc_block_order, tc_forward_steps, within_fa_rule)
 from flashlab.reference import tc as tc_mod
-from flashlab.cuda_kernel_ops import TC_BACKWARD, TC_FORWARD, tc_head_group
+from flashlab.launch.plans import tc_head_group
+from flashlab.registry import TC_BACKWARD, TC_FORWARD
 from flashlab.reference.tc import block_order_makespan, tc_blocks
 
 
@@ -201,7 +202,7 @@ def test_backward_warps_split_each_product_as_a_grid(rng):
 
 
 def test_default_tiles_are_the_kernel_launch():
-    from flashlab.cuda_kernel_ops import tc_plan
+    from flashlab.launch.plans import tc_plan
     for d in (32, 64, 128):
         for direction in ("forward", "backward"):
             p = tc_plan(d, direction)
@@ -423,7 +424,7 @@ def test_backward_takes_tc90s_warp_grids(rng):
     # kernels/tc90.cu: warp w owns keys 16 w .. of S^T and dK~ (grid 8 x 1), and queries
     # 16 (w % 4) .., columns (w / 4) d / 2 .. of dQ at Br = 64 (grid 4 x 2), or queries 16 w ..
     # at Br = 128 (grid 8 x 1); the numbers do not depend on the grid, only the warp labels
-    from flashlab.cuda_kernel_ops import tc_plan
+    from flashlab.launch.plans import tc_plan
 
     d = 64
     (q, k, v, do), _ = _inputs(rng, np.float16, 130, 150, d, H=1)

@@ -1,9 +1,9 @@
 """GPU: the tensor-core kernels (kernels/tc.cu, and kernels/tc90.cu on compute capability 9.0)
 under FlashAttention's own test rule.
 
-Tests that take the `source` fixture run once per source the GPU can run: "tc90" (wgmma, what
-kernel 'tc' runs on an H100 at d = 64 and 128) and "tc" (mma.sync; FLASHLAB_TC_WGMMA=0 selects it
-there, as on every other sm_80+ GPU).
+Tests that take the `source` fixture run once per source (registry variant) the GPU can run:
+"wgmma" (kernels/tc90.cu, what kernel 'tc' runs on an H100 at d = 64 and 128) and "mma"
+(kernels/tc.cu, mma.sync; FLASHLAB_TC_WGMMA=0 selects it there, as on every other sm_80+ GPU).
 
 For O, dQ, dK and dV: error against the float64 oracle at most 2x the error of standard attention
 computed in the same 16-bit dtype (flashlab.lowp); no NaN; every output element written (outputs
@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 import flashlab
-from flashlab import cuda_kernel_ops as ops
-from flashlab import lowp, trace
+from flashlab import launch, lowp, registry
+from flashlab.kernel_check import check_kernel
+from flashlab.launch import plans, sources
+
+TC = registry.get("tc")
 
 pytestmark = pytest.mark.gpu
 
@@ -33,16 +36,17 @@ SHAPES = [
 def _sm80():
     import cupy as cp
 
-    if int(cp.cuda.Device().compute_capability) < ops.TC_MIN_CC:
+    if int(cp.cuda.Device().compute_capability) < TC.min_cc:
         pytest.skip("kernel 'tc' needs compute capability 8.0+")
 
 
-@pytest.fixture(params=["tc90", "tc"])
+@pytest.fixture(params=["wgmma", "mma"])
 def source(request, monkeypatch):
+    """The variant that runs: kernels/tc90.cu ("wgmma", compute capability 9.0) or kernels/tc.cu."""
     import cupy as cp
 
-    if request.param == "tc90":
-        if int(cp.cuda.Device().compute_capability) != ops.TC90_CC:
+    if request.param == "wgmma":
+        if int(cp.cuda.Device().compute_capability) != TC.variants["wgmma"].min_cc:
             pytest.skip("kernels/tc90.cu (wgmma) runs on compute capability 9.0 only")
         monkeypatch.setenv("FLASHLAB_TC_WGMMA", "1")
     else:
@@ -70,9 +74,9 @@ def _poisoned(shape, dtype):
 def _run(q, k, v, do, causal, scale=None):
     B, H, Nq, d = q.shape
     Nk = k.shape[2]
-    o, lse = ops.forward("tc", q, k, v, causal, scale,
+    o, lse = launch.forward("tc", q, k, v, causal, scale,
                          out=(_poisoned((B, H, Nq, d), q.dtype), _poisoned((B, H, Nq), np.float32)))
-    grads = ops.backward("tc", do, q, k, v, o, lse, causal, scale,
+    grads = launch.backward("tc", do, q, k, v, o, lse, causal, scale,
                          out=tuple(_poisoned(s, q.dtype) for s in ((B, H, Nq, d), (B, H, Nk, d),
                                                                     (B, H, Nk, d))))
     return o, lse, grads
@@ -129,7 +133,7 @@ def test_tc_causal_block_order_gives_the_same_bits_in_any_head_grouping(source, 
     naive = (lowp.naive_lowp_forward(q, k, v, True)[0], *lowp.naive_lowp_backward(do, q, k, v, True))
     first = None
     for group in (1, 3, 4, 10, 64):
-        monkeypatch.setattr(ops, "tc_head_group", lambda *args, g=group: g)
+        monkeypatch.setattr(plans, "tc_head_group", lambda *args, g=group: g)
         o, lse, grads = _run(q, k, v, do, True)
         for label, out, ref, nv in zip(("o", "dq", "dk", "dv"), (o, *grads), (o64, dq64, dk64, dv64),
                                        naive):
@@ -149,7 +153,7 @@ def test_tc_causal_block_order_gives_the_same_bits_in_any_head_grouping(source, 
 @pytest.mark.parametrize("name", DTYPES)
 @pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 300, 64), (300, 300, 128), (600, 470, 64)])
 def test_tc_trace_matches_its_step_through(source, direction, causal, name, Nq, Nk, d):
-    div, actual, expected = trace.check_kernel("tc", direction, 1, 2, Nq, Nk, d, causal,
+    div, actual, expected = check_kernel("tc", direction, 1, 2, Nq, Nk, d, causal,
                                                dtype=name)
     assert div is None, str(div)
     assert (actual.seq == expected.seq).all()
@@ -158,15 +162,15 @@ def test_tc_trace_matches_its_step_through(source, direction, causal, name, Nq, 
 def test_tc_trace_pinpoints_a_broken_rescale(tmp_path, source):
     """The tile comparison can fail: a tc.cu / tc90.cu without F2:L7's rescale of O~ diverges at
     L7."""
-    src = ops.kernel_source(source)
-    old = {"tc": "                        o[a][n][2 * h] *= alpha;\n",
-           "tc90": "                o[4 * n + 2 * h] *= alpha[h];\n"}[source]
+    src = sources.ours("tc", source).text
+    old = {"mma": "                        o[a][n][2 * h] *= alpha;\n",
+           "wgmma": "                o[4 * n + 2 * h] *= alpha[h];\n"}[source]
     assert src.count(old) == 1
     (tmp_path / "tc_bug.cu").write_text(src.replace(old, ""))
-    div, _, _ = trace.check_kernel("tc", "forward", 1, 1, 200, 300, 64, False,
+    div, _, _ = check_kernel("tc", "forward", 1, 1, 200, 300, 64, False,
                                    source=tmp_path / "tc_bug.cu")
     assert div is not None and div.line == "F2:L7" and div.quantity == "O~_i", str(div)
-    if source == "tc":
+    if source == "mma":
         # d = 64 takes 128-key tiles as two 64-key sub-steps: the second sub-step of tile 0 is
         # the first place a rescale matters, so the trace (one entry per tile) diverges at (0, 0)
         assert div.i == 0 and div.j == 0
@@ -181,11 +185,11 @@ def test_auto_routes_16_bit_inputs_to_tc_and_float32_to_fa2():
     q, k, v, do = _inputs(1, 2, 130, 130, 64, "bfloat16")
     assert flashlab.api.resolve_kernel("auto", q) == "tc"
     o, lse = flashlab.flash_attention(q, k, v, causal=True, return_lse=True)
-    o_tc, lse_tc = ops.forward("tc", q, k, v, True)
+    o_tc, lse_tc = launch.forward("tc", q, k, v, True)
     assert o.dtype.name == "bfloat16" and lse.dtype == np.float32
     assert bool((o.view(cp.uint16) == o_tc.view(cp.uint16)).all()) and bool((lse == lse_tc).all())
     grads = flashlab.flash_attention_backward(do, q, k, v, o, lse, causal=True)
-    grads_tc = ops.backward("tc", do, q, k, v, o, lse, True)
+    grads_tc = launch.backward("tc", do, q, k, v, o, lse, True)
     for g, g_tc in zip(grads, grads_tc):
         assert g.dtype.name == "bfloat16"
         assert float(cp.abs(lowp.to_float32(g) - lowp.to_float32(g_tc)).max()) < 0.05  # atomics' order
@@ -216,19 +220,19 @@ def test_tc_bad_inputs_name_the_argument():
 
     q, k, v, do = _inputs(1, 1, 64, 64, 64, "bfloat16")
     with pytest.raises(TypeError, match=r"q has dtype float32; kernel 'tc' \(tensor cores\) takes float16 or bfloat16"):
-        ops.forward("tc", *(lowp.to_float32(x) for x in (q, k, v)))
+        launch.forward("tc", *(lowp.to_float32(x) for x in (q, k, v)))
     kh = lowp.from_float32(lowp.to_float32(k), "float16")
     with pytest.raises(ValueError, match=r"q, k, v must share one dtype: got q bfloat16, k float16"):
-        ops.forward("tc", q, kh, v)
+        launch.forward("tc", q, kh, v)
     with pytest.raises(ValueError, match=r"do has dtype float16; expected bfloat16 to match q"):
-        ops.backward("tc", lowp.from_float32(lowp.to_float32(do), "float16"), q, k, v,
-                     *ops.forward("tc", q, k, v))
+        launch.backward("tc", lowp.from_float32(lowp.to_float32(do), "float16"), q, k, v,
+                        *launch.forward("tc", q, k, v))
     q48 = _inputs(1, 1, 64, 64, 48, "bfloat16")[0]
     with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: 32, 64, 128\)"):
-        ops.forward("tc", q48, q48, q48)
+        launch.forward("tc", q48, q48, q48)
     with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' .* kernel='auto'"):
         flashlab.flash_attention(q48, q48, q48, kernel="tc")
-    o, lse = ops.forward("tc", q, k, v)
+    o, lse = launch.forward("tc", q, k, v)
     for kernel in ("auto", "tc"):  # auto at d = 96 is the fallback: checked before it warns
         x = (q, k, v) if kernel == "tc" else _inputs(1, 1, 64, 64, 96, "bfloat16")[:3]
         with pytest.raises(TypeError, match=r"v must be a NumPy or CuPy array .* got list"):
@@ -240,11 +244,11 @@ def test_tc_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match=r"softmax_scale must be finite and > 0"):
         flashlab.flash_attention_backward(do, q, k, v, o, lse, kernel="tc", softmax_scale=float("inf"))
     with pytest.raises(TypeError, match=r"lse has dtype float16"):
-        ops.backward("tc", do, q, k, v, o, lse.astype(cp.float16))
+        launch.backward("tc", do, q, k, v, o, lse.astype(cp.float16))
     with pytest.raises(ValueError, match=r"q is not contiguous"):
-        ops.forward("tc", q[:, :, ::2], k, v)
+        launch.forward("tc", q[:, :, ::2], k, v)
     with pytest.raises(ValueError, match=r"out o must be a contiguous bfloat16 array"):
-        ops.forward("tc", q, k, v, out=(_poisoned(q.shape, cp.float32), _poisoned(q.shape[:3], cp.float32)))
+        launch.forward("tc", q, k, v, out=(_poisoned(q.shape, cp.float32), _poisoned(q.shape[:3], cp.float32)))
 
 
 def test_tc_nan_input_propagates_like_the_oracle():
@@ -252,6 +256,6 @@ def test_tc_nan_input_propagates_like_the_oracle():
     q[0, 0, 5, 3] = np.nan
     import cupy as cp
 
-    o, _ = ops.forward("tc", *(cp.asarray(x) for x in (q, k, v)))
+    o, _ = launch.forward("tc", *(cp.asarray(x) for x in (q, k, v)))
     o64 = lowp.attention_oracle(q, k, v, do)[0]
     np.testing.assert_array_equal(np.isnan(lowp.to_float32(o.get())), np.isnan(o64))

@@ -18,7 +18,7 @@ TUTORIALS = ROOT / "tutorials"
 SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 GPU_CELLS = {  # notebook -> what its GPU cells print when they skip on a CPU
     "01_standard_attention": "No CUDA GPU found: skipped",
-    "04_reference_to_cuda": "No CUDA GPU: skipped trace.check_kernel",
+    "04_reference_to_cuda": "No CUDA GPU: skipped kernel_check.check_kernel",
     "05_backward_step_by_step": "No CUDA GPU: skipped tracing",
     "06_flashattention2": "No CUDA GPU: skipped bench.gpu_bench",
     "07_autodiff": "No CUDA GPU: skipped the forward/backward pair",
@@ -54,7 +54,7 @@ def test_ipynb_is_the_py_twin_with_outputs_stripped(source):
 def test_notebooks_do_not_draw_by_themselves(source):
     text = source.read_text()
     for word in ("matplotlib", "plt.", "imshow", "add_patch", "savefig"):
-        assert word not in text, f"{source.name} draws ({word!r}): put it in flashlab/viz.py"
+        assert word not in text, f"{source.name} draws ({word!r}): put it in flashlab.viz (flashlab/viz/)"
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def _where(source, client):
 def test_notebook_runs_top_to_bottom(source, kernel_name):
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-    from flashlab.cuda_kernel_ops import gpu_available
+    from flashlab.launch.device import gpu_available
 
     nb = jupytext.read(source)
     client = _notebook_client(nb, kernel_name)

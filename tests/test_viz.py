@@ -276,3 +276,16 @@ def test_show_is_a_no_op_outside_jupyter(capsys):
     show(fig)  # a script (scripts/run_tutorials.py) runs notebook code: nothing to display, no error
     assert capsys.readouterr().out == ""
     plt.close(fig)
+
+
+def test_viz_is_a_package_of_small_modules_that_imports_no_matplotlib_until_asked():
+    import subprocess
+    from pathlib import Path
+
+    pkg = Path(viz.__file__).parent
+    assert pkg.name == "viz" and all(len(p.read_text().splitlines()) < 500
+                                     for p in pkg.glob("*.py"))
+    assert all(hasattr(viz, name) for name in viz.__all__)
+    code = "import sys, flashlab.viz; print(sorted(m for m in sys.modules if 'matplotlib' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

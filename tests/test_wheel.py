@@ -53,7 +53,7 @@ def installed(tmp_path_factory):
 def test_the_wheel_imports_its_own_installed_copy(installed):
     bin_dir, work, env = installed
     code, out = _run([str(bin_dir / "python"), "-c",
-                      "import flashlab, flashlab.cuda_kernel_ops as o; print(flashlab.__file__);"
+                      "import flashlab, flashlab.launch.sources as o; print(flashlab.__file__);"
                       "print(o.kernel_dir())"], cwd=work, env=env)
     assert code == 0, out
     pkg, kernels = out.split()[:2]

@@ -43,7 +43,7 @@ from tabulate import tabulate
 
 from flashlab import hbm
 from flashlab.algorithms import describe
-from flashlab.cuda_kernel_ops import gpu_available
+from flashlab.launch.device import gpu_available
 from flashlab.hbm import MemoryCounter
 from flashlab.reference import fa1_forward, fa2_forward, naive_attention, naive_attention_steps
 from flashlab.viz import traffic_plot

@@ -29,13 +29,13 @@
 # %%
 import numpy as np
 
-from flashlab import cuda_kernel_ops as ops
-from flashlab import trace
-from flashlab.cuda_kernel_ops import gpu_available
+from flashlab import course, trace
+from flashlab.kernel_check import check_kernel
+from flashlab.launch import device, plans, sources
 from flashlab.reference import Step, fa1_forward_steps, naive_attention
 from flashlab.viz import draw_trace_diff, show, source_table
 
-GPU = gpu_available()
+GPU = device.gpu_available()
 print("CUDA GPU with CuPy:", "found" if GPU else "not found (the GPU cells will skip)")
 
 # %% [markdown]
@@ -44,7 +44,7 @@ print("CUDA GPU with CuPy:", "found" if GPU else "not found (the GPU cells will 
 # Each row is one line of Algorithm 1: the paper's text, the code `kernels/fa1.cu` tags with
 # that label (`// A1:L12`), and the code `flashlab/reference/fa1.py` tags with it
 # (`# A1:L12`), with line numbers. A1:L1, the block sizes, is not in the kernel: the launcher
-# (`cuda_kernel_ops.fa1_blocks`) applies it to the device's shared memory and passes Br, Bc in.
+# (`flashlab.launch.plans.fa1_blocks`) applies it to the device's shared memory and passes Br, Bc in.
 #
 # Read A1:L12 across. The reference multiplies whole tiles (`P_t @ V_j`); in the kernel, each
 # thread computes some elements of O_i, and `keep[r]` and `add[r]` are the two row factors
@@ -57,7 +57,7 @@ source_table("fa1", "A1")
 # The kernel's header says what it is and where it is slow:
 
 # %%
-print("".join((ops.kernel_dir() / "fa1.cu").read_text().splitlines(keepends=True)[:15]))
+print("".join((sources.kernel_dir() / "fa1.cu").read_text().splitlines(keepends=True)[:15]))
 
 # %% [markdown]
 # ## Run the kernel (GPU)
@@ -76,8 +76,8 @@ if GPU:
     qh, kh, vh = (rng.standard_normal((2, 4, 300, 64)).astype(np.float32) for _ in range(3))
     o_gpu = flash_attention(cp.asarray(qh), cp.asarray(kh), cp.asarray(vh), kernel="fa1")
     o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (qh, kh, vh)))
-    limits = ops.device_limits(cp.cuda.Device().id)
-    print(f"fa1 tiles on this GPU: {ops.plan('fa1', 64, 'forward', limits['smem_optin'])}")
+    limits = device.device_limits(cp.cuda.Device().id)
+    print(f"fa1 tiles on this GPU: {plans.plan('fa1', 64, 'forward', limits['smem_optin'])}")
     print(f"max |fa1 - float64 oracle| = {float(np.abs(o_gpu.get() - o_ref).max()):.1e}")
 else:
     print("No CUDA GPU: skipped running kernels/fa1.cu (on a GPU this checks it against the oracle).")
@@ -148,34 +148,34 @@ draw_trace_diff(expected, wrong, divergence)
 # %% [markdown]
 # ## The same on the GPU: a bug planted in the kernel
 #
-# `cuda_kernel_ops.BUGS` holds known bugs as exact text edits of a kernel source. `no-rescale`
+# `flashlab.course.BUGS` holds known bugs as exact text edits of a kernel source. `no-rescale`
 # makes in `kernels/fa1.cu` the edit our student made:
 
 # %%
-bug = ops.BUGS["no-rescale"]
+bug = course.BUGS["no-rescale"]
 print(f"{bug.kernel} {bug.direction}, {bug.line}:\n  - {bug.old}\n  + {bug.new}\n{bug.question}")
 
 # %% [markdown]
-# `trace.check_kernel` compiles the kernel in trace mode (`-DFLASHLAB_TRACE`, which writes each
-# step's m_i, l_i, O_i to a buffer), runs it on random inputs and compares its trace with the
+# `kernel_check.check_kernel` compiles the kernel in trace mode (`-DFLASHLAB_TRACE`, which writes
+# each step's m_i, l_i, O_i to a buffer), runs it on random inputs and compares its trace with the
 # float64 step-through run with the kernel's own Br and Bc. The kernel's Bc depends on the GPU's
 # shared memory (about 227 on an H100 at d = 64), so we size N for three K/V blocks, the last
 # one ragged: the bug needs j = 1 to show.
 
 # %%
 if GPU:
-    tiles = ops.plan("fa1", 64, "forward", ops.device_limits(cp.cuda.Device().id)["smem_optin"])
+    tiles = plans.plan("fa1", 64, "forward", device.device_limits(cp.cuda.Device().id)["smem_optin"])
     n_gpu = 2 * tiles["Bc"] + 17
-    ok, kernel_trace, reference_trace = trace.check_kernel("fa1", "forward", H=2, Nq=n_gpu, d=64)
+    ok, kernel_trace, reference_trace = check_kernel("fa1", "forward", H=2, Nq=n_gpu, d=64)
     print(f"fa1 (Br = {kernel_trace.Br}, Bc = {kernel_trace.Bc}, N = {n_gpu}):",
           "all steps match" if ok is None else ok)
-    found, kernel_trace, reference_trace = trace.check_kernel(
+    found, kernel_trace, reference_trace = check_kernel(
         "fa1", "forward", H=2, Nq=n_gpu, d=64, bug="no-rescale")
     print(found)
     show(draw_trace_diff(reference_trace, kernel_trace, found))
 else:
-    print("No CUDA GPU: skipped trace.check_kernel('fa1', bug='no-rescale'); on a GPU it reports "
-          "the first divergence at step (i=0, j=1), A1:L12, as the CPU example above did.")
+    print("No CUDA GPU: skipped kernel_check.check_kernel('fa1', bug='no-rescale'); on a GPU it "
+          "reports the first divergence at step (i=0, j=1), A1:L12, as the CPU example above did.")
 
 # %% [markdown]
 # From the command line, the same two checks are

@@ -142,26 +142,28 @@ for n_big in (1024, 16384):
 # %% [markdown]
 # ## On a GPU: the backward kernels against their step-throughs
 #
-# `trace.check_kernel(kernel, "backward")` traces `fa1_backward` (B1) and `fa2_backward` (G2,
-# notebook 6) on the GPU and compares them with these step-throughs tile by tile. The planted bug
-# `dk-no-scale` drops tau from B1:L13; the trace names dK~_j.
+# `kernel_check.check_kernel(kernel, "backward")` traces `fa1_backward` (B1) and `fa2_backward`
+# (G2, notebook 6) on the GPU and compares them with these step-throughs tile by tile. The planted
+# bug `dk-no-scale` drops tau from B1:L13; the trace names dK~_j.
 
 # %%
-from flashlab.cuda_kernel_ops import BUGS, device_limits, gpu_available, plan
+from flashlab.course import BUGS
+from flashlab.launch.device import device_limits, gpu_available
+from flashlab.launch.plans import plan
 
 if gpu_available():
     import cupy as cp
 
-    from flashlab import trace
+    from flashlab.kernel_check import check_kernel
 
     smem = device_limits(cp.cuda.Device().id)["smem_optin"]
     n_gpu = 2 * plan("fa1", 64, "backward", smem)["Bc"] + 17  # three K/V blocks, one ragged
     for kernel in ("fa1", "fa2"):
-        div, kern_trace, _ = trace.check_kernel(kernel, "backward", H=2, Nq=n_gpu, d=64)
+        div, kern_trace, _ = check_kernel(kernel, "backward", H=2, Nq=n_gpu, d=64)
         print(f"{kernel} backward (Br = {kern_trace.Br}, Bc = {kern_trace.Bc}, N = {n_gpu}):",
               "all steps match" if div is None else div)
     print(BUGS["dk-no-scale"].question)
-    div, _, _ = trace.check_kernel("fa1", "backward", H=2, Nq=n_gpu, d=64, bug="dk-no-scale")
+    div, _, _ = check_kernel("fa1", "backward", H=2, Nq=n_gpu, d=64, bug="dk-no-scale")
     print(div)
 else:
     print("No CUDA GPU: skipped tracing fa1_backward and fa2_backward (and the planted bug "

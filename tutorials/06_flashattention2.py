@@ -48,8 +48,8 @@ from tabulate import tabulate
 
 import flashlab
 from flashlab import bench, hbm
-from flashlab.cuda_kernel_ops import gpu_available
 from flashlab.hbm import MemoryCounter
+from flashlab.launch.device import gpu_available
 from flashlab.reference import (fa1_forward, fa1_forward_steps, fa2_backward_steps, fa2_forward,
                                 fa2_forward_steps, naive_attention)
 from flashlab.viz import draw_loop_order

@@ -118,7 +118,7 @@ loss_plot(losses, "learning V through flash_attention_backward")
 # d = 64); the gradients agree with the float64 reference to fp32 rounding.
 
 # %%
-from flashlab.cuda_kernel_ops import gpu_available
+from flashlab.launch.device import gpu_available
 
 if gpu_available():
     import cupy as cp

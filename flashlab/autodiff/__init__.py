@@ -3,8 +3,11 @@ FlashAttention kernel plugs into autodiff.
 
 * tensor.py: Tensor, Context (save_for_backward), Function (static forward/backward, apply),
   backpropagation over the graph in topological order.
-* tensor_functions.py: every op as a Function, ending with FlashAttention (forward and backward
-  call flashlab.flash_attention / flash_attention_backward) and standard_attention.
+* the ops, each a Function, by idea: shapes.py (broadcasting, Sum, Mean, Reshape, Permute),
+  elementwise.py (Add, Mul, Exp, GELU, ...), layers.py (Softmax, LogSoftmax, NLLLoss, LayerNorm,
+  Embedding, Dropout) and attention.py (MatMul, FlashAttention, whose forward and backward call
+  flashlab.flash_attention / flash_attention_backward, beside standard_attention);
+  tensor_functions.py hands them all on under one name.
 * nn.py: Linear, LayerNorm, Embedding, MultiHeadAttention(attention="flash" | "standard"), MLP,
   Block, the decoder-only transformer, Adam.
 * data.py, train.py: a character-level model of Shakespeare's Sonnets (`flashlab train`).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_like, check_qkv
+from ..checks import check_backward, check_like, check_qkv
 from .tiles import Step, counter_for, run, safe, scores
 
 
@@ -71,3 +71,12 @@ def naive_attention_backward(do, q, k, v, causal=False, softmax_scale=None):
     dq = tau * (dS @ k)  # (B, H, Nq, d)
     dk = tau * (np.swapaxes(dS, -1, -2) @ q)  # (B, H, Nk, d)
     return dq, dk, dv
+
+
+def naive_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None):
+    """naive_attention_backward with the arguments of the other backward references (the
+    registry's reference for kernel 'naive'): o and lse are checked, not read (A0 recomputes P).
+    Gradients come back in q's dtype (NumPy promotes bfloat16 to float32 on the way)."""
+    check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    grads = naive_attention_backward(do, q, k, v, causal, softmax_scale)
+    return tuple(g.astype(q.dtype, copy=False) for g in grads)

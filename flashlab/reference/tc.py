@@ -43,9 +43,9 @@ the fp32 sums instead of the tensor cores', each a few fp32 ulp apart. So the ke
 this trace to fp32 rounding (~1e-6), but a tile built from rounded operands (O~, dV~, dQ_ij, dK~)
 can differ by about one 16-bit ulp of a P~ or dS entry wherever that fp32 difference tips a value
 across a 16-bit rounding boundary. The GPU tests hold the kernel to 4 units of 16-bit roundoff of
-this trace on every traced tile (trace.check_kernel, N up to 600; on an H100 with v3's kernel the
-largest gap was 3 units on O~ and 0.2 on the backward tiles); fa2.py in float64 on the same 16-bit
-inputs is up to ~9 units away on O~ (the unnormalised O~ grows with l).
+this trace on every traced tile (kernel_check.check_kernel, N up to 600; on an H100 with v3's
+kernel the largest gap was 3 units on O~ and 0.2 on the backward tiles); fa2.py in float64 on the
+same 16-bit inputs is up to ~9 units away on O~ (the unnormalised O~ grows with l).
 
 `naive_lowp_forward` / `naive_lowp_backward` are standard attention (A0) in the same 16-bit dtype,
 and `within_fa_rule` is FlashAttention's test rule: a 16-bit kernel may be off the float64 answer
@@ -58,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_backward, check_block, check_qkv
-from ..cuda_kernel_ops import TC_BACKWARD, TC_FORWARD
+from ..registry import TC_BACKWARD, TC_FORWARD
 from ..lowp import LOWP_DTYPES
 from ..lowp import naive_lowp_backward, naive_lowp_forward, within_fa_rule  # noqa: F401
 from .tiles import Step, ceil_div, rows, run, safe
@@ -266,7 +266,7 @@ def tc_block_order(nx: int, BH: int, causal: bool, group: int = 1,
     longest blocks start first and the short ones fill the tail. long_high: the forward's row
     block i sees about i + 1 key tiles (longest last index, True); the backward's key block j
     sees the query blocks from about j on (longest first index, False). Heads go in groups of
-    `group` (as many heads' streamed operands as fit in L2: cuda_kernel_ops.tc_head_group),
+    `group` (as many heads' streamed operands as fit in L2: launch.plans.tc_head_group),
     inside a group longest first, then by head. The numbers do not depend on this order, only
     the speed."""
     if nx < 1 or BH < 1 or group < 1:

@@ -1,0 +1,151 @@
+"""`flashlab bench`: the speedup table, on the GPU or (without one) the NumPy step-throughs.
+
+The kernels it offers, and which take which dtype, are flashlab.registry's."""
+from __future__ import annotations
+
+import sys
+
+from tabulate import tabulate
+
+from .. import hbm, registry
+from .common import UsageError, _progress
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+def _lowp_kernels() -> tuple:
+    """The registry's kernels that take float16 / bfloat16 (the tensor-core kernels)."""
+    return tuple(dict.fromkeys(registry.for_dtype("float16") + registry.for_dtype("bfloat16")))
+
+
+def _kernel_lists() -> tuple[str, str, str]:
+    """The kernels bench runs, as the help says them: float32; float16 / bfloat16 on a GPU; and
+    on the CPU in 16 bits (the baseline, standard attention, is there the 2x rule's yardstick)."""
+    lowp = _lowp_kernels()
+    cpu_low = [n for n in registry.names() if n in lowp or registry.get(n).baseline]
+    return (", ".join(registry.for_dtype("float32")), ", ".join(lowp), ", ".join(cpu_low))
+
+
+def _print_report(report, args):
+    from .. import bench
+
+    for key, value in report.header.items():
+        print(f"{key}: {value}")
+    mode = (f"d = {args.head_dim}, {'causal' if args.causal else 'non-causal'}, "
+            f"{report.header.get('dtype', 'float32')}")
+    print(f"{mode}; TFLOP/s: forward 4 B H N^2 d (halved when causal), backward 2.5x forward")
+    print(tabulate([r.table() for r in report.rows], headers=bench.headers(report),
+                   disable_numparse=True))
+    for note in report.notes:
+        print(f"note: {note}")
+
+
+def _cmd_bench(args) -> int:
+    import json
+
+    from .. import bench
+    from ..launch import device
+
+    dtype = DTYPES.get(args.dtype, args.dtype)
+    if dtype not in ("float32", "float16", "bfloat16"):
+        lowk = _lowp_kernels()
+        raise UsageError(f"flashlab bench: --dtype {args.dtype}: choose float32 "
+                         f"({', '.join(registry.for_dtype('float32'))}) or float16 / bfloat16 "
+                         f"({', '.join(lowk)}, the tensor-core kernel{'s' * (len(lowk) != 1)})")
+    low = dtype != "float32"
+    for name in ("batch", "heads", "tokens", "repeat"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"flashlab bench: --{name} must be >= 1, got {value}")
+    known = registry.names()
+    unknown = [k for k in args.kernels or () if k not in known]
+    if unknown:
+        raise UsageError(f"flashlab bench: --kernels {','.join(unknown)}: choose from {','.join(known)}")
+    compare = []
+    for c in args.compare:
+        if c != "torch":
+            raise UsageError(f"flashlab bench: --compare {c}: only 'torch' is known")
+        compare = (["torch-flash", "torch-cudnn"] if low else
+                   ["torch-math", "torch-efficient", "torch-flash", "torch-cudnn"])
+    on_gpu = device.gpu_available()
+    # what takes this dtype where the run happens (on the CPU, 16-bit naive is lowp's yardstick)
+    takes = registry.for_dtype(dtype) if on_gpu else bench.cpu_kernels(dtype)
+    kernels = args.kernels or list(takes)
+    if not any(k in takes for k in kernels):
+        others = [k for k in known if k not in takes]
+        raise UsageError(f"flashlab bench: --kernels {','.join(kernels)}: {dtype} runs "
+                         f"{', '.join(takes)} {'here' if on_gpu else 'on the CPU'}; "
+                         f"{', '.join(others)} take{'s' if len(others) == 1 else ''} "
+                         f"--dtype {'float32' if low else 'bfloat16 (or float16)'}")
+    _check_bench_outputs(args)  # before the timing: a run is not thrown away at the end
+    if on_gpu:
+        seqs = args.seq or [512, 1024, 2048, 4096, 8192, 16384]
+        report = bench.gpu_bench(seqs, kernels, args.head_dim, args.causal, args.backward,
+                                 args.batch, args.heads, args.tokens or 16384,
+                                 repeat=args.repeat or 10, compare=compare, progress=_progress,
+                                 dtype=dtype)
+    else:
+        from ..install import install_hint
+
+        print("No CUDA device found (or CuPy is not installed): timing the NumPy step-throughs at "
+              f"small sizes instead. On a GPU machine: {install_hint('cuda13')} and run again.")
+        if compare:
+            print("note: --compare torch applies only on a GPU (torch's CUDA attention backends); "
+                  "nothing is compared here")
+        seqs = args.seq or [128, 256, 512]
+        report = bench.cpu_bench(seqs, args.head_dim, args.causal, args.backward,
+                                 repeat=args.repeat or 3, kernels=kernels, batch=args.batch,
+                                 heads=args.heads, tokens=args.tokens, dtype=dtype,
+                                 progress=_progress)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    # the files first, then the table: `flashlab bench --json x.json | head` still writes x.json
+    if args.plot:
+        from ..viz import bench_plot
+
+        bench_plot(report, args.plot)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.as_dict(), f, indent=1, default=str)
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(report.rows[0].__dataclass_fields__) if report.rows else [])
+            for r in report.rows:
+                w.writerow(list(vars(r).values()))
+    _print_report(report, args)
+    if not on_gpu:
+        print()
+        print("HBM traffic the GPU versions of these algorithms would make, per head "
+              f"(M = {hbm.DEFAULT_SRAM} floats):")
+        print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
+                       floatfmt=".3g"))
+    for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
+        if path:
+            print(f"{what} written to {path}")
+    wrong = [r for r in report.rows if r.check.startswith("WRONG")]
+    return 1 if wrong else 0
+
+
+def _check_bench_outputs(args):
+    """--plot, --json, --csv: fail now, not after the timing, if they cannot be written."""
+    import os
+
+    for flag, path in (("--plot", args.plot), ("--json", args.json), ("--csv", args.csv)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or os.path.isdir(path):
+            raise UsageError(f"flashlab bench: {flag} {path}: "
+                             + ("is a directory" if os.path.isdir(path) else
+                                f"no such directory {folder}"))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            from ..install import install_hint
+
+            raise EnvironmentError("flashlab bench --plot needs matplotlib (the 'plot' extra): "
+                                   f"{install_hint('plot')}") from None

@@ -1,0 +1,88 @@
+"""The launcher: runs flashlab's CUDA kernels on CuPy arrays, one job per module.
+
+    sources.py   kernels/, #include inlining (#line kept), the Source a launcher compiles
+    compiler.py  the compile seam (Backend: CuPy/NVRTC today), module and function caches,
+                 launch(); nvrtc_compile, the offline check without a GPU
+    device.py    CuPy, device limits, input checks (dtype, device, head dim, sizes, GPU)
+    plans.py     tile sizes and shared memory per kernel; tc's variants and instances
+    buffers.py   output buffers, trace buffers
+    naive.py, fa1.py, fa2.py, tc.py: one kernel's launches each (forward, backward)
+    errors.py    KernelCompileError, KernelLaunchError
+
+`forward` / `backward` check the inputs, look the kernel up in flashlab.registry and hand over
+to its launcher module (spec.launcher). `source` is None (ours) or a Source whose text is what
+gets compiled (a user's file, a planted bug: flashlab.course makes those). Importing this
+package does not need CuPy; using a kernel does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import registry
+from ..checks import check_backward, check_qkv
+from .buffers import outputs
+from .device import device_limits, setup
+from .errors import KernelCompileError, KernelLaunchError
+from .plans import plan
+from .sources import Source
+
+__all__ = ["forward", "backward", "launch_plan", "Source", "KernelCompileError",
+           "KernelLaunchError"]
+
+
+def _check_source(source):
+    if source is not None and not isinstance(source, Source):
+        raise TypeError(f"source must be None or a flashlab.launch.sources.Source, got "
+                        f"{type(source).__name__} (a file: sources.user_file(path, kernel))")
+
+
+def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, out=None,
+            source=None, config=None):
+    """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
+
+    out: optional (o, lse) buffers to write into. source: a Source to compile instead of ours.
+    config: for kernels with tile tables ('tc'), a tile shape other than the default, for
+    tuning: kernels/tc.cu's (dict(BC=, NW=, WM=, BK=)) or kernels/tc90.cu's (dict(BC=, NWG=,
+    MINB=); compute capability 9.0 only).
+    """
+    dims = check_qkv(q, k, v, causal, softmax_scale)
+    spec = registry.get(kernel)
+    _check_source(source)
+    ctx = setup(spec, dims, {"q": q, "k": k, "v": v}, trace)
+    B, H, Nq, d = dims.B, dims.H, dims.Nq, dims.d
+    with ctx.cp.cuda.Device(ctx.device):
+        o, lse = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"),
+                         [q.dtype, np.float32])
+        return spec.launch_module().forward(ctx, q, k, v, o, lse, trace=trace, source=source,
+                                            config=config)
+
+
+def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None, trace=False,
+             out=None, source=None, config=None):
+    """Run kernel `kernel` backward. Returns (dq, dk, dv) or, with trace=True, (dq, dk, dv, Trace).
+
+    out: optional (dq, dk, dv) buffers to write into. config: 'tc' only, kernels/tc.cu's
+    (dict(BR=, BC=, NW=, WS=, WKV=, WQ=, QS=)) or kernels/tc90.cu's (dict(BR=, BC=, QS=, MINB=)).
+    """
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    spec = registry.get(kernel)
+    _check_source(source)
+    ctx = setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, trace)
+    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    with ctx.cp.cuda.Device(ctx.device):
+        dq, dk, dv = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
+                             ("dq", "dk", "dv"), [q.dtype] * 3)
+        return spec.launch_module().backward(ctx, do, q, k, v, o, lse, dq, dk, dv, trace=trace,
+                                             source=source, config=config)
+
+
+def launch_plan(kernel: str, device: int, d: int, direction: str, config=None,
+                source=None) -> dict:
+    """The tile plan a launch of `kernel` on GPU `device` uses (what ran, for the trace check):
+    the launcher's own launch_plan where it has variants and configs, else plans.plan with the
+    device's shared memory."""
+    spec = registry.get(kernel)
+    own = getattr(spec.launch_module(), "launch_plan", None)
+    if own is not None:
+        return own(device, d, direction, config, source)
+    return plan(kernel, d, direction, device_limits(device)["smem_optin"])

@@ -1,0 +1,59 @@
+"""Device buffers a launch writes: the outputs (fresh, or the caller's after a check) and, in
+trace mode, the trace arrays the kernel fills in flashlab.trace's format (NaN-poisoned, steps -1
+until written); untraced builds get one pair of never-touched dummies per GPU instead."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..checks import Dims
+from ..trace import Trace
+
+
+def outputs(cp, out, shapes, names, dtypes=None):
+    """Output buffers: fresh, or the caller's (tests pass NaN-poisoned ones) after a check."""
+    dtypes = dtypes or [np.float32] * len(shapes)
+    if out is None:
+        return [cp.empty(s, dt) for s, dt in zip(shapes, dtypes)]
+    if len(out) != len(shapes):
+        raise ValueError(f"out must hold {len(shapes)} arrays ({', '.join(names)})")
+    for name, buf, shape, dt in zip(names, out, shapes, dtypes):
+        if buf.shape != shape or buf.dtype != np.dtype(dt) or not buf.flags.c_contiguous:
+            raise ValueError(f"out {name} must be a contiguous {np.dtype(dt).name} array of "
+                             f"shape {shape}")
+    return list(out)
+
+
+def trace_buffers(cp, algorithm, dims: Dims, Br, Bc):
+    """(empty Trace, name -> device array, device seq), the arrays NaN / -1 poisoned."""
+    empty = Trace.empty(algorithm, "", dims.B, dims.H, dims.Nq, dims.Nk, dims.d, Br, Bc)
+    bufs = {name: cp.full((dims.B * dims.H,) + v.shape[2:], cp.nan, dtype=cp.float32)
+            for name, v in empty.values.items()}
+    seq = cp.full((dims.B * dims.H,) + empty.seq.shape[2:], -1, dtype=cp.int64)
+    return empty, bufs, seq
+
+
+def finish_trace(empty, bufs, seq, label):
+    """The Trace of a traced run: the device arrays copied into `empty`'s host arrays."""
+    tr = empty
+    tr.label = label
+    for name, buf in bufs.items():
+        tr.values[name] = buf.get().astype(np.float64).reshape(tr.values[name].shape)
+    tr.seq = seq.get().reshape(tr.seq.shape)
+    return tr
+
+
+_dummies: dict = {}
+
+
+def trace_args(cp, trace, algorithm, dims: Dims, Br, Bc, names):
+    """(state for finish_trace or None, the kernel's four trace arguments): the buffers of
+    `names` (in the kernel's argument order) and seq, or dummies the untraced build never
+    touches (one pair per GPU)."""
+    if trace:
+        empty, bufs, seq = trace_buffers(cp, algorithm, dims, Br, Bc)
+        return (empty, bufs, seq), tuple(bufs[n] for n in names) + (seq,)
+    dev = cp.cuda.Device().id
+    if dev not in _dummies:
+        _dummies[dev] = (cp.empty(1, cp.float32), cp.empty(1, cp.int64))
+    f, i = _dummies[dev]
+    return None, (f, f, f, i)

@@ -1,0 +1,61 @@
+"""Kernel 'fa2' (kernels/fa2.cu): FlashAttention-2's loop order with register tiles in fp32 (F2
+forward, G2 backward). Templates fa2_forward / fa2_backward<D, BR, BC>, one instance per head
+dim and tile (plans.fa2_blocks); grid (Nq / Br, B*H) forward, (Nk / Bc, B*H) backward."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .buffers import finish_trace, trace_args
+from .compiler import function, get_module, launch
+from .device import Launch
+from .plans import plan
+from .sources import ours
+
+
+def _module(ctx: Launch, trace, name, source):
+    return get_module(source or ours(ctx.spec.name), trace, (name,), kernel=ctx.spec.name)
+
+
+def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None):
+    cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
+    Nq, Nk, d = dims.Nq, dims.Nk, dims.d
+    BH = dims.B * dims.H
+    p = plan(spec.name, d, "forward", ctx.limits["smem_optin"])
+    Br, Bc = p["Br"], p["Bc"]
+    state, targs = trace_args(cp, trace, spec.algorithm("forward"), dims, Br, Bc,
+                              ("m_i", "l_i", "O~_i"))
+    name = f"fa2_forward<{d}, {Br}, {Bc}>"
+    mod = _module(ctx, trace, name, source)
+    launch(spec.name, function(mod, name), (math.ceil(Nq / Br), BH), (256,),
+           (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal) + targs,
+           p["smem"], ctx.desc)
+    if trace:
+        return o, lse, finish_trace(*state, f"{spec.name} forward")
+    return o, lse
+
+
+def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
+             config=None):
+    cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
+    Nq, Nk, d = dims.Nq, dims.Nk, dims.d
+    BH = dims.B * dims.H
+    p = plan(spec.name, d, "backward", ctx.limits["smem_optin"])
+    Br, Bc = p["Br"], p["Bc"]
+    state, targs = trace_args(cp, trace, spec.algorithm("backward"), dims, Br, Bc,
+                              ("dQ_ij", "dK~_j", "dV~_j"))
+    lse32 = lse.astype(cp.float32, copy=False)
+    name = f"fa2_backward<{d}, {Br}, {Bc}>"
+    mod = _module(ctx, trace, name, source)
+    Dvec = cp.empty((BH, Nq), cp.float32)
+    rows = BH * Nq
+    launch(spec.name, function(mod, "fa2_backward_dot"), (math.ceil(rows / 8),), (256,),
+           (do, o, Dvec, np.int64(rows), np.int32(d)), 0, ctx.desc)                 # G2:L0
+    dq.fill(0)  # G2:L7 accumulates into dQ with atomic adds
+    launch(spec.name, function(mod, name), (math.ceil(Nk / Bc), BH), (256,),
+           (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), ctx.tau,
+            ctx.causal) + targs, p["smem"], ctx.desc)
+    if trace:
+        return dq, dk, dv, finish_trace(*state, f"{spec.name} backward")
+    return dq, dk, dv

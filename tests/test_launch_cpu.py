@@ -1,0 +1,166 @@
+"""The launch paths of every kernel, on a CPU: flashlab.launch run against a stand-in for CuPy
+(tests/fake_cupy.py) whose kernels record each launch. What a GPU run would find out too late:
+the registry's launcher runs, the functions it looks up are the ones the variant declares,
+every scalar is cast (np.int32 / np.int64 / np.float32), shared memory fits the device, the
+caller's `out` buffers are written, traces come back in their algorithm's format, and a
+Source (a planted bug, a user's file) is what gets compiled."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fake_cupy
+from flashlab import course, launch, registry
+from flashlab.launch import compiler, plans, sources
+from flashlab.trace import Trace
+
+SMEM = 227 * 1024
+SCALARS = (np.int32, np.int64, np.float32)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    monkeypatch.setenv("FLASHLAB_TC_WGMMA", "1")
+    fake = fake_cupy.install(monkeypatch, cc="90", smem_optin=SMEM)
+    yield fake
+    fake_cupy.uninstall()
+
+
+def _dtype(kernel, name="bfloat16"):
+    spec = registry.get(kernel)
+    return np.float32 if spec.takes_dtype("float32") else ml_dtypes.bfloat16
+
+
+def _run(fake, kernel, B=1, H=2, Nq=130, Nk=200, d=64, causal=True, trace=False, source=None,
+         config=None):
+    dt = _dtype(kernel)
+    q, k, v, do = fake_cupy.arrays(fake, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d),
+                                          (B, H, Nq, d)], dt)
+    out = (fake.ndarray((B, H, Nq, d), dt), fake.ndarray((B, H, Nq), np.float32))
+    fwd = launch.forward(kernel, q, k, v, causal, trace=trace, out=out, source=source,
+                         config=config)
+    grads = tuple(fake.ndarray(s, dt) for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)))
+    bwd = launch.backward(kernel, do, q, k, v, *out, causal, trace=trace, out=grads,
+                          source=source)
+    return out, fwd, grads, bwd
+
+
+@pytest.mark.parametrize("kernel", registry.names())
+def test_every_launch_casts_its_scalars_and_fits_the_device(gpu, kernel):
+    out, fwd, grads, bwd = _run(gpu, kernel)
+    assert fwd[0] is out[0] and fwd[1] is out[1]  # the caller's (NaN-poisoned) buffers
+    assert all(g is o for g, o in zip(bwd, grads))
+    spec = registry.get(kernel)
+    variant = plans.variant(kernel, 90, 64)
+    declared = spec.variants[variant].required()
+    assert gpu.launches
+    for launch_ in gpu.launches:
+        assert launch_["name"].split("<")[0] in declared, launch_["name"]
+        assert launch_["smem"] <= SMEM and np.prod(launch_["block"]) <= 1024
+        assert all(1 <= g < 2**31 for g in launch_["grid"]) and all(g <= 65535 for g in launch_["grid"][1:])
+        for a in launch_["args"]:
+            assert isinstance(a, fake_cupy.ndarray) or type(a) in SCALARS, (launch_["name"], a)
+
+
+@pytest.mark.parametrize("kernel", registry.traceable())
+def test_trace_mode_compiles_the_trace_build_and_returns_the_algorithms_trace(gpu, kernel):
+    _, fwd, _, bwd = _run(gpu, kernel, trace=True)
+    spec = registry.get(kernel)
+    for direction, tr in (("forward", fwd[-1]), ("backward", bwd[-1])):
+        assert isinstance(tr, Trace) and tr.algorithm == spec.algorithm(direction)
+        assert tr.label == f"{kernel} {direction}" and (tr.B, tr.H, tr.Nq, tr.Nk) == (1, 2, 130, 200)
+    assert all("-DFLASHLAB_TRACE" in c["options"] for c in gpu.compiles)
+
+
+def test_naive_has_no_trace_mode(gpu):
+    with pytest.raises(ValueError, match="'naive' has no tile steps to trace"):
+        _run(gpu, "naive", trace=True)
+
+
+def test_modules_are_compiled_once_and_the_shared_memory_opt_in_is_made_once(gpu):
+    _run(gpu, "fa1")
+    compiled = len(gpu.compiles)
+    _run(gpu, "fa1")
+    assert len(gpu.compiles) == compiled == 1
+    assert len(compiler._smem_allowed) == 2  # fa1_forward and fa1_backward, device 0
+
+
+def test_a_planted_bug_is_the_text_that_gets_compiled(gpu):
+    b = course.BUGS["no-rescale"]
+    _run(gpu, "fa1", source=course.patched("no-rescale", "fa1"))
+    assert b.new in gpu.compiles[0]["code"] and b.old not in gpu.compiles[0]["code"]
+    _run(gpu, "fa1")  # ours again: another module
+    assert len(gpu.compiles) == 2 and b.old in gpu.compiles[1]["code"]
+
+
+@pytest.mark.parametrize("variant", ["mma", "wgmma"])
+def test_a_users_tc_file_runs_as_the_variant_it_is_a_copy_of(gpu, tmp_path, variant):
+    # on compute capability 9.0 a copy of kernels/tc.cu runs as tc.cu (whose headers mention
+    # tc90_forward in a comment: a search of the text for that name once took it for tc90.cu)
+    (tmp_path / "mine.cu").write_text(sources.ours("tc", variant).text)
+    mine = sources.user_file(tmp_path / "mine.cu", "tc")
+    _run(gpu, "tc", source=mine)
+    want = registry.get("tc").variants[variant].kernels[0][0]
+    assert gpu.launches[0]["name"].startswith(want + "<")
+    arch = registry.get("tc").variants[variant].arch
+    assert all((f"--gpu-architecture={arch}" in c["options"]) == bool(arch) for c in gpu.compiles)
+
+
+def test_a_tuning_config_picks_its_variant_and_tiles(gpu):
+    _run(gpu, "tc", config=dict(BC=64, NWG=1, MINB=4))
+    assert gpu.launches[0]["name"] == "tc90_forward<true, 64, 64, 1, 4>"
+    assert gpu.launches[0]["block"] == (128,)
+
+
+def test_source_must_be_a_source(gpu, tmp_path):
+    with pytest.raises(TypeError, match="source must be None or a flashlab.launch.sources.Source"):
+        _run(gpu, "fa2", source=tmp_path / "mine.cu")
+
+
+def test_a_second_backend_plugs_into_the_seam(monkeypatch):
+    seen = []
+
+    class Backend:
+        def compile(self, source, options, name_expressions, arch):
+            seen.append((source.name, options, name_expressions, arch))
+            return "module"
+
+    monkeypatch.setitem(compiler.BACKENDS, "test", Backend())
+    monkeypatch.setattr(compiler, "_modules", {})
+    src = sources.ours("fa2")
+    assert compiler.get_module(src, True, ("fa2_forward<64, 64, 64>",), backend="test") == "module"
+    assert compiler.get_module(src, True, ("fa2_forward<64, 64, 64>",), backend="test") == "module"
+    assert seen == [("fa2.cu", ("-std=c++17", "-DFLASHLAB_TRACE"), ("fa2_forward<64, 64, 64>",),
+                     None)]
+
+
+@pytest.mark.parametrize("kernel", registry.traceable())
+def test_check_kernel_holds_the_trace_to_the_registrys_step_through(gpu, kernel, monkeypatch):
+    # the fake kernels write nothing real, so only the wiring is checked here: which
+    # step-through ran, on which tiles and dtype, and what the traces are called
+    from flashlab import kernel_check
+
+    spec = registry.get(kernel)
+    calls = []
+    real = spec.steps_fn("forward")
+
+    def spy(*args, **kw):
+        calls.append((args[0].dtype.name, kw))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(type(spec), "steps_fn", lambda self, direction: spy)
+    div, actual, expected = kernel_check.check_kernel(kernel, "forward", Nq=70, Nk=90, d=64)
+    dtype, kw = calls[0]
+    assert (kw["Br"], kw["Bc"]) == (actual.Br, actual.Bc) == (expected.Br, expected.Bc)
+    plan = launch.launch_plan(kernel, 0, 64, "forward")
+    assert {key: kw[key] for key in spec.step_plan("forward")} == \
+        {key: plan[key] for key in spec.step_plan("forward")}
+    assert dtype == ("float64" if spec.takes_dtype("float32") else "bfloat16")
+    assert actual.label == f"{kernel} forward" and actual.algorithm == spec.algorithm("forward")
+
+
+def test_check_kernel_turns_a_bug_name_into_the_patched_source(gpu):
+    from flashlab import kernel_check
+
+    _, actual, _ = kernel_check.check_kernel("fa1", "backward", Nq=40, bug="dk-no-scale")
+    assert actual.label == "fa1 backward with bug 'dk-no-scale'"
+    assert any(course.BUGS["dk-no-scale"].new in c["code"] for c in gpu.compiles)
