@@ -4,90 +4,134 @@ import re
 
 import pytest
 
-from flashlab import cuda_kernel_ops as ops
+from flashlab import course, registry
 from flashlab.algorithms import LINES
+from flashlab.launch import compiler, plans, sources
+from flashlab.launch.errors import KernelCompileError
 
-SOURCES = [p.stem for p in ops.kernel_files()]
+SOURCES = [p.stem for p in sources.kernel_files()]
+VARIANTS = [(s.name, name, v) for s in registry.KERNELS.values() for name, v in s.variants.items()]
 
 
 def test_every_kernel_is_registered():
-    # tc90.cu is kernel 'tc' on compute capability 9.0 (ops.tc_variant), built for sm_90a
-    assert sorted(SOURCES) == sorted(ops.KERNELS + tuple(ops.ARCH_SPECIFIC))
+    # tc90.cu is kernel 'tc' on compute capability 9.0 (variant "wgmma"), built for sm_90a
+    assert sorted(p.name for p in sources.kernel_files()) == \
+        sorted(f for s in registry.KERNELS.values() for f in s.sources())
 
 
 # kernels/tc.cu needs sm_80 (bf16 mma.sync, cp.async); on sm_75 'auto' falls back to fa2.
-# kernels/tc90.cu (wgmma) needs the arch-specific target sm_90a.
-TARGETS = [(k, a) for k in SOURCES if k not in ops.ARCH_SPECIFIC
-           for a in ("sm_75", "sm_80", "sm_90") if not (k == "tc" and a == "sm_75")]
-TARGETS += [(k, a) for k, a in ops.ARCH_SPECIFIC.items()]
+# kernels/tc90.cu (wgmma) needs the arch-specific target sm_90a: each variant compiles for the
+# targets its compute capabilities allow.
+TARGETS = [(k, name, a) for k, name, v in VARIANTS
+           for a in ((v.arch,) if v.arch else ("sm_75", "sm_80", "sm_90"))
+           if v.arch or int(a[3:]) >= v.min_cc]
 
 
 @pytest.mark.parametrize("trace", [False, True], ids=["normal", "trace"])
-@pytest.mark.parametrize("kernel,arch", TARGETS)
-def test_kernel_compiles_with_nvrtc(kernel, arch, trace):
-    log = ops.nvrtc_compile(kernel, arch, trace)
+@pytest.mark.parametrize("kernel,variant,arch", TARGETS,
+                         ids=[f"{registry.get(k).variants[n].source}-{a}" for k, n, a in TARGETS])
+def test_kernel_compiles_with_nvrtc(kernel, variant, arch, trace):
+    log = compiler.nvrtc_compile(sources.ours(kernel, variant), arch, trace, kernel=kernel)
     assert "warning" not in log, log
 
 
-@pytest.mark.parametrize("bug", sorted(ops.BUGS))
+@pytest.mark.parametrize("bug", sorted(course.BUGS))
 def test_planted_bugs_still_apply_and_compile(bug):
-    b = ops.BUGS[bug]
-    src = ops.kernel_source(b.kernel, bug)
-    assert b.new in src and b.old not in src
+    b = course.BUGS[bug]
+    src = course.patched(bug, b.kernel)
+    assert b.new in src.text and b.old not in src.text and src.name == f"{b.kernel}.cu"
     assert b.line in LINES
-    ops.nvrtc_compile(b.kernel, "sm_80", trace=True, bug=bug, name_expressions=(
-        "fa2_forward<64, 64, 64>",) if b.kernel == "fa2" else ())
+    compiler.nvrtc_compile(src, "sm_80", trace=True, kernel=b.kernel,
+                           name_expressions=plans.instantiations(b.kernel)[:1])
+
+
+def test_a_bug_names_its_kernel():
+    with pytest.raises(ValueError, match="bug 'no-rescale' is planted in kernel 'fa1', not 'fa2'"):
+        course.patched("no-rescale", "fa2")
+    with pytest.raises(ValueError, match="bug must be one of"):
+        course.patched("no-such-bug", "fa1")
+    assert course.patched("mystery-1", "fa1").text == course.patched("no-rescale", "fa1").text
 
 
 def test_tensor_core_kernels_refuse_sm75():
-    with pytest.raises(ops.KernelCompileError, match=r"kernel 'tc' failed to compile for sm_75"):
-        ops.nvrtc_compile("tc", "sm_75", name_expressions=ops.tc_names(True, 64))
+    with pytest.raises(KernelCompileError, match=r"kernel 'tc' failed to compile for sm_75"):
+        compiler.nvrtc_compile(sources.ours("tc", "mma"), "sm_75", kernel="tc",
+                               name_expressions=plans.tc_names(True, 64))
 
 
 def test_wgmma_kernels_refuse_plain_sm90():
-    with pytest.raises(ops.KernelCompileError, match=r"kernel 'tc90' failed to compile for sm_90"):
-        ops.nvrtc_compile("tc90", "sm_90", name_expressions=ops.tc_names(True, 64, variant="wgmma"))
+    with pytest.raises(KernelCompileError,
+                       match=r"kernel 'tc' failed to compile for sm_90 \(trace=False, tc90.cu\)"):
+        compiler.nvrtc_compile(sources.ours("tc", "wgmma"), "sm_90", kernel="tc",
+                               name_expressions=plans.tc_names(True, 64, variant="wgmma"))
 
 
 def test_a_compile_error_names_the_kernel_and_carries_the_log():
-    with pytest.raises(ops.KernelCompileError, match=r"kernel 'fa1' failed to compile for sm_80"):
-        ops.nvrtc_compile("fa1", "sm_80", name_expressions=("no_such_kernel<1>",))
+    with pytest.raises(KernelCompileError, match=r"kernel 'fa1' failed to compile for sm_80"):
+        compiler.nvrtc_compile(sources.ours("fa1"), "sm_80", kernel="fa1",
+                               name_expressions=("no_such_kernel<1>",))
+
+
+def test_the_old_module_still_takes_the_old_arguments():
+    # flashlab.cuda_kernel_ops is an alias: bug names, paths and "tc90" are converted there only
+    from flashlab import cuda_kernel_ops as ops
+
+    assert ops.kernel_source("fa1", "no-rescale") == course.patched("no-rescale", "fa1").text
+    assert ops.kernel_source("tc90") == sources.ours("tc", "wgmma").text
+    assert ops.required_kernels("tc90", "forward") == ("tc90_forward",)
+    assert ops.instantiations("tc90") == plans.instantiations("tc", "wgmma")
+    assert ops.instantiations("fa1") == () and len(ops.instantiations("fa2")) == 30
+    with pytest.raises(KernelCompileError, match=r"kernel 'tc90' failed to compile for sm_90"):
+        ops.nvrtc_compile("tc90", "sm_90", name_expressions=ops.tc_names(True, 64, variant="wgmma"))
 
 
 def test_header_changes_change_the_compiled_source(tmp_path):
     (tmp_path / "h.cuh").write_text("#define X 1\n")
     (tmp_path / "k.cu").write_text('#include "h.cuh"\nint y = X;\n')
-    before = ops.expand_includes(tmp_path / "k.cu")
+    before = sources.expand_includes(tmp_path / "k.cu")
     assert "#define X 1" in before and '#line 2 "k.cu"' in before
     (tmp_path / "h.cuh").write_text("#define X 2\n")
-    assert ops.expand_includes(tmp_path / "k.cu") != before
+    assert sources.expand_includes(tmp_path / "k.cu") != before
 
 
 def test_cached_source_follows_an_edited_header(tmp_path, monkeypatch):
     import os
 
-    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 0.0)  # no grace period: stat on every call
+    monkeypatch.setattr(sources, "SOURCE_RECHECK_S", 0.0)  # no grace period: stat on every call
 
     (tmp_path / "common.cuh").write_text("#define X 1\n")
     (tmp_path / "mine.cu").write_text('#include "common.cuh"\nint y = X;\n')
-    first = ops.kernel_source("fa1", path=tmp_path / "mine.cu")
-    assert "#define X 1" in first and ops.kernel_source("fa1", path=tmp_path / "mine.cu") is first
+    first = sources.user_file(tmp_path / "mine.cu", "fa1")
+    assert "#define X 1" in first.text and sources.user_file(tmp_path / "mine.cu", "fa1") is first
     (tmp_path / "common.cuh").write_text("#define X 2\n")
     os.utime(tmp_path / "common.cuh", ns=(1, 10**18))  # a later mtime even on coarse clocks
-    assert "#define X 2" in ops.kernel_source("fa1", path=tmp_path / "mine.cu")
+    again = sources.user_file(tmp_path / "mine.cu", "fa1")
+    assert "#define X 2" in again.text and again.digest != first.digest
 
 
 def test_cached_source_is_rechecked_after_the_grace_period(tmp_path, monkeypatch):
     import os
 
     (tmp_path / "mine.cu").write_text("#define X 1\n")
-    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 3600.0)
-    first = ops.kernel_source("fa1", path=tmp_path / "mine.cu")
+    monkeypatch.setattr(sources, "SOURCE_RECHECK_S", 3600.0)
+    first = sources.user_file(tmp_path / "mine.cu", "fa1")
     (tmp_path / "mine.cu").write_text("#define X 2\n")
     os.utime(tmp_path / "mine.cu", ns=(1, 10**18))
-    assert ops.kernel_source("fa1", path=tmp_path / "mine.cu") is first  # within the grace period
-    monkeypatch.setattr(ops, "SOURCE_RECHECK_S", 0.0)
-    assert "#define X 2" in ops.kernel_source("fa1", path=tmp_path / "mine.cu")
+    assert sources.user_file(tmp_path / "mine.cu", "fa1") is first  # within the grace period
+    monkeypatch.setattr(sources, "SOURCE_RECHECK_S", 0.0)
+    assert "#define X 2" in sources.user_file(tmp_path / "mine.cu", "fa1").text
+
+
+@pytest.mark.parametrize("kernel,variant,v", VARIANTS, ids=[f"{k}-{n}" for k, n, _ in VARIANTS])
+def test_a_users_copy_is_the_variant_whose_kernels_it_defines(tmp_path, kernel, variant, v):
+    # decided from what the registry says each variant launches, not by searching for one name
+    (tmp_path / f"my_{v.source}").write_text(sources.ours(kernel, variant).text)
+    mine = sources.user_file(tmp_path / f"my_{v.source}", kernel)
+    assert mine.variant == variant and mine.name == f"my_{v.source}"
+    assert not sources.missing_kernels(kernel, mine.text, variant=variant)
+    (tmp_path / "empty.cu").write_text("// nothing yet\n")  # defines none: the portable one
+    assert sources.user_file(tmp_path / "empty.cu", kernel).variant == \
+        registry.get(kernel).portable_variant()
 
 
 T4, A100, H100 = 64 * 1024, 163 * 1024, 227 * 1024
@@ -98,28 +142,28 @@ T4, A100, H100 = 64 * 1024, 163 * 1024, 227 * 1024
 @pytest.mark.parametrize("d", [16, 32, 64, 128])
 @pytest.mark.parametrize("kernel", ["fa1", "fa2"])
 def test_tiles_fit_the_device(kernel, d, direction, smem):
-    p = ops.plan(kernel, d, direction, smem)
+    p = plans.plan(kernel, d, direction, smem)
     assert p["smem"] <= smem and p["Br"] >= 1 and p["Bc"] >= 1
 
 
 def test_fa1_tiles_follow_A1_L1_when_they_fit():
     # H100, d = 64: M = 58112 floats, Bc = ceil(M / 4d) = 227 does not fit with S_ij; it shrinks
-    Br, Bc = ops.fa1_blocks(64, H100, "forward")
+    Br, Bc = plans.fa1_blocks(64, H100, "forward")
     assert Br == 64 and Bc <= 227
-    assert ops.fa1_smem_floats(Br, Bc, 64, "forward") * 4 <= H100
+    assert plans.fa1_smem_floats(Br, Bc, 64, "forward") * 4 <= H100
 
 
 def test_unsupported_head_dims_say_what_to_do():
     with pytest.raises(ValueError, match=r"head_dim 40 is not supported by kernel 'fa2' "
                                          r"\(supported: 16, 32, 64, 96, 128\); use kernel='fa1'"):
-        ops.plan("fa2", 40, "forward", H100)
+        plans.plan("fa2", 40, "forward", H100)
     with pytest.raises(ValueError, match="head_dim 300 is not supported by kernel 'fa1'"):
-        ops.plan("fa1", 300, "forward", H100)
+        plans.plan("fa1", 300, "forward", H100)
 
 
 @pytest.mark.parametrize("kernel", SOURCES)
 def test_kernel_files_open_with_the_header_and_cite_lines(kernel):
-    text = (ops.kernel_dir() / f"{kernel}.cu").read_text()
+    text = (sources.kernel_dir() / f"{kernel}.cu").read_text()
     head = text.split("*/")[0]
     for word in ("Reference:", "Launch:", "Layout:"):
         assert word in head, f"{kernel}.cu header lacks {word}"
@@ -138,11 +182,11 @@ def test_an_installed_flashlab_finds_its_kernels(tmp_path):
     import sys
 
     site = tmp_path / "site"
-    shutil.copytree(ops.kernel_dir().parent / "flashlab", site / "flashlab",
+    shutil.copytree(sources.kernel_dir().parent / "flashlab", site / "flashlab",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ops.kernel_dir(), site / "flashlab" / "kernels")
-    code = ("from flashlab import cuda_kernel_ops as o; print(o.kernel_dir()); "
-            "print(sorted(p.name for p in o.kernel_files())); print(len(o.kernel_source('fa2')))")
+    shutil.copytree(sources.kernel_dir(), site / "flashlab" / "kernels")
+    code = ("from flashlab.launch import sources as o; print(o.kernel_dir()); "
+            "print(sorted(p.name for p in o.kernel_files())); print(len(o.ours('fa2').text))")
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env=env)
@@ -166,16 +210,19 @@ def test_wgmma_header_is_what_its_generator_writes():
 
 def test_tc_variant_picks_wgmma_on_hopper_only(monkeypatch):
     monkeypatch.delenv("FLASHLAB_TC_WGMMA", raising=False)
-    assert ops.tc_variant(90, 128) == "wgmma" and ops.tc_variant(90, 64) == "wgmma"
-    assert ops.tc_variant(90, 32) == "mma"  # tc90.cu has d = 64 and 128
-    assert ops.tc_variant(80, 128) == "mma" and ops.tc_variant(89, 64) == "mma"
-    assert ops.tc_variant(100, 64) == "mma"  # sm_90a code does not run on other majors
+    assert plans.tc_variant(90, 128) == "wgmma" and plans.tc_variant(90, 64) == "wgmma"
+    assert plans.tc_variant(90, 32) == "mma"  # tc90.cu has d = 64 and 128
+    assert plans.tc_variant(80, 128) == "mma" and plans.tc_variant(89, 64) == "mma"
+    assert plans.tc_variant(100, 64) == "mma"  # sm_90a code does not run on other majors
     monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")
-    assert ops.tc_variant(90, 128) == "mma"
-    p = ops.tc_plan(128, "forward", variant="wgmma")
+    assert plans.tc_variant(90, 128) == "mma"
+    p = plans.tc_plan(128, "forward", variant="wgmma")
     assert p["Br"] == 64 * p["config"]["NWG"] and p["Bk"] == p["Bc"] and p["variant"] == "wgmma"
-    b = ops.tc_plan(64, "backward", variant="wgmma")
+    b = plans.tc_plan(64, "backward", variant="wgmma")
     assert b["grid"] == (8, 8, 8 if b["Br"] == 128 else 4)
-    assert ops.tc_plan(64, "forward", dict(BC=64, NWG=1, MINB=4))["variant"] == "wgmma"
+    assert plans.tc_plan(64, "forward", dict(BC=64, NWG=1, MINB=4))["variant"] == "wgmma"
     with pytest.raises(ValueError, match="tc90.cu has no head dim 32"):
-        ops.tc_plan(32, "forward", variant="wgmma")
+        plans.tc_plan(32, "forward", variant="wgmma")
+
+
+# ----------------------------------------------------------------------------- shared kernel code
