@@ -24,10 +24,18 @@ __device__ __forceinline__ float nanmax(float a, float b) {
 }
 
 extern "C" __global__ void __launch_bounds__(FA1_THREADS)
-fa1_forward(const float* __restrict__ Q, const float* __restrict__ K, const float* __restrict__ V,
-            float* __restrict__ O, float* __restrict__ l, float* __restrict__ m,
-            float* __restrict__ L, int Nq, int Nk, int d, int Br, int Bc, float tau, int causal,
-            float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
+fa1_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
+            const float* __restrict__ K,  // (B, H, Nk, d)
+            const float* __restrict__ V,  // (B, H, Nk, d)
+            float* __restrict__ O,        // (B, H, Nq, d), read and written at every step (A1:L12)
+            float* __restrict__ l,        // (B, H, Nq) row sums, in HBM between steps (A1:L13)
+            float* __restrict__ m,        // (B, H, Nq) row maxima, in HBM between steps
+            float* __restrict__ L,        // (B, H, Nq) logsumexp m + log l, for B1
+            int Nq, int Nk, int d, int Br, int Bc, float tau, int causal,
+            float* tr_m,                  // (B, H, Tr, Tc, Br), FLASHLAB_TRACE builds only
+            float* tr_l,                  // (B, H, Tr, Tc, Br)
+            float* tr_O,                  // (B, H, Tr, Tc, Br, d)
+            long long* tr_seq) {          // (B, H, Tr, Tc)
     extern __shared__ float smem[];
     const int p = d + 1;                     // padded row pitch
     float* K_j = smem;                       // (Bc, d)
@@ -135,11 +143,20 @@ fa1_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
 }
 
 extern "C" __global__ void __launch_bounds__(FA1_THREADS)
-fa1_backward(const float* __restrict__ Q, const float* __restrict__ K, const float* __restrict__ V,
-             const float* __restrict__ O, const float* __restrict__ dO, const float* __restrict__ L,
-             float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,
+fa1_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
+             const float* __restrict__ K,   // (B, H, Nk, d)
+             const float* __restrict__ V,   // (B, H, Nk, d)
+             const float* __restrict__ O,   // (B, H, Nq, d)
+             const float* __restrict__ dO,  // (B, H, Nq, d)
+             const float* __restrict__ L,   // (B, H, Nq) logsumexp from the forward
+             float* __restrict__ dQ,        // (B, H, Nq, d), read and written at every step
+             float* __restrict__ dK,        // (B, H, Nk, d)
+             float* __restrict__ dV,        // (B, H, Nk, d)
              int Nq, int Nk, int d, int Br, int Bc, float tau, int causal,
-             float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
+             float* tr_dQ,                  // (B, H, Tr, Tc, Br, d), FLASHLAB_TRACE builds only
+             float* tr_dK,                  // (B, H, Tr, Tc, Bc, d)
+             float* tr_dV,                  // (B, H, Tr, Tc, Bc, d)
+             long long* tr_seq) {           // (B, H, Tr, Tc)
     extern __shared__ float smem[];
     const int p = d + 1;
     float* K_j = smem;                       // (Bc, d)

@@ -1,4 +1,5 @@
-/* fa2_forward / fa2_backward: the FlashAttention-2 loop order in fp32 (F2:L1-L9, G2:L0-L10).
+/* fa2_forward / fa2_backward: the FlashAttention-2 loop order in fp32 (F2:L1-L9, G2:L1-L10);
+ * fa2_backward_dot: G2:L0 (D = rowsum(dO * O), written once for this and tc in backward_dot.cuh).
  * Adds over fa1.cu: row blocks are independent, so the grid is (Tr, B*H) forward and
  * (Tc, B*H) backward, thousands of blocks instead of B*H; O~, l, m stay in registers for the
  * whole row block and O_i, L_i are written once; causal tiles with no unmasked entry are
@@ -9,6 +10,7 @@
  *            ty*RM .. ty*RM+RM-1 and columns tx, tx+16, ... of every tile. Templates
  *            <D, BR, BC>: head dim and tile sizes are compile-time (D a multiple of 16; BR, BC
  *            in {16, 32, 64}); the launcher picks the largest tiles the opt-in shared memory allows.
+ *            fa2_backward_dot (before fa2_backward): one warp per row, 8 rows per 256-thread block.
  * Shared:    forward  BR(D+4) + BC(D+4) + BC D + BR(BC + 16/RM) floats   (66 KB at D=64, 64x64)
  *            backward 2 BC(D+4) + 2 BR(D+4) + 2 BR(BC + 16/RM) + 2 BR floats
  *            Pitches: D+4 for Q, K (and V, dO backward): the S = Q K^T loops read 16 bytes of a
@@ -19,6 +21,7 @@
  *            FMAs in the inner loops, and dQ is accumulated with fp32 atomics (G2:L7).
  */
 #include "common.cuh"
+#include "backward_dot.cuh"
 
 #define FA2_THREADS 256
 
@@ -59,9 +62,16 @@ __device__ __forceinline__ void load_rows(float* dst, const float* src, int row0
 
 template <int D, int BR, int BC>
 __global__ void __launch_bounds__(FA2_THREADS, D <= 64 ? 3 : 1)  // 3 blocks/SM fit 66 KB each
-fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const float* __restrict__ V,
-            float* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
-            float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
+fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
+            const float* __restrict__ K,  // (B, H, Nk, d)
+            const float* __restrict__ V,  // (B, H, Nk, d)
+            float* __restrict__ O,        // (B, H, Nq, d)
+            float* __restrict__ L,        // (B, H, Nq)
+            int Nq, int Nk, float tau, int causal,
+            float* tr_m,                  // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
+            float* tr_l,                  // (B, H, Tr, Tc, BR)
+            float* tr_O,                  // (B, H, Tr, Tc, BR, d)
+            long long* tr_seq) {          // (B, H, Tr, Tc)
     constexpr int RM = BR / 16, CN = BC / 16, XN = D / 16;
     constexpr int QP = D + 4, PP = BC + 16 / RM;
     extern __shared__ float smem[];
@@ -94,7 +104,7 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
         load_rows<D, BC, D>(V_j, Vh, j * BC, Nk);
         __syncthreads();  // Q_i, K_j, V_j are on chip
 
-        float s[RM][CN];                                             // F2:L5  S = tau Q_i K_j^T
+        float s[RM][CN];                                             // F2:L5  S = Q_i K_j^T (tau, mask: below)
 #pragma unroll
         for (int a = 0; a < RM; ++a)
 #pragma unroll
@@ -112,14 +122,15 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
                 for (int b = 0; b < CN; ++b) s[a][b] += dot4(qa[a], kb[b]);
         }
 #pragma unroll
-        for (int a = 0; a < RM; ++a) {                               // F2:L6
+        for (int a = 0; a < RM; ++a) {                               // F2:L5 (tau, mask), F2:L6
             const int r = i * BR + ty * RM + a;
             float mx = FL_NEG_INF;
 #pragma unroll
             for (int b = 0; b < CN; ++b) {
                 const int c = j * BC + tx + 16 * b;
+                // F2:L5  tau, and the mask: keys past Nk and (causal) keys after the query get -inf
                 s[a][b] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF : tau * s[a][b];
-                mx = nanmax2(mx, s[a][b]);
+                mx = nanmax2(mx, s[a][b]);                           // F2:L6  (this thread's part)
             }
             // BEGIN EXERCISE 2.3: F2:L6-L7 for row a of this thread. The row max is spread over the
             // 16 threads with the same ty: row_max16 and row_sum16 combine them. Write P~ into P_s,
@@ -183,26 +194,31 @@ fa2_forward(const float* __restrict__ Q, const float* __restrict__ K, const floa
     }
 }
 
-/* G2:L0  D = rowsum(dO * O): one warp per row of the (B*H*Nq, d) matrices */
+/* G2:L0  D = rowsum(dO * O): one warp per row of the (B*H*Nq, d) matrices (backward_dot.cuh) */
 extern "C" __global__ void __launch_bounds__(256)
-fa2_backward_dot(const float* __restrict__ dO, const float* __restrict__ O, float* __restrict__ Dv,
+fa2_backward_dot(const float* __restrict__ dO,  // (B, H, Nq, d) = (rows, d)
+                 const float* __restrict__ O,   // (B, H, Nq, d)
+                 float* __restrict__ Dv,        // (B, H, Nq) = (rows)
                  long long rows, int d) {
-    const long long row = (long long)blockIdx.x * 8 + threadIdx.x / 32;
-    if (row >= rows) return;
-    const int lane = threadIdx.x % 32;
-    float acc = 0.0f;
-    for (int x = lane; x < d; x += 32) acc += dO[row * d + x] * O[row * d + x];
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) Dv[row] = acc;
+    backward_dot<Fp32Elem, false>(dO, O, Dv, nullptr, rows, d);
 }
 
 template <int D, int BR, int BC>
 __global__ void __launch_bounds__(FA2_THREADS)
-fa2_backward(const float* __restrict__ Q, const float* __restrict__ K, const float* __restrict__ V,
-             const float* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
-             float* __restrict__ dQ, float* __restrict__ dK, float* __restrict__ dV,
+fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
+             const float* __restrict__ K,   // (B, H, Nk, d)
+             const float* __restrict__ V,   // (B, H, Nk, d)
+             const float* __restrict__ dO,  // (B, H, Nq, d)
+             const float* __restrict__ L,   // (B, H, Nq) logsumexp from the forward
+             const float* __restrict__ Dv,  // (B, H, Nq) rowsum(dO * O), fa2_backward_dot
+             float* __restrict__ dQ,        // (B, H, Nq, d), zeroed by the launcher (atomic adds)
+             float* __restrict__ dK,        // (B, H, Nk, d)
+             float* __restrict__ dV,        // (B, H, Nk, d)
              int Nq, int Nk, float tau, int causal,
-             float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
+             float* tr_dQ,                  // (B, H, Tr, Tc, BR, d), FLASHLAB_TRACE builds only
+             float* tr_dK,                  // (B, H, Tr, Tc, BC, d)
+             float* tr_dV,                  // (B, H, Tr, Tc, BC, d)
+             long long* tr_seq) {           // (B, H, Tr, Tc)
     constexpr int RM = BR / 16, CN = BC / 16, CM = BC / 16, XN = D / 16;
     constexpr int QP = D + 4, PP = BC + 16 / RM;
     extern __shared__ float smem[];

@@ -19,7 +19,9 @@
  * transA: A is stored (K x M); transB: B is stored (N x K). causal: C[r][c] = -inf for c > r
  * (used by A0:L1 so that softmax sees the mask).                                           */
 extern "C" __global__ void __launch_bounds__(256)
-naive_matmul(const float* __restrict__ A, const float* __restrict__ Bm, float* __restrict__ C,
+naive_matmul(const float* __restrict__ A,   // (batch, M, K), or (batch, K, M) with transA
+             const float* __restrict__ Bm,  // (batch, K, N), or (batch, N, K) with transB
+             float* __restrict__ C,         // (batch, M, N)
              int M, int N, int K, int transA, int transB, float alpha, int causal) {
     __shared__ float As[MM_K][MM_TILE + 4];  // As[k][m]
     __shared__ float Bs[MM_K][MM_TILE + 4];  // Bs[k][n]
@@ -85,7 +87,10 @@ __device__ float block_reduce(float v, bool is_max, float* scratch) {
 /* A0:L2  P = softmax(S) row by row, and L = m + log(l) for the backward pass. Grid: one block
  * per row of S (B*H*Nq rows). NaN in S propagates as in the oracle (fmaxf would drop it).   */
 extern "C" __global__ void __launch_bounds__(256)
-naive_softmax(const float* __restrict__ S, float* __restrict__ P, float* __restrict__ L, int Nk) {
+naive_softmax(const float* __restrict__ S,  // (B, H, Nq, Nk)
+              float* __restrict__ P,        // (B, H, Nq, Nk)
+              float* __restrict__ L,        // (B, H, Nq) logsumexp, for the backward
+              int Nk) {
     __shared__ float scratch[8];
     const size_t row = blockIdx.x;
     const float* s = S + row * Nk;
@@ -108,7 +113,9 @@ naive_softmax(const float* __restrict__ S, float* __restrict__ P, float* __restr
 /* Backward of A0:L2: dS = P * (dP - D) with D = rowsum(P * dP) (= rowsum(dO * O)). In place
  * over dP. Grid: one block per row.                                                        */
 extern "C" __global__ void __launch_bounds__(256)
-naive_dsoftmax(const float* __restrict__ P, float* __restrict__ dP, int Nk) {
+naive_dsoftmax(const float* __restrict__ P,  // (B, H, Nq, Nk)
+               float* __restrict__ dP,        // (B, H, Nq, Nk): dP in, dS out
+               int Nk) {
     __shared__ float scratch[8];
     const size_t row = blockIdx.x;
     const float* p = P + row * Nk;

@@ -17,6 +17,12 @@
  *   - ldmatrix addresses come from a few base registers plus constants (SwzAddr), so the
  *     registers go to the accumulators: two 16-row slabs per warp even at D = 128.
  *
+ * This file holds what only the mma.sync kernels use: the ldmatrix and mma.sync wrappers, the
+ * swizzle, SwzAddr and the tile loader, and the kernels. The arithmetic around the products,
+ * which kernels/tc90.cu shares (the thread-block setup, the one-slab online softmax, P~ packing,
+ * masks, epilogues, trace stores, cp.async, the block order and the backward's helper kernels),
+ * is in tc_common.cuh.
+ *
  * Reference: flashlab/reference/tc.py (same warps, same tile order, same roundings).
  * Layout: Q, O, dO are (B*H, Nq, D); K, V are (B*H, Nk, D), 16-bit, contiguous; L (logsumexp),
  *   Dv, dQacc are fp32. Elements travel as raw 16-bit words (unsigned short), so no fp16/bf16
@@ -25,14 +31,98 @@
  *   backward: tc_backward_dot (8 rows per 256-thread block), then tc_backward with grid
  *   (ceil(Nk / BC), B*H), NW warps, (2 BC + 2 QS BR) D 2 + 2 BC BR 2 + 8 QS BR bytes, then
  *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_common.cuh).
- *   Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in cuda_kernel_ops.py (tc_plan computes
- *   the same byte counts).
+ *   Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in flashlab/registry.py (tc_plan in
+ *   flashlab/launch/plans.py computes the same byte counts).
  */
 #include "tc_common.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #error "kernels/tc.cu needs sm_80 or newer (bf16 mma.sync, cp.async); kernel='auto' falls back to fa2"
 #endif
+
+/* ---------------------------------------------------------------- mma.sync and ldmatrix */
+
+/* Four 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8
+ * and receives, of each matrix, row lane / 4, columns 2 (lane % 4) and 2 (lane % 4) + 1. */
+__device__ __forceinline__ void ldsm4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+/* The same, transposed: lane receives rows 2 (lane % 4) and 2 (lane % 4) + 1 of column lane / 4. */
+__device__ __forceinline__ void ldsm4t(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+/* C (16x8, fp32) += A (16x16, row) * B (16x8, col). Lane l = 4g + t holds
+ *   A: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+ *   B: b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
+ *   C: c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)                                  */
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    if (BF16)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* ---------------------------------------------------------------- swizzled tiles */
+
+/* Shared tiles hold rows of W 16-bit values as W/8 chunks of 16 bytes. Chunk c of row r lives at
+ * chunk (c ^ (r % 8)) of its group of 8 (rows of 4 chunks, W = 32: c ^ ((r / 2) % 4)). The 8 rows an
+ * ldmatrix reads at one logical chunk then sit in 8 different 16-byte bank groups. */
+template <int W>
+__device__ __forceinline__ int swz(int r, int c) {
+    static_assert(W % 64 == 0 || W == 32, "tile rows must be 32 or a multiple of 64 elements");
+    if (W == 32) return r * 4 + (c ^ ((r >> 1) & 3));
+    return r * (W / 8) + (c ^ (r & 7));
+}
+
+/* ldmatrix addresses with few registers. A lane reads row r + R, logical chunk cc + x of a
+ * swizzled tile, where r and x (0 or 1) depend on the lane and R (a multiple of 8 rows) and cc
+ * (even) are compile-time constants of an unrolled loop. Since cc + x = cc ^ x, the physical chunk
+ * is (cc & ~7) + ((cc & 6) ^ y) with y = x ^ (r % 8): four values of cc & 6, so four base
+ * registers plus an immediate offset cover every (R, cc). (W = 32 has two.) Without this ptxas
+ * keeps one register per (R, cc) alive across the whole key loop, which is what spilled. */
+template <int W>
+struct SwzAddr {
+    static constexpr int NB = W == 32 ? 2 : 4;
+    u32 b[NB];
+    __device__ __forceinline__ SwzAddr(const uint4* tile, int r, int x) {
+        const int y = x ^ (W == 32 ? (r >> 1) & 3 : r & 7);
+        const u32 row = smem_addr(tile) + 16u * (u32)(r * (W / 8));
+#pragma unroll
+        for (int m = 0; m < NB; ++m) b[m] = row + 16u * (u32)((2 * m) ^ y);
+    }
+    __device__ __forceinline__ u32 at(int R, int cc) const {
+        return b[(cc >> 1) & (NB - 1)] + 16u * (u32)(R * (W / 8) + (cc & ~(2 * NB - 1)));
+    }
+};
+
+/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> shared tile; rows past N become zeros.
+ * A thread copies chunk tid % CH of rows tid / CH + k RS (RS = NT / CH rows a pass): RS is a
+ * multiple of 8, so the swizzle is the same in every pass and each pass's shared and global
+ * addresses are the first one's plus a constant (no registers per pass kept across the loop). */
+template <int W, int R, int NT>
+__device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0, int N) {
+    constexpr int CH = W / 8, RS = NT / CH;
+    static_assert(NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split into passes");
+    const int r = threadIdx.x / CH, c = threadIdx.x % CH;
+    const u32 dst = smem_addr(tile + swz<W>(r, c));
+    const u16* g = src + (size_t)(row0 + r) * W + c * 8;
+    const int left = N - row0 - r;  // this thread's rows k RS < left exist
+#pragma unroll
+    for (int k = 0; k < R / RS; ++k) {
+        const bool ok = k * RS < left;
+        cp_async16(dst + 16u * (u32)(k * RS * CH), ok ? g + (size_t)k * RS * W : src, ok);
+    }
+}
 
 /* ---------------------------------------------------------------- F2 forward */
 
@@ -45,10 +135,16 @@
  * rows x BK), so a warp can own two slabs at D = 128 without spilling. */
 template <bool BF16, int D, int BC, int NW, int WM, int BK>
 __global__ void __launch_bounds__(NW * 32)
-tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
-           u16* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
-           int group,
-           float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
+tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
+           const u16* __restrict__ K,  // (B, H, Nk, D)
+           const u16* __restrict__ V,  // (B, H, Nk, D)
+           u16* __restrict__ O,        // (B, H, Nq, D)
+           float* __restrict__ L,      // (B, H, Nq) fp32 logsumexp, natural units
+           int Nq, int Nk, float tau, int causal, int group,
+           float* tr_m,                // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
+           float* tr_l,                // (B, H, Tr, Tc, BR)
+           float* tr_O,                // (B, H, Tr, Tc, BR, D)
+           long long* tr_seq) {        // (B, H, Tr, Tc)
     constexpr int BR = 16 * WM * NW, NT = NW * 32, CH = D / 8;
     constexpr int NS = BK / 8;   // n8 tiles of S per slab and sub-step
     constexpr int NO = D / 8;    // n8 tiles of O~ per slab
@@ -61,18 +157,12 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
     block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
-    const u16* Qh = Q + head_offset(bh, Nq, D);
-    const u16* Kh = K + head_offset(bh, Nk, D);
-    const u16* Vh = V + head_offset(bh, Nk, D);
-    const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
-    (void)Tr;
-    const int last_row = min(Nq, (i + 1) * BR) - 1;
-    const int jend = causal ? min(Tc, last_row / BC + 1) : Tc;      // F2:L3 causal skipping
-    const float sl2 = tau * TC_LOG2E;
+    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    const int wrow = warp * 16 * WM;  // this warp's first row in the block
 
-    load_tile<D, BR, NT>(sQ, Qh, i * BR, Nq);                       // F2:L2
-    load_tile<D, BC, NT>(sKV, Kh, 0, Nk);                           // F2:L4 (K_0, V_0)
-    load_tile<D, BC, NT>(sKV + BC * CH, Vh, 0, Nk);
+    load_tile<D, BR, NT>(sQ, blk.Qh, i * BR, Nq);                  // F2:L2
+    load_tile<D, BC, NT>(sKV, blk.Kh, 0, Nk);                       // F2:L4 (K_0, V_0)
+    load_tile<D, BC, NT>(sKV + BC * CH, blk.Vh, 0, Nk);
     cp_commit();
 
     float o[WM][NO][4];
@@ -84,7 +174,6 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
 #pragma unroll
         for (int n = 0; n < NO; ++n) o[a][n][0] = o[a][n][1] = o[a][n][2] = o[a][n][3] = 0.0f;
     }
-    const int wrow = warp * 16 * WM;  // this warp's first row in the block
     // ldmatrix addresses (A: rows lane % 16, chunk lane / 16; B: rows lane % 8 + 8 (lane / 16),
     // chunk (lane / 8) % 2; V^T: rows lane % 16 in two halves of 8, chunk lane / 16), stage 0
     const SwzAddr<D> aQ(sQ, wrow + (lane & 15), lane >> 4);
@@ -92,13 +181,13 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
     const SwzAddr<D> aV(sKV + BC * CH, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     constexpr u32 STAGE = 2u * BC * CH * 16u;  // bytes from stage 0 to stage 1
 
-    for (int j = 0; j < jend; ++j) {                                 // F2:L3
+    for (int j = 0; j < blk.jend; ++j) {                             // F2:L3
         cp_wait<0>();     // K_j, V_j (and at j = 0 Q_i) have landed ...
         __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
-        if (j + 1 < jend) {                                          // F2:L4 for j+1, during tile j
+        if (j + 1 < blk.jend) {                                      // F2:L4 for j+1, during tile j
             uint4* nxt = sKV + ((j + 1) & 1) * 2 * BC * CH;
-            load_tile<D, BC, NT>(nxt, Kh, (j + 1) * BC, Nk);
-            load_tile<D, BC, NT>(nxt + BC * CH, Vh, (j + 1) * BC, Nk);
+            load_tile<D, BC, NT>(nxt, blk.Kh, (j + 1) * BC, Nk);
+            load_tile<D, BC, NT>(nxt + BC * CH, blk.Vh, (j + 1) * BC, Nk);
         }
         cp_commit();
         const u32 so = (j & 1) * STAGE;
@@ -106,7 +195,7 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
 #pragma unroll
         for (int u = 0; u < BC / BK; ++u) {
             const int k0 = j * BC + u * BK;  // first key of this sub-step
-            if (k0 > (causal ? min(Nk - 1, last_row) : Nk - 1)) break;  // nothing left to see
+            if (k0 > (causal ? min(Nk - 1, blk.last_row) : Nk - 1)) break;  // nothing left to see
             float s[WM][NS][4];                                      // F2:L5  S = Q_i K^T
 #pragma unroll
             for (int a = 0; a < WM; ++a)
@@ -129,33 +218,23 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
                 }
             }
 
-            // scale to base-2 units; mask keys past Nk and, where the diagonal crosses, keys
-            // after the query (F2:L5)
-            // (two loops, not one with a test inside: the interior tiles skip the compares)
+            // F2:L5  scale to base-2 units; mask keys past Nk and, where the diagonal crosses,
+            // keys after the query (two loops, not one with a test inside: the interior tiles
+            // skip the compares)
             const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR);
             if (edge) {
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
-#pragma unroll
-                    for (int n = 0; n < NS; ++n)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int r = i * BR + wrow + a * 16 + g + (e >> 1) * 8;
-                            const int c = k0 + n * 8 + 2 * t + (e & 1);
-                            s[a][n][e] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF
-                                                                           : s[a][n][e] * sl2;
-                        }
-            } else {
+                    f2_mask(s[a], i * BR + wrow + a * 16, k0, Nk, causal, blk.sl2, g, t);
+            } else {  // interior tile: only the scale
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
 #pragma unroll
                     for (int n = 0; n < NS; ++n)
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) s[a][n][e] *= sl2;
+                        for (int e = 0; e < 4; ++e) s[a][n][e] *= blk.sl2;
             }
 
-            // F2:L6  m_new = max(m, rowmax S); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum P~
-            // F2:L7  O~ = e^(m - m_new) O~  (+ P~ V below)
             // P~ is rounded to 16 bits as soon as each half-row is done: pa holds it in the
             // A-operand layout of P~ V (the S accumulator layout, two values per register)
             u32 pa[WM][BK / 16][4];
@@ -163,32 +242,10 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
             for (int a = 0; a < WM; ++a)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the slab
-                    float mx = m[a][h];
-#pragma unroll
-                    for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[a][n][2 * h], s[a][n][2 * h + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    const float base = safe_max(mx);
-                    const float alpha = exp2_fast(m[a][h] - base);
-                    float sum = 0.0f;
-#pragma unroll
-                    for (int n = 0; n < NS; ++n) {
-                        s[a][n][2 * h] = exp2_fast(s[a][n][2 * h] - base);
-                        s[a][n][2 * h + 1] = exp2_fast(s[a][n][2 * h + 1] - base);
-                        sum += s[a][n][2 * h] + s[a][n][2 * h + 1];
-                    }
-                    l[a][h] = alpha * l[a][h] + sum;  // this lane's columns; summed over the row at F2:L9
-                    m[a][h] = mx;
-#pragma unroll
-                    for (int n = 0; n < NO; ++n) {
-                        o[a][n][2 * h] *= alpha;
-                        o[a][n][2 * h + 1] *= alpha;
-                    }
-#pragma unroll
-                    for (int kk = 0; kk < BK / 16; ++kk) {  // rows g (h = 0) or g + 8 (h = 1)
-                        pa[a][kk][h] = pack2<BF16>(s[a][2 * kk][2 * h], s[a][2 * kk][2 * h + 1]);
-                        pa[a][kk][2 + h] = pack2<BF16>(s[a][2 * kk + 1][2 * h], s[a][2 * kk + 1][2 * h + 1]);
-                    }
+                    // F2:L6  m_new = max(m, rowmax S); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum P~
+                    const float alpha = f2_softmax_row(s[a], h, m[a][h], l[a][h]);
+                    f2_rescale_row(o[a], h, alpha);                  // F2:L7  O~ = e^(m - m_new) O~
+                    f2_pack_row<BF16>(s[a], h, pa[a]);
                 }
 
 #pragma unroll
@@ -206,28 +263,11 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
             }
         }
 #ifdef FLASHLAB_TRACE
-        // after step (i, j): m in F2's units (S = tau Q K^T), l summed over the row, O~ unnormalised
+        // after step (i, j)
 #pragma unroll
         for (int a = 0; a < WM; ++a)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int rl = wrow + a * 16 + g + 8 * h;
-                float lsum = l[a][h];
-                lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-                lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-                if (i * BR + rl >= Nq) continue;
-                const size_t t1 = trace_offset(bh, i, j, Tr, Tc, BR, 1), tD = trace_offset(bh, i, j, Tr, Tc, BR, D);
-                if (t == 0) {
-                    tr_m[t1 + rl] = m[a][h] * TC_LN2;
-                    tr_l[t1 + rl] = lsum;
-                }
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    tr_O[tD + (size_t)rl * D + n * 8 + 2 * t] = o[a][n][2 * h];
-                    tr_O[tD + (size_t)rl * D + n * 8 + 2 * t + 1] = o[a][n][2 * h + 1];
-                }
-            }
-        if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + j] = j;
+            f2_trace(blk, j, wrow + a * 16, Nq, o[a], m[a], l[a], tr_m, tr_l, tr_O, g, t);
+        if (threadIdx.x == 0) tr_seq[((size_t)bh * blk.Tr + i) * blk.Tc + j] = j;
 #endif
     }
     cp_wait<0>();
@@ -235,22 +275,10 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units), one write per row
     block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
     u16* Oh = O + head_offset(bh, Nq, D);
+    float* Lh = L + head_offset(bh, Nq, 1);
 #pragma unroll
     for (int a = 0; a < WM; ++a)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float lsum = l[a][h];
-            lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-            lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-            const int r = i * BR + wrow + a * 16 + g + 8 * h;
-            if (r >= Nq) continue;
-            const float inv = 1.0f / lsum;
-#pragma unroll
-            for (int n = 0; n < NO; ++n)
-                *reinterpret_cast<u32*>(Oh + (size_t)r * D + n * 8 + 2 * t) =
-                    pack2<BF16>(o[a][n][2 * h] * inv, o[a][n][2 * h + 1] * inv);
-            if (t == 0) L[head_offset(bh, Nq, 1) + r] = (safe_max(m[a][h]) + log2f(lsum)) * TC_LN2;
-        }
+        f2_write<BF16, D>(Oh, Lh, i * BR + wrow + a * 16, Nq, o[a], m[a], l[a], g, t);
 }
 
 /* ---------------------------------------------------------------- G2 backward */
@@ -272,11 +300,20 @@ tc_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __re
  * has QS - 1 steps to land. Two barriers per step. */
 template <bool BF16, int D, int BR, int BC, int NW, int WS, int WKV, int WQ, int QS>
 __global__ void __launch_bounds__(NW * 32)
-tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
-            const u16* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
-            float* __restrict__ dQacc, u16* __restrict__ dK, u16* __restrict__ dV,
+tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
+            const u16* __restrict__ K,     // (B, H, Nk, D)
+            const u16* __restrict__ V,     // (B, H, Nk, D)
+            const u16* __restrict__ dO,    // (B, H, Nq, D)
+            const float* __restrict__ L,   // (B, H, Nq) fp32 logsumexp from the forward
+            const float* __restrict__ Dv,  // (B, H, Nq) fp32 rowsum(dO * O), tc_backward_dot
+            float* __restrict__ dQacc,     // (B, H, Nq, D) fp32, zeroed by tc_backward_dot
+            u16* __restrict__ dK,          // (B, H, Nk, D)
+            u16* __restrict__ dV,          // (B, H, Nk, D)
             int Nq, int Nk, float tau, int causal, int group,
-            float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
+            float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
+            float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
+            float* tr_dV,                  // (B, H, Tr, Tc, BC, D)
+            long long* tr_seq) {           // (B, H, Tr, Tc)
     constexpr int NT = NW * 32, CH = D / 8;
     constexpr int SK = BC / WS, SQ = BR / (NW / WS);     // S^T, dP^T: keys x queries per warp
     constexpr int KK = BC / WKV, KD = D / (NW / WKV);    // dK~, dV~: keys x columns per warp
@@ -302,15 +339,8 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
     const int g = lane >> 2, t = lane & 3;
     int j, bh;
     block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
-    const u16* Qh = Q + head_offset(bh, Nq, D);
-    const u16* dOh = dO + head_offset(bh, Nq, D);
-    const float* Lh = L + head_offset(bh, Nq, 1);
-    const float* Dh = Dv + head_offset(bh, Nq, 1);
-    float* dQh = dQacc + head_offset(bh, Nq, D);
-    const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
-    (void)Tc;
-    const float sl2 = tau * TC_LOG2E;
-    const int i0 = causal ? min(Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
+    const G2Block<D, BR, BC> blk(j, bh, Q, dO, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
+    const int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
 
     // the three warp grids
     const int sk0 = (warp % WS) * SK, sq0 = (warp / WS) * SQ;
@@ -324,26 +354,18 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
     const SwzAddr<BR> aSt(smem, (lane & 7) + (lane >> 4) * 8, qq0 / 8 + ((lane >> 3) & 1));  // dS (A^T)
     const SwzAddr<D> aKt(smem, (lane & 7) + ((lane >> 3) & 1) * 8, qd0 / 8 + (lane >> 4));   // K (B^T)
 
-    load_tile<D, BC, NT>(sK, K + head_offset(bh, Nk, D), j * BC, Nk);       // G2:L2
+    load_tile<D, BC, NT>(sK, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
     load_tile<D, BC, NT>(smem + OV, V + head_offset(bh, Nk, D), j * BC, Nk);
-    auto load_i = [&](int i) {                                              // G2:L4
+    // step i's Q_i, dO_i, L_i, D_i into stage (i - i0) % QS
+    auto load_i = [&](int i) {
         const int st = (i - i0) % QS;
         uint4* q = smem + OQ + st * STG;
         float* ld = sLD2 + st * 2 * BR;
-        load_tile<D, BR, NT>(q, Qh, i * BR, Nq);
-        load_tile<D, BR, NT>(q + ODO, dOh, i * BR, Nq);
-        for (int x = threadIdx.x; x < BR; x += NT) {
-            const bool ok = i * BR + x < Nq;
-            cp_async4(smem_addr(ld + x), Lh + (ok ? i * BR + x : 0), ok);
-            cp_async4(smem_addr(ld + BR + x), Dh + (ok ? i * BR + x : 0), ok);
-        }
+        load_tile<D, BR, NT>(q, blk.Qh, i * BR, Nq);
+        load_tile<D, BR, NT>(q + ODO, blk.dOh, i * BR, Nq);
+        g2_load_ld<BR, NT>(ld, blk.Lh, blk.Dh, i, Nq);
     };
-    if (i0 < Tr) load_i(i0);       // with K_j, V_j: one commit group
-    cp_commit();
-    if (QS == 3) {
-        if (i0 + 1 < Tr) load_i(i0 + 1);
-        cp_commit();               // (possibly empty: one group per stage keeps the count simple)
-    }
+    g2_first_stages<QS>(load_i, i0, blk.Tr);                             // G2:L4, stages i0 ..
 
     float dk[MK][NDK][4], dv[MK][NDK][4];
 #pragma unroll
@@ -353,14 +375,14 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[a][n][e] = dv[a][n][e] = 0.0f;
 
-    for (int i = i0; i < Tr; ++i) {                                          // G2:L3
+    for (int i = i0; i < blk.Tr; ++i) {                                  // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = (u32)(st * STG) * 16u;  // this stage's byte offset from stage 0
         const float* sL = sLD2 + st * 2 * BR;
         const float* sD = sL + BR;
         cp_wait<QS - 2>();  // stage i has landed (with QS = 3, stage i+1 may still be in flight) ...
         __syncthreads();    // ... for every thread's copies; every warp is done with step i-1
-        if (i + QS - 1 < Tr) load_i(i + QS - 1);  // into the stage step i-1 used
+        if (i + QS - 1 < blk.Tr) load_i(i + QS - 1);  // G2:L4, into the stage step i-1 used
         cp_commit();
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warp's SK keys x SQ queries)
@@ -403,8 +425,8 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
                 }
             }
         }
-        // P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the query);
-        // dS^T = P^T * (dP^T - D_i). Both rounded to 16 bits into shared memory (G2:L6).
+        // G2:L5  P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the
+        // query); G2:L6  dS^T = P^T * (dP^T - D_i). Both rounded to 16 bits into shared memory.
         const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
@@ -414,8 +436,8 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
             for (int a = 0; a < MS; ++a)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    float p0 = exp2_fast(s[a][n][2 * h] * sl2 - lq.x * TC_LOG2E);
-                    float p1 = exp2_fast(s[a][n][2 * h + 1] * sl2 - lq.y * TC_LOG2E);
+                    float p0 = exp2_fast(s[a][n][2 * h] * blk.sl2 - lq.x * TC_LOG2E);
+                    float p1 = exp2_fast(s[a][n][2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
                     if (edge) {
                         const int c = j * BC + sk0 + a * 16 + g + 8 * h;
                         const int r = i * BR + sq0 + n * 8 + 2 * t;
@@ -478,38 +500,13 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
                 }
             }
 #pragma unroll
-            for (int a = 0; a < MQ; ++a)
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int rl = qq0 + a * 16 + g + 8 * h, r = i * BR + rl;
-                    if (r >= Nq) continue;
-#pragma unroll
-                    for (int n = 0; n < NDQ; ++n) {
-                        const int c = qd0 + n * 8 + 2 * t;
-                        red_add2(dQh + (size_t)r * D + c, dq[a][n][2 * h], dq[a][n][2 * h + 1]);
-                        TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c] = tau * dq[a][n][2 * h]);
-                        TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c + 1] = tau * dq[a][n][2 * h + 1]);
-                    }
-                }
+            for (int a = 0; a < MQ; ++a) g2_add_dq(blk, i, qq0 + a * 16, qd0, Nq, tau, dq[a], tr_dQ, g, t);
         }
 #ifdef FLASHLAB_TRACE
 #pragma unroll
         for (int a = 0; a < MK; ++a)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int kl = kk0 + a * 16 + g + 8 * h;
-                if (j * BC + kl >= Nk) continue;
-                const size_t tD = trace_offset(bh, i, j, Tr, Tc, BC, D) + (size_t)kl * D;
-#pragma unroll
-                for (int n = 0; n < NDK; ++n) {
-                    const int c = kd0 + n * 8 + 2 * t;
-                    tr_dK[tD + c] = tau * dk[a][n][2 * h];
-                    tr_dK[tD + c + 1] = tau * dk[a][n][2 * h + 1];
-                    tr_dV[tD + c] = dv[a][n][2 * h];
-                    tr_dV[tD + c + 1] = dv[a][n][2 * h + 1];
-                }
-            }
-        if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + j] = i - i0;
+            g2_trace_kv(blk, i, kk0 + a * 16, kd0, Nk, tau, dk[a], dv[a], tr_dK, tr_dV, g, t);
+        if (threadIdx.x == 0) tr_seq[((size_t)bh * blk.Tr + i) * blk.Tc + j] = i - i0;
 #endif
     }
     cp_wait<0>();
@@ -519,16 +516,5 @@ tc_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __r
     u16* dVh = dV + head_offset(bh, Nk, D);
 #pragma unroll
     for (int a = 0; a < MK; ++a)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int c = j * BC + kk0 + a * 16 + g + 8 * h;
-            if (c >= Nk) continue;
-#pragma unroll
-            for (int n = 0; n < NDK; ++n) {
-                const int x = kd0 + n * 8 + 2 * t;
-                *reinterpret_cast<u32*>(dKh + (size_t)c * D + x) =
-                    pack2<BF16>(tau * dk[a][n][2 * h], tau * dk[a][n][2 * h + 1]);
-                *reinterpret_cast<u32*>(dVh + (size_t)c * D + x) = pack2<BF16>(dv[a][n][2 * h], dv[a][n][2 * h + 1]);
-            }
-        }
+        g2_write_kv<BF16, D>(dKh, dVh, j * BC + kk0 + a * 16, kd0, Nk, tau, dk[a], dv[a], g, t);
 }

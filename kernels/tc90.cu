@@ -10,14 +10,15 @@
  *   - wgmma is asynchronous: the warpgroup issues a batch (wg_fence, the wgmmas, wg_commit) and
  *     waits for it (wg_wait) only when it needs the result;
  *   - the accumulator layout is the mma.sync one (warp w of the warpgroup owns rows 16 w .. 16 w + 15
- *     of the 64), so the online softmax, the masks and the packing of P~ into 16-bit A operands are
- *     tc.cu's code for one 16-row slab per warp;
+ *     of the 64), so the online softmax, the masks, the packing of P~ into 16-bit A operands, the
+ *     epilogues and the trace stores are tc.cu's: the one-slab helpers of tc_common.cuh, called
+ *     once per warp on the wgmma accumulator (frag() views it as a slab);
  *   - shared-memory tiles use wgmma's 128-byte swizzle: a (R x W) tile is stored as W / 64 panels
  *     of (R x 64), each row 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8). A descriptor
  *     names a panel's start, the distance between 8-row groups (SBO = 1024 bytes) and, where a
  *     product spans two panels along its N or M side, the distance between panels (LBO).
  *
- * Reference: flashlab/reference/tc.py with the launch's tile shape (tc_plan in cuda_kernel_ops.py):
+ * Reference: flashlab/reference/tc.py with the launch's tile shape (tc_plan in flashlab/launch/plans.py):
  *   forward  Br = 64 NWG rows (warp w owns rows 16 w .. 16 w + 15), Bk = Bc;
  *   backward warp grids WS = WKV = NW (warp w owns keys 16 w .. 16 w + 15 of S^T, dP^T, dK~, dV~),
  *            WQ = 4 at BR = 64 (dQ: warp w owns queries 16 (w % 4) .. and columns (w / 4) D / 2 ..),
@@ -85,6 +86,13 @@ __device__ __forceinline__ constexpr u32 kmajor_step(int kk) {
     return (u32)((kk >> 2) * R * 128 + (kk & 3) * 32);
 }
 
+/* A warp's part of a wgmma accumulator (x[4 n + e], the layout wgmma.cuh describes) as the one
+ * 16-row slab tc_common.cuh's helpers take (x[n][e]): the same registers. */
+template <int R>
+__device__ __forceinline__ Slab<R / 4>& frag(float (&x)[R]) {
+    return reinterpret_cast<Slab<R / 4>&>(x);
+}
+
 /* ---------------------------------------------------------------- F2 forward */
 
 /* One thread block per (Q block i, head); NWG warpgroups, warpgroup h owning query rows
@@ -103,13 +111,17 @@ __device__ __forceinline__ constexpr u32 kmajor_step(int kk) {
  * copied with Q_i and K_0 but waited for a tile later); one barrier per tile. MINB: thread blocks per multiprocessor the registers must allow. */
 template <bool BF16, int D, int BC, int NWG, int MINB>
 __global__ void __launch_bounds__(NWG * 128, MINB)
-tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
-             u16* __restrict__ O, float* __restrict__ L, int Nq, int Nk, float tau, int causal,
-             int group,
-             float* tr_m, float* tr_l, float* tr_O, long long* tr_seq) {
+tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
+             const u16* __restrict__ K,  // (B, H, Nk, D)
+             const u16* __restrict__ V,  // (B, H, Nk, D)
+             u16* __restrict__ O,        // (B, H, Nq, D)
+             float* __restrict__ L,      // (B, H, Nq) fp32 logsumexp, natural units
+             int Nq, int Nk, float tau, int causal, int group,
+             float* tr_m,                // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
+             float* tr_l,                // (B, H, Tr, Tc, BR)
+             float* tr_O,                // (B, H, Tr, Tc, BR, D)
+             long long* tr_seq) {        // (B, H, Tr, Tc)
     constexpr int BR = 64 * NWG, NT = NWG * 128;
-    constexpr int NS = BC / 8;   // n8 column tiles of S per warp
-    constexpr int NO = D / 8;    // n8 column tiles of O~ per warp
     constexpr u32 TILE = BC * D * 2;
     static_assert(BC % 16 == 0 && BC <= 256 && D % 64 == 0 && D <= 128, "unsupported tile");
     extern __shared__ __align__(1024) uint4 smem[];
@@ -122,19 +134,12 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
     block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
-    const u16* Qh = Q + head_offset(bh, Nq, D);
-    const u16* Kh = K + head_offset(bh, Nk, D);
-    const u16* Vh = V + head_offset(bh, Nk, D);
-    const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
-    (void)Tr;
-    const int last_row = min(Nq, (i + 1) * BR) - 1;
-    const int jend = causal ? min(Tc, last_row / BC + 1) : Tc;      // F2:L3 causal skipping
-    const float sl2 = tau * TC_LOG2E;
+    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
 
-    load_panels<D, BR, NT>(sQ, Qh, i * BR, Nq);                     // F2:L2
-    load_panels<D, BC, NT>(sK, Kh, 0, Nk);                          // F2:L4 (K_0, then V_0)
+    load_panels<D, BR, NT>(sQ, blk.Qh, i * BR, Nq);                // F2:L2
+    load_panels<D, BC, NT>(sK, blk.Kh, 0, Nk);                      // F2:L4 (K_0, then V_0)
     cp_commit();
-    load_panels<D, BC, NT>(sV, Vh, 0, Nk);  // its own group: S_0 waits only for Q_i and K_0
+    load_panels<D, BC, NT>(sV, blk.Vh, 0, Nk);  // its own group: S_0 waits only for Q_i and K_0
     cp_commit();
 
     float o[D / 2];
@@ -152,40 +157,23 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
 #ifdef FLASHLAB_TRACE
     // step j - 1's state (m, l, O~) is complete in iteration j, after P~_{j-1} V_{j-1} lands
     auto trace_step = [&](int jj, const float (&mm)[2], const float (&ll)[2]) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int rl = wrow + g + 8 * h;
-            float lsum = ll[h];
-            lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-            lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-            if (i * BR + rl >= Nq) continue;
-            const size_t t1 = trace_offset(bh, i, jj, Tr, Tc, BR, 1), tD = trace_offset(bh, i, jj, Tr, Tc, BR, D);
-            if (t == 0) {
-                tr_m[t1 + rl] = mm[h] * TC_LN2;
-                tr_l[t1 + rl] = lsum;
-            }
-#pragma unroll
-            for (int n = 0; n < NO; ++n) {
-                tr_O[tD + (size_t)rl * D + n * 8 + 2 * t] = o[4 * n + 2 * h];
-                tr_O[tD + (size_t)rl * D + n * 8 + 2 * t + 1] = o[4 * n + 2 * h + 1];
-            }
-        }
-        if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + jj] = jj;
+        f2_trace(blk, jj, wrow, Nq, frag(o), mm, ll, tr_m, tr_l, tr_O, g, t);
+        if (threadIdx.x == 0) tr_seq[((size_t)bh * blk.Tr + i) * blk.Tc + jj] = jj;
     };
 #endif
 
-    // F2:L4 for tile j (K_{j+1}, and V_j a tile behind K), after the barrier that says every
-    // warpgroup is done with the stages they overwrite
+    // the copies of tile j's iteration (K_{j+1}, and V_j a tile behind K), after the barrier that
+    // says every warpgroup is done with the stages they overwrite
     auto begin_tile = [&](int j) {
         if (j == 0) cp_wait<1>();  // Q_i and K_0 have landed (V_0 may still be on its way) ...
         else cp_wait<0>();         // K_j and V_{j-1} have landed ...
         fence_async_smem();  // ... visible to wgmma ...
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with j - 1
-        if (j + 1 < jend) load_panels<D, BC, NT>(sK + ((j + 1) & 1) * TILE, Kh, (j + 1) * BC, Nk);
-        if (j > 0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, Vh, j * BC, Nk);
+        if (j + 1 < blk.jend) load_panels<D, BC, NT>(sK + ((j + 1) & 1) * TILE, blk.Kh, (j + 1) * BC, Nk);
+        if (j > 0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, blk.Vh, j * BC, Nk);
         cp_commit();
     };
-    // F2:L5  S = Q_i K_j^T, issued (not waited for)
+    // S = Q_i K_j^T, issued (not waited for)
     auto issue_s = [&](float (&s)[BC / 2], int j) {
         wg_fence();
 #pragma unroll
@@ -194,7 +182,7 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
                                   dK + ((((j & 1) * TILE) + kmajor_step<BC>(kk)) >> 4), kk > 0);
         wg_commit();
     };
-    // F2:L7  O~ += P~_j V_j, issued (not waited for)
+    // O~ += P~_j V_j, issued (not waited for)
     auto issue_pv = [&](int j, const u32 (&p)[BC / 16][4]) {
         wg_touch(o);
         wg_fence();
@@ -203,67 +191,44 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
             wg_rs<BF16, D, 1>(o, p[kk], dV + ((((j & 1) * TILE) + kk * 16 * 128) >> 4), 1);
         wg_commit();
     };
-    // F2:L5 mask and F2:L6: m_new, P~ = exp(S - m_new) rounded to 16 bits into A operands,
-    // l = e^(m - m_new) l + rowsum P~ (this lane's columns; summed over the row at F2:L9)
+    // S of tile j: the scale and mask, the online softmax (m, l, and P~ rounded to 16 bits into
+    // the A operands pa), and the rescale factors alpha of O~
     auto softmax = [&](float (&s)[BC / 2], int j, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
         const int k0 = j * BC;
+        // F2:L5  base-2 units; masked: keys past Nk and, where the diagonal crosses, keys after
+        // the query (two loops, not one with a test inside: the interior tiles skip the compares)
         const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR);
-        if (edge) {  // two loops, not one with a test inside: the interior tiles skip the compares
-#pragma unroll
-            for (int n = 0; n < NS; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = i * BR + wrow + g + (e >> 1) * 8;
-                    const int c = k0 + n * 8 + 2 * t + (e & 1);
-                    s[4 * n + e] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF
-                                                                     : s[4 * n + e] * sl2;
-                }
+        if (edge) {
+            f2_mask(frag(s), i * BR + wrow, k0, Nk, causal, blk.sl2, g, t);
         } else {
 #pragma unroll
-            for (int x = 0; x < BC / 2; ++x) s[x] *= sl2;  // base-2 units
+            for (int x = 0; x < BC / 2; ++x) s[x] *= blk.sl2;  // interior tile: only the scale
         }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the warp's slab
-            float mx = m[h];
-#pragma unroll
-            for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float base = safe_max(mx);
-            alpha[h] = exp2_fast(m[h] - base);
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < NS; ++n) {
-                s[4 * n + 2 * h] = exp2_fast(s[4 * n + 2 * h] - base);
-                s[4 * n + 2 * h + 1] = exp2_fast(s[4 * n + 2 * h + 1] - base);
-                sum += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
-            }
-            l[h] = alpha[h] * l[h] + sum;
-            m[h] = mx;
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; ++kk) {
-                pa[kk][h] = pack2<BF16>(s[8 * kk + 2 * h], s[8 * kk + 2 * h + 1]);
-                pa[kk][2 + h] = pack2<BF16>(s[8 * kk + 4 + 2 * h], s[8 * kk + 4 + 2 * h + 1]);
-            }
+            // F2:L6  m_new = max(m, rowmax S); P~ = exp(S - m_new); l = e^(m - m_new) l + rowsum P~
+            alpha[h] = f2_softmax_row(frag(s), h, m[h], l[h]);
+            f2_pack_row<BF16>(frag(s), h, pa);
         }
     };
 
-    // F2:L3. P~ alternates between two register sets (pa for even j, pb for odd j): while the
-    // product reading one is in flight the softmax writes the other. (A copy from one to the
-    // other lets the compiler merge them, and ptxas then serializes every wgmma.)
+    // Iteration j >= 1 of the key loop. P~ alternates between two register sets (pa for even j,
+    // pb for odd j): while the product reading one is in flight the softmax writes the other. (A
+    // copy from one to the other lets the compiler merge them, and ptxas then serializes every
+    // wgmma.)
     u32 pa[BC / 16][4], pb[BC / 16][4];
     auto step = [&](int j, u32 (&prev)[BC / 16][4], u32 (&cur)[BC / 16][4]) {
-        begin_tile(j);
+        begin_tile(j);       // F2:L4  K_{j+1}, V_j
         float s[BC / 2];
-        issue_s(s, j);
-        issue_pv(j - 1, prev);
+        issue_s(s, j);       // F2:L5  S_j = Q_i K_j^T
+        issue_pv(j - 1, prev);  // F2:L7  O~ += P~_{j-1} V_{j-1}
         wg_wait<1>();        // S_j is done; P~_{j-1} V_{j-1} may still run
         wg_touch(s);
 #ifdef FLASHLAB_TRACE
         const float m_was[2] = {m[0], m[1]}, l_was[2] = {l[0], l[1]};
 #endif
         float alpha[2];
-        softmax(s, j, cur, alpha);
+        softmax(s, j, cur, alpha);  // F2:L5 mask, F2:L6
         wg_wait<0>();        // P~_{j-1} V_{j-1} has landed in O~
         wg_touch(o);
         wg_keep(prev);
@@ -272,54 +237,37 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
 #endif
         // F2:L7  O~ = e^(m - m_new) O~ (P~_j V_j is added at the next iteration)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int n = 0; n < NO; ++n) {
-                o[4 * n + 2 * h] *= alpha[h];
-                o[4 * n + 2 * h + 1] *= alpha[h];
-            }
+        for (int h = 0; h < 2; ++h) f2_rescale_row(frag(o), h, alpha[h]);
     };
-    {                                                                // j = 0
-        begin_tile(0);
+    {                                                                // F2:L3, j = 0
+        begin_tile(0);             // F2:L4  K_1 (V_0 came with Q_i, K_0)
         float s[BC / 2];
-        issue_s(s, 0);
+        issue_s(s, 0);             // F2:L5  S_0 = Q_i K_0^T
         wg_wait<0>();
         wg_touch(s);
         float alpha[2];
-        softmax(s, 0, pa, alpha);  // O~ is still 0: nothing to rescale
+        softmax(s, 0, pa, alpha);  // F2:L5 mask, F2:L6 (O~ is still 0: nothing to rescale)
     }
-    for (int j = 1; j < jend; j += 2) {
+    for (int j = 1; j < blk.jend; j += 2) {                          // F2:L3
         step(j, pa, pb);
-        if (j + 1 < jend) step(j + 1, pb, pa);
+        if (j + 1 < blk.jend) step(j + 1, pb, pa);
     }
     cp_wait<0>();
     fence_async_smem();
     __syncthreads();  // V of the last tile has landed, for every thread's copies
-    if ((jend - 1) & 1) issue_pv(jend - 1, pb);                      // F2:L7 for the last tile
-    else issue_pv(jend - 1, pa);
+    if ((blk.jend - 1) & 1) issue_pv(blk.jend - 1, pb);              // F2:L7 for the last tile
+    else issue_pv(blk.jend - 1, pa);
     wg_wait<0>();
     wg_touch(o);
 #ifdef FLASHLAB_TRACE
-    trace_step(jend - 1, m, l);
+    trace_step(blk.jend - 1, m, l);
 #endif
 
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units)
     block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
     u16* Oh = O + head_offset(bh, Nq, D);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float lsum = l[h];
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-        const int r = i * BR + wrow + g + 8 * h;
-        if (r >= Nq) continue;
-        const float inv = 1.0f / lsum;
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-            *reinterpret_cast<u32*>(Oh + (size_t)r * D + n * 8 + 2 * t) =
-                pack2<BF16>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
-        if (t == 0) L[head_offset(bh, Nq, 1) + r] = (safe_max(m[h]) + log2f(lsum)) * TC_LN2;
-    }
+    float* Lh = L + head_offset(bh, Nq, 1);
+    f2_write<BF16, D>(Oh, Lh, i * BR + wrow, Nq, frag(o), m, l, g, t);
 }
 
 /* ---------------------------------------------------------------- G2 backward */
@@ -336,19 +284,26 @@ tc90_forward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __
  * Q_i, dO_i, L_i, D_i rotate through QS stages, copied QS - 1 steps ahead. Two barriers per step. */
 template <bool BF16, int D, int BR, int BC, int QS, int MINB>
 __global__ void __launch_bounds__(BC * 2, MINB)
-tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
-              const u16* __restrict__ dO, const float* __restrict__ L, const float* __restrict__ Dv,
-              float* __restrict__ dQacc, u16* __restrict__ dK, u16* __restrict__ dV,
+tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
+              const u16* __restrict__ K,     // (B, H, Nk, D)
+              const u16* __restrict__ V,     // (B, H, Nk, D)
+              const u16* __restrict__ dO,    // (B, H, Nq, D)
+              const float* __restrict__ L,   // (B, H, Nq) fp32 logsumexp from the forward
+              const float* __restrict__ Dv,  // (B, H, Nq) fp32 rowsum(dO * O), tc_backward_dot
+              float* __restrict__ dQacc,     // (B, H, Nq, D) fp32, zeroed by tc_backward_dot
+              u16* __restrict__ dK,          // (B, H, Nk, D)
+              u16* __restrict__ dV,          // (B, H, Nk, D)
               int Nq, int Nk, float tau, int causal, int group,
-              float* tr_dQ, float* tr_dK, float* tr_dV, long long* tr_seq) {
+              float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
+              float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
+              float* tr_dV,                  // (B, H, Tr, Tc, BC, D)
+              long long* tr_seq) {           // (B, H, Tr, Tc)
     constexpr int NWG = BC / 64, NT = NWG * 128;
     constexpr int NQ = BR / 8;        // n8 query tiles of S^T per warp
-    constexpr int ND = D / 8;         // n8 column tiles of dK~, dV~ per warp
     // dQ_i's term (BR x D) splits over the warpgroups by columns when BR = 64 (a wgmma is 64 rows
     // tall) and by rows when BR = 128
     constexpr bool DQ_ROWS = BR == 128;
     constexpr int DQ = DQ_ROWS ? D : D / NWG;  // dQ columns per warpgroup
-    constexpr int NDQ = DQ / 8;
     static_assert(BC == 128 && (BR == 64 || (BR == 128 && D == 64)) && D % 64 == 0 && D <= 128,
                   "unsupported tile");
     static_assert(QS == 2 || QS == 3, "Q_i, dO_i take 2 or 3 stages");
@@ -364,37 +319,21 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
     const int g = lane >> 2, t = lane & 3;
     int j, bh;
     block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
-    const u16* Qh = Q + head_offset(bh, Nq, D);
-    const u16* dOh = dO + head_offset(bh, Nq, D);
-    const float* Lh = L + head_offset(bh, Nq, 1);
-    const float* Dh = Dv + head_offset(bh, Nq, 1);
-    float* dQh = dQacc + head_offset(bh, Nq, D);
-    const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
-    (void)Tc;
-    const float sl2 = tau * TC_LOG2E;
-    const int i0 = causal ? min(Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
+    const G2Block<D, BR, BC> blk(j, bh, Q, dO, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
+    const int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
     const int krow = wg * 64 + wq * 16;                   // this warp's first key in the block
 
     load_panels<D, BC, NT>(s0 + OK_, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
     load_panels<D, BC, NT>(s0 + OV, V + head_offset(bh, Nk, D), j * BC, Nk);
-    auto load_i = [&](int i) {                                                  // G2:L4
+    // step i's Q_i, dO_i, L_i, D_i into stage (i - i0) % QS
+    auto load_i = [&](int i) {
         const int st = (i - i0) % QS;
         const u32 q = s0 + OQ + st * STG;
-        load_panels<D, BR, NT>(q, Qh, i * BR, Nq);
-        load_panels<D, BR, NT>(q + QT, dOh, i * BR, Nq);
-        float* ld = sLD + st * 2 * BR;
-        for (int x = threadIdx.x; x < BR; x += NT) {
-            const bool ok = i * BR + x < Nq;
-            cp_async4(smem_addr(ld + x), Lh + (ok ? i * BR + x : 0), ok);
-            cp_async4(smem_addr(ld + BR + x), Dh + (ok ? i * BR + x : 0), ok);
-        }
+        load_panels<D, BR, NT>(q, blk.Qh, i * BR, Nq);
+        load_panels<D, BR, NT>(q + QT, blk.dOh, i * BR, Nq);
+        g2_load_ld<BR, NT>(sLD + st * 2 * BR, blk.Lh, blk.Dh, i, Nq);
     };
-    if (i0 < Tr) load_i(i0);
-    cp_commit();
-    if (QS == 3) {
-        if (i0 + 1 < Tr) load_i(i0 + 1);
-        cp_commit();
-    }
+    g2_first_stages<QS>(load_i, i0, blk.Tr);                                 // G2:L4, stages i0 ..
 
     // descriptors: A = K_j, V_j rows 64 wg .. (K-major); B = Q_i, dO_i (K-major, for S^T, dP^T);
     // B = dO_i, Q_i (MN-major, for dV~, dK~); A = dS (MN-major: dS^T rows are keys); B = K_j
@@ -412,7 +351,7 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
 #pragma unroll
     for (int x = 0; x < D / 2; ++x) dk[x] = dv[x] = 0.0f;
 
-    for (int i = i0; i < Tr; ++i) {                                          // G2:L3
+    for (int i = i0; i < blk.Tr; ++i) {                                  // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = st * STG;
         const float* sL = sLD + st * 2 * BR;
@@ -420,7 +359,7 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
         cp_wait<QS - 2>();   // stage i has landed ...
         fence_async_smem();  // ... visible to wgmma ...
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with i - 1
-        if (i + QS - 1 < Tr) load_i(i + QS - 1);
+        if (i + QS - 1 < blk.Tr) load_i(i + QS - 1);  // G2:L4
         cp_commit();
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
@@ -448,8 +387,8 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
             const float2 dd = *reinterpret_cast<const float2*>(sD + n * 8 + 2 * t);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                float p0 = exp2_fast(s[4 * n + 2 * h] * sl2 - lq.x * TC_LOG2E);
-                float p1 = exp2_fast(s[4 * n + 2 * h + 1] * sl2 - lq.y * TC_LOG2E);
+                float p0 = exp2_fast(s[4 * n + 2 * h] * blk.sl2 - lq.x * TC_LOG2E);
+                float p1 = exp2_fast(s[4 * n + 2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
                 if (edge) {
                     const int c = j * BC + krow + g + 8 * h;
                     const int r = i * BR + n * 8 + 2 * t;
@@ -494,34 +433,10 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
         wg_touch(dq);
         wg_touch(dv);
         wg_touch(dk);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int rl = dq_row0 + wq * 16 + g + 8 * h, r = i * BR + rl;
-            if (r >= Nq) continue;
-#pragma unroll
-            for (int n = 0; n < NDQ; ++n) {
-                const int c = dq_col0 + n * 8 + 2 * t;
-                red_add2(dQh + (size_t)r * D + c, dq[4 * n + 2 * h], dq[4 * n + 2 * h + 1]);
-                TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c] = tau * dq[4 * n + 2 * h]);
-                TRACE(tr_dQ[trace_offset(bh, i, j, Tr, Tc, BR, D) + (size_t)rl * D + c + 1] = tau * dq[4 * n + 2 * h + 1]);
-            }
-        }
+        g2_add_dq(blk, i, dq_row0 + wq * 16, dq_col0, Nq, tau, frag(dq), tr_dQ, g, t);
 #ifdef FLASHLAB_TRACE
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int kl = krow + g + 8 * h;
-            if (j * BC + kl >= Nk) continue;
-            const size_t tD = trace_offset(bh, i, j, Tr, Tc, BC, D) + (size_t)kl * D;
-#pragma unroll
-            for (int n = 0; n < ND; ++n) {
-                const int c = n * 8 + 2 * t;
-                tr_dK[tD + c] = tau * dk[4 * n + 2 * h];
-                tr_dK[tD + c + 1] = tau * dk[4 * n + 2 * h + 1];
-                tr_dV[tD + c] = dv[4 * n + 2 * h];
-                tr_dV[tD + c + 1] = dv[4 * n + 2 * h + 1];
-            }
-        }
-        if (threadIdx.x == 0) tr_seq[((size_t)bh * Tr + i) * Tc + j] = i - i0;
+        g2_trace_kv(blk, i, krow, 0, Nk, tau, frag(dk), frag(dv), tr_dK, tr_dV, g, t);
+        if (threadIdx.x == 0) tr_seq[((size_t)bh * blk.Tr + i) * blk.Tc + j] = i - i0;
 #endif
     }
     cp_wait<0>();
@@ -529,16 +444,5 @@ tc90_backward(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* _
     // G2:L10  write dK_j = tau dK~, dV_j = dV~ (keys with no visible query get zeros)
     u16* dKh = dK + head_offset(bh, Nk, D);
     u16* dVh = dV + head_offset(bh, Nk, D);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int c = j * BC + krow + g + 8 * h;
-        if (c >= Nk) continue;
-#pragma unroll
-        for (int n = 0; n < ND; ++n) {
-            const int x = n * 8 + 2 * t;
-            *reinterpret_cast<u32*>(dKh + (size_t)c * D + x) =
-                pack2<BF16>(tau * dk[4 * n + 2 * h], tau * dk[4 * n + 2 * h + 1]);
-            *reinterpret_cast<u32*>(dVh + (size_t)c * D + x) = pack2<BF16>(dv[4 * n + 2 * h], dv[4 * n + 2 * h + 1]);
-        }
-    }
+    g2_write_kv<BF16, D>(dKh, dVh, j * BC + krow, 0, Nk, tau, frag(dk), frag(dv), g, t);
 }

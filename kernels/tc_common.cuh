@@ -1,9 +1,29 @@
-/* tc_common.cuh: what the tensor-core kernels share (kernels/tc.cu for sm_80 and newer, kernels/tc90.cu
- * for sm_90a): PTX wrappers (cp.async, ldmatrix, mma.sync, conversions), the shared-memory swizzle of
- * tc.cu's tiles and its tile loader, the causal block order and the backward's helper kernels.
+/* tc_common.cuh: what the two tensor-core sources share, included by both kernels/tc.cu (mma.sync,
+ * sm_80 and newer) and kernels/tc90.cu (wgmma, sm_90a), and nothing else. The two files differ in
+ * who multiplies (a warp's mma.sync from ldmatrix fragments, a warpgroup's wgmma from
+ * shared-memory descriptors) and in their shared-memory tiles: tc.cu keeps its swizzle, ldmatrix
+ * and mma.sync wrappers and tile loader, tc90.cu its wgmma panels and descriptors. The work around
+ * the products, on accumulators of one layout (the 16-row slab below), is written once here:
+ *
+ *   - PTX wrappers both use (cp.async, 16-bit conversions, exp2, the dQ reduction);
+ *   - the causal block order, and each kernel's thread-block setup (F2Block, G2Block: the head's
+ *     slices of the inputs, the tile counts, F2:L3's causal skipping);
+ *   - one-slab pieces of F2: the scale and mask of S on an edge tile (F2:L5), the online softmax
+ *     of a row (F2:L6), the packing of P~ into A operands, the rescale of O~ (F2:L7), the trace
+ *     stores and the epilogue (F2:L9);
+ *   - one-slab pieces of G2: the L_i, D_i stage loader and the first stages (G2:L4), the dQ
+ *     reduction (G2:L7), the dK~, dV~ trace stores and the epilogue (G2:L10);
+ *   - the backward's helper kernels: tc_backward_dot (G2:L0, backward_dot.cuh) and tc_backward_dq.
+ *
+ * Each kernel keeps its products and the few lines whose placement decides the generated code
+ * (block_order, G2:L3's i0, the edge tests and the interior tiles' scale, the P and dS loop of
+ * G2:L5-L6). Every helper is __forceinline__: the kernels compile to the registers and
+ * instructions they had with these lines written out in place (ptxas and cuobjdump, compared
+ * instance by instance when they moved here).
  */
 #pragma once
 #include "common.cuh"
+#include "backward_dot.cuh"
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -30,36 +50,6 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
-}
-
-/* Four 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8
- * and receives, of each matrix, row lane / 4, columns 2 (lane % 4) and 2 (lane % 4) + 1. */
-__device__ __forceinline__ void ldsm4(u32 (&r)[4], u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-/* The same, transposed: lane receives rows 2 (lane % 4) and 2 (lane % 4) + 1 of column lane / 4. */
-__device__ __forceinline__ void ldsm4t(u32 (&r)[4], u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-
-/* C (16x8, fp32) += A (16x16, row) * B (16x8, col). Lane l = 4g + t holds
- *   A: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
- *   B: b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
- *   C: c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)                                  */
-template <bool BF16>
-__device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    if (BF16)
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    else
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 /* Two fp32 -> one register of two 16-bit values (round to nearest even); lo in the low half. */
@@ -97,58 +87,6 @@ __device__ __forceinline__ u16 from_f32(float x) {
     return (u16)(pack2<BF16>(x, 0.0f) & 0xffffu);
 }
 
-/* ---------------------------------------------------------------- swizzled tiles */
-
-/* Shared tiles hold rows of W 16-bit values as W/8 chunks of 16 bytes. Chunk c of row r lives at
- * chunk (c ^ (r % 8)) of its group of 8 (rows of 4 chunks, W = 32: c ^ ((r / 2) % 4)). The 8 rows an
- * ldmatrix reads at one logical chunk then sit in 8 different 16-byte bank groups. */
-template <int W>
-__device__ __forceinline__ int swz(int r, int c) {
-    static_assert(W % 64 == 0 || W == 32, "tile rows must be 32 or a multiple of 64 elements");
-    if (W == 32) return r * 4 + (c ^ ((r >> 1) & 3));
-    return r * (W / 8) + (c ^ (r & 7));
-}
-
-/* ldmatrix addresses with few registers. A lane reads row r + R, logical chunk cc + x of a
- * swizzled tile, where r and x (0 or 1) depend on the lane and R (a multiple of 8 rows) and cc
- * (even) are compile-time constants of an unrolled loop. Since cc + x = cc ^ x, the physical chunk
- * is (cc & ~7) + ((cc & 6) ^ y) with y = x ^ (r % 8): four values of cc & 6, so four base
- * registers plus an immediate offset cover every (R, cc). (W = 32 has two.) Without this ptxas
- * keeps one register per (R, cc) alive across the whole key loop, which is what spilled. */
-template <int W>
-struct SwzAddr {
-    static constexpr int NB = W == 32 ? 2 : 4;
-    u32 b[NB];
-    __device__ __forceinline__ SwzAddr(const uint4* tile, int r, int x) {
-        const int y = x ^ (W == 32 ? (r >> 1) & 3 : r & 7);
-        const u32 row = smem_addr(tile) + 16u * (u32)(r * (W / 8));
-#pragma unroll
-        for (int m = 0; m < NB; ++m) b[m] = row + 16u * (u32)((2 * m) ^ y);
-    }
-    __device__ __forceinline__ u32 at(int R, int cc) const {
-        return b[(cc >> 1) & (NB - 1)] + 16u * (u32)(R * (W / 8) + (cc & ~(2 * NB - 1)));
-    }
-};
-
-/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> shared tile; rows past N become zeros.
- * A thread copies chunk tid % CH of rows tid / CH + k RS (RS = NT / CH rows a pass): RS is a
- * multiple of 8, so the swizzle is the same in every pass and each pass's shared and global
- * addresses are the first one's plus a constant (no registers per pass kept across the loop). */
-template <int W, int R, int NT>
-__device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0, int N) {
-    constexpr int CH = W / 8, RS = NT / CH;
-    static_assert(NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split into passes");
-    const int r = threadIdx.x / CH, c = threadIdx.x % CH;
-    const u32 dst = smem_addr(tile + swz<W>(r, c));
-    const u16* g = src + (size_t)(row0 + r) * W + c * 8;
-    const int left = N - row0 - r;  // this thread's rows k RS < left exist
-#pragma unroll
-    for (int k = 0; k < R / RS; ++k) {
-        const bool ok = k * RS < left;
-        cp_async16(dst + 16u * (u32)(k * RS * CH), ok ? g + (size_t)k * RS * W : src, ok);
-    }
-}
-
 /* ---------------------------------------------------------------- causal block order */
 
 /* Which block x (F2: row block i; G2: key block j) and head bh the thread block
@@ -161,7 +99,7 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0,
  * first and the last to start are short: they fill the tail instead of leaving multiprocessors
  * idle behind one long block. Longest first across every head would spread the resident blocks
  * over all heads' K and V (Q and dO), more than L2 holds; so heads go in groups of `group` (the
- * launcher picks how many heads' operands fit: tc_head_group in cuda_kernel_ops.py), inside a
+ * launcher picks how many heads' operands fit: tc_head_group in flashlab/launch/plans.py), inside a
  * group longest first, then by head. The last group may have fewer heads. The same mapping:
  * flashlab/reference/tc.py tc_block_order. */
 template <bool LONG_HIGH>
@@ -180,30 +118,306 @@ __device__ __forceinline__ void block_order(int causal, int group, int& x, int& 
     bh = c * G + r % heads;
 }
 
+/* ---------------------------------------------------------------- thread blocks */
+
+/* F2's thread block (tc_forward, tc90_forward): row block i of head bh (the kernel has them from
+ * block_order), that head's Q, K, V, the tile counts, the key tiles it visits (F2:L3: causal, none
+ * past the tile that holds the diagonal of its last row) and the scale. */
+template <int D, int BR, int BC>
+struct F2Block {
+    int i, bh;                // row block, head
+    int Tr, Tc;               // row blocks and key tiles per head
+    int last_row;             // the block's last query row that exists
+    int jend;                 // key tiles visited: j = 0 .. jend - 1
+    const u16 *Qh, *Kh, *Vh;  // head bh's Q (Nq, D), K and V (Nk, D)
+    float sl2;                // tau log2(e): S in the softmax's base-2 units
+    __device__ __forceinline__ F2Block(int i_, int bh_, const u16* Q, const u16* K, const u16* V,
+                                       int Nq, int Nk, float tau, int causal) {
+        i = i_;
+        bh = bh_;
+        Qh = Q + head_offset(bh, Nq, D);
+        Kh = K + head_offset(bh, Nk, D);
+        Vh = V + head_offset(bh, Nk, D);
+        Tr = (Nq + BR - 1) / BR;
+        Tc = (Nk + BC - 1) / BC;
+        last_row = min(Nq, (i + 1) * BR) - 1;
+        jend = causal ? min(Tc, last_row / BC + 1) : Tc;            // F2:L3 causal skipping
+        sl2 = tau * TC_LOG2E;
+    }
+};
+
+/* G2's thread block (tc_backward, tc90_backward): key block j of head bh (the kernel has them
+ * from block_order), that head's Q, dO, L, D and fp32 dQ accumulator, the tile counts and the
+ * scale. G2:L3's causal skipping (i0) stays in the kernel: computed in this constructor, it
+ * changes how the kernels' later tests of `causal` compile (tc90_backward then reloads `causal`
+ * for every masked pair). */
+template <int D, int BR, int BC>
+struct G2Block {
+    int j, bh;                 // key block, head
+    int Tr, Tc;                // query blocks and key blocks per head
+    const u16 *Qh, *dOh;       // head bh's Q, dO (Nq, D)
+    const float *Lh, *Dh;      // its L, D (Nq)
+    float* dQh;                // its fp32 dQ accumulator (Nq, D)
+    float sl2;                 // tau log2(e)
+    __device__ __forceinline__ G2Block(int j_, int bh_, const u16* Q, const u16* dO,
+                                       const float* L, const float* Dv, float* dQacc, int Nq,
+                                       int Nk, float tau) {
+        j = j_;
+        bh = bh_;
+        Qh = Q + head_offset(bh, Nq, D);
+        dOh = dO + head_offset(bh, Nq, D);
+        Lh = L + head_offset(bh, Nq, 1);
+        Dh = Dv + head_offset(bh, Nq, 1);
+        dQh = dQacc + head_offset(bh, Nq, D);
+        Tr = (Nq + BR - 1) / BR;
+        Tc = (Nk + BC - 1) / BC;
+        sl2 = tau * TC_LOG2E;
+    }
+};
+
+/* ---------------------------------------------------------------- one 16-row slab
+ *
+ * Both sources leave every accumulator (S, O~; S^T, dP^T, dQ, dK~, dV~) in one layout, the
+ * m16n8 C layout of mma.sync: a warp's 16-row slab of a (16 x 8 N) product is N tiles of 8
+ * columns, Slab<N> = float[N][4]. Lane 4 g + t holds, of tile n, row g (x[n][0], x[n][1]) and
+ * row g + 8 (x[n][2], x[n][3]) at columns 8 n + 2 t and 8 n + 2 t + 1: row half h is x[n][2 h],
+ * x[n][2 h + 1]. tc.cu's warp holds slabs x[a] (16 rows apart); a wgmma accumulator of tc90.cu is
+ * one slab per warp as a flat array x[4 n + e], which tc90.cu's frag() views as a Slab. The
+ * helpers below take one slab and the lane's g and t (computed once by the kernel); the kernels
+ * call them for each slab they hold.
+ */
+template <int N>
+using Slab = float[N][4];
+
+
+/* ---------------------------------------------------------------- F2 pieces */
+
+/* F2:L5 on a slab of S whose rows start at query row0 and columns at key k0, in a tile that needs
+ * the mask: S * sl2 (base-2 units), -inf for keys past Nk and, causal, keys after the query. (An
+ * interior tile only scales: each kernel writes that loop itself.) */
+template <int N>
+__device__ __forceinline__ void f2_mask(Slab<N>& s, int row0, int k0, int Nk, int causal,
+                                        float sl2, int g, int t) {
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = row0 + g + (e >> 1) * 8;
+            const int c = k0 + n * 8 + 2 * t + (e & 1);
+            s[n][e] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF : s[n][e] * sl2;
+        }
+}
+
+/* F2:L6 on row half h of a slab of S (base-2 units), with that row's m and l:
+ * m_new = max(m, rowmax S) over the row's 4 lanes, P~ = 2^(S - m_new) in place of S,
+ * l = 2^(m - m_new) l + rowsum P~ (this lane's columns; summed over the row at F2:L9), m = m_new.
+ * Returns alpha = 2^(m - m_new), the factor of F2:L7's rescale of O~. */
+template <int N>
+__device__ __forceinline__ float f2_softmax_row(Slab<N>& s, int h, float& m, float& l) {
+    float mx = m;
+#pragma unroll
+    for (int n = 0; n < N; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float base = safe_max(mx);
+    const float alpha = exp2_fast(m - base);
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        s[n][2 * h] = exp2_fast(s[n][2 * h] - base);
+        s[n][2 * h + 1] = exp2_fast(s[n][2 * h + 1] - base);
+        sum += s[n][2 * h] + s[n][2 * h + 1];
+    }
+    l = alpha * l + sum;
+    m = mx;
+    return alpha;
+}
+
+/* Row half h of P~ (a slab, N tiles of 8 keys) rounded to 16 bits into the A operands of P~ V
+ * (N / 2 steps of 16 keys): the S accumulator layout is the A layout, two values per register. */
+template <bool BF16, int N>
+__device__ __forceinline__ void f2_pack_row(const Slab<N>& s, int h, u32 (&pa)[N / 2][4]) {
+#pragma unroll
+    for (int kk = 0; kk < N / 2; ++kk) {  // rows g (h = 0) or g + 8 (h = 1)
+        pa[kk][h] = pack2<BF16>(s[2 * kk][2 * h], s[2 * kk][2 * h + 1]);
+        pa[kk][2 + h] = pack2<BF16>(s[2 * kk + 1][2 * h], s[2 * kk + 1][2 * h + 1]);
+    }
+}
+
+/* F2:L7's O~ = e^(m - m_new) O~ on row half h of a slab of O~. */
+template <int N>
+__device__ __forceinline__ void f2_rescale_row(Slab<N>& o, int h, float alpha) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        o[n][2 * h] *= alpha;
+        o[n][2 * h + 1] *= alpha;
+    }
+}
+
+/* The trace of step (i, j) for a slab whose rows start at row rl0 of the block: m in F2's units
+ * (S = tau Q K^T), l summed over the row, O~ unnormalised (FLASHLAB_TRACE builds). */
+template <int D, int BR, int BC>
+__device__ __forceinline__ void f2_trace(const F2Block<D, BR, BC>& blk, int j, int rl0, int Nq,
+                                         const Slab<D / 8>& o, const float (&m)[2],
+                                         const float (&l)[2], float* tr_m, float* tr_l,
+                                         float* tr_O, int g, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int rl = rl0 + g + 8 * h;
+        float lsum = l[h];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        if (blk.i * BR + rl >= Nq) continue;
+        const size_t t1 = trace_offset(blk.bh, blk.i, j, blk.Tr, blk.Tc, BR, 1),
+                     tD = trace_offset(blk.bh, blk.i, j, blk.Tr, blk.Tc, BR, D);
+        if (t == 0) {
+            tr_m[t1 + rl] = m[h] * TC_LN2;
+            tr_l[t1 + rl] = lsum;
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            tr_O[tD + (size_t)rl * D + n * 8 + 2 * t] = o[n][2 * h];
+            tr_O[tD + (size_t)rl * D + n * 8 + 2 * t + 1] = o[n][2 * h + 1];
+        }
+    }
+}
+
+/* F2:L9 for a slab whose rows start at query row0: O = O~ / l rounded to 16 bits, L = m + log l
+ * in natural units; Oh, Lh are the head's O (Nq, D) and L (Nq). One write per row. */
+template <bool BF16, int D>
+__device__ __forceinline__ void f2_write(u16* Oh, float* Lh, int row0, int Nq, const Slab<D / 8>& o,
+                                         const float (&m)[2], const float (&l)[2], int g, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float lsum = l[h];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        const int r = row0 + g + 8 * h;
+        if (r >= Nq) continue;
+        const float inv = 1.0f / lsum;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<u32*>(Oh + (size_t)r * D + n * 8 + 2 * t) =
+                pack2<BF16>(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+        if (t == 0) Lh[r] = (safe_max(m[h]) + log2f(lsum)) * TC_LN2;
+    }
+}
+
+/* ---------------------------------------------------------------- G2 pieces */
+
+/* G2:L4's L_i and D_i (BR floats each, rows past Nq 0) -> shared ld[0, BR) and ld[BR, 2 BR). */
+template <int BR, int NT>
+__device__ __forceinline__ void g2_load_ld(float* ld, const float* Lh, const float* Dh, int i,
+                                           int Nq) {
+    for (int x = threadIdx.x; x < BR; x += NT) {
+        const bool ok = i * BR + x < Nq;
+        cp_async4(smem_addr(ld + x), Lh + (ok ? i * BR + x : 0), ok);
+        cp_async4(smem_addr(ld + BR + x), Dh + (ok ? i * BR + x : 0), ok);
+    }
+}
+
+/* G2:L4 before the loop: stage i0 (with K_j, V_j: one commit group) and, with QS = 3 stages,
+ * stage i0 + 1; load_i(i) issues the copies of step i. */
+template <int QS, class LoadI>
+__device__ __forceinline__ void g2_first_stages(const LoadI& load_i, int i0, int Tr) {
+    if (i0 < Tr) load_i(i0);       // with K_j, V_j: one commit group
+    cp_commit();
+    if (QS == 3) {
+        if (i0 + 1 < Tr) load_i(i0 + 1);
+        cp_commit();               // (possibly empty: one group per stage keeps the count simple)
+    }
+}
+
+/* G2:L7 for a slab of step i's dQ term whose rows start at row rl0 of the query block and whose
+ * columns start at c0: added into the fp32 dQ accumulator (tau is applied by tc_backward_dq);
+ * the trace keeps tau times the term. */
+template <int D, int BR, int BC, int N>
+__device__ __forceinline__ void g2_add_dq(const G2Block<D, BR, BC>& blk, int i, int rl0, int c0,
+                                          int Nq, float tau, const Slab<N>& dq, float* tr_dQ, int g,
+                                          int t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int rl = rl0 + g + 8 * h, r = i * BR + rl;
+        if (r >= Nq) continue;
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const int c = c0 + n * 8 + 2 * t;
+            red_add2(blk.dQh + (size_t)r * D + c, dq[n][2 * h], dq[n][2 * h + 1]);
+            TRACE(tr_dQ[trace_offset(blk.bh, i, blk.j, blk.Tr, blk.Tc, BR, D) + (size_t)rl * D + c] = tau * dq[n][2 * h]);
+            TRACE(tr_dQ[trace_offset(blk.bh, i, blk.j, blk.Tr, blk.Tc, BR, D) + (size_t)rl * D + c + 1] = tau * dq[n][2 * h + 1]);
+        }
+    }
+}
+
+/* The trace of step (i, j) for a slab of dK~, dV~ whose rows start at key kl0 of the block and
+ * whose columns start at c0: tau dK~ and dV~ (FLASHLAB_TRACE builds). */
+template <int D, int BR, int BC, int N>
+__device__ __forceinline__ void g2_trace_kv(const G2Block<D, BR, BC>& blk, int i, int kl0, int c0,
+                                            int Nk, float tau, const Slab<N>& dk, const Slab<N>& dv,
+                                            float* tr_dK, float* tr_dV, int g, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int kl = kl0 + g + 8 * h;
+        if (blk.j * BC + kl >= Nk) continue;
+        const size_t tD = trace_offset(blk.bh, i, blk.j, blk.Tr, blk.Tc, BC, D) + (size_t)kl * D;
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const int c = c0 + n * 8 + 2 * t;
+            tr_dK[tD + c] = tau * dk[n][2 * h];
+            tr_dK[tD + c + 1] = tau * dk[n][2 * h + 1];
+            tr_dV[tD + c] = dv[n][2 * h];
+            tr_dV[tD + c + 1] = dv[n][2 * h + 1];
+        }
+    }
+}
+
+/* G2:L10 for a slab of dK~, dV~ whose rows start at key c0 and columns at x0: dK = tau dK~,
+ * dV = dV~ rounded to 16 bits into the head's dK, dV (Nk, D) (keys with no visible query get
+ * zeros). */
+template <bool BF16, int D, int N>
+__device__ __forceinline__ void g2_write_kv(u16* dKh, u16* dVh, int c0, int x0, int Nk, float tau,
+                                            const Slab<N>& dk, const Slab<N>& dv, int g, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int c = c0 + g + 8 * h;
+        if (c >= Nk) continue;
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const int x = x0 + n * 8 + 2 * t;
+            *reinterpret_cast<u32*>(dKh + (size_t)c * D + x) =
+                pack2<BF16>(tau * dk[n][2 * h], tau * dk[n][2 * h + 1]);
+            *reinterpret_cast<u32*>(dVh + (size_t)c * D + x) = pack2<BF16>(dv[n][2 * h], dv[n][2 * h + 1]);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- G2 helper kernels */
+
+/* 16-bit rows for backward_dot (backward_dot.cuh). */
+template <bool BF16>
+struct Half16Elem {
+    typedef u16 T;
+    static __device__ __forceinline__ float f32(u16 x) { return to_f32<BF16>(x); }
+};
 
 /* G2:L0  Dv = rowsum(dO * O) in fp32, one warp per row; the same pass zeroes that row of the fp32
  * dQ accumulator that G2:L7's atomic adds collect into. */
 template <bool BF16>
 __global__ void __launch_bounds__(256)
-tc_backward_dot(const u16* __restrict__ dO, const u16* __restrict__ O, float* __restrict__ Dv,
-                float* __restrict__ dQacc, long long rows, int d) {
-    const long long row = (long long)blockIdx.x * 8 + threadIdx.x / 32;
-    if (row >= rows) return;
-    const int lane = threadIdx.x % 32;
-    float acc = 0.0f;
-    for (int x = lane; x < d; x += 32) {
-        acc += to_f32<BF16>(dO[row * d + x]) * to_f32<BF16>(O[row * d + x]);
-        dQacc[row * d + x] = 0.0f;
-    }
-    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-    if (lane == 0) Dv[row] = acc;
+tc_backward_dot(const u16* __restrict__ dO,   // (B, H, Nq, D) = (rows, d), 16-bit
+                const u16* __restrict__ O,    // (B, H, Nq, D)
+                float* __restrict__ Dv,       // (B, H, Nq) = (rows)
+                float* __restrict__ dQacc,    // (B, H, Nq, D) fp32, zeroed here
+                long long rows, int d) {
+    backward_dot<Half16Elem<BF16>, true>(dO, O, Dv, dQacc, rows, d);
 }
 
 /* dQ = tau * dQacc, rounded to the input dtype (after every thread block of G2 has added in). */
 template <bool BF16>
 __global__ void __launch_bounds__(256)
-tc_backward_dq(const float* __restrict__ dQacc, u16* __restrict__ dQ, long long n, float tau) {
+tc_backward_dq(const float* __restrict__ dQacc,  // (B, H, Nq, D) fp32
+               u16* __restrict__ dQ,             // (B, H, Nq, D) 16-bit
+               long long n, float tau) {
     const long long x = (long long)blockIdx.x * 256 + threadIdx.x;
     if (x < n) dQ[x] = from_f32<BF16>(tau * dQacc[x]);
 }

@@ -226,3 +226,112 @@ def test_tc_variant_picks_wgmma_on_hopper_only(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- shared kernel code
+
+def _code_lines(text: str) -> list:
+    """(line number, normalised text) of a kernel source's code lines: comments dropped, white
+    space folded, blank lines and lines of lone punctuation left out. Kernel parameter lists
+    (from `__global__` to the body's `{`) are blanked too: they are the launch contract, the same
+    by design in every source that implements a kernel's variants."""
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    lines = [re.sub(r"//.*", "", line) for line in text.split("\n")]
+    k = 0
+    while k < len(lines):
+        if "__global__" in lines[k]:
+            end = k
+            while not re.search(r"\)\s*\{", lines[end]):
+                end += 1
+            lines[k:end + 1] = [""] * (end + 1 - k)
+            k = end
+        k += 1
+    return [(n, " ".join(line.split())) for n, line in enumerate(lines, 1)
+            if line.strip() and not re.fullmatch(r"[\s{}();,]*", line)]
+
+
+def _shared_runs(a: str, b: str, run: int = 6) -> list:
+    """The first lines (in a, in b) of every run of `run` code lines that a and b share."""
+    la, lb = _code_lines(a), _code_lines(b)
+    starts = {}
+    for x in range(len(lb) - run + 1):
+        starts.setdefault(tuple(t for _, t in lb[x:x + run]), lb[x][0])
+    return [(la[x][0], starts[key]) for x in range(len(la) - run + 1)
+            if (key := tuple(t for _, t in la[x:x + run])) in starts]
+
+
+def test_shared_runs_finds_a_copied_block():
+    block = "".join(f"    x{k} = y * {k};  // step {k}\n" for k in range(6))
+    a = "int f() {\n" + block + "}\n"
+    b = "/* another file */\nvoid g() {\n\n" + block.replace("  // step", "  /* again */ //") + "}\n"
+    assert _shared_runs(a, b) == [(2, 4)]
+    assert _shared_runs(a, b.replace("y * 3", "y * 4")) == []
+
+
+@pytest.mark.parametrize("a,b", [("tc.cu", "tc90.cu"), ("tc.cu", "tc_common.cuh"),
+                                 ("tc90.cu", "tc_common.cuh"), ("fa2.cu", "tc_common.cuh")])
+def test_kernel_sources_share_code_through_headers(a, b):
+    # what tc.cu (mma.sync) and tc90.cu (wgmma) both need lives in tc_common.cuh, the D pre-pass of
+    # fa2.cu and the tensor-core kernels in backward_dot.cuh: no 6 code lines stand in both files
+    d = sources.kernel_dir()
+    runs = _shared_runs((d / a).read_text(), (d / b).read_text())
+    assert not runs, f"{a} and {b} share runs of 6 lines starting at (line in {a}, in {b}): {runs}"
+
+
+def _kernel_parameter_lines(text: str):
+    """(kernel, line) for each line of every __global__ kernel's parameter list, comments kept."""
+    code = re.sub(r"//[^\n]*|/\*.*?\*/", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text,
+                  flags=re.S)  # comments blanked in place: offsets stay those of `text`
+    for g in re.finditer(r"__global__\s+void\s+", code):
+        at = g.end()
+        bounds = re.match(r"__launch_bounds__\s*\(", code[at:])
+        if bounds:  # skip its (balanced) arguments
+            depth, at = 1, at + bounds.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(code[at], 0)
+                at += 1
+        name = re.match(r"\s*(\w+)\s*\(", code[at:])
+        start = at + name.end()
+        end = start + re.search(r"\)\s*\{", code[start:]).end()
+        end = text.find("\n", end) % (len(text) + 1)  # to the end of the line the body opens on
+        for line in text[start:end].split("\n"):
+            yield name.group(1), line
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in sources.kernel_dir().glob("*.cu*")))
+def test_every_kernel_pointer_parameter_has_a_shape_comment(name):
+    # one pointer parameter per line, and on it `// (B, H, Nq, d)`-style: the shape it points at
+    text = (sources.kernel_dir() / name).read_text()
+    checked = 0
+    for kernel, line in _kernel_parameter_lines(text):
+        code, _, comment = line.partition("//")
+        pointers = re.findall(r"\*\s*(?:__restrict__\s+)?\w+", code)
+        assert len(pointers) <= 1, f"{name}: {kernel} has several pointers on one line: {line!r}"
+        if pointers:
+            assert re.search(r"\([^)]*\w[^)]*\)", comment), \
+                f"{name}: {kernel}'s {pointers[0]} has no shape comment: {line!r}"
+            checked += 1
+    assert checked or "__global__" not in text
+
+
+def test_tc90_tags_sit_where_the_steps_run():
+    # an algorithm tag (F2:L5) marks the statement that runs the step, not a lambda's definition:
+    # grep F2:L5 in tc90.cu lands on the calls in the key loop
+    lines = (sources.kernel_dir() / "tc90.cu").read_text().split("\n")
+    tag = re.compile(r"\b[FG]2:L\d+\b")
+    for k, line in enumerate(lines):
+        if not re.search(r"=\s*\[[^\]]*\]\s*\(", line):
+            continue
+        assert not tag.search(line), f"tc90.cu:{k + 1} tags a lambda definition: {line.strip()}"
+        above = k - 1
+        while above >= 0 and lines[above].strip().startswith(("//", "#")):
+            assert not tag.search(lines[above]), \
+                f"tc90.cu:{above + 1} tags the lambda defined on line {k + 1}: {lines[above].strip()}"
+            above -= 1
+
+
+def test_fa2_tags_the_causal_mask_with_F2_L5():
+    # a student who greps F2:L5 lands on the dot products and on the mask
+    text = (sources.kernel_dir() / "fa2.cu").read_text()
+    tagged = [k for k, line in enumerate(text.split("\n")) if "F2:L5" in line]
+    lines = text.split("\n")
+    mask = next(k for k, line in enumerate(lines) if "s[a][b] = (c >= Nk || masked(" in line)
+    assert any(0 <= mask - k <= 1 for k in tagged), "the mask line of fa2_forward has no F2:L5 tag"
+    assert any("S = Q_i K_j^T" in lines[k] for k in tagged)
