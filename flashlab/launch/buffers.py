@@ -57,3 +57,16 @@ def trace_args(cp, trace, algorithm, dims: Dims, Br, Bc, names):
         _dummies[dev] = (cp.empty(1, cp.float32), cp.empty(1, cp.int64))
     f, i = _dummies[dev]
     return None, (f, f, f, i)
+
+
+def step_buffers(ctx, trace, direction, p, names):
+    """trace_args for one launch of ctx's kernel: its algorithm in `direction`, plan p's tiles."""
+    return trace_args(ctx.cp, trace, ctx.spec.algorithm(direction), ctx.dims, p["Br"], p["Bc"],
+                      names)
+
+
+def finish(ctx, state, direction, *outs):
+    """The launcher's return: the outputs, and with them the Trace when the run was traced."""
+    if state is None:
+        return outs
+    return outs + (finish_trace(*state, f"{ctx.spec.name} {direction}"),)

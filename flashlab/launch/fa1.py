@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .buffers import finish_trace, trace_args
+from .buffers import finish, step_buffers
 from .compiler import function, get_module, launch
 from .device import Launch
 from .plans import plan
@@ -21,17 +21,14 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None)
     BH = dims.B * dims.H
     p = plan(spec.name, d, "forward", ctx.limits["smem_optin"])
     Br, Bc = p["Br"], p["Bc"]
-    state, targs = trace_args(cp, trace, spec.algorithm("forward"), dims, Br, Bc,
-                              ("m_i", "l_i", "O_i"))
+    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O_i"))
     mod = _module(ctx, trace, source)
     l = cp.empty((BH, Nq), cp.float32)
     m = cp.empty((BH, Nq), cp.float32)
     launch(spec.name, function(mod, "fa1_forward"), (BH,), (128,),
            (q, k, v, o, l, m, lse, np.int32(Nq), np.int32(Nk), np.int32(d),
             np.int32(Br), np.int32(Bc), ctx.tau, ctx.causal) + targs, p["smem"], ctx.desc)
-    if trace:
-        return o, lse, finish_trace(*state, f"{spec.name} forward")
-    return o, lse
+    return finish(ctx, state, "forward", o, lse)
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
@@ -41,13 +38,10 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     BH = dims.B * dims.H
     p = plan(spec.name, d, "backward", ctx.limits["smem_optin"])
     Br, Bc = p["Br"], p["Bc"]
-    state, targs = trace_args(cp, trace, spec.algorithm("backward"), dims, Br, Bc,
-                              ("dQ_i", "dK~_j", "dV~_j"))
+    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_i", "dK~_j", "dV~_j"))
     lse32 = lse.astype(cp.float32, copy=False)
     mod = _module(ctx, trace, source)
     launch(spec.name, function(mod, "fa1_backward"), (BH,), (128,),
            (q, k, v, o, do, lse32, dq, dk, dv, np.int32(Nq), np.int32(Nk), np.int32(d),
             np.int32(Br), np.int32(Bc), ctx.tau, ctx.causal) + targs, p["smem"], ctx.desc)
-    if trace:
-        return dq, dk, dv, finish_trace(*state, f"{spec.name} backward")
-    return dq, dk, dv
+    return finish(ctx, state, "backward", dq, dk, dv)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .buffers import finish_trace, trace_args
+from .buffers import finish, step_buffers
 from .compiler import function, get_module, launch
 from .device import Launch
 from .plans import plan
@@ -24,16 +24,13 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None)
     BH = dims.B * dims.H
     p = plan(spec.name, d, "forward", ctx.limits["smem_optin"])
     Br, Bc = p["Br"], p["Bc"]
-    state, targs = trace_args(cp, trace, spec.algorithm("forward"), dims, Br, Bc,
-                              ("m_i", "l_i", "O~_i"))
+    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~_i"))
     name = f"fa2_forward<{d}, {Br}, {Bc}>"
     mod = _module(ctx, trace, name, source)
     launch(spec.name, function(mod, name), (math.ceil(Nq / Br), BH), (256,),
            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal) + targs,
            p["smem"], ctx.desc)
-    if trace:
-        return o, lse, finish_trace(*state, f"{spec.name} forward")
-    return o, lse
+    return finish(ctx, state, "forward", o, lse)
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
@@ -43,8 +40,7 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     BH = dims.B * dims.H
     p = plan(spec.name, d, "backward", ctx.limits["smem_optin"])
     Br, Bc = p["Br"], p["Bc"]
-    state, targs = trace_args(cp, trace, spec.algorithm("backward"), dims, Br, Bc,
-                              ("dQ_ij", "dK~_j", "dV~_j"))
+    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~_j", "dV~_j"))
     lse32 = lse.astype(cp.float32, copy=False)
     name = f"fa2_backward<{d}, {Br}, {Bc}>"
     mod = _module(ctx, trace, name, source)
@@ -56,6 +52,4 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     launch(spec.name, function(mod, name), (math.ceil(Nk / Bc), BH), (256,),
            (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), ctx.tau,
             ctx.causal) + targs, p["smem"], ctx.desc)
-    if trace:
-        return dq, dk, dv, finish_trace(*state, f"{spec.name} backward")
-    return dq, dk, dv
+    return finish(ctx, state, "backward", dq, dk, dv)

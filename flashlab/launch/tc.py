@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import registry
 from . import plans
-from .buffers import finish_trace, trace_args
+from .buffers import finish, step_buffers
 from .compiler import function, get_module, launch
 from .device import Launch, _dtype_name, device_limits
 from .sources import Source, ours, variant_of
@@ -51,15 +51,12 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None)
     BH = dims.B * dims.H
     p = launch_plan(ctx.device, d, "forward", config, source)
     mod, names = _module(ctx, q, d, trace, source, p, fwd=p["config"])
-    state, targs = trace_args(cp, trace, spec.algorithm("forward"), dims, p["Br"], p["Bc"],
-                              ("m_i", "l_i", "O~_i"))
+    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~_i"))
     group = plans.tc_head_group(ctx.limits["l2_bytes"], Nk, d, BH) if ctx.causal else 1
     launch(spec.name, function(mod, names[0]), (math.ceil(Nq / p["Br"]), BH), (p["threads"],),
            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal, np.int32(group))
            + targs, p["smem"], ctx.desc)
-    if trace:
-        return o, lse, finish_trace(*state, f"{spec.name} forward")
-    return o, lse
+    return finish(ctx, state, "forward", o, lse)
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
@@ -71,8 +68,7 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     BH = dims.B * dims.H
     p = launch_plan(ctx.device, d, "backward", config, source)
     mod, names = _module(ctx, q, d, trace, source, p, bwd=p["config"])
-    state, targs = trace_args(cp, trace, spec.algorithm("backward"), dims, p["Br"], p["Bc"],
-                              ("dQ_ij", "dK~_j", "dV~_j"))
+    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~_j", "dV~_j"))
     rows = BH * Nq
     dq_acc = cp.empty((BH, Nq, d), cp.float32)
     Dvec = cp.empty((BH, Nq), cp.float32)
@@ -85,6 +81,4 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     n = rows * d
     launch(spec.name, function(mod, names[3]), (math.ceil(n / 256),), (256,),
            (dq_acc, dq, np.int64(n), ctx.tau), 0, ctx.desc)
-    if trace:
-        return dq, dk, dv, finish_trace(*state, f"{spec.name} backward")
-    return dq, dk, dv
+    return finish(ctx, state, "backward", dq, dk, dv)
