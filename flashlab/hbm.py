@@ -43,7 +43,7 @@ def block_sizes(d: int, sram: int = DEFAULT_SRAM) -> tuple[int, int]:
 
 
 def f2_sram(Br: int, Bc: int, d: int) -> int:
-    """F2's on-chip footprint (floats) with Br x Bc tiles: Q_i and O~_i (Br d each), l, m and
+    """F2's on-chip footprint (floats) with Br x Bc tiles: Q_i and O~ (Br d each), l, m and
     m_new (Br each), K_j and V_j (Bc d each), S_ij (Br Bc; P~ overwrites it)."""
     return 2 * Br * d + 3 * Br + 2 * Bc * d + Br * Bc
 
@@ -55,7 +55,7 @@ def f2_block_sizes(d: int, sram: int = DEFAULT_SRAM) -> tuple[int, int]:
     2 N d (1 + N / Br): Br is what matters, and FlashAttention-2 does not cap it at d as A1:L1
     does. The rule:
 
-        Br = ceil(M / 4d)                          (A1:L1's Bc; Q_i and O~_i take about M / 2)
+        Br = ceil(M / 4d)                          (A1:L1's Bc; Q_i and O~ take about M / 2)
         Bc = floor((M - Br (2d + 3)) / (2d + Br))  (the largest K_j, V_j, S_ij that fit the rest)
 
     so that f2_sram(Br, Bc, d) <= M. (At least 1 each: an M too small for one row of every tile
@@ -160,7 +160,7 @@ def a1_traffic(B, H, Nq, Nk, d, Br, Bc) -> Traffic:
              "l": bh * Tc * Nq, "m": bh * Tc * Nq}
     writes = {"O": bh * (Tc + 1) * Nq * d, "l": bh * (Tc + 1) * Nq, "m": bh * (Tc + 1) * Nq}
     br, bc = min(Br, Nq), min(Bc, Nk)
-    # K_j, V_j, Q_i, O_i, l_i, m_i, S_ij (P~_ij overwrites it), m~, l~, m_new, l_new
+    # K_j, V_j, Q_i, O_i, l_i, m_i, S_ij (P~_ij overwrites it), m~_ij, l~_ij, m_new, l_new
     sram = 2 * bc * d + 2 * br * d + 2 * br + br * bc + 4 * br
     return Traffic(reads, writes, sram)
 

@@ -5,12 +5,16 @@ A trace is written by a step-through reference (`record`) and, in trace mode, by
 steps in the order the algorithm runs them and returns the first divergence, or None. Running a
 kernel against its step-through is flashlab.kernel_check's (this module imports no launcher).
 
-What each algorithm records after step (i, j) (rows are queries for *_i, keys for *_j):
+What each algorithm records after step (i, j) (rows are queries, but keys for dK~ and dV~):
 
     A1 forward   m_i, l_i (A1:L11, written at L13)   O_i (A1:L12, normalised, written to HBM)
-    F2 forward   m_i, l_i (F2:L6)                    O~_i (F2:L7, the unnormalised accumulator)
+    F2 forward   m_i, l_i (F2:L6)                    O~ (F2:L7, the unnormalised accumulator)
     B1 backward  dV~_j (B1:L8)   dQ_i (B1:L12, the running sum in HBM)   dK~_j (B1:L13)
-    G2 backward  dV~_j (G2:L6)   dQ_ij (G2:L7, this step's term tau dS K_j)   dK~_j (G2:L8)
+    G2 backward  dV~ (G2:L6)   dQ_ij (G2:L7, this step's term tau dS K_j)   dK~ (G2:L8)
+
+The names are spelled as docs/ALGORITHMS.md writes them (its section "What the traces record"):
+a tilde quantity as the listing of its own algorithm does (B1's dK~_j, G2's dK~), its Step tile
+the same name with the word tilde for the ~ (dK_tilde_j, dK_tilde).
 
 G2 records the term, not the sum: on the GPU the thread blocks of other j add into dQ_i in no
 fixed order, so only each block's own contribution is reproducible.
@@ -32,11 +36,11 @@ SPEC = {
     "A1": [("m_i", "m_new", "A1:L11", "q", 1), ("l_i", "l_new", "A1:L11", "q", 1),
            ("O_i", "O_i", "A1:L12", "q", "d")],
     "F2": [("m_i", "m_new", "F2:L6", "q", 1), ("l_i", "l_i", "F2:L6", "q", 1),
-           ("O~_i", "O_tilde_i", "F2:L7", "q", "d")],
+           ("O~", "O_tilde", "F2:L7", "q", "d")],
     "B1": [("dV~_j", "dV_tilde_j", "B1:L8", "k", "d"), ("dQ_i", "dQ_i", "B1:L12", "q", "d"),
            ("dK~_j", "dK_tilde_j", "B1:L13", "k", "d")],
-    "G2": [("dV~_j", "dV_tilde_j", "G2:L6", "k", "d"), ("dQ_ij", "dQ_ij", "G2:L7", "q", "d"),
-           ("dK~_j", "dK_tilde_j", "G2:L8", "k", "d")],
+    "G2": [("dV~", "dV_tilde", "G2:L6", "k", "d"), ("dQ_ij", "dQ_ij", "G2:L7", "q", "d"),
+           ("dK~", "dK_tilde", "G2:L8", "k", "d")],
 }
 
 
@@ -136,7 +140,7 @@ class Divergence:
     j: int
     b: int
     h: int
-    quantity: str  # trace name (O_i, dK~_j, ...) or "step" when a step ran that should not (or not)
+    quantity: str  # trace name (O_i, O~, dK~_j, ...), or "step": a step ran that should not, or not
     line: str
     row: int = -1  # row inside the tile
     col: int = -1
@@ -154,7 +158,8 @@ class Divergence:
         col = f" col {self.col}" if self.col >= 0 else ""
         msg = (f"{head}, {self.quantity} row {self.row}{col}: "
                f"expected {self.expected:.6g}, got {self.actual:.6g}")
-        who = "query" if self.quantity.endswith(("_i", "_ij")) else "key"
+        axis = next((s[3] for s in SPEC.get(self.algorithm, ()) if s[0] == self.quantity), "q")
+        who = "query" if axis == "q" else "key"
         heads = f", batch {self.b}, head {self.h}"
         msg += (f"\n  (row {self.row} of that tile is {who} {self.index}{heads}; "
                 f"allowed difference {self.tolerance:.2g}; "

@@ -95,19 +95,19 @@ fa1_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
                 // P~_ij = exp(S_ij - m~_ij) written over S_ij, l~_ij = rowsum(P~_ij); then m_new[r],
                 // l_new[r], and the two factors of A1:L12: keep[r] = l_i e^(m_i - m_new),
                 // add[r] = e^(m~_ij - m_new). Subtract safe_max(m), never a bare -inf.
-                float mt = FL_NEG_INF;                               // A1:L10  m~_ij = rowmax(S_ij)
-                for (int c = 0; c < bc; ++c) mt = nanmax(mt, S_ij[r * Bc + c]);
-                float lt = 0.0f;                                     //         P~_ij, l~_ij
+                float m_tilde_ij = FL_NEG_INF;                       // A1:L10  m~_ij = rowmax(S_ij)
+                for (int c = 0; c < bc; ++c) m_tilde_ij = nanmax(m_tilde_ij, S_ij[r * Bc + c]);
+                float l_tilde_ij = 0.0f;                             //         P~_ij, l~_ij
                 for (int c = 0; c < bc; ++c) {
-                    const float pv = expf(S_ij[r * Bc + c] - safe_max(mt));
+                    const float pv = expf(S_ij[r * Bc + c] - safe_max(m_tilde_ij));
                     S_ij[r * Bc + c] = pv;
-                    lt += pv;
+                    l_tilde_ij += pv;
                 }
-                const float mn = nanmax(m_i[r], mt);                 // A1:L11
+                const float mn = nanmax(m_i[r], m_tilde_ij);         // A1:L11
                 const float alpha = expf(m_i[r] - safe_max(mn));
-                const float beta = expf(mt - safe_max(mn));
+                const float beta = expf(m_tilde_ij - safe_max(mn));
                 m_new[r] = mn;
-                l_new[r] = alpha * l_i[r] + beta * lt;
+                l_new[r] = alpha * l_i[r] + beta * l_tilde_ij;
                 keep[r] = l_i[r] * alpha;
                 add[r] = beta;
                 // END EXERCISE

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flashlab import assignment as a
+from flashlab.course import assignment as a
 from flashlab import course
 from flashlab.launch import compiler, device, sources
 from flashlab.cli import main
@@ -13,7 +13,7 @@ from flashlab.cli import main
 def _sources():
     from pathlib import Path
 
-    pkg = Path(a.__file__).resolve().parent
+    pkg = Path(a.__file__).resolve().parents[1]  # flashlab/ (assignment.py is in course/)
     return [f for f in list(pkg.glob("**/*.py")) + list(sources.kernel_dir().glob("*.cu*"))
             if "__pycache__" not in f.parts]
 
@@ -79,12 +79,12 @@ def test_a_wrong_step_gets_per_tile_feedback(tmp_path):
     a.make(tmp_path / "hw", exercises=["1.3"])
     f = tmp_path / "hw/flashlab/reference/fa2.py"
     solution = (sources.kernel_dir().parent / "flashlab/reference/fa2.py").read_text()
-    wrong = [l.replace("alpha[..., None] * O_t + P_t @ V_j", "O_t + P_t @ V_j")
+    wrong = [l.replace("alpha[..., None] * O_tilde + P_tilde @ V_j", "O_tilde + P_tilde @ V_j")
              for l in a.body(solution, "1.3")]
     f.write_text(_put(f.read_text(), "1.3", wrong))
     (r,) = a.grade(tmp_path / "hw", ["1.3"]).results
     assert r.status == "failed" and r.score < r.max_score
-    assert "your step-through diverges at step (i=0, j=1), F2:L7, O~_i row 0" in r.output
+    assert "your step-through diverges at step (i=0, j=1), F2:L7, O~ row 0" in r.output
 
 
 def _put(text, ex_id, lines):

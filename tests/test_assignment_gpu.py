@@ -1,7 +1,7 @@
 """GPU: kernel exercises are graded tile by tile; the solution scores full marks."""
 import pytest
 
-from flashlab import assignment as a
+from flashlab.course import assignment as a
 from flashlab.launch.sources import kernel_dir
 
 pytestmark = pytest.mark.gpu
@@ -18,7 +18,7 @@ def test_a_wrong_kernel_region_gets_the_first_divergent_tile(tmp_path):
     a.make(tmp_path / "hw", exercises=["2.1", "2.3"])
     f = tmp_path / "hw/kernels/fa1.cu"
     solution = (kernel_dir() / "fa1.cu").read_text()
-    wrong = [l.replace("add[r] * pv", "pv") for l in a.body(solution, "2.1")]  # forgets e^(m~ - m_new)
+    wrong = [l.replace("add[r] * pv", "pv") for l in a.body(solution, "2.1")]  # forgets e^(m~_ij - m_new)
     text = f.read_text()
     r = next(r for r in a.regions(text) if r.id == "2.1")
     lines = text.splitlines()

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from flashlab import cuda_kernel_ops
 from flashlab.cli import main
 from flashlab.launch import compiler, device, sources
 from flashlab.launch.errors import KernelCompileError
@@ -18,9 +17,9 @@ PLANTED = "flashlab_planted_error"
 
 @pytest.fixture
 def cpu_only(monkeypatch):
-    """Take check's no-GPU path (compile with NVRTC) on any machine."""
+    """Take check's no-GPU path (compile with NVRTC) on any machine: flashlab check asks
+    flashlab.launch.device, as the launcher does."""
     monkeypatch.setattr(device, "gpu_available", lambda: False)
-    monkeypatch.setattr(cuda_kernel_ops, "gpu_available", lambda: False)  # the old alias, too
     monkeypatch.setattr(sources, "SOURCE_RECHECK_S", 0.0)  # files are edited within a test
 
 

@@ -77,7 +77,7 @@ def test_step_records_carry_the_named_tiles(rng):
     assert s.S_ij.shape == (2, 1, 4, 5) and s.P_tilde_ij.shape == (2, 1, 4, 5)
     assert s.m_tilde_ij.shape == s.l_tilde_ij.shape == s.m_new.shape == s.l_new.shape == (2, 1, 4)
     assert s.O_i.shape == (2, 1, 4, 3)
-    # A1:L10: P~ = exp(S - m~), l~ = rowsum(P~)
+    # A1:L10: P~_ij = exp(S_ij - m~_ij), l~_ij = rowsum(P~_ij)
     np.testing.assert_allclose(s.P_tilde_ij, np.exp(s.S_ij - s.m_tilde_ij[..., None]))
     np.testing.assert_allclose(s.l_tilde_ij, s.P_tilde_ij.sum(-1))
     o, lse = naive_attention(q, k, v)

@@ -107,7 +107,7 @@ def test_trace_follows_fa2_float64(rng, dtype, causal, direction):
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_trace_catches_a_modified_tile(rng, direction):
     expected, actual = _trace_pair(rng, "bfloat16", True, direction)
-    name = "O~_i" if direction == "forward" else "dK~_j"
+    name = "O~" if direction == "forward" else "dK~"
     # a step whose tile holds row 3 (the backward's second key tile has only 2 of 130 keys)
     i, j = expected.order[2 if direction == "forward" else 1]
     actual.values[name][0, 1, i, j, 3, 5] += 0.5
@@ -127,9 +127,9 @@ def test_trace_catches_coarse_rounding_of_p(rng, monkeypatch):
         div = trace.compare(expected, actual, **_tol("float16"))
         assert div is not None, direction
         if line:
-            assert (div.quantity, div.line, div.j) == ("O~_i", line, 0)
+            assert (div.quantity, div.line, div.j) == ("O~", line, 0)
         else:
-            assert div.quantity in ("dV~_j", "dQ_ij", "dK~_j")
+            assert div.quantity in ("dV~", "dQ_ij", "dK~")
 
 
 # ----------------------------------------------------------------------------- the warps
@@ -143,7 +143,7 @@ def test_forward_warps_own_16_row_slabs(rng, d):
     assert steps[0].blocks[2] == Br
     for s in steps:
         w = s.warp_of_row
-        br = s.O_tilde_i.shape[2]
+        br = s.O_tilde.shape[2]
         assert w.shape == (br,)
         assert np.array_equal(w, np.arange(br) // (16 * WM))  # warp w: rows w*16*WM .. +16*WM-1
         assert np.all(np.bincount(w)[:-1] == 16 * WM)  # whole slabs, only the last may be ragged
@@ -238,11 +238,11 @@ def test_forward_sub_steps_are_f2_with_bc_equal_bk(rng, dtype, causal):
         assert s.Bk == 32 and s.blocks[3] == 64
         a, b = tiles[s.i, 2 * s.j], tiles.get((s.i, 2 * s.j + 1))  # b: None where it never ran
         after = b or a  # the state after the tile is the state after its last sub-step
-        for name in ("m_new", "l_i", "O_tilde_i"):
+        for name in ("m_new", "l_i", "O_tilde"):
             assert np.array_equal(s[name], after[name]), (s.i, s.j, name)
         # P~ side by side, each against its own sub-step's running max; zeros where skipped
-        P_b = b.P_tilde_ij if b else np.zeros_like(s.P_tilde_ij[..., 32:])
-        assert np.array_equal(s.P_tilde_ij, np.concatenate([a.P_tilde_ij, P_b], axis=-1))
+        P_b = b.P_tilde if b else np.zeros_like(s.P_tilde[..., 32:])
+        assert np.array_equal(s.P_tilde, np.concatenate([a.P_tilde, P_b], axis=-1))
         assert np.array_equal(s.P_rounded_ij[..., :32], a.P_rounded_ij)
         skipped += b is None
     assert skipped > 0  # some sub-steps never ran (past Nk, or past the diagonal): no-ops
@@ -289,16 +289,16 @@ def test_d128_sub_steps_round_p_against_their_own_max(rng, dtype):
     m_a = S2_sub[..., :32].max(-1, keepdims=True)
     m_b = np.maximum(m_a, S2_sub[..., 32:].max(-1, keepdims=True))
     own = np.concatenate([np.exp2(S2_sub[..., :32] - m_a), np.exp2(S2_sub[..., 32:] - m_b)], -1)
-    np.testing.assert_allclose(sub.P_tilde_ij, own, rtol=2.0**-21, atol=0)
-    np.testing.assert_allclose(one.P_tilde_ij, np.exp2(S2_one - S2_one.max(-1, keepdims=True)),
+    np.testing.assert_allclose(sub.P_tilde, own, rtol=2.0**-21, atol=0)
+    np.testing.assert_allclose(one.P_tilde, np.exp2(S2_one - S2_one.max(-1, keepdims=True)),
                                rtol=2.0**-21, atol=0)
-    assert np.all(sub.P_tilde_ij[..., :32].max(-1) == 1)  # the first sub-step's own max
-    moved = one.P_tilde_ij[..., :32].max(-1) < 1  # rows whose tile max was in keys 32..63
+    assert np.all(sub.P_tilde[..., :32].max(-1) == 1)  # the first sub-step's own max
+    moved = one.P_tilde[..., :32].max(-1) < 1  # rows whose tile max was in keys 32..63
     assert np.any(moved)
     # the 16-bit P~ is each step's own P~ rounded, so in those rows the two round differently
     for s in (sub, one):
         assert np.array_equal(s.P_rounded_ij.view(np.uint16),
-                              s.P_tilde_ij.astype(q.dtype).view(np.uint16))
+                              s.P_tilde.astype(q.dtype).view(np.uint16))
     assert np.any(sub.P_rounded_ij[..., :32][moved] != one.P_rounded_ij[..., :32][moved])
 
     o_sub, _ = tc_forward(q, k, v)
@@ -316,11 +316,11 @@ def test_d128_sub_steps_round_p_against_their_own_max(rng, dtype):
 def test_forward_rounds_p_tilde_before_pv_and_not_in_l(rng, dtype):
     (q, k, v, _), (q64, k64, v64, _) = _inputs(rng, DTYPES[dtype], 150, 140, 64)
     first = next(tc_forward_steps(q, k, v, Bc=64))  # one sub-step per tile (Bk = Bc = 64)
-    P, P16 = first.P_tilde_ij, first.P_rounded_ij
+    P, P16 = first.P_tilde, first.P_rounded_ij
     assert P.dtype == np.float32 and P16.dtype == q.dtype
     assert np.any(P16.astype(np.float32) != P)  # the rounding is really there
     V_0 = v[:, :, :64].astype(np.float32)
-    assert np.array_equal(first.O_tilde_i, P16.astype(np.float32) @ V_0)  # O~ uses round16(P~)
+    assert np.array_equal(first.O_tilde, P16.astype(np.float32) @ V_0)  # O~ uses round16(P~)
     assert np.allclose(first.l_i, P.sum(-1), rtol=1e-6, atol=0)  # l sums the unrounded P~
     assert not np.allclose(first.l_i, P16.astype(np.float32).sum(-1), rtol=1e-6, atol=0)
 
@@ -343,13 +343,13 @@ def test_backward_rounds_p_and_ds_before_their_products(rng, dtype):
     assert s.P_rounded_ij.dtype == q.dtype and s.dS_rounded_ij.dtype == q.dtype
     assert np.any(s.dS_rounded_ij.astype(f32) != s.dS_ij)
     tau = f32(1 / np.sqrt(32))
-    br, bc = s.dQ_ij.shape[2], s.dV_tilde_j.shape[2]  # 64 queries, 128 keys
+    br, bc = s.dQ_ij.shape[2], s.dV_tilde.shape[2]  # 64 queries, 128 keys
     K_0 = k[:, :, :bc].astype(f32)
     Q_0, dO_0 = q[:, :, :br].astype(f32), do[:, :, :br].astype(f32)
     P16, dS16 = s.P_rounded_ij.astype(f32), s.dS_rounded_ij.astype(f32)
-    assert np.array_equal(s.dV_tilde_j, np.swapaxes(P16, -1, -2) @ dO_0)
+    assert np.array_equal(s.dV_tilde, np.swapaxes(P16, -1, -2) @ dO_0)
     assert np.array_equal(s.dQ_ij, tau * (dS16 @ K_0))
-    assert np.array_equal(s.dK_tilde_j, tau * (np.swapaxes(dS16, -1, -2) @ Q_0))
+    assert np.array_equal(s.dK_tilde, tau * (np.swapaxes(dS16, -1, -2) @ Q_0))
     assert not np.allclose(s.dQ_ij, tau * (s.dS_ij @ K_0), rtol=1e-6, atol=0)
 
 

@@ -169,7 +169,7 @@ def test_tc_trace_pinpoints_a_broken_rescale(tmp_path, source):
     (tmp_path / "tc_bug.cu").write_text(src.replace(old, ""))
     div, _, _ = check_kernel("tc", "forward", 1, 1, 200, 300, 64, False,
                                    source=tmp_path / "tc_bug.cu")
-    assert div is not None and div.line == "F2:L7" and div.quantity == "O~_i", str(div)
+    assert div is not None and div.line == "F2:L7" and div.quantity == "O~", str(div)
     if source == "mma":
         # d = 64 takes 128-key tiles as two 64-key sub-steps: the second sub-step of tile 0 is
         # the first place a rescale matters, so the trace (one entry per tile) diverges at (0, 0)

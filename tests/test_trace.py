@@ -78,9 +78,20 @@ def test_message_reads_like_the_algorithm(rng):
     assert "O_i <- diag(l_new)^-1" in text
 
 
+@pytest.mark.parametrize("algorithm", sorted(trace.SPEC))
+def test_the_message_says_query_or_key_as_the_spec_does(rng, algorithm):
+    # not read off a subscript: F2's O~ and G2's dK~, dV~ have none
+    for name, _, _, axis, _ in trace.SPEC[algorithm]:
+        expected, actual = _traces(rng, algorithm, False)
+        actual.values[name][0, 0, 1, 1, 0] += 0.5  # row 0 of tile (i=1, j=1)
+        text = str(trace.compare(expected, actual))
+        who = "query 4" if axis == "q" else "key 3"  # Br = 4, Bc = 3
+        assert f"{name} row 0" in text and f"of that tile is {who}," in text, text
+
+
 def test_rows_past_a_ragged_tile_are_ignored(rng):
     expected, actual = _traces(rng, "F2", False, Nq=13, Br=4)  # tile 3 holds 1 row
-    actual.values["O~_i"][:, :, 3, :, 1:, :] = 123.0
+    actual.values["O~"][:, :, 3, :, 1:, :] = 123.0
     assert trace.compare(expected, actual) is None
 
 

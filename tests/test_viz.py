@@ -260,7 +260,7 @@ def test_source_table_sets_kernel_beside_reference():
     assert loop == [f"A1:L{n}" for n in range(5, 14)]  # the loop nest, in the paper's order
     assert all(kern for lab, (kern, _) in rows.items() if lab in loop)  # every one in the kernel
     kern, ref = rows["A1:L12"]
-    assert "keep[r] * O_i" in kern and "P_t @ V_j" in ref
+    assert "keep[r] * O_i" in kern and "P_tilde_ij @ V_j" in ref
     assert "&lt;" in table._repr_html_() and "A1:L12" in str(table)
     assert {label for label, *_ in viz.source_table("fa1", "B1").rows} >= {"B1:L7", "B1:L12"}
     with pytest.raises(ValueError, match="no source"):

@@ -89,13 +89,13 @@ draw_online_softmax(x, block, ms, ls)
 # %% [markdown]
 # ## Why it is exact
 #
-# After block t, the online l equals sum over **every score seen so far** of e^(x_c - m_t),
-# with m_t the max so far. It holds after the first block by definition. If it holds after block
-# t, then after block t + 1
+# Write m^(t) and l^(t) for m and l after block t (the superscript counts blocks). Then l^(t)
+# equals the sum over **every score seen so far** of e^(x_c - m^(t)), with m^(t) the max so far.
+# It holds after the first block by definition. If it holds after block t, then after block t + 1
 #
-#     e^(m_t - m_t+1) l_t + sum_(new c) e^(x_c - m_t+1)
-#       = sum_(old c) e^(x_c - m_t) e^(m_t - m_t+1) + sum_(new c) e^(x_c - m_t+1)
-#       = sum_(all c seen) e^(x_c - m_t+1),
+#     e^(m^(t) - m^(t+1)) l^(t) + sum_(new c) e^(x_c - m^(t+1))
+#       = sum_(old c) e^(x_c - m^(t)) e^(m^(t) - m^(t+1)) + sum_(new c) e^(x_c - m^(t+1))
+#       = sum_(all c seen) e^(x_c - m^(t+1)),
 #
 # because e^(a - b) e^(b - c) = e^(a - c). After the last block, m is the row max and l is the
 # softmax's denominator: the same numbers, reached in a different order. The only difference

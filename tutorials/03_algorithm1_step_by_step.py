@@ -137,7 +137,7 @@ print(f"A1 causal: {len(causal_steps)} steps, {len(masked)} of them wholly maske
 draw_a1_step(causal_steps, 4, q, k, v)
 
 # %% [markdown]
-# **Summary.** S and P~ exist only one tile at a time, in SRAM; what travels to HBM per step is
-# Q_i in and O_i, l_i, m_i in and out. That round trip of O_i at every step is why Algorithm 1
-# as written is no faster than standard attention at small SRAM sizes (notebook 1). Notebook 4
-# runs the same loops as a CUDA kernel and compares them tile by tile.
+# **Summary.** S_ij and P~_ij exist only one tile at a time, in SRAM; what travels to HBM per
+# step is Q_i in and O_i, l_i, m_i in and out. That round trip of O_i at every step is why
+# Algorithm 1 as written is no faster than standard attention at small SRAM sizes (notebook 1).
+# Notebook 4 runs the same loops as a CUDA kernel and compares them tile by tile.

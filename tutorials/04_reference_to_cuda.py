@@ -46,8 +46,8 @@ print("CUDA GPU with CuPy:", "found" if GPU else "not found (the GPU cells will 
 # (`# A1:L12`), with line numbers. A1:L1, the block sizes, is not in the kernel: the launcher
 # (`flashlab.launch.plans.fa1_blocks`) applies it to the device's shared memory and passes Br, Bc in.
 #
-# Read A1:L12 across. The reference multiplies whole tiles (`P_t @ V_j`); in the kernel, each
-# thread computes some elements of O_i, and `keep[r]` and `add[r]` are the two row factors
+# Read A1:L12 across. The reference multiplies whole tiles (`P_tilde_ij @ V_j`); in the kernel,
+# each thread computes some elements of O_i, and `keep[r]` and `add[r]` are the two row factors
 # diag(l_i) e^(m_i - m_new) and e^(m~_ij - m_new) of the paper's line, computed at A1:L11.
 
 # %%
@@ -108,15 +108,16 @@ def student_fa1_steps(q, k, v, Br, Bc, rescale=True):
             r = slice(i * Br, (i + 1) * Br)
             Q_i, O_i, l_i, m_i = q[:, :, r], O[:, :, r], l[:, :, r], m[:, :, r]  # A1:L8
             S_ij = tau * Q_i @ K_j.swapaxes(-1, -2)  # A1:L9
-            m_t = S_ij.max(-1)  # A1:L10
-            P_t = np.exp(S_ij - m_t[..., None])
-            m_new = np.maximum(m_i, m_t)  # A1:L11
-            alpha, beta = np.exp(m_i - m_new), np.exp(m_t - m_new)
-            l_new = alpha * l_i + beta * P_t.sum(-1)
+            m_tilde_ij = S_ij.max(-1)  # A1:L10
+            P_tilde_ij = np.exp(S_ij - m_tilde_ij[..., None])
+            m_new = np.maximum(m_i, m_tilde_ij)  # A1:L11
+            alpha, beta = np.exp(m_i - m_new), np.exp(m_tilde_ij - m_new)
+            l_new = alpha * l_i + beta * P_tilde_ij.sum(-1)
             if rescale:  # A1:L12
-                O_i = ((alpha * l_i)[..., None] * O_i + beta[..., None] * (P_t @ V_j)) / l_new[..., None]
+                O_i = ((alpha * l_i)[..., None] * O_i
+                       + beta[..., None] * (P_tilde_ij @ V_j)) / l_new[..., None]
             else:
-                O_i = (l_i[..., None] * O_i + P_t @ V_j) / l_new[..., None]
+                O_i = (l_i[..., None] * O_i + P_tilde_ij @ V_j) / l_new[..., None]
             O[:, :, r], l[:, :, r], m[:, :, r] = O_i, l_new, m_new  # A1:L13
             yield Step("A1", i, j, seq, "A1:L12", {"m_new": m_new, "l_new": l_new, "O_i": O_i},
                        blocks=(N, N, Br, Bc))

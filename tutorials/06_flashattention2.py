@@ -36,8 +36,8 @@
 #    lies wholly above the diagonal (F2:L3): about half the tiles are never visited.
 #
 # The backward (G2) puts the K/V blocks outside and in parallel instead: each thread block owns
-# dK~_j and dV~_j, and the dQ_i contributions of different j are added into HBM with atomic adds
-# (G2:L7).
+# one K_j, V_j and their accumulators dK~ and dV~, and the dQ_i contributions of different j are
+# added into HBM with atomic adds (G2:L7).
 
 # %%
 import json
@@ -136,8 +136,8 @@ qb, kb, vb = (rng.standard_normal((1, 1, 300, 64)).astype(bf16) for _ in range(3
 first = next(tc_forward_steps(qb, kb, vb, Br=128, Bc=64, warps=4))
 print("rows of Q block 0 held by each warp:",
       {w: int((first.warp_of_row == w).sum()) for w in range(4)})
-print("P~ dtype", first.P_tilde_ij.dtype, "-> rounded", first.P_rounded_ij.dtype,
-      "; largest rounding", float(np.abs(first.P_tilde_ij - first.P_rounded_ij.astype(np.float32)).max()))
+print("P~ dtype", first.P_tilde.dtype, "-> rounded", first.P_rounded_ij.dtype,
+      "; largest rounding", float(np.abs(first.P_tilde - first.P_rounded_ij.astype(np.float32)).max()))
 
 # %% [markdown]
 # The tile-by-tile comparison works as for the fp32 kernels: the twin's trace against fa2's

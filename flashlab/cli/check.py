@@ -11,16 +11,19 @@ from .common import UsageError
 from .trace import _run_trace
 
 
-def _source_names() -> tuple:
-    """Every kernels/ source by name (naive, fa1, fa2, tc90, tc): the registry's variants."""
-    return tuple(Path(src).stem for n in registry.names() for src in registry.get(n).sources())
+def _variants() -> tuple:
+    """(file stem, kernel, variant) for every kernels/ source (naive, fa1, fa2, tc90, tc): the
+    registry's variants, each named in messages by its file."""
+    return tuple((Path(v.source).stem, n, vname) for n in registry.names()
+                 for vname, v in registry.get(n).variants.items())
 
 
 def _cmd_check(args) -> int:
     """Compile a user's .cu file for --algorithm and, on a GPU, compare it tile by tile with the
     step-through. Exit 0: compiled (and, on a GPU, every step matched); 1: it does not compile,
     lacks the algorithm's kernels, diverges, or NVRTC is missing; 2: a bad argument."""
-    from .. import cuda_kernel_ops as ops
+    from ..launch import compiler, device, plans, sources
+    from ..launch.errors import KernelCompileError
 
     alg, path = args.algorithm, Path(args.file)
     direction = "backward" if args.backward else "forward"
@@ -35,7 +38,7 @@ def _cmd_check(args) -> int:
         raise UsageError(f"flashlab check: {args.file} is not a .cu file; give the CUDA C file "
                          f"that defines your kernels, e.g. my_{alg}.cu")
     try:
-        src = ops.kernel_source(alg, path=path)
+        src = sources.user_file(path, alg)
     except UnicodeDecodeError:
         raise UsageError(f"flashlab check: {args.file} (or a header it includes) is not a UTF-8 "
                          "text file") from None
@@ -44,14 +47,14 @@ def _cmd_check(args) -> int:
     name = path.name
 
     # the kernels the launcher looks up by name, before the compiler sees them missing
-    wanted = ops.required_kernels(alg)
-    absent = ops.missing_kernels(alg, src)
+    wanted = sources.required_kernels(alg)
+    absent = sources.missing_kernels(alg, src.text)
     if len(absent) == len(wanted):
         msg = f"{name} defines none of {alg}'s kernels ({', '.join(wanted)})"
         alike = []
-        for other in _source_names():
-            has = [k for k in ops.required_kernels(other)
-                   if k not in ops.missing_kernels(other, src)]
+        for other, kernel, variant in _variants():
+            has = [k for k in sources.required_kernels(kernel, None, variant)
+                   if k not in sources.missing_kernels(kernel, src.text, None, variant)]
             if other != alg and has:
                 alike.append((len(has), other, has))
         if alike:
@@ -64,7 +67,7 @@ def _cmd_check(args) -> int:
             msg += f"; define them as kernels/{alg}.cu does, with the same signatures"
         print(f"error: {msg}", file=sys.stderr)
         return 1
-    lacking = ops.missing_kernels(alg, src, direction)
+    lacking = sources.missing_kernels(alg, src.text, direction)
     if lacking:
         have = [k for k in wanted if k not in absent]
         other = "forward" if direction == "backward" else "backward"
@@ -73,17 +76,17 @@ def _cmd_check(args) -> int:
               f"{'no --backward' if other == 'forward' else '--backward'})", file=sys.stderr)
         return 1
 
-    if not ops.gpu_available():
+    if not device.gpu_available():
         # the instantiations of the templates the file defines (a forward-only file compiles)
-        names = tuple(n for n in ops.instantiations(alg) if n.split("<")[0] not in absent)
+        names = tuple(n for n in plans.instantiations(alg) if n.split("<")[0] not in absent)
         try:
-            log = ops.nvrtc_compile(alg, "sm_80", source=path, name_expressions=names)
+            log = compiler.nvrtc_compile(src, "sm_80", name_expressions=names, kernel=alg)
         except ImportError as e:
             print(f"error: flashlab check compiles {name} with NVRTC, and {e}", file=sys.stderr)
             return 1
-        except ops.KernelCompileError as e:
-            return _compile_failed(ops, name, alg, getattr(e, "log", str(e)), "NVRTC for sm_80")
-        warnings = [d for d in ops.compile_diagnostics(log) if d["kind"] == "warning"]
+        except KernelCompileError as e:
+            return _compile_failed(name, alg, getattr(e, "log", str(e)), "NVRTC for sm_80")
+        warnings = [d for d in sources.compile_diagnostics(log) if d["kind"] == "warning"]
         defined = ", ".join(k for k in wanted if k not in absent)
         print(f"{name} compiles with NVRTC for sm_80 ({defined})"
               + (f", with {len(warnings)} warning{'s' * (len(warnings) != 1)}:" if warnings else
@@ -104,13 +107,15 @@ def _cmd_check(args) -> int:
         return 0
     try:
         return _run_trace(args, alg, source=path)
-    except ops.KernelCompileError as e:
-        return _compile_failed(ops, name, alg, str(e), "CuPy (NVRTC)")
+    except KernelCompileError as e:
+        return _compile_failed(name, alg, str(e), "CuPy (NVRTC)")
 
 
-def _compile_failed(ops, name, alg, text, where):
+def _compile_failed(name, alg, text, where):
     """The compiler's first few errors in `name`, file:line first, then how many more."""
-    diags = ops.compile_diagnostics(text)
+    from ..launch import sources
+
+    diags = sources.compile_diagnostics(text)
     errors = [d for d in diags if d["kind"] != "warning" and d["file"] != "__nv_name_map"]
     # the launcher's instantiations the file's templates cannot take, as NVRTC reports them
     # (in its name map, twice each): said once, with our template's parameters
@@ -132,7 +137,7 @@ def _compile_failed(ops, name, alg, text, where):
             print(line, file=sys.stderr)
     if unmatched:
         templates = list(dict.fromkeys(u.split("<")[0] for u in unmatched))
-        ours = ops.kernel_source(alg)
+        ours = sources.ours(alg).text
         params = [m[1] for t in templates for m in [re.search(
             rf"template\s*<([^>]*)>\s*__global__[^;{{]*?\b{t}\s*\(", ours)] if m]
         print(f"{name}: error: {', '.join(templates)} cannot be instantiated as the {alg} "

@@ -6,7 +6,7 @@ from tabulate import tabulate
 
 
 def _cmd_assignment_make(args) -> int:
-    from .. import assignment
+    from ..course import assignment
 
     handed = assignment.make(args.outdir, args.exercises, force=args.force, solution=args.solution)
     kind = "solution copy" if args.solution else "student copy"
@@ -18,7 +18,7 @@ def _cmd_assignment_make(args) -> int:
 def _cmd_grade(args) -> int:
     import json
 
-    from .. import assignment
+    from ..course import assignment
 
     report = assignment.grade(args.dir, args.exercises)
     rows = [[r.exercise.id, f"{r.score:g} / {r.max_score:g}", r.status, r.output.splitlines()[0]]

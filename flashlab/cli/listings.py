@@ -19,11 +19,11 @@ def _cmd_io(args) -> int:
         "A0: standard attention (S, P in HBM). A1: the paper's Algorithm 1 (O_i, l_i, m_i go to "
         "HBM and back at every (i, j) step" + ("; it visits every tile, masked or not" if causal
                                               else "") + ").",
-        f"F2: FlashAttention-2 order (Q_i, O~_i stay on chip; K_j, V_j are read once per row "
+        f"F2: FlashAttention-2 order (Q_i, O~ stay on chip; K_j, V_j are read once per row "
         f"block{causal}).",
         "Tiles: A1 uses A1:L1, Bc = ceil(M / 4d), Br = min(Bc, d). F2 sizes its own "
         "(hbm.f2_block_sizes): Br = ceil(M / 4d),",
-        "not capped at d, and Bc the largest that fits Q_i, O~_i, K_j, V_j, S_ij and the row "
+        "not capped at d, and Bc the largest that fits Q_i, O~, K_j, V_j, S_ij and the row "
         "stats in M. So F2 has as many",
         "row blocks as A1 has column blocks, and moves less than A1 at every M. At long N, "
         "A0 / A1 is about M / 3d^2 and",

@@ -24,7 +24,7 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None)
     BH = dims.B * dims.H
     p = plan(spec.name, d, "forward", ctx.limits["smem_optin"])
     Br, Bc = p["Br"], p["Bc"]
-    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~_i"))
+    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~"))
     name = f"fa2_forward<{d}, {Br}, {Bc}>"
     mod = _module(ctx, trace, name, source)
     launch(spec.name, function(mod, name), (math.ceil(Nq / Br), BH), (256,),
@@ -40,7 +40,7 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     BH = dims.B * dims.H
     p = plan(spec.name, d, "backward", ctx.limits["smem_optin"])
     Br, Bc = p["Br"], p["Bc"]
-    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~_j", "dV~_j"))
+    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
     lse32 = lse.astype(cp.float32, copy=False)
     name = f"fa2_backward<{d}, {Br}, {Bc}>"
     mod = _module(ctx, trace, name, source)

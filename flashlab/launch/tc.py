@@ -51,7 +51,7 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None)
     BH = dims.B * dims.H
     p = launch_plan(ctx.device, d, "forward", config, source)
     mod, names = _module(ctx, q, d, trace, source, p, fwd=p["config"])
-    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~_i"))
+    state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~"))
     group = plans.tc_head_group(ctx.limits["l2_bytes"], Nk, d, BH) if ctx.causal else 1
     launch(spec.name, function(mod, names[0]), (math.ceil(Nq / p["Br"]), BH), (p["threads"],),
            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal, np.int32(group))
@@ -68,7 +68,7 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     BH = dims.B * dims.H
     p = launch_plan(ctx.device, d, "backward", config, source)
     mod, names = _module(ctx, q, d, trace, source, p, bwd=p["config"])
-    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~_j", "dV~_j"))
+    state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
     rows = BH * Nq
     dq_acc = cp.empty((BH, Nq, d), cp.float32)
     Dvec = cp.empty((BH, Nq), cp.float32)

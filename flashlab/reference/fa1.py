@@ -57,23 +57,23 @@ def fa1_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
             # m_new, l_new and the new O_i. Subtract safe(m) rather than m, so a row with no visible
             # key yet gives exp(-inf) = 0 instead of NaN.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # A1:L9  (B, H, br, bc)
-            m_t = S_ij.max(axis=-1)  # A1:L10  m~_ij (B, H, br)
-            P_t = np.exp(S_ij - safe(m_t)[..., None])  # P~_ij (B, H, br, bc)
-            l_t = P_t.sum(axis=-1)  # l~_ij (B, H, br)
-            m_new = np.maximum(m_i, m_t)  # A1:L11  (B, H, br)
+            m_tilde_ij = S_ij.max(axis=-1)  # A1:L10  m~_ij (B, H, br)
+            P_tilde_ij = np.exp(S_ij - safe(m_tilde_ij)[..., None])  # P~_ij (B, H, br, bc)
+            l_tilde_ij = P_tilde_ij.sum(axis=-1)  # l~_ij (B, H, br)
+            m_new = np.maximum(m_i, m_tilde_ij)  # A1:L11  (B, H, br)
             alpha = np.exp(m_i - safe(m_new))  # e^(m_i - m_new)
-            beta = np.exp(m_t - safe(m_new))  # e^(m~_ij - m_new)
-            l_new = alpha * l_i + beta * l_t
+            beta = np.exp(m_tilde_ij - safe(m_new))  # e^(m~_ij - m_new)
+            l_new = alpha * l_i + beta * l_tilde_ij
             O_i = ((l_i * alpha)[..., None] * O_i  # A1:L12  (B, H, br, d)
-                   + beta[..., None] * (P_t @ V_j)) / l_new[..., None]
+                   + beta[..., None] * (P_tilde_ij @ V_j)) / l_new[..., None]
             # END EXERCISE
             O[:, :, r] = O_i; mem.write("O", O_i.size)
             l[:, :, r] = l_new; m[:, :, r] = m_new  # A1:L13
             mem.write("l", l_new.size); mem.write("m", m_new.size)
             mem.drop("Q_i", "O_i", "l_i", "m_i", "S_ij", "m~_ij", "l~_ij", "m_new", "l_new")
             yield Step("A1", i, j, seq, "A1:L12", {
-                "S_ij": S_ij, "m_tilde_ij": m_t, "P_tilde_ij": P_t, "l_tilde_ij": l_t,
-                "m_new": m_new, "l_new": l_new, "O_i": O_i.copy()},
+                "S_ij": S_ij, "m_tilde_ij": m_tilde_ij, "P_tilde_ij": P_tilde_ij,
+                "l_tilde_ij": l_tilde_ij, "m_new": m_new, "l_new": l_new, "O_i": O_i.copy()},
                 blocks=(Nq, Nk, Br, Bc))
             seq += 1
         mem.drop("K_j", "V_j")
@@ -114,8 +114,8 @@ def fa1_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
         bc = c.stop - c.start
         K_j, V_j = k[:, :, c], v[:, :, c]  # B1:L3  (B, H, bc, d)
         mem.read("K", K_j.size); mem.read("V", V_j.size)
-        dK_t = np.zeros_like(K_j)  # dK~_j (B, H, bc, d), on chip
-        dV_t = np.zeros_like(V_j)  # dV~_j (B, H, bc, d), on chip
+        dK_tilde_j = np.zeros_like(K_j)  # dK~_j (B, H, bc, d), on chip
+        dV_tilde_j = np.zeros_like(V_j)  # dV~_j (B, H, bc, d), on chip
         for name in ("K_j", "V_j", "dK~_j", "dV~_j"):
             mem.hold(name, bc * d)
         for i in range(Tr):  # B1:L4
@@ -133,22 +133,24 @@ def fa1_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
             # D_i, dS_ij, the new dQ_i and dK~_j. Remember tau in dQ_i and dK~_j.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # B1:L6  (B, H, br, bc)
             P_ij = np.exp(S_ij - L_i[..., None])  # B1:L7
-            dV_t = dV_t + np.swapaxes(P_ij, -1, -2) @ dO_i  # B1:L8  (B, H, bc, d)
+            dV_tilde_j = dV_tilde_j + np.swapaxes(P_ij, -1, -2) @ dO_i  # B1:L8  (B, H, bc, d)
             dP_ij = dO_i @ np.swapaxes(V_j, -1, -2)  # B1:L9  (B, H, br, bc)
             D_i = (dO_i * O_i).sum(axis=-1)  # B1:L10  (B, H, br)
             dS_ij = P_ij * (dP_ij - D_i[..., None])  # B1:L11  (B, H, br, bc)
             dQ_i = dQ_i + tau * (dS_ij @ K_j)  # B1:L12  (B, H, br, d)
-            dK_t = dK_t + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # B1:L13  (B, H, bc, d)
+            dK_tilde_j = dK_tilde_j + tau * (  # B1:L13  (B, H, bc, d)
+                np.swapaxes(dS_ij, -1, -2) @ Q_i)
             # END EXERCISE
             dQ[:, :, r] = dQ_i; mem.write("dQ", dQ_i.size)
             mem.drop("Q_i", "O_i", "dO_i", "dQ_i", "L_i", "S_ij", "dP_ij", "D_i")
             yield Step("B1", i, j, seq, "B1:L13", {
                 "S_ij": S_ij, "P_ij": P_ij, "dP_ij": dP_ij, "D_i": D_i, "dS_ij": dS_ij,
-                "dQ_i": dQ_i.copy(), "dK_tilde_j": dK_t.copy(), "dV_tilde_j": dV_t.copy()},
+                "dQ_i": dQ_i.copy(), "dK_tilde_j": dK_tilde_j.copy(),
+                "dV_tilde_j": dV_tilde_j.copy()},
                 blocks=(Nq, Nk, Br, Bc))
             seq += 1
-        dK[:, :, c] = dK_t; dV[:, :, c] = dV_t  # B1:L15
-        mem.write("dK", dK_t.size); mem.write("dV", dV_t.size)
+        dK[:, :, c] = dK_tilde_j; dV[:, :, c] = dV_tilde_j  # B1:L15
+        mem.write("dK", dK_tilde_j.size); mem.write("dV", dV_tilde_j.size)
         mem.drop("K_j", "V_j", "dK~_j", "dV~_j")
     return dQ, dK, dV
 

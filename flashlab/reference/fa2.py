@@ -40,7 +40,7 @@ def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
         br = r.stop - r.start
         Q_i = q[:, :, r]  # F2:L2  (B, H, br, d)
         mem.read("Q", Q_i.size)
-        O_t = np.zeros((B, H, br, d), q.dtype)  # O~ (B, H, br, d), on chip
+        O_tilde = np.zeros((B, H, br, d), q.dtype)  # O~ (B, H, br, d), on chip
         l_i = np.zeros((B, H, br), q.dtype)  # (B, H, br)
         m_i = np.full((B, H, br), -np.inf, q.dtype)  # (B, H, br)
         for name, n in (("Q_i", br * d), ("O~", br * d), ("l", br), ("m", br)):
@@ -56,21 +56,21 @@ def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
             for name, n in (("K_j", bc * d), ("V_j", bc * d), ("S", br * bc), ("m_new", br)):
                 mem.hold(name, n)
             # BEGIN EXERCISE 1.3: F2:L5-L7. S_ij, then m_new, P~ and the running l_i, then rescale the
-            # accumulator O~ (O_t) and add P~ V_j; finally m_i = m_new. O~ stays unnormalised.
+            # accumulator O~ (O_tilde) and add P~ V_j; finally m_i = m_new. O~ stays unnormalised.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # F2:L5  (B, H, br, bc)
             m_new = np.maximum(m_i, S_ij.max(axis=-1))  # F2:L6  (B, H, br)
-            P_t = np.exp(S_ij - safe(m_new)[..., None])  # P~ (B, H, br, bc)
+            P_tilde = np.exp(S_ij - safe(m_new)[..., None])  # P~ (B, H, br, bc)
             alpha = np.exp(m_i - safe(m_new))  # e^(m - m_new)
-            l_i = alpha * l_i + P_t.sum(axis=-1)
-            O_t = alpha[..., None] * O_t + P_t @ V_j  # F2:L7  (B, H, br, d)
+            l_i = alpha * l_i + P_tilde.sum(axis=-1)
+            O_tilde = alpha[..., None] * O_tilde + P_tilde @ V_j  # F2:L7  (B, H, br, d)
             m_i = m_new
             # END EXERCISE
             mem.drop("K_j", "V_j", "S", "m_new")
             yield Step("F2", i, j, seq, "F2:L7", {
-                "S_ij": S_ij, "m_new": m_new, "P_tilde_ij": P_t, "l_i": l_i, "O_tilde_i": O_t},
+                "S_ij": S_ij, "m_new": m_new, "P_tilde": P_tilde, "l_i": l_i, "O_tilde": O_tilde},
                 blocks=(Nq, Nk, Br, Bc))
             seq += 1
-        O[:, :, r] = O_t / l_i[..., None]  # F2:L9
+        O[:, :, r] = O_tilde / l_i[..., None]  # F2:L9
         L[:, :, r] = safe(m_i) + np.log(l_i)
         mem.write("O", br * d * B * H); mem.write("L", br * B * H)
         mem.drop("Q_i", "O~", "l", "m")
@@ -109,8 +109,8 @@ def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
         bc = c.stop - c.start
         K_j, V_j = k[:, :, c], v[:, :, c]  # G2:L2  (B, H, bc, d)
         mem.read("K", K_j.size); mem.read("V", V_j.size)
-        dK_t = np.zeros_like(K_j)  # dK~ (B, H, bc, d), on chip
-        dV_t = np.zeros_like(V_j)  # dV~ (B, H, bc, d), on chip
+        dK_tilde = np.zeros_like(K_j)  # dK~ (B, H, bc, d), on chip
+        dV_tilde = np.zeros_like(V_j)  # dV~ (B, H, bc, d), on chip
         for name in ("K_j", "V_j", "dK~", "dV~"):
             mem.hold(name, bc * d)
         seq = 0
@@ -130,22 +130,22 @@ def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
             # step's contribution dQ_ij = tau dS_ij K_j, and dK~.
             S_ij = scores(Q_i, K_j, tau, dims.causal, r, c)  # G2:L5  (B, H, br, bc)
             P_ij = np.exp(S_ij - L_i[..., None])
-            dV_t = dV_t + np.swapaxes(P_ij, -1, -2) @ dO_i  # G2:L6  (B, H, bc, d)
+            dV_tilde = dV_tilde + np.swapaxes(P_ij, -1, -2) @ dO_i  # G2:L6  (B, H, bc, d)
             dP_ij = dO_i @ np.swapaxes(V_j, -1, -2)  # (B, H, br, bc)
             dS_ij = P_ij * (dP_ij - D_i[..., None])
             dQ_ij = tau * (dS_ij @ K_j)  # G2:L7  (B, H, br, d)
-            dK_t = dK_t + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # G2:L8  (B, H, bc, d)
+            dK_tilde = dK_tilde + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # G2:L8  (B, H, bc, d)
             # END EXERCISE
             dQ[:, :, r] += dQ_ij
             mem.read("dQ", dQ_ij.size); mem.write("dQ", dQ_ij.size)  # atomic read-modify-write
             mem.drop("Q_i", "dO_i", "L_i", "D_i", "S/P", "dP/dS")
             yield Step("G2", i, j, seq, "G2:L8", {
                 "S_ij": S_ij, "P_ij": P_ij, "dP_ij": dP_ij, "D_i": D_i, "dS_ij": dS_ij,
-                "dQ_ij": dQ_ij, "dK_tilde_j": dK_t.copy(), "dV_tilde_j": dV_t.copy()},
+                "dQ_ij": dQ_ij, "dK_tilde": dK_tilde.copy(), "dV_tilde": dV_tilde.copy()},
                 blocks=(Nq, Nk, Br, Bc))
             seq += 1
-        dK[:, :, c] = dK_t; dV[:, :, c] = dV_t  # G2:L10
-        mem.write("dK", dK_t.size); mem.write("dV", dV_t.size)
+        dK[:, :, c] = dK_tilde; dV[:, :, c] = dV_tilde  # G2:L10
+        mem.write("dK", dK_tilde.size); mem.write("dV", dV_tilde.size)
         mem.drop("K_j", "V_j", "dK~", "dV~")
     return dQ, dK, dV
 

@@ -199,8 +199,8 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
     q, k, v: (B, H, N, d) float16 or bfloat16. o comes back in that dtype, lse (B, H, Nq) in
     float32 and natural-log units. Br, Bc, warps, Bk default to the kernel's launch for head dim
     d. One Step per load tile (i, j) of Bc keys, taken as Bc / Bk sub-steps of Bk keys: S_ij,
-    P_tilde_ij, P_rounded_ij are the sub-steps' side by side (each P~ against its own sub-step's
-    running max; zeros where a sub-step was skipped), m_new, l_i, O_tilde_i the state after the
+    P_tilde, P_rounded_ij are the sub-steps' side by side (each P~ against its own sub-step's
+    running max; zeros where a sub-step was skipped), m_new, l_i, O_tilde the state after the
     last one.
     """
     dims = check_qkv(q, k, v, causal, softmax_scale)
@@ -218,7 +218,7 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
         br = r.stop - r.start
         warp_of_row = np.arange(br) // (16 * WM)  # warp w holds rows w*16*WM .. +16*WM-1
         Q_i = q[:, :, r]  # F2:L2  (B, H, br, d) 16-bit, in shared memory
-        O_t = np.zeros((B, H, br, d), f32)  # O~ (B, H, br, d) fp32, in the warps' registers
+        O_tilde = np.zeros((B, H, br, d), f32)  # O~ (B, H, br, d) fp32, in the warps' registers
         l_i = np.zeros((B, H, br), f32)  # (B, H, br)
         m_i = np.full((B, H, br), -np.inf, f32)  # (B, H, br), base-2 units
         last_key = min(Nk, r.stop) - 1 if dims.causal else Nk - 1  # the last key the block sees
@@ -228,7 +228,7 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
             bc = c.stop - c.start
             K_j, V_j = k[:, :, c], v[:, :, c]  # F2:L4  (B, H, bc, d) 16-bit, one load tile
             S2 = np.full((B, H, br, bc), -np.inf, f32)  # the sub-steps' S, P~ side by side
-            P_t = np.zeros((B, H, br, bc), f32)
+            P_tilde = np.zeros((B, H, br, bc), f32)
             P_16 = np.zeros((B, H, br, bc), dt)
             for u in range(ceil_div(bc, Bk)):  # sub-steps of Bk keys: F2:L5-L7 each
                 k0 = c.start + u * Bk
@@ -243,16 +243,17 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
                 P_u = np.exp2(S2_u - base[..., None])  # P~ (B, H, br, bk) fp32
                 l_i = alpha * l_i + P_u.sum(axis=-1, dtype=f32)  # sums the unrounded P~
                 P16_u = _round16(P_u, dt)  # the A operand of the next mma: P~ in 16 bits
-                O_t = alpha[..., None] * O_t + _up(P16_u) @ _up(V_j[:, :, s])  # F2:L7 (B, H, br, d)
+                O_tilde = (alpha[..., None] * O_tilde  # F2:L7  (B, H, br, d)
+                           + _up(P16_u) @ _up(V_j[:, :, s]))
                 m_i = m_new
-                S2[..., s], P_t[..., s], P_16[..., s] = S2_u, P_u, P16_u
+                S2[..., s], P_tilde[..., s], P_16[..., s] = S2_u, P_u, P16_u
             yield Step("F2", i, j, j, "F2:L7", {
                 "S_ij": S2 * LN2, "S_base2_ij": S2, "m_new": m_i * LN2, "l_i": l_i.copy(),
-                "P_tilde_ij": P_t, "P_rounded_ij": P_16, "O_tilde_i": O_t.copy(),
+                "P_tilde": P_tilde, "P_rounded_ij": P_16, "O_tilde": O_tilde.copy(),
                 "warp_of_row": warp_of_row.copy(), "Bk": Bk},
                 blocks=(Nq, Nk, Br, Bc))
         inv = f32(1) / l_i  # F2:L9
-        O[:, :, r] = _round16(O_t * inv[..., None], dt)
+        O[:, :, r] = _round16(O_tilde * inv[..., None], dt)
         L[:, :, r] = (safe(m_i) + np.log2(l_i)) * LN2
     return O, L
 
@@ -343,8 +344,8 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
         c = rows(j, Bc, Nk)
         bc = c.stop - c.start
         K_j, V_j = k[:, :, c], v[:, :, c]  # G2:L2  (B, H, bc, d) 16-bit
-        dK_t = np.zeros((B, H, bc, d), f32)  # dK~ (B, H, bc, d) fp32, tau not yet applied
-        dV_t = np.zeros((B, H, bc, d), f32)  # dV~ (B, H, bc, d) fp32
+        dK_tilde = np.zeros((B, H, bc, d), f32)  # dK~ (B, H, bc, d) fp32, tau not yet applied
+        dV_tilde = np.zeros((B, H, bc, d), f32)  # dV~ (B, H, bc, d) fp32
         i0 = min(Tr, (j * Bc) // Br) if dims.causal else 0  # G2:L3 causal skipping
         for i in range(i0, Tr):  # G2:L3
             r = rows(i, Br, Nq)
@@ -354,22 +355,22 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
             S2 = _scores_base2(Q_i, K_j, sl2, dims.causal, r, c)  # G2:L5  (B, H, br, bc)
             P_ij = np.exp2(S2 - L_i[..., None])  # exp(S - L); masked entries give 2^-inf = 0
             P_16 = _round16(P_ij, dt)  # through shared memory to the dV~ grid
-            dV_t = dV_t + np.swapaxes(_up(P_16), -1, -2) @ _up(dO_i)  # G2:L6  (B, H, bc, d)
+            dV_tilde = dV_tilde + np.swapaxes(_up(P_16), -1, -2) @ _up(dO_i)  # G2:L6  (B, H, bc, d)
             dP_ij = _up(dO_i) @ np.swapaxes(_up(V_j), -1, -2)  # (B, H, br, bc) fp32
             dS_ij = P_ij * (dP_ij - D_i[..., None])  # fp32
             dS_16 = _round16(dS_ij, dt)  # through shared memory to the dK~ and dQ grids
             term = _up(dS_16) @ _up(K_j)  # G2:L7  (B, H, br, d): what this block adds to dQ_i
             dQacc[:, :, r] += term
-            dK_t = dK_t + np.swapaxes(_up(dS_16), -1, -2) @ _up(Q_i)  # G2:L8  (B, H, bc, d)
+            dK_tilde = dK_tilde + np.swapaxes(_up(dS_16), -1, -2) @ _up(Q_i)  # G2:L8  (B, H, bc, d)
             yield Step("G2", i, j, i - i0, "G2:L8", {
                 "S_ij": S2 * LN2, "S_base2_ij": S2.copy(), "P_ij": P_ij, "P_rounded_ij": P_16,
                 "dP_ij": dP_ij, "D_i": D_i.copy(), "dS_ij": dS_ij, "dS_rounded_ij": dS_16,
-                "dQ_ij": tau * term, "dK_tilde_j": tau * dK_t, "dV_tilde_j": dV_t.copy(),
+                "dQ_ij": tau * term, "dK_tilde": tau * dK_tilde, "dV_tilde": dV_tilde.copy(),
                 "warp_of_S": warp_of_S[:br, :bc].copy(), "warp_of_dKV": warp_of_dKV[:bc].copy(),
                 "warp_of_dQ": warp_of_dQ[:br].copy()},
                 blocks=(Nq, Nk, Br, Bc))
-        dK[:, :, c] = _round16(tau * dK_t, dt)  # G2:L10 (keys no query sees get zeros)
-        dV[:, :, c] = _round16(dV_t, dt)
+        dK[:, :, c] = _round16(tau * dK_tilde, dt)  # G2:L10 (keys no query sees get zeros)
+        dV[:, :, c] = _round16(dV_tilde, dt)
     dQ = _round16(tau * dQacc, dt)  # after every thread block has added in
     return dQ, dK, dV
 

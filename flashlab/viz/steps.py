@@ -96,11 +96,11 @@ def draw_a1_step(steps, t: int, q, k, v, traffic=None, b: int = 0, h: int = 0):
         ax.set_xlabel(f"rows of K_{j}", fontsize=7)
 
     rows_ = np.arange(br)
-    mt = _head(step.m_tilde_ij, b, h)
+    m_tilde_ij = _head(step.m_tilde_ij, b, h)
     mn = _head(step.m_new, b, h)
     axR.plot(np.where(np.isfinite(m_old), m_old, np.nan), rows_, "o", mfc="none", ms=8,
              color="gray", label="m_i read (A1:L8)")
-    axR.plot(mt, rows_, "x", color=K_SIDE, ms=7, label="m~_ij, this tile's max")
+    axR.plot(m_tilde_ij, rows_, "x", color=K_SIDE, ms=7, label="m~_ij, this tile's max")
     axR.plot(mn, rows_, "|", color="tab:red", ms=16, mew=2.5, label="m_new = max of the two")
     if not np.isfinite(m_old).any():
         axR.text(0.03, 0.97, "m_i = -inf: the first tile\nof this row block", fontsize=7,

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import course
-from . import trace as trace_mod
-from .kernel_check import check_kernel
-from .launch import compiler, device, plans, sources
-from .launch.errors import KernelCompileError
+from .. import trace as trace_mod
+from ..kernel_check import check_kernel
+from ..launch import compiler, device, plans, sources
+from ..launch.errors import KernelCompileError
+from .bugs import BUGS, HUNT
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<c>#|//) BEGIN EXERCISE (?P<id>\d+\.\d+): ?(?P<hint>.*)$")
 _END = re.compile(r"^[ \t]*(#|//) END EXERCISE\s*$")
@@ -71,7 +71,7 @@ EXERCISES = {e.id: e for e in [
     Exercise("2.3", "F2:L6-L7, the online softmax in registers, in the fa2 kernel",
              "kernels/fa2.cu", "kernel", 20, kernel="fa2"),
 ]}
-for _bug in sorted((b for b in course.BUGS.values() if b.hunt), key=lambda b: b.hunt):
+for _bug in sorted((b for b in BUGS.values() if b.hunt), key=lambda b: b.hunt):
     _n = _bug.hunt.split("-")[1]
     EXERCISES[f"3.{_n}"] = Exercise(
         f"3.{_n}", f"bug hunt {_bug.hunt}: which algorithm line does it break?", "answers.txt",
@@ -163,10 +163,16 @@ def splice(solution: str, student: str, ex_id: str, where: str = "") -> str:
     return "\n".join(lines[:r.hint_end] + mine + lines[r.end:]) + "\n"
 
 
+def _package_dir() -> Path:
+    """flashlab/, the package this module is part of (flashlab/course/assignment.py)."""
+    return Path(__file__).resolve().parents[1]
+
+
 def _solution_file(rel: str) -> Path:
+    """The solution of a copy's file `rel` ("flashlab/reference/fa1.py", "kernels/fa1.cu")."""
     if rel.startswith("kernels/"):
         return sources.kernel_dir() / rel.split("/", 1)[1]
-    return Path(__file__).resolve().parent.parent / rel
+    return _package_dir().parent / rel
 
 
 # ----------------------------------------------------------------------------- make
@@ -183,7 +189,7 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
         raise ValueError(f"unknown exercises {sorted(unknown)}; choose from {sorted(EXERCISES)}")
     if outdir.exists() and any(outdir.iterdir()) and not force:
         raise ValueError(f"{outdir} is not empty; pass --force to overwrite it")
-    pkg = Path(__file__).resolve().parent
+    pkg = _package_dir()
     stubbed = []
     for src_root, dst_root, pattern in ((pkg, outdir / "flashlab", "**/*.py"),
                                         (sources.kernel_dir(), outdir / "kernels", "*.cu*")):
@@ -221,7 +227,7 @@ def _handout(stubbed, hunts) -> str:
                   "Each mystery is a kernel with one planted bug. Find the algorithm line it breaks with "
                   "`flashlab trace`, and write it in answers.txt as `mystery-N: A1:L12`.", ""]
         for e in hunts:
-            b = course.HUNT[e.hunt]
+            b = HUNT[e.hunt]
             flag = " --backward" if b.direction == "backward" else ""
             cause = (" Run it several times. If the first divergence moves, what kind of bug is "
                      "it? Confirm with `compute-sanitizer --tool racecheck`." if b.race else "")
@@ -275,7 +281,7 @@ def _load_student_package(root: Path):
 
 
 def _grade_python(e: Exercise, pkg_name: str) -> Result:
-    from . import reference as solution
+    from .. import reference as solution
 
     res = Result(e)
     module_name, fn_name = STEP_THROUGHS[e.algorithm]
@@ -383,7 +389,7 @@ def _grade_hunts(exercises, root: Path) -> list:
                 answers[key.strip()] = f"{m[1]}:L{m[2]}" if m else value.strip()
     out = []
     for e in exercises:
-        b = course.HUNT[e.hunt]
+        b = HUNT[e.hunt]
         res = Result(e)
         given = answers.get(b.hunt, "")
         if not given:
