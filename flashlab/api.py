@@ -1,7 +1,12 @@
 """flash_attention / flash_attention_backward: one entry point for every implementation.
 
 NumPy arrays run the references (flashlab.reference); CuPy arrays run a CUDA kernel
-(flashlab.launch). Mixing the two is an error that says which argument to move. Which kernels
+(flashlab.launch). Mixing the two is an error that says which argument to move.
+
+backend= says where: "auto" (CuPy: the GPU; NumPy: the environment's FLASHLAB_BACKEND,
+"reference" unless set), "reference" (the NumPy step-through), "cpu" (the CUDA C kernel
+itself, compiled for the CPU by flashlab.cpu: NumPy in, NumPy out, no GPU needed; naive, fa1,
+fa2 in float32) or "gpu" (CuPy arrays only). Which kernels
 exist, what they take and which reference matches each is flashlab.registry's.
 
 kernel="auto" picks, for CuPy arrays: "tc" (tensor cores) for float16 / bfloat16 on a GPU of
@@ -19,6 +24,7 @@ kernel one of KERNEL_NAMES; each error names the argument.
 """
 from __future__ import annotations
 
+import os
 import reprlib
 import warnings
 
@@ -29,8 +35,10 @@ from .checks import check_array_type, check_backward, check_flag, check_qkv
 from .launch import device
 
 KERNEL_NAMES = ("auto",) + registry.names()
+BACKENDS = ("auto", "reference", "cpu", "gpu")
 LOWP = lowp.LOWP_DTYPES
 _warned_fallback = False
+_warned_cpu_copies = False
 
 
 def _is_cupy(x) -> bool:
@@ -61,6 +69,46 @@ def _route(kernel: str, arrays: dict) -> bool:
         raise TypeError(f"{', '.join(gpu)} are CuPy arrays but {', '.join(cpu)} are not: pass all "
                         "inputs as CuPy arrays (GPU kernels) or all as NumPy (references)")
     return any(kinds.values())
+
+
+def _where(backend, on_gpu: bool) -> str:
+    """Where a call runs: "gpu", "cpu" (the CUDA C on the CPU) or "reference"."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got "
+                         f"{reprlib.repr(backend)}")
+    if backend == "auto":
+        if on_gpu:
+            return "gpu"
+        env = os.environ.get("FLASHLAB_BACKEND", "reference") or "reference"
+        if env not in ("reference", "cpu"):
+            raise ValueError(f"FLASHLAB_BACKEND must be 'reference' or 'cpu', got {env!r}")
+        return env
+    if on_gpu and backend != "gpu":
+        raise TypeError(f"backend={backend!r} takes NumPy arrays, but the inputs are CuPy arrays: "
+                        "pass x.get() for each, or backend='gpu'")
+    if not on_gpu and backend == "gpu":
+        raise TypeError("backend='gpu' takes CuPy arrays: pass cupy.asarray(x) for each input, "
+                        "or backend='cpu' to run the CUDA C kernel on the CPU")
+    return backend
+
+
+def _cpu_kernel(kernel: str, q) -> tuple[str, bool]:
+    """(the kernel the CPU backend runs, whether on float32 copies): 'auto' is fa2 (fa1 where
+    fa2 has no tile for the head dim), on float32 copies of other dtypes, with a warning once."""
+    from .cpu.host import check_runs_on_cpu
+
+    if kernel != "auto":
+        check_runs_on_cpu(kernel)
+        return kernel, False
+    copies = q.dtype != np.float32
+    if copies:
+        global _warned_cpu_copies
+        if not _warned_cpu_copies:
+            _warned_cpu_copies = True
+            warnings.warn(f"flash_attention(backend='cpu'): the CPU backend's kernels take "
+                          f"float32; {q.dtype.name} inputs run on float32 copies and the outputs "
+                          f"are cast back to {q.dtype.name}", stacklevel=3)
+    return _fp32_kernel(q), copies
 
 
 def _head_dim(q):
@@ -167,7 +215,8 @@ def _lse_out(lse):
     return lse if lse.dtype == np.float64 else lse.astype(np.float32, copy=False)
 
 
-def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", return_lse=False):
+def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", return_lse=False,
+                    backend="auto"):
     """Attention softmax(tau q k^T) v over (B, H, N, d) arrays.
 
     kernel: "naive" (A0), "fa1" (A1), "fa2" (F2), "tc" (F2 on tensor cores: float16 or
@@ -175,10 +224,21 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     arrays run the CUDA kernel; NumPy arrays run the matching reference in their own dtype.
     softmax_scale: tau, None for 1/sqrt(d), else a finite real number > 0. Returns o (q's dtype),
     or (o, lse) with return_lse=True: lse (B, H, Nq), what flash_attention_backward needs, is
-    float32, or float64 for float64 NumPy inputs.
+    float32, or float64 for float64 NumPy inputs. backend: see the module docstring ("cpu"
+    runs the CUDA C kernel on the CPU).
     """
     check_flag("return_lse", return_lse)
-    if _route(kernel, {"q": q, "k": k, "v": v}):
+    where = _where(backend, _route(kernel, {"q": q, "k": k, "v": v}))
+    if where == "cpu":
+        check_qkv(q, k, v, causal, softmax_scale)
+        name, copies = _cpu_kernel(kernel, q)
+        if copies:
+            f32 = [np.ascontiguousarray(x, np.float32) for x in (q, k, v)]
+            o, lse = launch.forward(name, *f32, causal, softmax_scale)
+            o = o.astype(q.dtype)
+        else:
+            o, lse = launch.forward(name, q, k, v, causal, softmax_scale)
+    elif where == "gpu":
         name = _resolve(kernel, q)
         if kernel == "auto" and not _runs_natively(name, q) and q.dtype.name in LOWP:
             # checked before the fallback's warning, and before the copies hide a dtype mismatch
@@ -197,14 +257,24 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     return (o, lse) if return_lse else o
 
 
-def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None, kernel="auto"):
+def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None, kernel="auto",
+                             backend="auto"):
     """Gradients (dq, dk, dv) of sum(do * o) for o = flash_attention(q, k, v), in q's dtype.
 
     do, o: like q; lse (B, H, Nq): flash_attention's, any float dtype (float32 as it returns it,
     or float64 for float64 NumPy inputs). Arguments as flash_attention's.
     """
     arrays = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
-    if _route(kernel, arrays):
+    where = _where(backend, _route(kernel, arrays))
+    if where == "cpu":
+        check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+        name, copies = _cpu_kernel(kernel, q)
+        ins = [np.ascontiguousarray(x, np.float32) for x in (do, q, k, v, o)] if copies \
+            else [do, q, k, v, o]  # an explicit kernel's launch checks the dtypes itself
+        grads = launch.backward(name, *ins, np.ascontiguousarray(lse, np.float32), causal,
+                                softmax_scale)  # lse: float32 as the kernels take it
+        return tuple(g.astype(q.dtype, copy=False) for g in grads)
+    if where == "gpu":
         name = _resolve(kernel, q)
         if kernel == "auto" and not _runs_natively(name, q) and q.dtype.name in LOWP:
             check_backward(do, q, k, v, o, lse, causal, softmax_scale)

@@ -1,4 +1,5 @@
-"""Run a kernel in trace mode and hold it to its step-through, tile by tile (needs a GPU).
+"""Run a kernel in trace mode and hold it to its step-through, tile by tile, on the GPU or on
+the CPU backend (flashlab.cpu: the same CUDA C, compiled for the CPU).
 
 `check_kernel` works for every traceable kernel of flashlab.registry: the registry says which
 step-through a kernel follows (spec.steps_fn), which dtypes it takes, how close its trace must
@@ -38,20 +39,27 @@ def kernel_source(kernel: str, bug: str | None = None, source=None) -> Source | 
     return patched(bug, kernel, src) if bug is not None else src
 
 
+def default_backend() -> str:
+    """Where a kernel check runs when not told: "gpu" where CuPy sees one, else "cpu"."""
+    return "gpu" if launch.device.gpu_available() else "cpu"
+
+
 def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=None, d=64,
                  causal=False, softmax_scale=None, seed=0, bug=None, rtol=None, atol=None,
-                 source=None, dtype="bfloat16"):
+                 source=None, dtype="bfloat16", backend=None):
     """Run `kernel` in trace mode on random inputs and compare it with its step-through.
 
-    Returns (divergence or None, kernel trace, reference trace). Needs a GPU with CuPy. The fp32
+    Returns (divergence or None, kernel trace, reference trace). backend: "gpu" (CuPy), "cpu"
+    (the CPU backend, flashlab.cpu; fp32 kernels only) or None (default_backend()). The fp32
     kernels' reference runs in float64 on the same (float32) inputs with the kernel's own Br and
     Bc (rtol 1e-3, atol 1e-4). A 16-bit kernel ('tc') takes `dtype` (float16 / bfloat16) inputs
     and is compared with its own twin, which makes the same 16-bit roundings (rtol = atol =
     TC_UNITS units of roundoff). bug: a planted bug's name (flashlab.course.bugs). source: a .cu
     file to run instead of ours (same kernels, same signatures).
     """
-    import cupy as cp
-
+    backend = default_backend() if backend is None else backend
+    if backend not in ("gpu", "cpu"):
+        raise ValueError(f"backend must be 'gpu' or 'cpu', got {backend!r}")
     spec = registry.get(kernel)
     if not spec.traceable:
         raise ValueError(f"kernel must be one of {sorted(registry.traceable())} to trace, "
@@ -73,7 +81,13 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
         host = [lowp.from_float32(rng.standard_normal(s).astype(np.float32), name) for s in shapes]
         to_ref = np.asarray
         ref_label = f"reference {kernel} ({name})"
-    gq, gk, gv, gdo = (cp.asarray(x) for x in host)
+    if backend == "gpu":
+        import cupy as cp
+
+        to_device, to_host = cp.asarray, (lambda x: x.get())
+    else:
+        to_device, to_host = np.array, np.asarray  # copies: the launch must not touch `host`
+    gq, gk, gv, gdo = (to_device(x) for x in host)
     qr, kr, vr, dor = (to_ref(x) for x in host)
     if direction == "forward":
         _, _, actual = launch.forward(kernel, gq, gk, gv, causal, softmax_scale, trace=True,
@@ -83,10 +97,11 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
         o, lse = launch.forward(kernel, gq, gk, gv, causal, softmax_scale)  # ours: only G2/B1 checked
         _, _, _, actual = launch.backward(kernel, gdo, gq, gk, gv, o, lse, causal, softmax_scale,
                                           trace=True, source=src)
-        args = (dor, qr, kr, vr, to_ref(o.get()), to_ref(lse.get()))
+        args = (dor, qr, kr, vr, to_ref(to_host(o)), to_ref(to_host(lse)))
     extra = {}
     if spec.step_plan(direction):  # the tile walk the step-through must copy: the plan that ran
-        p = launch.launch_plan(kernel, gq.device.id, d, direction, source=src)
+        p = launch.launch_plan(kernel, gq.device.id if backend == "gpu" else "cpu", d, direction,
+                               source=src)
         extra = {key: p[key] for key in spec.step_plan(direction)}
     steps = steps_fn(*args, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc, **extra)
     expected, _ = record(steps, ref_label)

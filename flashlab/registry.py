@@ -108,6 +108,9 @@ class KernelSpec:
     planner: str | None = None
     instances: str | None = None
     hardware: str = ""  # what it runs on, where that is special ("tensor cores"), for messages
+    # the CPU backend (flashlab.cpu) runs its source: SIMT CUDA C; what stops it where not
+    cpu: bool = True
+    cpu_why: str = ""
     min_cc_why: str = ""  # what needs its lowest compute capability, for messages
 
     # -- what it takes
@@ -253,7 +256,8 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         tolerance=Tolerance("fa_rule", units=TC_UNITS),
         step_plan_keys=(("warps", "Bk"), ("warps", "grid")),
         planner="flashlab.launch.plans:tc_plan_for", instances="flashlab.launch.plans:tc_instances",
-        hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async"),
+        hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async", cpu=False,
+        cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
 ]}
 
 
@@ -286,6 +290,11 @@ def for_auto(dtype: str, d: int | None = None, compute_capability: int | None = 
     return tuple(n for n, s in reversed(KERNELS.items())
                  if not s.baseline and s.takes_dtype(dtype) and (d is None or s.takes_head_dim(d))
                  and (compute_capability is None or s.min_cc <= compute_capability))
+
+
+def for_cpu() -> tuple:
+    """Names of the kernels whose CUDA C the CPU backend (flashlab.cpu) runs: naive, fa1, fa2."""
+    return tuple(n for n, s in KERNELS.items() if s.cpu)
 
 
 def with_exercises() -> tuple:

@@ -1,4 +1,5 @@
 """Shared fixtures. GPU tests carry the `gpu` marker and are skipped where no CUDA device is found."""
+import os
 import zlib
 
 import numpy as np
@@ -20,16 +21,29 @@ def _gpu_available() -> bool:
         return False
 
 
+def _cxx_available() -> bool:
+    try:
+        from flashlab.cpu import build
+
+        build.compiler()
+        return True
+    except RuntimeError:
+        return False
+
+
 GPU = _gpu_available()
+# CI must run the CPU kernel tests: there a missing compiler fails them instead of skipping
+CXX = _cxx_available() or os.environ.get("CI") == "true"
 
 
 def pytest_collection_modifyitems(config, items):
-    if GPU:
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU with CuPy found")
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU with CuPy found")
+    skip_cxx = pytest.mark.skip(reason="no C++ compiler for the CPU backend (g++, clang++, $CXX)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not GPU:
+            item.add_marker(skip_gpu)
+        if "cpu_kernel" in item.keywords and not CXX:
+            item.add_marker(skip_cxx)
 
 
 def rel_err(x, ref) -> float:

@@ -63,16 +63,39 @@ def test_student_copy_imports_compiles_and_scores_zero(student):
     assert "racecheck" in handout  # the race's question
 
 
-def test_solution_copy_scores_full_marks_on_cpu(tmp_path):
-    a.make(tmp_path / "key", solution=True)
+@pytest.mark.cpu_kernel
+def test_solution_copy_scores_full_marks_without_a_gpu(tmp_path, monkeypatch):
+    # every exercise, the kernel ones on the CPU backend: the grader needs no GPU
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
+    a.make(tmp_path / "key", solution=True)  # answers.txt holds the bug hunt's answers
+    report = a.grade(tmp_path / "key")
+    assert report.score == report.max_score == 102, \
+        [(r.exercise.id, r.status, r.output) for r in report.results if r.score < r.max_score]
+    kernels = [r for r in report.results if r.exercise.kind == "kernel"]
+    assert len(kernels) == 3 and all("on the CPU backend" in r.output for r in kernels)
+    # answers in lower case count too
     (tmp_path / "key/answers.txt").write_text(
         "".join(f"{b.hunt}: {b.line.lower()}\n" for b in course.BUGS.values() if b.hunt))
-    report = a.grade(tmp_path / "key")
-    for r in report.results:
-        if r.exercise.kind == "kernel" and not device.gpu_available():
-            assert r.status == "needs GPU" and "compiles with NVRTC" in r.output
-        else:
-            assert r.score == r.max_score, (r.exercise.id, r.output)
+    assert a.grade(tmp_path / "key", ["3.1", "3.6"]).score == 4
+
+
+@pytest.mark.cpu_kernel
+@pytest.mark.parametrize("change,shows", [
+    ("o = (l_i[r] * O_i[r * p + x] + pv) / l_new[r];", "diverges at step (i=0, j=1), A1:L12"),
+    ("o = (keep[r] * O_i[r * p + x] + add[r] * V_j[(bc + 300) * p + x]) / l_new[r];",
+     "out-of-bounds read of dynamic shared memory"),
+])
+def test_a_wrong_kernel_exercise_fails_on_the_cpu_with_its_message(tmp_path, monkeypatch,
+                                                                   change, shows):
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
+    a.make(tmp_path / "hw", exercises=["2.1"])
+    f = tmp_path / "hw/kernels/fa1.cu"
+    ours = (sources.kernel_dir() / "fa1.cu").read_text()
+    right = "o = (keep[r] * O_i[r * p + x] + add[r] * pv) / l_new[r];"
+    assert any(right in line for line in a.body(ours, "2.1"))  # the line is the student's part
+    f.write_text(ours.replace(right, change))
+    (r,) = a.grade(tmp_path / "hw", ["2.1"]).results
+    assert r.status == "failed" and r.score == 0 and shows in r.output, r.output
 
 
 def test_a_wrong_step_gets_per_tile_feedback(tmp_path):

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flashlab.cli import main
 
 
@@ -98,12 +100,22 @@ def test_check_compiles_a_user_file_on_cpu_and_reports_errors(tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing.cu"), "--algorithm", "fa1"]) == 2
 
 
-def test_trace_without_a_gpu_is_one_clear_line(capsys):
-    from flashlab.launch.device import gpu_available
+@pytest.mark.cpu_kernel
+def test_trace_without_a_gpu_runs_on_the_cpu_backend_and_says_so(capsys, monkeypatch):
+    from flashlab.launch import device
 
-    if gpu_available():
-        import pytest
-        pytest.skip("GPU present")
-    assert main(["trace", "--kernel", "fa1"]) == 1
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
+    assert main(["trace", "--kernel", "fa1", "--seq", "120"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fa1 forward, on the CPU backend (") and "no GPU used" in out
+    assert out.rstrip().endswith("all steps match")
+    # the bug hunt without a GPU: the planted bug shows, its name does not
+    assert main(["trace", "--kernel", "fa1", "--seq", "120", "--inject-bug", "mystery-1"]) == 1
+    out = capsys.readouterr().out
+    assert "bug hunt mystery-1" in out and "diverges at step" in out and "no-rescale" not in out
+    # tc is the GPU's: said in one line
+    assert main(["trace", "--kernel", "tc"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: flashlab trace runs a CUDA kernel") and err.count("\n") == 1
+    assert "uses inline PTX" in err and "no CUDA device was found" in err and err.count("\n") == 1
+    assert main(["trace", "--kernel", "fa1", "--backend", "gpu"]) == 1
+    assert "--backend gpu: no CUDA device" in capsys.readouterr().err

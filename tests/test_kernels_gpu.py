@@ -4,47 +4,22 @@ import numpy as np
 import pytest
 
 import flashlab
-from flashlab import course, launch, registry
+from flashlab import course, launch
 from flashlab.kernel_check import check_kernel
 from flashlab.launch import device, plans
 from flashlab.reference import naive_attention, naive_attention_backward
 
-FP32_KERNELS = registry.for_dtype("float32")  # naive, fa1, fa2; tc: tests/test_tc_gpu.py
+from kernel_cases import FA1_ONLY, FP32_KERNELS, PLANTED, SHAPES, case_id, cases, inputs, rel
 
 pytestmark = pytest.mark.gpu
 
-# (B, H, Nq, Nk, d, causal): odd N, Nq != Nk both ways, N = 1, every supported d
-SHAPES = [
-    (1, 2, 1, 1, 16, False), (1, 1, 1, 5, 32, True), (2, 3, 127, 127, 64, False),
-    (1, 2, 200, 77, 32, True), (1, 1, 77, 200, 128, True), (2, 2, 257, 129, 16, False),
-    (1, 2, 300, 300, 64, True), (1, 1, 65, 65, 128, False), (1, 2, 130, 70, 96, True),
-]
-FA1_ONLY = [(1, 2, 50, 61, 40, True), (1, 1, 33, 17, 1, False), (1, 1, 40, 40, 200, True)]
 
-
-def _cases():
-    for kernel in FP32_KERNELS:
-        any_d = registry.get(kernel).head_dims is None  # naive, fa1: any d (up to fa1's 256)
-        for s in SHAPES + (FA1_ONLY if any_d else []):
-            yield pytest.param(kernel, *s, id=f"{kernel}-{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}")
-
-
-def _inputs(rng, B, H, Nq, Nk, d):
-    shapes = [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)]
-    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
-
-
-def rel(x, ref):
-    """max |x - ref| / max(1, max |ref|): outputs and gradients here are O(1)."""
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(x - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-
-
-@pytest.mark.parametrize("kernel,B,H,Nq,Nk,d,causal", list(_cases()))
+@pytest.mark.parametrize("kernel,B,H,Nq,Nk,d,causal",
+                         [pytest.param(*c, id=case_id(*c)) for c in cases(SHAPES, FA1_ONLY)])
 def test_kernel_equals_float64_oracle_and_writes_every_element(rng, kernel, B, H, Nq, Nk, d, causal):
     import cupy as cp
 
-    q, k, v, do = _inputs(rng, B, H, Nq, Nk, d)
+    q, k, v, do = inputs(rng, B, H, Nq, Nk, d)
     q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
     o_ref, lse_ref = naive_attention(q64, k64, v64, causal)
     grads_ref = naive_attention_backward(do64, q64, k64, v64, causal)
@@ -70,7 +45,7 @@ def test_kernel_equals_float64_oracle_and_writes_every_element(rng, kernel, B, H
 def test_softmax_scale_is_honoured(rng, kernel, scale):
     import cupy as cp
 
-    q, k, v, do = _inputs(rng, 1, 2, 90, 70, 32)
+    q, k, v, do = inputs(rng, 1, 2, 90, 70, 32)
     o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)), True, scale)
     o, _ = launch.forward(kernel, cp.asarray(q), cp.asarray(k), cp.asarray(v), True, scale)
     assert rel(o.get(), o_ref) < 2e-5
@@ -87,15 +62,6 @@ def test_kernel_trace_matches_its_step_through(kernel, direction, causal, Nq, Nk
     assert (actual.seq >= 0).sum() == (expected.seq >= 0).sum() > 1
 
 
-# bug -> (direction, causal, first step (i, j), the quantities allowed to show it first, line)
-PLANTED = {
-    "no-rescale": ("forward", False, (0, 1), {"O_i"}, "A1:L12"),
-    "causal-off-by-one": ("forward", True, (0, 0), {"m_i", "l_i"}, "A1:L11"),
-    "fa2-no-rescale": ("forward", False, (0, 1), {"O~"}, "F2:L7"),
-    "fa2-causal-off-by-one": ("forward", True, (0, 0), {"m_i", "l_i"}, "F2:L6"),
-    "dk-no-scale": ("backward", False, (0, 0), {"dK~_j"}, "B1:L13"),
-    "wrong-l-update": ("forward", False, (0, 1), {"l_i"}, "A1:L11"),
-}
 
 
 def test_every_planted_bug_has_a_test():
@@ -129,7 +95,7 @@ def test_public_entry_points_route_cupy_to_kernels(rng):
 
     cc = int(cp.cuda.Device().compute_capability)
     assert flashlab.available_kernels() == ["naive", "fa1", "fa2"] + (["tc"] if cc >= 80 else [])
-    q, k, v, do = _inputs(rng, 1, 2, 100, 100, 64)
+    q, k, v, do = inputs(rng, 1, 2, 100, 100, 64)
     gq, gk, gv, gdo = (cp.asarray(x) for x in (q, k, v, do))
     o, lse = flashlab.flash_attention(gq, gk, gv, causal=True, return_lse=True)
     assert isinstance(o, cp.ndarray) and lse.dtype == np.float32
@@ -146,7 +112,7 @@ def test_public_entry_points_route_cupy_to_kernels(rng):
 def test_bad_gpu_inputs_name_the_argument_and_the_fix(rng):
     import cupy as cp
 
-    q, k, v, _ = _inputs(rng, 1, 2, 64, 64, 64)
+    q, k, v, _ = inputs(rng, 1, 2, 64, 64, 64)
     gq, gk, gv = (cp.asarray(x) for x in (q, k, v))
     with pytest.raises(TypeError, match=r"q, v are CuPy arrays but k are not"):
         flashlab.flash_attention(gq, k, gv)
@@ -186,7 +152,7 @@ def test_bad_gpu_inputs_name_the_argument_and_the_fix(rng):
 def test_nan_input_propagates_like_the_oracle(rng):
     import cupy as cp
 
-    q, k, v, _ = _inputs(rng, 1, 1, 70, 70, 64)
+    q, k, v, _ = inputs(rng, 1, 1, 70, 70, 64)
     q[0, 0, 5, 3] = np.nan
     o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (q, k, v)))
     for kernel in FP32_KERNELS:
@@ -234,7 +200,7 @@ def test_the_old_launcher_alias_takes_bug_names_and_paths(rng, tmp_path):
     from flashlab import cuda_kernel_ops as ops
     from flashlab.launch import sources
 
-    q, k, v, _ = (cp.asarray(x) for x in _inputs(rng, 1, 2, 200, 200, 64))
+    q, k, v, _ = (cp.asarray(x) for x in inputs(rng, 1, 2, 200, 200, 64))
     planted = launch.forward("fa1", q, k, v, source=course.patched("no-rescale", "fa1"))[0]
     assert bool((ops.forward("fa1", q, k, v, bug="no-rescale")[0] == planted).all())
     (tmp_path / "mine.cu").write_text(sources.ours("fa2").text)

@@ -76,6 +76,16 @@ def test_main_commands_run_from_another_directory(installed, argv):
     assert "pip install -e" not in out, "a wheel's hints must not point at a checkout:\n" + out
 
 
+@pytest.mark.cpu_kernel
+def test_a_kernel_runs_on_the_cpu_backend_from_the_wheel(installed):
+    # the runtime's headers and sources travel in the wheel (flashlab/cpu/runtime/)
+    bin_dir, work, env = installed
+    env = {**env, "FLASHLAB_CACHE_DIR": str(work / "cache")}
+    code, out = _run([str(bin_dir / "flashlab"), "trace", "--kernel", "fa2", "--seq", "70",
+                      "--backend", "cpu"], cwd=work, env=env)
+    assert code == 0 and "on the CPU backend" in out and "all steps match" in out, out
+
+
 def test_assignment_make_and_grade_from_the_wheel(installed):
     bin_dir, work, env = installed
     code, out = _run([str(bin_dir / "flashlab"), "assignment", "make", "hw", "--exercises",

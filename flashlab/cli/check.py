@@ -1,5 +1,6 @@
 """`flashlab check`: compile a student's own .cu file for one of the kernels with exercises (the
-registry's), and on a GPU hold it to the step-through tile by tile; without one, compile only."""
+registry's) and hold it to the step-through tile by tile: on a GPU, or without one on the CPU
+backend (flashlab.cpu), after an NVRTC compile for sm_80 where NVRTC is installed."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from .. import registry
 from .common import UsageError
-from .trace import _run_trace
+from .trace import _run_trace, backend_for
 
 
 def _variants() -> tuple:
@@ -19,10 +20,10 @@ def _variants() -> tuple:
 
 
 def _cmd_check(args) -> int:
-    """Compile a user's .cu file for --algorithm and, on a GPU, compare it tile by tile with the
-    step-through. Exit 0: compiled (and, on a GPU, every step matched); 1: it does not compile,
-    lacks the algorithm's kernels, diverges, or NVRTC is missing; 2: a bad argument."""
-    from ..launch import compiler, device, plans, sources
+    """Compile a user's .cu file for --algorithm and compare it tile by tile with the
+    step-through, on the GPU or the CPU backend. Exit 0: every step matched; 1: it does not
+    compile, lacks the algorithm's kernels, faults or diverges; 2: a bad argument."""
+    from ..launch import sources
     from ..launch.errors import KernelCompileError
 
     alg, path = args.algorithm, Path(args.file)
@@ -76,39 +77,56 @@ def _cmd_check(args) -> int:
               f"{'no --backward' if other == 'forward' else '--backward'})", file=sys.stderr)
         return 1
 
-    if not device.gpu_available():
-        # the instantiations of the templates the file defines (a forward-only file compiles)
-        names = tuple(n for n in plans.instantiations(alg) if n.split("<")[0] not in absent)
+    backend = backend_for(alg, args.backend)
+    if backend == "gpu":
         try:
-            log = compiler.nvrtc_compile(src, "sm_80", name_expressions=names, kernel=alg)
-        except ImportError as e:
-            print(f"error: flashlab check compiles {name} with NVRTC, and {e}", file=sys.stderr)
-            return 1
+            return _run_trace(args, alg, source=path, backend="gpu")
         except KernelCompileError as e:
-            return _compile_failed(name, alg, getattr(e, "log", str(e)), "NVRTC for sm_80")
-        warnings = [d for d in sources.compile_diagnostics(log) if d["kind"] == "warning"]
-        defined = ", ".join(k for k in wanted if k not in absent)
-        print(f"{name} compiles with NVRTC for sm_80 ({defined})"
-              + (f", with {len(warnings)} warning{'s' * (len(warnings) != 1)}:" if warnings else
-                 ":\n" + log if log else "."))
-        for d in warnings[:3]:
-            print(f"{d['file']}:{d['line']}: warning: {d['message']}")
-            for line in d["context"]:
-                print(line)
-        if len(warnings) > 3:
-            print(f"... {len(warnings) - 3} more warnings")
-        if absent:
-            print(f"note: {name} does not define {', '.join(absent)}, so the pass that launches "
-                  f"{'it' if len(absent) == 1 else 'them'} cannot be checked")
-        print("Only compilation was checked: no CUDA device was found (or CuPy is not installed), "
-              "so the kernels did not run and their results were not compared with the "
-              "step-through. On a machine with a CUDA GPU the same command checks them tile by "
-              "tile.")
-        return 0
+            return _compile_failed(name, alg, str(e), "CuPy (NVRTC)")
+    rc = _nvrtc_check(src, alg, name, wanted, absent)
+    if rc:
+        return rc
+    from ..cpu.build import CpuUnsupported
+
     try:
-        return _run_trace(args, alg, source=path)
+        return _run_trace(args, alg, source=path, backend="cpu")
+    except CpuUnsupported as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KernelCompileError as e:
-        return _compile_failed(name, alg, str(e), "CuPy (NVRTC)")
+        return _compile_failed(name, alg, getattr(e, "log", str(e)), "g++ for the CPU backend")
+
+
+def _nvrtc_check(src, alg, name, wanted, absent) -> int:
+    """Without a GPU, compile for one too (NVRTC, sm_80) where NVRTC is installed, so a file
+    that g++ takes but a GPU's compiler would not is caught here: 1 on errors, else 0."""
+    from ..launch import compiler, plans, sources
+    from ..launch.errors import KernelCompileError
+
+    # the instantiations of the templates the file defines (a forward-only file compiles)
+    names = tuple(n for n in plans.instantiations(alg) if n.split("<")[0] not in absent)
+    try:
+        log = compiler.nvrtc_compile(src, "sm_80", name_expressions=names, kernel=alg)
+    except ImportError as e:
+        print(f"note: {name} was not compiled for a GPU: {e}")
+        return 0
+    except KernelCompileError as e:
+        return _compile_failed(name, alg, getattr(e, "log", str(e)), "NVRTC for sm_80")
+    warnings = [d for d in sources.compile_diagnostics(log) if d["kind"] == "warning"]
+    defined = ", ".join(k for k in wanted if k not in absent)
+    print(f"{name} compiles with NVRTC for sm_80 ({defined})"
+          + (f", with {len(warnings)} warning{'s' * (len(warnings) != 1)}:" if warnings else
+             ":\n" + log if log else "."))
+    for d in warnings[:3]:
+        print(f"{d['file']}:{d['line']}: warning: {d['message']}")
+        for line in d["context"]:
+            print(line)
+    if len(warnings) > 3:
+        print(f"... {len(warnings) - 3} more warnings")
+    if absent:
+        print(f"note: {name} does not define {', '.join(absent)}, so the pass that launches "
+              f"{'it' if len(absent) == 1 else 'them'} cannot be checked")
+    return 0
 
 
 def _compile_failed(name, alg, text, where):

@@ -19,6 +19,8 @@ def _takes(spec) -> str | None:
 def _kernel_rows(cc: int, smem: int) -> list:
     """[kernel (variant), d, pass, Br, Bc, shared memory] for each kernel at d = 64, 128, with
     the source that runs on compute capability `cc` (kernels with several name theirs)."""
+    from ..launch import plans
+
     rows = []
     for name in registry.names():
         spec = registry.get(name)
@@ -45,7 +47,7 @@ def _cmd_info(args) -> int:
     import numpy
 
     from .. import __version__
-    from ..launch import device, plans, sources
+    from ..launch import device, sources
 
     print(f"flashlab {__version__}, Python {platform.python_version()}, NumPy {numpy.__version__}")
     print(f"kernel sources: {sources.kernel_dir()}")

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     t = sub.add_parser(
-        "trace", help="run a kernel in trace mode and compare it with its step-through (GPU)",
+        "trace", help="run a kernel in trace mode and compare it with its step-through (GPU, "
+                      "or the CPU backend without one)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  flashlab trace --kernel fa1 --seq 256 --head-dim 64\n"
                "  flashlab trace --kernel fa1 --seq 600 --inject-bug no-rescale\n"
@@ -99,16 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_trace)
 
     c = sub.add_parser(
-        "check", help="compile your own kernel source and check it tile by tile (GPU; "
-                      "without one, compilation only)",
+        "check", help="compile your own kernel source and check it tile by tile (GPU, or "
+                      "the CPU backend without one)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  flashlab check my_fa1.cu --algorithm fa1 --seq 300 --causal\n"
                "The file must define the kernels of kernels/<algorithm>.cu with the same\n"
                "signatures (it may #include \"common.cuh\": the one beside it, else flashlab's).\n"
-               "On a GPU it runs the file's trace build and compares every tile step with the\n"
-               "step-through (exit 0: all steps match). Without a GPU it only compiles the file\n"
-               "with NVRTC (flashlab's nvrtc extra); exit 0 then means it compiles, not that it\n"
-               "is right. Exit 1: it does not compile, lacks a kernel, or a step diverges.\n")
+               "It runs the file's trace build and compares every tile step with the\n"
+               "step-through (exit 0: all steps match): on a GPU, or without one on the CPU\n"
+               "backend, which compiles the same CUDA C with g++ and runs each CUDA thread as a\n"
+               "fiber, with checks for barrier divergence, out-of-bounds accesses and shared-\n"
+               "memory races. Without a GPU the file is also compiled with NVRTC for sm_80 where\n"
+               "NVRTC is installed. Exit 1: it does not compile, lacks a kernel, faults or a step\n"
+               "diverges.\n")
     c.add_argument("file", help="a .cu file")
     c.add_argument("--algorithm", required=True, choices=registry.with_exercises(),
                    help="whose launch contract and step-through to use")

@@ -1,6 +1,9 @@
 """`flashlab trace`: run a traceable kernel (the registry's) in trace mode, optionally with a
-planted bug, and compare it tile by tile with its step-through (GPU)."""
+planted bug, and compare it tile by tile with its step-through: on the GPU, or without one on
+the CPU backend (the same CUDA C compiled for the CPU, flashlab.cpu)."""
 from __future__ import annotations
+
+import sys
 
 from .. import registry
 from .common import UsageError
@@ -29,31 +32,60 @@ def _trace_args(p, kernel=True):
     p.add_argument("--causal", action="store_true")
     p.add_argument("--backward", action="store_true", help="trace the backward pass (B1 / G2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("auto", "gpu", "cpu"), default="auto",
+                   help="where the kernel runs: the GPU, or the CPU backend (its CUDA C compiled "
+                        "for the CPU); default: the GPU where there is one, else the CPU")
 
 
-def _need_gpu(command):
+def backend_for(kernel: str, asked: str = "auto") -> str:
+    """"gpu" or "cpu": where `flashlab trace/check/grade` run `kernel`, as asked ("auto": the
+    GPU where there is one, else the CPU backend); a clear error where it cannot run."""
     from ..launch import device
 
-    if not device.gpu_available():
-        raise EnvironmentError(f"flashlab {command} runs a CUDA kernel and no CUDA device was found "
-                               "(or CuPy is not installed). On CPU, flashlab.trace.record() traces "
-                               "the step-through references.")
+    spec = registry.get(kernel)
+    gpu = device.gpu_available()
+    if asked == "gpu" and not gpu:
+        raise EnvironmentError("--backend gpu: no CUDA device was found (or CuPy is not "
+                               "installed); --backend cpu runs the same CUDA C on the CPU")
+    if asked == "cpu" or (asked == "auto" and not gpu):
+        if not spec.cpu:
+            raise EnvironmentError(f"kernel {kernel!r} uses {spec.cpu_why}, which only an NVIDIA "
+                                   "GPU runs, and " + ("--backend cpu was asked for" if asked == "cpu"
+                                                       else "no CUDA device was found")
+                                   + f"; the CPU backend runs {', '.join(registry.for_cpu())}")
+        return "cpu"
+    return "gpu"
 
 
-def _run_trace(args, kernel, bug=None, source=None) -> int:
+def describe_backend(backend: str) -> str:
+    """Where a run ran, in words, for the first line of its report."""
+    if backend == "gpu":
+        return "on the GPU"
+    from ..cpu import build
+
+    return f"on the CPU backend ({build.compiler_name()}, no GPU used)"
+
+
+def _run_trace(args, kernel, bug=None, source=None, backend=None) -> int:
+    from ..cpu.kernels import KernelFault
     from ..kernel_check import check_kernel
 
     direction = "backward" if args.backward else "forward"
-    div, actual, _ = check_kernel(kernel, direction, B=args.batch, H=args.heads, Nq=args.seq,
-                                  Nk=args.seq_k, d=args.head_dim, causal=args.causal,
-                                  seed=args.seed, bug=bug, source=source)
+    backend = backend or backend_for(kernel, getattr(args, "backend", "auto"))
+    try:
+        div, actual, _ = check_kernel(kernel, direction, B=args.batch, H=args.heads, Nq=args.seq,
+                                      Nk=args.seq_k, d=args.head_dim, causal=args.causal,
+                                      seed=args.seed, bug=bug, source=source, backend=backend)
+    except KernelFault as e:
+        print(f"error {describe_backend(backend)}: {e}", file=sys.stderr)
+        return 1
     steps = int((actual.seq >= 0).sum())
     # fp32 kernels against the float64 step-through; 16-bit ones against their twin, which
     # rounds as the kernel does (flashlab.kernel_check)
     ref = ("the float64 step-through" if registry.get(kernel).takes_dtype("float32") else
            "its 16-bit step-through twin")
-    print(f"{actual.label}: {steps} tile steps (Br = {actual.Br}, Bc = {actual.Bc}, "
-          f"{actual.B} x {actual.H} heads) compared with {ref}")
+    print(f"{actual.label}, {describe_backend(backend)}: {steps} tile steps (Br = {actual.Br}, "
+          f"Bc = {actual.Bc}, {actual.B} x {actual.H} heads) compared with {ref}")
     if div is None:
         print("all steps match")
         return 0
@@ -62,8 +94,8 @@ def _run_trace(args, kernel, bug=None, source=None) -> int:
 
 
 def _cmd_trace(args) -> int:
-    _need_gpu("trace")
     kernel = args.kernel or _default_kernel()
+    backend = backend_for(kernel, args.backend)
     if args.inject_bug is not None:
         from ..course.bugs import BUGS, HUNT
 
@@ -81,4 +113,4 @@ def _cmd_trace(args) -> int:
                   "Which step diverges first, and which algorithm line is broken?")
         else:
             print(f"planted bug {b.name} ({b.line}): {b.question}")
-    return _run_trace(args, kernel, bug=args.inject_bug)
+    return _run_trace(args, kernel, bug=args.inject_bug, backend=backend)

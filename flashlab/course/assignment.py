@@ -11,8 +11,9 @@ can find the student's code again. `grade(dir)` scores every exercise:
 * Python exercises run the student's step-through on a few shapes and compare its trace with the
   solution's: feedback names the first divergent tile (step, algorithm line, row, column).
 * Kernel exercises splice the student's region into the solution kernel (so each exercise is
-  graded alone), compile it, and on a GPU compare its trace with the step-through. Without a GPU
-  they are compiled with NVRTC (when installed) and reported as needing a GPU.
+  graded alone), compile it, and compare its trace with the step-through: on a GPU, or without
+  one on the CPU backend (flashlab.cpu), where a race, a barrier divergence or an out-of-bounds
+  access fails the run with its message.
 * Bug-hunt exercises read answers.txt (`mystery-3: A1:L9`): which algorithm line each planted
   bug breaks, found with `flashlab trace --inject-bug mystery-N`.
 
@@ -32,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import trace as trace_mod
-from ..kernel_check import check_kernel
-from ..launch import compiler, device, plans, sources
-from ..launch.errors import KernelCompileError
+from ..cpu import host
+from ..kernel_check import check_kernel, default_backend
+from ..launch import device, plans, sources
+from ..launch.errors import KernelCompileError, KernelLaunchError
 from .bugs import BUGS, HUNT
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<c>#|//) BEGIN EXERCISE (?P<id>\d+\.\d+): ?(?P<hint>.*)$")
@@ -205,11 +207,13 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
             dst = dst_root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(text)
-    hunts = [e for e in EXERCISES.values() if e.kind == "hunt" and (chosen is None or e.id in chosen)]
+    hunts = [e for e in EXERCISES.values()
+             if e.kind == "hunt" and (chosen is None or solution or e.id in chosen)]
     (outdir / "answers.txt").write_text(
         "# Bug hunt: for each mystery bug, the algorithm line it breaks (e.g. A1:L12).\n"
         "# Find it with: flashlab trace --kernel KERNEL [--backward] --inject-bug mystery-N\n"
-        + "".join(f"{e.hunt}: \n" for e in hunts))
+        # the solution copy holds the answers too: it must score full marks (the grader's check)
+        + "".join(f"{e.hunt}: {HUNT[e.hunt].line if solution else ''}\n" for e in hunts))
     (outdir / "ASSIGNMENT.md").write_text(_handout(sorted(set(stubbed)), hunts))
     return sorted(set(stubbed)) + [e.id for e in hunts]
 
@@ -340,32 +344,27 @@ def _grade_kernel(e: Exercise, root: Path) -> Result:
         path = Path(tmp) / Path(e.file).name
         path.write_text(spliced)
         shutil.copy(sources.kernel_dir() / "common.cuh", Path(tmp) / "common.cuh")
-        if not device.gpu_available():
-            try:
-                compiler.nvrtc_compile(sources.user_file(path, e.kernel), "sm_80",
-                                       kernel=e.kernel)
-                compiled = "it compiles with NVRTC for sm_80"
-            except ImportError:
-                compiled = "NVRTC is not installed here, so it was not compiled"
-            except KernelCompileError as exc:
-                res.output = f"your code does not compile:\n{exc}"
-                return res
-            res.status = "needs GPU"
-            res.output = f"{compiled}; the tile-by-tile check needs a CUDA GPU, none found"
-            return res
-        import cupy as cp
+        backend = default_backend()  # the GPU where there is one, else the CPU backend
+        if backend == "gpu":
+            import cupy as cp
 
-        smem = device.device_limits(cp.cuda.Device().id)["smem_optin"]
+            smem = device.device_limits(cp.cuda.Device().id)["smem_optin"]
+        else:
+            smem = host.LIMITS["smem_optin"]
         p = plans.plan(e.kernel, 64, e.direction, smem)
         N = 2 * max(p["Br"], p["Bc"]) + 17  # at least two tiles each way, the last one ragged
         passed, notes = 0, []
+        where = "on the GPU" if backend == "gpu" else "on the CPU backend (no GPU here)"
         for causal in (False, True):
             try:
                 div, _, _ = check_kernel(e.kernel, e.direction, B=1, H=2, Nq=N, Nk=N, d=64,
-                                         causal=causal, seed=3, source=path)
+                                         causal=causal, seed=3, source=path, backend=backend)
             except KernelCompileError as exc:
                 res.output = f"your code does not compile:\n{exc}"
                 return res
+            except KernelLaunchError as exc:  # the CPU backend's faults: a race, bounds, ...
+                notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {exc}")
+                continue
             if div is None:
                 passed += 1
             else:
@@ -373,7 +372,7 @@ def _grade_kernel(e: Exercise, root: Path) -> Result:
                 notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {div}")
         res.score = e.points * passed / 2
         res.status = "passed" if passed == 2 else "failed"
-        res.output = f"{passed}/2 runs match the step-through tile by tile" + \
+        res.output = f"{passed}/2 runs match the step-through tile by tile {where}" + \
             ("" if not notes else "\nfirst problem: " + notes[0])
         return res
 

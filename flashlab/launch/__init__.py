@@ -10,7 +10,8 @@
     errors.py    KernelCompileError, KernelLaunchError
 
 `forward` / `backward` check the inputs, look the kernel up in flashlab.registry and hand over
-to its launcher module (spec.launcher). `source` is None (ours) or a Source whose text is what
+to its launcher module (spec.launcher). NumPy inputs run the same launchers on the CPU
+backend (flashlab.cpu: the CUDA C compiled with a C++ compiler, CUDA threads as fibers). `source` is None (ours) or a Source whose text is what
 gets compiled (a user's file, a planted bug: flashlab.course makes those). Importing this
 package does not need CuPy; using a kernel does.
 """
@@ -36,6 +37,13 @@ def _check_source(source):
                         f"{type(source).__name__} (a file: sources.user_file(path, kernel))")
 
 
+def _setup(spec, dims, arrays: dict, trace: bool):
+    """The GPU's checks and Launch for CuPy inputs; the CPU backend's for NumPy inputs."""
+    from ..cpu import host
+
+    return (host.setup if host.on_host(arrays) else setup)(spec, dims, arrays, trace)
+
+
 def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, out=None,
             source=None, config=None):
     """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
@@ -48,7 +56,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
     dims = check_qkv(q, k, v, causal, softmax_scale)
     spec = registry.get(kernel)
     _check_source(source)
-    ctx = setup(spec, dims, {"q": q, "k": k, "v": v}, trace)
+    ctx = _setup(spec, dims, {"q": q, "k": k, "v": v}, trace)
     B, H, Nq, d = dims.B, dims.H, dims.Nq, dims.d
     with ctx.cp.cuda.Device(ctx.device):
         o, lse = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"),
@@ -67,7 +75,7 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     spec = registry.get(kernel)
     _check_source(source)
-    ctx = setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, trace)
+    ctx = _setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, trace)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     with ctx.cp.cuda.Device(ctx.device):
         dq, dk, dv = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
@@ -78,10 +86,15 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
 
 def launch_plan(kernel: str, device: int, d: int, direction: str, config=None,
                 source=None) -> dict:
-    """The tile plan a launch of `kernel` on GPU `device` uses (what ran, for the trace check):
-    the launcher's own launch_plan where it has variants and configs, else plans.plan with the
-    device's shared memory."""
+    """The tile plan a launch of `kernel` on GPU `device` (or device="cpu": the CPU backend)
+    uses (what ran, for the trace check): the launcher's own launch_plan where it has variants
+    and configs, else plans.plan with the device's shared memory."""
     spec = registry.get(kernel)
+    if device == "cpu":
+        from ..cpu import host
+
+        host.check_runs_on_cpu(kernel)
+        return plan(kernel, d, direction, host.LIMITS["smem_optin"])
     own = getattr(spec.launch_module(), "launch_plan", None)
     if own is not None:
         return own(device, d, direction, config, source)

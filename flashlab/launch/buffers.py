@@ -37,12 +37,17 @@ def finish_trace(empty, bufs, seq, label):
     tr = empty
     tr.label = label
     for name, buf in bufs.items():
-        tr.values[name] = buf.get().astype(np.float64).reshape(tr.values[name].shape)
-    tr.seq = seq.get().reshape(tr.seq.shape)
+        tr.values[name] = _host(buf).astype(np.float64).reshape(tr.values[name].shape)
+    tr.seq = _host(seq).reshape(tr.seq.shape)
     return tr
 
 
-_dummies: dict = {}
+def _host(buf):
+    """A device array's host copy (a CPU-backend array is one already)."""
+    return buf if isinstance(buf, np.ndarray) else buf.get()
+
+
+_dummies: dict = {}  # (array module, device) -> the untraced build's trace arguments
 
 
 def trace_args(cp, trace, algorithm, dims: Dims, Br, Bc, names):
@@ -52,7 +57,7 @@ def trace_args(cp, trace, algorithm, dims: Dims, Br, Bc, names):
     if trace:
         empty, bufs, seq = trace_buffers(cp, algorithm, dims, Br, Bc)
         return (empty, bufs, seq), tuple(bufs[n] for n in names) + (seq,)
-    dev = cp.cuda.Device().id
+    dev = (id(cp), cp.cuda.Device().id)
     if dev not in _dummies:
         _dummies[dev] = (cp.empty(1, cp.float32), cp.empty(1, cp.int64))
     f, i = _dummies[dev]

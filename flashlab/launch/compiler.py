@@ -104,7 +104,17 @@ class _ArchModule:
         return self._mod.get_function(self._lowered[name])
 
 
-BACKENDS: dict = {"cupy": CupyBackend()}
+BACKENDS: dict = {"cupy": CupyBackend()}  # "cpu" joins on first use (flashlab.cpu.kernels)
+
+
+def _backend(name: str):
+    if name == "cpu" and name not in BACKENDS:
+        from ..cpu.kernels import CpuBackend
+
+        BACKENDS["cpu"] = CpuBackend()
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of cupy, cpu, got {name!r}")
+    return BACKENDS[name]
 _modules: dict = {}  # (backend, digest, options, names, arch) -> module
 
 
@@ -116,10 +126,9 @@ def get_module(source: Source, trace: bool = False, name_expressions: tuple = ()
     key = (backend, source.digest, options, tuple(name_expressions), arch)
     mod = _modules.get(key)
     if mod is None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        impl = _backend(backend)
         try:
-            mod = BACKENDS[backend].compile(source, options, tuple(name_expressions), arch)
+            mod = impl.compile(source, options, tuple(name_expressions), arch)
         except Exception as e:  # CompileException, or NVRTC missing
             raise KernelCompileError(
                 f"kernel {kernel or source.name!r} failed to compile "
@@ -149,6 +158,8 @@ def function(mod, name: str):
 def launch(kernel: str, func, grid, block, args, smem: int, describe: str):
     """func(grid, block, args, shared_mem=smem), opting in to more than 48 KB of dynamic shared
     memory first; a failure becomes KernelLaunchError naming the kernel and its arguments."""
+    if getattr(func, "on_cpu", False):  # the CPU backend: no opt-in; its faults say enough
+        return func(grid, block, args, shared_mem=smem)
     try:
         if smem > 48 * 1024:
             if _known.get(id(func)) is func:

@@ -152,6 +152,7 @@ class Launch:
     tau: np.float32
     causal: np.int32
     desc: str
+    backend: str = "cupy"  # launch.compiler's backend: "cupy" (the GPU) or "cpu" (flashlab.cpu)
 
 
 def setup(spec, dims: Dims, arrays: dict, trace: bool) -> Launch:

@@ -15,7 +15,8 @@ from .sources import ours
 
 
 def _module(ctx: Launch, trace, name, source):
-    return get_module(source or ours(ctx.spec.name), trace, (name,), kernel=ctx.spec.name)
+    return get_module(source or ours(ctx.spec.name), trace, (name,), kernel=ctx.spec.name,
+                      backend=ctx.backend)
 
 
 def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None):

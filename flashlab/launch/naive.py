@@ -27,7 +27,7 @@ def _n_by_n(ctx: Launch, BH, Nq, Nk):
 
 
 def _module(ctx: Launch, source):
-    return get_module(source or ours(ctx.spec.name), kernel=ctx.spec.name)
+    return get_module(source or ours(ctx.spec.name), kernel=ctx.spec.name, backend=ctx.backend)
 
 
 def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None):

@@ -212,13 +212,16 @@ def missing_kernels(kernel: str, source: str, direction: str | None = None,
 
 
 _DIAGNOSTIC = re.compile(r"^(?P<file>[^\n]+?)\((?P<line>\d+)\): (?P<kind>catastrophic error|error|"
-                         r"warning)(?: #[\w-]+)?: (?P<message>[^\n]*)$", re.M)
+                         r"warning)(?: #[\w-]+)?: (?P<message>[^\n]*)$"
+                         # g++ / clang++ (the CPU backend): file:line:column: kind: message
+                         r"|^(?P<gfile>[^\n:]+):(?P<gline>\d+):(?:\d+:)? (?P<gkind>fatal error|error|"
+                         r"warning): (?P<gmessage>[^\n]*)$", re.M)
 
 
 def compile_diagnostics(log: str) -> list:
-    """NVRTC's (or CuPy's) compiler log as a list of dicts: file, line, kind ("error",
-    "warning", "catastrophic error"), message and context (the source line and caret that
-    follow it, as the compiler printed them)."""
+    """NVRTC's (or CuPy's, or the CPU backend's g++ / clang++) compiler log as a list of dicts:
+    file, line, kind ("error", "warning", "catastrophic error" or g++'s "fatal error"), message
+    and context (the source line and caret that follow it, as the compiler printed them)."""
     found = list(_DIAGNOSTIC.finditer(log))
     out = []
     for n, m in enumerate(found):
@@ -227,7 +230,12 @@ def compile_diagnostics(log: str) -> list:
         for text in log[m.end():end].split("\n")[1:]:
             if not text.strip() or re.match(r"\d+ errors? detected|Remark:", text.strip()):
                 break
+            if re.search(r": (In (member )?function|In instantiation of|note: |At global scope)",
+                         text) or text.startswith("In file included from"):
+                break  # g++'s lines about the next diagnostic
             context.append(text.rstrip())
-        out.append({"file": m["file"], "line": int(m["line"]), "kind": m["kind"],
-                    "message": m["message"].strip(), "context": context})
+        g = m["gfile"] is not None
+        out.append({"file": m["gfile" if g else "file"], "line": int(m["gline" if g else "line"]),
+                    "kind": m["gkind" if g else "kind"],
+                    "message": m["gmessage" if g else "message"].strip(), "context": context})
     return out
