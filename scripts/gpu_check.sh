@@ -12,6 +12,7 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 status=0
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import cupy, sys; print('python', sys.version.split()[0], 'cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"
+  echo "C++ compiler for the CPU backend: $(g++ --version 2>/dev/null | head -1 || echo none)"
 } 2>&1 | tee "$OUT/device.txt"
 
 if [[ $what == all || $what == tests ]]; then

@@ -206,3 +206,22 @@ def test_the_old_launcher_alias_takes_bug_names_and_paths(rng, tmp_path):
     (tmp_path / "mine.cu").write_text(sources.ours("fa2").text)
     ours = launch.forward("fa2", q, k, v, True)[0]
     assert bool((ops.forward("fa2", q, k, v, True, source=tmp_path / "mine.cu")[0] == ours).all())
+
+
+@pytest.mark.cpu_kernel
+@pytest.mark.parametrize("kernel", FP32_KERNELS)
+@pytest.mark.parametrize("B,H,Nq,Nk,d,causal", [(1, 2, 200, 77, 32, True), (2, 1, 130, 130, 64, False)])
+def test_the_cpu_backend_agrees_with_the_gpu(rng, kernel, B, H, Nq, Nk, d, causal):
+    # the same CUDA C on both: different tiles (the GPU's shared memory against the CPU
+    # backend's 64 KB), so agreement to fp32 roundoff, not bits
+    import cupy as cp
+
+    q, k, v, do = inputs(rng, B, H, Nq, Nk, d)
+    o_cpu, lse_cpu = launch.forward(kernel, q, k, v, causal)
+    gpu = [cp.asarray(x) for x in (q, k, v, do)]
+    o_gpu, lse_gpu = launch.forward(kernel, *gpu[:3], causal)
+    assert rel(o_cpu, o_gpu.get()) < 2e-5 and rel(lse_cpu, lse_gpu.get()) < 2e-6
+    g_cpu = launch.backward(kernel, do, q, k, v, o_cpu, lse_cpu, causal)
+    g_gpu = launch.backward(kernel, gpu[3], *gpu[:3], o_gpu, lse_gpu, causal)
+    for a, b, name in zip(g_cpu, g_gpu, ("dq", "dk", "dv")):
+        assert rel(a, b.get()) < 1e-4, (name, rel(a, b.get()))

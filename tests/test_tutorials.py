@@ -18,10 +18,14 @@ TUTORIALS = ROOT / "tutorials"
 SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 GPU_CELLS = {  # notebook -> what its GPU cells print when they skip on a CPU
     "01_standard_attention": "No CUDA GPU found: skipped",
-    "04_reference_to_cuda": "No CUDA GPU: skipped kernel_check.check_kernel",
     "05_backward_step_by_step": "No CUDA GPU: skipped tracing",
     "06_flashattention2": "No CUDA GPU: skipped bench.gpu_bench",
     "07_autodiff": "No CUDA GPU: skipped the forward/backward pair",
+}
+CPU_BACKEND_CELLS = {  # notebook -> what its kernel cells print when they run on the CPU backend
+    "04_reference_to_cuda": ["No CUDA GPU: the kernels run on the CPU backend",
+                             "fa1 tiles (cpu)", "all steps match",
+                             "fa1 forward with bug 'no-rescale' diverges at step (i=0, j=1), A1:L12"],
 }
 CELL_TIMEOUT = 180  # seconds; the whole set runs in well under a minute on 2 cores
 # (A cell that used to take exactly CELL_TIMEOUT seconds was nbclient missing the reply it
@@ -166,3 +170,5 @@ def test_notebook_runs_top_to_bottom(source, kernel_name):
     note = GPU_CELLS.get(source.stem)
     if note and not gpu_available():
         assert note in text, f"{source.name}: its GPU cell did not say it skipped"
+    for said in CPU_BACKEND_CELLS.get(source.stem, []) if not gpu_available() else []:
+        assert said in text, f"{source.name}: its kernel cells on the CPU backend did not say {said!r}"

@@ -22,21 +22,34 @@
 #
 # This notebook:
 # 1. puts the kernel's source beside the reference's, line by line of A1;
-# 2. runs the kernel on the GPU and checks it against the float64 oracle (GPU cell);
-# 3. shows what a trace comparison reports, first on the CPU with a deliberately wrong Python
-#    step-through, then on the GPU with a bug planted in the kernel source.
+# 2. runs the kernel and checks it against the float64 oracle;
+# 3. shows what a trace comparison reports, first with a deliberately wrong Python
+#    step-through, then with a bug planted in the kernel source.
+#
+# The kernel cells run on the GPU where there is one. Without one they run the same
+# `kernels/fa1.cu` on the **CPU backend** (`flashlab.cpu`): the CUDA C is compiled with the
+# machine's C++ compiler and each CUDA thread runs as a fiber, switching at `__syncthreads`, so
+# the tiles, the trace and the planted bug are the kernel's own, only slower.
 
 # %%
 import numpy as np
 
-from flashlab import course, trace
-from flashlab.kernel_check import check_kernel
+from flashlab import course, flash_attention, trace
+from flashlab.cpu import build, host
+from flashlab.kernel_check import check_kernel, default_backend
 from flashlab.launch import device, plans, sources
 from flashlab.reference import Step, fa1_forward_steps, naive_attention
 from flashlab.viz import draw_trace_diff, show, source_table
 
-GPU = device.gpu_available()
-print("CUDA GPU with CuPy:", "found" if GPU else "not found (the GPU cells will skip)")
+BACKEND = default_backend()  # "gpu" where CuPy sees one, else "cpu"
+if BACKEND == "cpu":
+    try:
+        print(f"No CUDA GPU: the kernels run on the CPU backend ({build.compiler_name()})")
+    except RuntimeError as e:  # no C++ compiler either
+        BACKEND = None
+        print(f"No CUDA GPU and no C++ compiler: the kernel cells will skip ({e})")
+else:
+    print("CUDA GPU with CuPy: found; the kernels run on it")
 
 # %% [markdown]
 # ## The kernel beside the reference
@@ -60,27 +73,31 @@ source_table("fa1", "A1")
 print("".join((sources.kernel_dir() / "fa1.cu").read_text().splitlines(keepends=True)[:15]))
 
 # %% [markdown]
-# ## Run the kernel (GPU)
+# ## Run the kernel
 #
-# `flashlab.flash_attention` runs the CUDA kernel when it is given CuPy arrays (fp32) and the
-# NumPy reference when it is given NumPy arrays. The launcher sizes Br and Bc from the device's
-# opt-in shared memory, so on an H100 fa1 uses much larger tiles than our 8 x 16.
+# `flashlab.flash_attention` runs the CUDA kernel when it is given CuPy arrays (fp32), and the
+# NumPy reference when it is given NumPy arrays, unless `backend="cpu"` says to run the CUDA
+# kernel itself on the CPU. The launcher sizes Br and Bc from the device's opt-in shared
+# memory, so on an H100 fa1 uses much larger tiles than our 8 x 16 (the CPU backend gives a
+# block a T4's 64 KB, the GPU a Colab student gets).
 
 # %%
 rng = np.random.default_rng(0)
-if GPU:
+qh, kh, vh = (rng.standard_normal((2, 4, 300, 64)).astype(np.float32) for _ in range(3))
+o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (qh, kh, vh)))
+if BACKEND == "gpu":
     import cupy as cp
 
-    from flashlab import flash_attention
-
-    qh, kh, vh = (rng.standard_normal((2, 4, 300, 64)).astype(np.float32) for _ in range(3))
-    o_gpu = flash_attention(cp.asarray(qh), cp.asarray(kh), cp.asarray(vh), kernel="fa1")
-    o_ref, _ = naive_attention(*(x.astype(np.float64) for x in (qh, kh, vh)))
-    limits = device.device_limits(cp.cuda.Device().id)
-    print(f"fa1 tiles on this GPU: {plans.plan('fa1', 64, 'forward', limits['smem_optin'])}")
-    print(f"max |fa1 - float64 oracle| = {float(np.abs(o_gpu.get() - o_ref).max()):.1e}")
+    o = flash_attention(cp.asarray(qh), cp.asarray(kh), cp.asarray(vh), kernel="fa1").get()
+    smem = device.device_limits(cp.cuda.Device().id)["smem_optin"]
+elif BACKEND == "cpu":
+    o = flash_attention(qh, kh, vh, kernel="fa1", backend="cpu")  # kernels/fa1.cu on the CPU
+    smem = host.LIMITS["smem_optin"]
+if BACKEND:
+    print(f"fa1 tiles ({BACKEND}): {plans.plan('fa1', 64, 'forward', smem)}")
+    print(f"max |fa1 - float64 oracle| = {float(np.abs(o - o_ref).max()):.1e}")
 else:
-    print("No CUDA GPU: skipped running kernels/fa1.cu (on a GPU this checks it against the oracle).")
+    print("Skipped running kernels/fa1.cu: no GPU and no C++ compiler here.")
 
 # %% [markdown]
 # ## What a trace comparison finds (CPU)
@@ -147,7 +164,7 @@ print("rescale=False:", divergence)
 draw_trace_diff(expected, wrong, divergence)
 
 # %% [markdown]
-# ## The same on the GPU: a bug planted in the kernel
+# ## The same for the kernel: a bug planted in its source
 #
 # `flashlab.course.BUGS` holds known bugs as exact text edits of a kernel source. `no-rescale`
 # makes in `kernels/fa1.cu` the edit our student made:
@@ -159,24 +176,25 @@ print(f"{bug.kernel} {bug.direction}, {bug.line}:\n  - {bug.old}\n  + {bug.new}\
 # %% [markdown]
 # `kernel_check.check_kernel` compiles the kernel in trace mode (`-DFLASHLAB_TRACE`, which writes
 # each step's m_i, l_i, O_i to a buffer), runs it on random inputs and compares its trace with the
-# float64 step-through run with the kernel's own Br and Bc. The kernel's Bc depends on the GPU's
-# shared memory (about 227 on an H100 at d = 64), so we size N for three K/V blocks, the last
-# one ragged: the bug needs j = 1 to show.
+# float64 step-through run with the kernel's own Br and Bc. The kernel's Bc depends on the
+# device's shared memory (about 227 on an H100 at d = 64, 51 on the CPU backend's 64 KB), so we
+# size N for three K/V blocks, the last one ragged: the bug needs j = 1 to show.
 
 # %%
-if GPU:
-    tiles = plans.plan("fa1", 64, "forward", device.device_limits(cp.cuda.Device().id)["smem_optin"])
-    n_gpu = 2 * tiles["Bc"] + 17
-    ok, kernel_trace, reference_trace = check_kernel("fa1", "forward", H=2, Nq=n_gpu, d=64)
-    print(f"fa1 (Br = {kernel_trace.Br}, Bc = {kernel_trace.Bc}, N = {n_gpu}):",
+if BACKEND:
+    tiles = plans.plan("fa1", 64, "forward", smem)
+    n = 2 * tiles["Bc"] + 17
+    ok, kernel_trace, reference_trace = check_kernel("fa1", "forward", H=2, Nq=n, d=64,
+                                                     backend=BACKEND)
+    print(f"fa1 (Br = {kernel_trace.Br}, Bc = {kernel_trace.Bc}, N = {n}, {BACKEND}):",
           "all steps match" if ok is None else ok)
     found, kernel_trace, reference_trace = check_kernel(
-        "fa1", "forward", H=2, Nq=n_gpu, d=64, bug="no-rescale")
+        "fa1", "forward", H=2, Nq=n, d=64, bug="no-rescale", backend=BACKEND)
     print(found)
     show(draw_trace_diff(reference_trace, kernel_trace, found))
 else:
-    print("No CUDA GPU: skipped kernel_check.check_kernel('fa1', bug='no-rescale'); on a GPU it "
-          "reports the first divergence at step (i=0, j=1), A1:L12, as the CPU example above did.")
+    print("Skipped kernel_check.check_kernel('fa1', bug='no-rescale'): no GPU and no C++ "
+          "compiler. It reports the first divergence at step (i=0, j=1), A1:L12.")
 
 # %% [markdown]
 # From the command line, the same two checks are

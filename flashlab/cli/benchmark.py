@@ -40,11 +40,30 @@ def _print_report(report, args):
         print(f"note: {note}")
 
 
+def _cmd_cpu_backend(args) -> int:
+    import json
+
+    from ..bench import cpu_backend
+
+    print("CPU backend: compiling and running flashlab's CUDA C on one core (about a minute)...",
+          file=sys.stderr)
+    rows = cpu_backend.measure()
+    print(tabulate(cpu_backend.table(rows), headers=["figure", "measured", "target", "met", "what"],
+                   disable_numparse=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0 if all(r["met"] is not False for r in rows) else 1
+
+
 def _cmd_bench(args) -> int:
     import json
 
     from .. import bench
     from ..launch import device
+
+    if args.cpu_backend:
+        return _cmd_cpu_backend(args)
 
     dtype = DTYPES.get(args.dtype, args.dtype)
     if dtype not in ("float32", "float16", "bfloat16"):

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="write the table and header as JSON")
     b.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
     b.add_argument("--plot", metavar="FILE.png", help="speedup and memory against N (matplotlib)")
+    b.add_argument("--cpu-backend", action="store_true",
+                   help="instead: what the CPU backend costs (fa1 + fa2 first use and cached "
+                        "compiles, the kernel exercises' autograde; one core), against its targets")
     b.set_defaults(func=_cmd_bench)
 
     t = sub.add_parser(

@@ -133,17 +133,48 @@ def compiler() -> tuple:
     except ImportError:
         pass
     for cmd in candidates:
-        try:
-            r = subprocess.run(cmd + ("--version",), capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if r.returncode == 0:
-            return cmd, (r.stdout.strip().splitlines() or ["?"])[0]
+        version = _version(cmd)
+        if version is not None:
+            return cmd, version
     from ..install import install_hint
 
     raise RuntimeError("the CPU backend compiles kernels with a C++ compiler and found none "
                        "(g++, clang++, or $CXX): install one (Debian/Ubuntu: apt-get install "
                        f"g++; macOS: xcode-select --install), or {install_hint('cpu')}")
+
+
+def _version(cmd: tuple) -> str | None:
+    """The first line of `cmd --version`, or None where it does not run. Remembered on disk per
+    executable (path, size, mtime): asking costs a process start, 10-30 ms, on every run."""
+    exe = shutil.which(cmd[0])
+    stamp = None
+    if exe:
+        st = os.stat(exe)
+        stamp = f"{' '.join(cmd)}|{os.path.realpath(exe)}|{st.st_size}|{st.st_mtime_ns}"
+    memo = cache_dir() / "compilers.txt"
+    if stamp:
+        try:
+            for row in memo.read_text().splitlines():
+                key, _, version = row.rpartition("\t")
+                if key == stamp:
+                    return version
+        except OSError:
+            pass
+    try:
+        r = subprocess.run(cmd + ("--version",), capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    version = (r.stdout.strip().splitlines() or ["?"])[0]
+    if stamp:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            with open(memo, "a") as f:
+                f.write(f"{stamp}\t{version}\n")
+        except OSError:
+            pass
+    return version
 
 
 def compiler_name() -> str:
