@@ -3,6 +3,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|tutorials|tc-table|bench|all] [extra bench args]
 #   OUT=/tmp/out bash scripts/gpu_check.sh tune [scripts/tc_tune.py args]   (tile search, not in all)
 #   OUT=/tmp/out bash scripts/gpu_check.sh profile [d N --causal --torch]  (ncu of tc, not in all)
+#   OUT=/tmp/out bash scripts/gpu_check.sh ab BASE_DIR     (interleaved tc A/B against a base tree)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -59,6 +60,12 @@ if [[ $what == all || $what == tc-table ]]; then
     done
   done
   python3 scripts/tc_table.py "$OUT"/tc/*.json | tee "$OUT/tc_table.md"
+fi
+
+if [[ $what == ab ]]; then
+  echo "== interleaved A/B of tc: ${1:?BASE_DIR} (A) against this tree (B)"
+  python3 scripts/tc_ab.py "$1" --out "$OUT/ab" --repeat ${TC_REPEAT:-20} 2>&1 | tee "$OUT/ab.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 
 if [[ $what == profile ]]; then
