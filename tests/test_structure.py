@@ -161,3 +161,29 @@ def test_no_module_compares_kernel_names():
             if isinstance(node, ast.Compare) and _string_constants(node) & names:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert not found, "\n".join(found)
+
+
+def test_no_module_uses_a_name_it_never_defines():
+    # code that only a GPU runs (bench/gpu.py, cli/info.py's kernel table) is not exercised by
+    # the CPU suite: a name it forgot to import would first fail on a GPU machine
+    from pyflakes import api, messages
+
+    class Collect:
+        def __init__(self):
+            self.found = []
+
+        def flake(self, m):
+            if isinstance(m, (messages.UndefinedName, messages.UndefinedLocal,
+                              messages.UndefinedExport)):
+                self.found.append(f"{m.filename}:{m.lineno}: {m.message % m.message_args}")
+
+        def unexpectedError(self, filename, msg):
+            self.found.append(f"{filename}: {msg}")
+
+        def syntaxError(self, filename, msg, lineno, offset, text):
+            self.found.append(f"{filename}:{lineno}: {msg}")
+
+    out = Collect()
+    for path in sorted(PKG.rglob("*.py")) + sorted((ROOT / "scripts").glob("*.py")):
+        api.checkPath(str(path), out)
+    assert out.found == []

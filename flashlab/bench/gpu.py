@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .. import lowp, registry
+from .. import launch, lowp, registry
 from .accuracy import _check, _check_lowp
 from .report import BASELINE, Report, Row, attention_flops, set_speedups
 from .timing import device_header, time_gpu
