@@ -5,6 +5,7 @@ import json
 import pytest
 
 from flashlab.course import assignment as a
+from flashlab.course import grading as g
 from flashlab import course
 from flashlab.launch import compiler, device, sources
 from flashlab.cli import main
@@ -49,12 +50,14 @@ def test_student_copy_imports_compiles_and_scores_zero(student):
     out, handed = student
     assert handed == sorted(a.EXERCISES, key=lambda s: tuple(map(int, s.split("."))))
     assert "Exercise 1.1" in (out / "flashlab/reference/fa1.py").read_text()
-    name = a._load_student_package(out)  # imports
-    assert name.startswith("flashlab_student")
+    import json
+
+    assert json.loads((out / "assignment.json").read_text())["exercises"] == handed
+    assert (out / "flashlab/data/sonnets.txt").is_file()  # the data files travel too
     for kernel in ("naive", "fa1", "fa2"):  # still compiles with the stubs in place
         compiler.nvrtc_compile(sources.user_file(out / "kernels" / f"{kernel}.cu", kernel), "sm_80",
                                kernel=kernel)
-    report = a.grade(out)
+    report = g.grade(out)
     assert report.score == 0 and report.max_score == sum(e.points for e in a.EXERCISES.values())
     assert all(r.status == "not implemented" for r in report.results), \
         [(r.exercise.id, r.status, r.output) for r in report.results]
@@ -68,7 +71,7 @@ def test_solution_copy_scores_full_marks_without_a_gpu(tmp_path, monkeypatch):
     # every exercise, the kernel ones on the CPU backend: the grader needs no GPU
     monkeypatch.setattr(device, "gpu_available", lambda: False)
     a.make(tmp_path / "key", solution=True)  # answers.txt holds the bug hunt's answers
-    report = a.grade(tmp_path / "key")
+    report = g.grade(tmp_path / "key")
     assert report.score == report.max_score == 102, \
         [(r.exercise.id, r.status, r.output) for r in report.results if r.score < r.max_score]
     kernels = [r for r in report.results if r.exercise.kind == "kernel"]
@@ -76,7 +79,7 @@ def test_solution_copy_scores_full_marks_without_a_gpu(tmp_path, monkeypatch):
     # answers in lower case count too
     (tmp_path / "key/answers.txt").write_text(
         "".join(f"{b.hunt}: {b.line.lower()}\n" for b in course.BUGS.values() if b.hunt))
-    assert a.grade(tmp_path / "key", ["3.1", "3.6"]).score == 4
+    assert g.grade(tmp_path / "key", ["3.1", "3.6"]).score == 4
 
 
 @pytest.mark.cpu_kernel
@@ -94,7 +97,7 @@ def test_a_wrong_kernel_exercise_fails_on_the_cpu_with_its_message(tmp_path, mon
     right = "o = (keep[r] * O_i[r * p + x] + add[r] * pv) / l_new[r];"
     assert any(right in line for line in a.body(ours, "2.1"))  # the line is the student's part
     f.write_text(ours.replace(right, change))
-    (r,) = a.grade(tmp_path / "hw", ["2.1"]).results
+    (r,) = g.grade(tmp_path / "hw", ["2.1"]).results
     assert r.status == "failed" and r.score == 0 and shows in r.output, r.output
 
 
@@ -105,7 +108,7 @@ def test_a_wrong_step_gets_per_tile_feedback(tmp_path):
     wrong = [l.replace("alpha[..., None] * O_tilde + P_tilde @ V_j", "O_tilde + P_tilde @ V_j")
              for l in a.body(solution, "1.3")]
     f.write_text(_put(f.read_text(), "1.3", wrong))
-    (r,) = a.grade(tmp_path / "hw", ["1.3"]).results
+    (r,) = g.grade(tmp_path / "hw", ["1.3"]).results
     assert r.status == "failed" and r.score < r.max_score
     assert "your step-through diverges at step (i=0, j=1), F2:L7, O~ row 0" in r.output
 
@@ -132,7 +135,7 @@ def test_deleted_markers_are_reported(tmp_path):
     a.make(tmp_path / "hw", exercises=["2.2"])
     f = tmp_path / "hw/kernels/fa1.cu"
     f.write_text(f.read_text().replace("BEGIN EXERCISE 2.2", "BEGIN EXERCISE"))
-    (r,) = a.grade(tmp_path / "hw", ["2.2"]).results
+    (r,) = g.grade(tmp_path / "hw", ["2.2"]).results
     assert "keep the marker lines" in r.output and r.score == 0
 
 

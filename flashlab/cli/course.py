@@ -2,6 +2,8 @@
 (per-exercise scores with per-tile feedback; Gradescope's results.json)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from tabulate import tabulate
 
 
@@ -15,12 +17,54 @@ def _cmd_assignment_make(args) -> int:
     return 0
 
 
+def _own_package_inside(root) -> bool:
+    """True when the flashlab running is the graded copy's own (`cd COPY && python -m flashlab
+    grade .`): the grader must not be the student's code."""
+    import flashlab
+
+    try:
+        return Path(flashlab.__file__).resolve().parent.is_relative_to(Path(root).resolve())
+    except OSError:
+        return False
+
+
+def _regrade_isolated(args) -> int:
+    """Run this grade again with `python -I`, which leaves the working directory off sys.path,
+    so the installed flashlab grades; refuse when that is the copy itself."""
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("FLASHLAB_GRADER_ISOLATED"):
+        raise EnvironmentError("flashlab grade: the only flashlab here is the copy being graded; "
+                               "install flashlab (pip install flashlab) and grade with it")
+    argv = ["grade", args.dir] + (["--exercises", ",".join(args.exercises)] if args.exercises
+                                  else []) + (["--json", args.json] if args.json else [])
+    env = {**os.environ, "FLASHLAB_GRADER_ISOLATED": "1"}
+    return subprocess.run([sys.executable, "-I", "-m", "flashlab", *argv], env=env).returncode
+
+
 def _cmd_grade(args) -> int:
     import json
 
-    from ..course import assignment
+    from ..course import grading
 
-    report = assignment.grade(args.dir, args.exercises)
+    if _own_package_inside(args.dir):
+        return _regrade_isolated(args)
+    root = Path(args.dir)
+    if not (root / "flashlab").is_dir() and not (root / "kernels").is_dir():
+        msg = f"{args.dir} is not a student copy: it holds neither flashlab/ nor kernels/"
+        if args.json:  # Gradescope shows this instead of no score at all
+            with open(args.json, "w") as f:
+                json.dump({"score": 0, "output": msg, "stdout_visibility": "visible",
+                           "tests": []}, f, indent=1)
+        raise EnvironmentError(f"flashlab grade: {msg}")
+    try:
+        report = grading.grade(args.dir, args.exercises)
+    except ValueError as e:  # an unknown exercise
+        from .common import UsageError
+
+        raise UsageError(f"flashlab grade: {e}") from None
     rows = [[r.exercise.id, f"{r.score:g} / {r.max_score:g}", r.status, r.output.splitlines()[0]]
             for r in report.results]
     print(tabulate(rows, headers=["exercise", "score", "status", "result"], disable_numparse=True))
@@ -30,6 +74,6 @@ def _cmd_grade(args) -> int:
             print(f"\nExercise {r.exercise.id}: " + r.output.split("\n", 1)[1])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(assignment.results_json(report), f, indent=1)
+            json.dump(grading.results_json(report), f, indent=1)
         print(f"Gradescope results written to {args.json}")
     return 0

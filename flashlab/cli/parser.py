@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  flashlab grade hw3\n"
                               "  flashlab grade . --json /autograder/results/results.json\n")
     g.add_argument("dir", nargs="?", default=".")
-    g.add_argument("--exercises", type=_ids, default=None, help="ids to grade (default all)")
+    g.add_argument("--exercises", type=_ids, default=None,
+                   help="ids to grade (default: those the copy was handed out with)")
     g.add_argument("--json", metavar="FILE", help="write Gradescope's results.json")
     g.set_defaults(func=_cmd_grade)
 

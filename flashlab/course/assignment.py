@@ -6,7 +6,8 @@ right after it), the solution, then a line `# END EXERCISE`; `//` instead of `#`
 docs/ASSIGNMENTS.md shows one. `make(outdir)` writes a student copy of flashlab/ and kernels/
 in which each region's body becomes a stub (Python: `raise NotImplementedError("Exercise 1.1")`;
 CUDA: a TODO comment, placed so the kernel still compiles) and keeps the markers, so the grader
-can find the student's code again. `grade(dir)` scores every exercise:
+can find the student's code again, and records what it handed out (assignment.json).
+flashlab/course/grading.py's `grade(dir)` scores those exercises:
 
 * Python exercises run the student's step-through on a few shapes and compare its trace with the
   solution's: feedback names the first divergent tile (step, algorithm line, row, column).
@@ -17,26 +18,16 @@ can find the student's code again. `grade(dir)` scores every exercise:
 * Bug-hunt exercises read answers.txt (`mystery-3: A1:L9`): which algorithm line each planted
   bug breaks, found with `flashlab trace --inject-bug mystery-N`.
 
-`results_json(report)` gives the Gradescope autograder format.
+grading.py's `results_json(report)` gives the Gradescope autograder format.
 """
 from __future__ import annotations
 
-import importlib.util
+import json
 import re
-import shutil
-import sys
-import tempfile
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .. import trace as trace_mod
-from ..cpu import host
-from ..kernel_check import check_kernel, default_backend
-from ..launch import device, plans, sources
-from ..launch.errors import KernelCompileError, KernelLaunchError
+from ..launch import sources
 from .bugs import BUGS, HUNT
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<c>#|//) BEGIN EXERCISE (?P<id>\d+\.\d+): ?(?P<hint>.*)$")
@@ -81,9 +72,11 @@ for _bug in sorted((b for b in BUGS.values() if b.hunt), key=lambda b: b.hunt):
 
 STEP_THROUGHS = {"A1": ("fa1", "fa1_forward_steps"), "B1": ("fa1", "fa1_backward_steps"),
                  "F2": ("fa2", "fa2_forward_steps"), "G2": ("fa2", "fa2_backward_steps")}
-# (B, H, Nq, Nk, d, Br, Bc, causal): ragged tiles, Nq != Nk both ways, causal and not
+# (B, H, Nq, Nk, d, Br, Bc, causal): ragged tiles, Nq != Nk both ways, causal and not, at least
+# two tiles each way (a missing rescale needs a second tile to show; a fully masked tile row, the
+# safe max's case, needs causal with Nq < Nk)
 PY_SHAPES = [(1, 2, 13, 11, 5, 4, 3, False), (2, 1, 20, 20, 8, 8, 8, True),
-             (1, 1, 7, 30, 4, 3, 5, True), (1, 1, 1, 1, 3, 2, 2, False)]
+             (1, 1, 17, 30, 4, 3, 5, True), (1, 2, 30, 9, 6, 7, 4, False)]
 
 
 # ----------------------------------------------------------------------------- regions
@@ -193,10 +186,10 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
         raise ValueError(f"{outdir} is not empty; pass --force to overwrite it")
     pkg = _package_dir()
     stubbed = []
-    for src_root, dst_root, pattern in ((pkg, outdir / "flashlab", "**/*.py"),
+    for src_root, dst_root, pattern in ((pkg, outdir / "flashlab", "**/*"),
                                         (sources.kernel_dir(), outdir / "kernels", "*.cu*")):
         for f in sorted(src_root.glob(pattern)):
-            if "__pycache__" in f.parts:
+            if "__pycache__" in f.parts or not f.is_file() or f.suffix in (".pyc", ".so"):
                 continue
             rel = f.relative_to(src_root)
             text = f.read_text()
@@ -215,14 +208,42 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
         # the solution copy holds the answers too: it must score full marks (the grader's check)
         + "".join(f"{e.hunt}: {HUNT[e.hunt].line if solution else ''}\n" for e in hunts))
     (outdir / "ASSIGNMENT.md").write_text(_handout(sorted(set(stubbed)), hunts))
-    return sorted(set(stubbed)) + [e.id for e in hunts]
+    handed = sorted(set(stubbed)) + [e.id for e in hunts]
+    # what was handed out: `flashlab grade` scores these and no other (the maximum is their sum)
+    graded = sorted(EXERCISES, key=_order) if solution else handed
+    (outdir / MANIFEST).write_text(json.dumps({"exercises": graded}, indent=1) + "\n")
+    return handed
+
+
+MANIFEST = "assignment.json"
+
+
+def _order(ex_id: str):
+    return tuple(int(x) for x in ex_id.split("."))
+
+
+def handed_out(root) -> list[str] | None:
+    """The exercises a copy was handed out with (its assignment.json), or None for a copy
+    made before copies recorded them."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        return None
+    ids = json.loads(path.read_text()).get("exercises", [])
+    return [i for i in ids if i in EXERCISES]
+
+
+def hunt_command(b) -> str:
+    """The command that shows planted bug `b` (its pass, its mask, tiles enough to see it)."""
+    flags = (" --backward" if b.direction == "backward" else "") + \
+            (" --causal" if "causal" in b.name else "")
+    return f"flashlab trace --kernel {b.kernel}{flags} --seq 600 --inject-bug {b.hunt}"
 
 
 def _handout(stubbed, hunts) -> str:
     lines = ["# flashlab assignment", "",
              "Fill in each exercise between its `BEGIN EXERCISE` and `END EXERCISE` lines (keep those "
-             "lines). Grade yourself from this directory with `flashlab grade .`; kernel exercises "
-             "need a CUDA GPU.", "", "| exercise | points | file | what |", "|---|---|---|---|"]
+             "lines). Grade yourself with `flashlab grade .` from this directory; kernel exercises "
+             "run on a CUDA GPU, or without one on flashlab's CPU backend (a C++ compiler).", "", "| exercise | points | file | what |", "|---|---|---|---|"]
     for ex_id in stubbed:
         e = EXERCISES[ex_id]
         lines.append(f"| {e.id} | {e.points:g} | `{e.file}` | {e.title} |")
@@ -232,201 +253,12 @@ def _handout(stubbed, hunts) -> str:
                   "`flashlab trace`, and write it in answers.txt as `mystery-N: A1:L12`.", ""]
         for e in hunts:
             b = HUNT[e.hunt]
-            flag = " --backward" if b.direction == "backward" else ""
             cause = (" Run it several times. If the first divergence moves, what kind of bug is "
                      "it? Confirm with `compute-sanitizer --tool racecheck`." if b.race else "")
-            lines.append(f"- {e.id} ({e.points:g} points) `flashlab trace --kernel {b.kernel}{flag} "
-                         f"--seq 600 --inject-bug {b.hunt}`: the {b.kernel} {b.direction} pass is wrong "
+            lines.append(f"- {e.id} ({e.points:g} points) `{hunt_command(b)}`: the {b.kernel} "
+                         f"{b.direction} pass is wrong "
                          f"somewhere. At which step does it first diverge, and which line of the "
                          f"algorithm is broken?{cause}")
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- grade
-
-@dataclass
-class Result:
-    exercise: Exercise
-    score: float = 0.0
-    output: str = ""
-    status: str = "failed"  # passed / failed / needs GPU / not implemented
-
-    @property
-    def max_score(self):
-        return self.exercise.points
-
-
-@dataclass
-class Report:
-    results: list = field(default_factory=list)
-
-    @property
-    def score(self):
-        return sum(r.score for r in self.results)
-
-    @property
-    def max_score(self):
-        return sum(r.max_score for r in self.results)
-
-
-def _load_student_package(root: Path):
-    """Import the student's flashlab/ under a private name (their relative imports resolve)."""
-    name = f"flashlab_student_{abs(hash(str(root.resolve())))}"
-    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-        del sys.modules[key]
-    init = root / "flashlab" / "__init__.py"
-    if not init.exists():
-        raise FileNotFoundError(f"{root} holds no flashlab/__init__.py: is it a student copy?")
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return name
-
-
-def _grade_python(e: Exercise, pkg_name: str) -> Result:
-    from .. import reference as solution
-
-    res = Result(e)
-    module_name, fn_name = STEP_THROUGHS[e.algorithm]
-    try:
-        student_fn = getattr(importlib.import_module(f"{pkg_name}.reference.{module_name}"), fn_name)
-    except Exception:
-        res.output = "your package does not import:\n" + traceback.format_exc(limit=3)
-        return res
-    passed, notes = 0, []
-    for B, H, Nq, Nk, d, Br, Bc, causal in PY_SHAPES:
-        rng = np.random.default_rng(Nq * 100 + Nk)
-        q, k, v, do = (rng.standard_normal(s) for s in ((B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d), (B, H, Nq, d)))
-        args = (q, k, v, causal)
-        if e.algorithm in ("B1", "G2"):
-            o, lse = solution.naive_attention(q, k, v, causal)
-            args = (do, q, k, v, o, lse, causal)
-        shape = f"Nq={Nq}, Nk={Nk}, d={d}, Br={Br}, Bc={Bc}{', causal' if causal else ''}"
-        expected, _ = trace_mod.record(getattr(solution, fn_name)(*args, Br=Br, Bc=Bc))
-        try:
-            actual, _ = trace_mod.record(student_fn(*args, Br=Br, Bc=Bc), label="your step-through")
-        except NotImplementedError as exc:
-            res.status, res.output = "not implemented", f"{exc} is not implemented yet"
-            return res
-        except Exception as exc:
-            tb = traceback.extract_tb(exc.__traceback__)[-1]
-            notes.append(f"[{shape}] {type(exc).__name__}: {exc} ({Path(tb.filename).name}:{tb.lineno})")
-            continue
-        div = trace_mod.compare(expected, actual, rtol=1e-9, atol=1e-12)
-        if div is None:
-            passed += 1
-        else:
-            notes.append(f"[{shape}] {div}")
-    res.score = e.points * passed / len(PY_SHAPES)
-    res.status = "passed" if passed == len(PY_SHAPES) else "failed"
-    res.output = f"{passed}/{len(PY_SHAPES)} shapes match the solution tile by tile" + \
-        ("" if not notes else "\nfirst problem: " + notes[0])
-    return res
-
-
-def _grade_kernel(e: Exercise, root: Path) -> Result:
-    res = Result(e)
-    student_file = root / e.file
-    if not student_file.exists():
-        res.output = f"{e.file} is missing"
-        return res
-    solution_text = _solution_file(e.file).read_text()
-    try:
-        spliced = splice(solution_text, student_file.read_text(), e.id, e.file)
-    except ValueError as exc:
-        res.output = str(exc)
-        return res
-    if f"TODO Exercise {e.id}" in spliced:
-        res.status, res.output = "not implemented", f"Exercise {e.id} is not implemented yet"
-        return res
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(e.file).name
-        path.write_text(spliced)
-        shutil.copy(sources.kernel_dir() / "common.cuh", Path(tmp) / "common.cuh")
-        backend = default_backend()  # the GPU where there is one, else the CPU backend
-        if backend == "gpu":
-            import cupy as cp
-
-            smem = device.device_limits(cp.cuda.Device().id)["smem_optin"]
-        else:
-            smem = host.LIMITS["smem_optin"]
-        p = plans.plan(e.kernel, 64, e.direction, smem)
-        N = 2 * max(p["Br"], p["Bc"]) + 17  # at least two tiles each way, the last one ragged
-        passed, notes = 0, []
-        where = "on the GPU" if backend == "gpu" else "on the CPU backend (no GPU here)"
-        for causal in (False, True):
-            try:
-                div, _, _ = check_kernel(e.kernel, e.direction, B=1, H=2, Nq=N, Nk=N, d=64,
-                                         causal=causal, seed=3, source=path, backend=backend)
-            except KernelCompileError as exc:
-                res.output = f"your code does not compile:\n{exc}"
-                return res
-            except KernelLaunchError as exc:  # the CPU backend's faults: a race, bounds, ...
-                notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {exc}")
-                continue
-            if div is None:
-                passed += 1
-            else:
-                div.label = f"your Exercise {e.id} kernel"
-                notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {div}")
-        res.score = e.points * passed / 2
-        res.status = "passed" if passed == 2 else "failed"
-        res.output = f"{passed}/2 runs match the step-through tile by tile {where}" + \
-            ("" if not notes else "\nfirst problem: " + notes[0])
-        return res
-
-
-def _grade_hunts(exercises, root: Path) -> list:
-    answers = {}
-    path = root / "answers.txt"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if ":" in line and not line.lstrip().startswith("#"):
-                key, _, value = line.partition(":")
-                m = _LINE.search(value.upper())
-                answers[key.strip()] = f"{m[1]}:L{m[2]}" if m else value.strip()
-    out = []
-    for e in exercises:
-        b = HUNT[e.hunt]
-        res = Result(e)
-        given = answers.get(b.hunt, "")
-        if not given:
-            res.status, res.output = "not implemented", f"no answer for {b.hunt} in answers.txt"
-        elif given == b.line.upper():
-            res.score, res.status, res.output = e.points, "passed", f"{b.hunt}: {b.line} is right"
-        else:
-            res.output = f"{b.hunt}: {given} is not the line this bug breaks"
-        out.append(res)
-    return out
-
-
-def grade(root=".", exercises=None) -> Report:
-    """Grade the copy at `root` (a directory with flashlab/, kernels/ and answers.txt)."""
-    root = Path(root)
-    chosen = [EXERCISES[i] for i in (exercises or sorted(EXERCISES, key=lambda s: tuple(map(int, s.split(".")))))]
-    report = Report()
-    pkg_name = None
-    if any(e.kind == "python" for e in chosen):
-        pkg_name = _load_student_package(root)
-    hunts = [e for e in chosen if e.kind == "hunt"]
-    for e in chosen:
-        if e.kind == "python":
-            report.results.append(_grade_python(e, pkg_name))
-        elif e.kind == "kernel":
-            report.results.append(_grade_kernel(e, root))
-    report.results += _grade_hunts(hunts, root)
-    return report
-
-
-def results_json(report: Report) -> dict:
-    """The Gradescope autograder results.json format."""
-    return {
-        "score": report.score,
-        "output": f"{report.score:g} / {report.max_score:g} points",
-        "stdout_visibility": "visible",
-        "tests": [{"name": f"Exercise {r.exercise.id}: {r.exercise.title}", "number": r.exercise.id,
-                   "score": r.score, "max_score": r.max_score,
-                   "status": "passed" if r.status == "passed" else "failed",
-                   "output": f"[{r.status}] {r.output}"} for r in report.results],
-    }
