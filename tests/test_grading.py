@@ -136,3 +136,30 @@ def test_a_kernel_exercise_that_races_scores_zero_with_the_race(tmp_path, monkey
     (out / "kernels/fa1.cu").write_text(text.replace(right, "S_ij[((r + 1) % br) * Bc + c] = pv;"))
     (r,) = g.grade(out, ["2.2"]).results
     assert r.score == 0 and ("race" in r.output or "diverges" in r.output), r.output
+
+
+@pytest.mark.cpu_kernel
+def test_the_bug_hunt_copy_carries_the_mysteries_not_the_catalogue(tmp_path, capsys, monkeypatch):
+    from flashlab.course import BUGS
+    from flashlab.launch import sources
+
+    monkeypatch.setattr(device, "gpu_available", lambda: False)
+    monkeypatch.setattr(sources, "SOURCE_RECHECK_S", 0.0)
+    out = tmp_path / "hw"
+    a.make(out)
+    copy_text = "\n".join(p.read_text(errors="replace") for p in (out / "flashlab").rglob("*.py"))
+    # no catalogue: neither a bug's question nor its replacement text, nor a mystery -> bug map
+    assert "BUGS: dict = {}" in (out / "flashlab/course/bugs.py").read_text()
+    assert not any(b.question[:40] in copy_text or b.new in copy_text for b in BUGS.values())
+    assert not any(f'"{b.hunt}"' in copy_text for b in BUGS.values() if b.hunt)
+    key = (tmp_path / "hw-answer-key.txt").read_text()
+    handout = (out / "ASSIGNMENT.md").read_text()
+    for b in (b for b in BUGS.values() if b.hunt):
+        assert f"{b.hunt}: {b.line}" in key and b.line not in handout.split(b.hunt, 1)[1][:80]
+        command = next(line for line in handout.splitlines() if f"{b.hunt}.cu" in line)
+        argv = command.split("`")[1].split()[1:]
+        assert argv[0] == "check"
+        monkeypatch.chdir(out)
+        assert main(argv + ["--seq", "200"]) == 1, (b.hunt, capsys.readouterr())
+        said = "".join(capsys.readouterr())
+        assert ("diverges at step" in said) or (b.race and "race" in said), (b.hunt, said)

@@ -16,7 +16,8 @@ flashlab/course/grading.py's `grade(dir)` scores those exercises:
   one on the CPU backend (flashlab.cpu), where a race, a barrier divergence or an out-of-bounds
   access fails the run with its message.
 * Bug-hunt exercises read answers.txt (`mystery-3: A1:L9`): which algorithm line each planted
-  bug breaks, found with `flashlab trace --inject-bug mystery-N`.
+  bug breaks, found with `flashlab check kernels/mystery/mystery-N.cu` (the copy carries the
+  mystery kernels already patched, and no catalogue; the key is written beside the copy).
 
 grading.py's `results_json(report)` gives the Gradescope autograder format.
 """
@@ -192,7 +193,10 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
             if "__pycache__" in f.parts or not f.is_file() or f.suffix in (".pyc", ".so"):
                 continue
             rel = f.relative_to(src_root)
-            text = f.read_text()
+            if rel.as_posix() == "course/bugs.py" and not solution:
+                text = _NO_CATALOGUE  # the planted bugs stay with the instructor
+            else:
+                text = f.read_text()
             if "BEGIN EXERCISE" in text:
                 keep = (lambda i: chosen is not None and i not in chosen)
                 stubbed += [r.id for r in regions(text, str(rel)) if not keep(r.id)]
@@ -202,11 +206,23 @@ def make(outdir, exercises=None, force=False, solution=False) -> list[str]:
             dst.write_text(text)
     hunts = [e for e in EXERCISES.values()
              if e.kind == "hunt" and (chosen is None or solution or e.id in chosen)]
+    for e in hunts:  # each mystery is a whole kernel with its bug already planted
+        b = HUNT[e.hunt]
+        mystery = outdir / "kernels" / "mystery" / f"{b.hunt}.cu"
+        mystery.parent.mkdir(parents=True, exist_ok=True)
+        text = (sources.kernel_dir() / f"{b.kernel}.cu").read_text()
+        if text.count(b.old) != 1:
+            raise RuntimeError(f"bug {b.name}: its text is not in kernels/{b.kernel}.cu once")
+        mystery.write_text(text.replace(b.old, b.new))
     (outdir / "answers.txt").write_text(
-        "# Bug hunt: for each mystery bug, the algorithm line it breaks (e.g. A1:L12).\n"
-        "# Find it with: flashlab trace --kernel KERNEL [--backward] --inject-bug mystery-N\n"
+        "# Bug hunt: for each mystery kernel, the algorithm line its bug breaks (e.g. A1:L12).\n"
+        "# ASSIGNMENT.md gives the command that runs each one against its step-through.\n"
         # the solution copy holds the answers too: it must score full marks (the grader's check)
         + "".join(f"{e.hunt}: {HUNT[e.hunt].line if solution else ''}\n" for e in hunts))
+    if hunts and not solution:  # the key, beside the copy and not in it
+        key = outdir.parent / f"{outdir.name}-answer-key.txt"
+        key.write_text("".join(f"{e.hunt}: {HUNT[e.hunt].line}  ({HUNT[e.hunt].name})\n"
+                               for e in hunts))
     (outdir / "ASSIGNMENT.md").write_text(_handout(sorted(set(stubbed)), hunts))
     handed = sorted(set(stubbed)) + [e.id for e in hunts]
     # what was handed out: `flashlab grade` scores these and no other (the maximum is their sum)
@@ -233,10 +249,30 @@ def handed_out(root) -> list[str] | None:
 
 
 def hunt_command(b) -> str:
-    """The command that shows planted bug `b` (its pass, its mask, tiles enough to see it)."""
+    """The command that shows planted bug `b` from the copy's mystery kernel (its pass, its
+    mask, tiles enough to see it)."""
     flags = (" --backward" if b.direction == "backward" else "") + \
             (" --causal" if "causal" in b.name else "")
-    return f"flashlab trace --kernel {b.kernel}{flags} --seq 600 --inject-bug {b.hunt}"
+    return f"flashlab check kernels/mystery/{b.hunt}.cu --algorithm {b.kernel}{flags} --seq 600"
+
+
+_NO_CATALOGUE = '''"""The planted bugs stay with the instructor: this copy's bug hunt is kernels/mystery/*.cu,
+each a whole kernel with its bug already in it (run them with `flashlab check`)."""
+BUGS: dict = {}
+HUNT: dict = {}
+
+
+class Bug:
+    pass
+
+
+def find(name):
+    raise ValueError(f"no planted bugs in a student copy ({name!r}); see kernels/mystery/")
+
+
+def patched(*args, **kwargs):
+    raise ValueError("no planted bugs in a student copy; see kernels/mystery/")
+'''
 
 
 def _handout(stubbed, hunts) -> str:
@@ -249,12 +285,15 @@ def _handout(stubbed, hunts) -> str:
         lines.append(f"| {e.id} | {e.points:g} | `{e.file}` | {e.title} |")
     if hunts:
         lines += ["", "## Bug hunt", "",
-                  "Each mystery is a kernel with one planted bug. Find the algorithm line it breaks with "
-                  "`flashlab trace`, and write it in answers.txt as `mystery-N: A1:L12`.", ""]
+                  "Each mystery (kernels/mystery/mystery-N.cu) is a whole kernel with one planted bug. "
+                  "Run it against its step-through with the command given, find the algorithm line "
+                  "its bug breaks, and write it in answers.txt as `mystery-N: A1:L12`.", ""]
         for e in hunts:
             b = HUNT[e.hunt]
-            cause = (" Run it several times. If the first divergence moves, what kind of bug is "
-                     "it? Confirm with `compute-sanitizer --tool racecheck`." if b.race else "")
+            cause = (" What kind of bug makes the result depend on the order the threads run "
+                     "in? (On a GPU, run it several times and confirm with `compute-sanitizer "
+                     "--tool racecheck`; the CPU backend runs two orders and says where they "
+                     "differ.)" if b.race else "")
             lines.append(f"- {e.id} ({e.points:g} points) `{hunt_command(b)}`: the {b.kernel} "
                          f"{b.direction} pass is wrong "
                          f"somewhere. At which step does it first diverge, and which line of the "
