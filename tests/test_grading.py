@@ -93,6 +93,7 @@ def test_a_monkeypatch_in_the_students_package_changes_no_score(tmp_path):
                     "flashlab.trace.compare = lambda *a, **k: None\n")
     (r,) = g.grade(out, ["1.1"]).results
     assert r.score == 0 and "diverges at step" in r.output, r.output
+    assert "(your flashlab/reference/fa1.py:" in r.output  # the student's own line of it
 
 
 def test_grading_from_inside_the_copy_uses_the_installed_grader(tmp_path):
@@ -163,3 +164,39 @@ def test_the_bug_hunt_copy_carries_the_mysteries_not_the_catalogue(tmp_path, cap
         assert main(argv + ["--seq", "200"]) == 1, (b.hunt, capsys.readouterr())
         said = "".join(capsys.readouterr())
         assert ("diverges at step" in said) or (b.race and "race" in said), (b.hunt, said)
+
+
+@pytest.mark.cpu_kernel
+def test_the_gradescope_zip_grades_as_gradescope_would(tmp_path):
+    """Unpack the autograder as Gradescope does, set it up in a fresh venv, and grade a solution
+    submission with no GPU, on one core: full marks, within 768 MB."""
+    import resource
+    import zipfile
+
+    zip_path = tmp_path / "autograder.zip"
+    assert main(["assignment", "make", str(tmp_path / "hw"), "--exercises", "1.1,2.1,3.3",
+                 "--gradescope", str(zip_path)]) == 0
+    root = tmp_path / "autograder"
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(root / "source")
+        for info in z.infolist():  # zipfile drops the mode bits; Gradescope keeps them
+            os.chmod(root / "source" / info.filename, (info.external_attr >> 16) or 0o644)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(AUTOGRADER_ROOT=str(root), FLASHLAB_CACHE_DIR=str(tmp_path / "cache"),
+               CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run(["bash", str(root / "source/setup.sh")], env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    a.make(root / "submission", solution=True)  # a student who got everything right
+
+    def one_core():
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+    r = subprocess.run(["bash", str(root / "source/run_autograder")], env=env, capture_output=True,
+                       text=True, timeout=600, preexec_fn=one_core)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((root / "results/results.json").read_text())
+    assert [t["number"] for t in res["tests"]] == ["1.1", "2.1", "3.3"]  # the handed-out ones
+    assert res["score"] == 10 + 15 + 2, res
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mb < 768, f"a grading process peaked at {peak_mb:.0f} MB"

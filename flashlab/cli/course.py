@@ -14,6 +14,12 @@ def _cmd_assignment_make(args) -> int:
     kind = "solution copy" if args.solution else "student copy"
     print(f"{kind} written to {args.outdir}: exercises {', '.join(handed)}")
     print(f"hand out {args.outdir}/ASSIGNMENT.md; grade with: flashlab grade {args.outdir}")
+    if args.gradescope:
+        from ..course import gradescope
+
+        gradescope.write_zip(args.outdir, args.gradescope)
+        print(f"Gradescope autograder written to {args.gradescope} (upload it as the "
+              "assignment's autograder; students submit their copy)")
     return 0
 
 

@@ -130,11 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="examples:\n  flashlab assignment make hw3\n"
                                 "  flashlab assignment make hw3 --exercises 1.1,2.1\n"
-                                "  flashlab assignment make key --solution   (check the grader)\n")
+                                "  flashlab assignment make key --solution   (check the grader)\n"
+                                "  flashlab assignment make hw3 --gradescope hw3-autograder.zip\n")
     am.add_argument("outdir")
     am.add_argument("--exercises", type=_ids, default=None, help="ids to hand out (default all)")
     am.add_argument("--solution", action="store_true", help="stub nothing: a copy of the solution")
     am.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    am.add_argument("--gradescope", metavar="ZIP", default=None,
+                    help="also write a Gradescope autograder zip (setup.sh, run_autograder, "
+                         "flashlab with NVRTC and the CPU backend) that grades what was handed out")
     am.set_defaults(func=_cmd_assignment_make)
 
     g = sub.add_parser("grade", help="grade a student copy, with per-tile feedback",

@@ -22,7 +22,7 @@ from ..kernel_check import default_backend
 from ..launch import device, plans, sources
 from . import isolate
 from .assignment import (_LINE, EXERCISES, PY_SHAPES, STEP_THROUGHS, Exercise, _order,
-                         _solution_file, handed_out, splice)
+                         _solution_file, handed_out, regions, splice)
 from .bugs import HUNT
 
 
@@ -64,6 +64,31 @@ def _inputs(e: Exercise, B, H, Nq, Nk, d, causal):
     return {"q": q, "k": k, "v": v}
 
 
+def _yours(root: Path, e: Exercise, line_tag: str) -> str:
+    """Where in the student's file of exercise e the algorithm line `line_tag` (A1:L12) is, as
+    " (your FILE:N is tagged A1:L12)", or "" when no line of theirs carries the tag."""
+    import re
+
+    try:
+        text = (root / e.file).read_text(errors="replace")
+        region = next(r for r in regions(text) if r.id == e.id)
+    except (OSError, ValueError, StopIteration):
+        return ""
+    alg, _, n = line_tag.partition(":")
+    pattern = re.compile(rf"\b{alg}:L(\d+)(?:-L(\d+))?")
+    rows = text.splitlines()
+    found = []  # (outside the region, width of the tag's range, line): in it and narrow wins
+    for k, row in enumerate(rows):
+        for m in pattern.finditer(row):
+            lo, hi = int(m[1]), int(m[2] or m[1])
+            if lo <= int(n[1:]) <= hi:
+                found.append((not region.start <= k <= region.end, hi - lo, k + 1, m[0]))
+    if not found:
+        return ""
+    _, _, line, tag = min(found)
+    return f" (your {e.file}:{line} is tagged {tag})"
+
+
 def _grade_python(e: Exercise, root: Path) -> Result:
     res = Result(e)
     module_name, fn_name = STEP_THROUGHS[e.algorithm]
@@ -96,7 +121,7 @@ def _grade_python(e: Exercise, root: Path) -> Result:
         if div is None:
             passed += 1
         else:
-            notes.append(f"[{shape}] {div}")
+            notes.append(f"[{shape}] {div}{_yours(root, e, div.line)}")
     # all or nothing: a shape that a mistake cannot show (the safe max is a causal matter) must
     # not earn part of the points for the mistake
     res.score = e.points if passed == len(PY_SHAPES) else 0.0
@@ -147,7 +172,9 @@ def _grade_kernel(e: Exercise, root: Path) -> Result:
             elif got["divergence"] is None:
                 passed += 1
             else:
-                notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {got['divergence']}")
+                tag = __import__("re").search(r", ([ABFG][0-2]:L\d+), ", got["divergence"])
+                notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {got['divergence']}"
+                             + (_yours(root, e, tag[1]) if tag else ""))
     res.score = e.points if passed == 2 else 0.0  # all or nothing, as the Python exercises
     res.status = "passed" if passed == 2 else "failed"
     res.output = f"{passed}/2 runs match the step-through tile by tile {where}" + \
