@@ -9,7 +9,8 @@ exercise alone. The comparison with the solution happens in the grader's process
 the student's code never shares.
 
 Limits (environment): FLASHLAB_GRADE_TIMEOUT (seconds per exercise, default 300),
-FLASHLAB_GRADE_MEMORY_MB (address space per child, default 4096).
+FLASHLAB_GRADE_MEMORY_MB (address space per child, default 4096; not for a kernel checked on
+the GPU, whose CUDA context needs far more address space than memory).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def limits() -> tuple[float, int]:
 
 
 def _preexec():
+    """The child's address-space limit (not for a child that uses the GPU: a CUDA context
+    reserves far more address space than it uses)."""
     try:
         import resource
 
@@ -46,12 +49,13 @@ def _env() -> dict:
             "MKL_NUM_THREADS": "1"}
 
 
-def _run(args: list, what: str) -> str | None:
+def _run(args: list, what: str, gpu: bool = False) -> str | None:
     """Run a child; None when it ended well, else what went wrong, in one line."""
     timeout, mb = limits()
+    limit = _preexec if os.name == "posix" and not gpu else None
     try:
         r = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                           preexec_fn=_preexec if os.name == "posix" else None, env=_env())
+                           preexec_fn=limit, env=_env())
     except subprocess.TimeoutExpired:
         return f"{what} ran past the grader's {timeout:.0f} s limit (an endless loop?)"
     if r.returncode != 0:
@@ -103,10 +107,14 @@ def kernel_check(path: Path, kernel: str, direction: str, N: int, causal: bool, 
     in a child process: {"divergence": str or None} or {"error": str, "kind": str}."""
     with tempfile.TemporaryDirectory(prefix="flashlab-grade-") as tmp:
         out = Path(tmp) / "result.json"
-        failed = _run([sys.executable, "-I", "-m", "flashlab.course.kernel_run", str(path),
-                       kernel, direction, str(N), str(int(causal)), str(seed), backend, str(out),
-                       label],
-                      "your kernel")
+        # -I keeps the working directory (a copy's own flashlab/) off sys.path; the grader's
+        # flashlab is put there by name, so a checkout on PYTHONPATH (which -I drops) works too
+        grader = str(Path(__file__).resolve().parents[2])
+        boot = (f"import sys; sys.path.insert(0, {grader!r}); "
+                "from flashlab.course.kernel_run import main; main()")
+        failed = _run([sys.executable, "-I", "-c", boot, str(path), kernel, direction, str(N),
+                       str(int(causal)), str(seed), backend, str(out), label], "your kernel",
+                      gpu=backend == "gpu")
         if failed:
             return {"error": failed, "kind": "child"}
         return json.loads(out.read_text())

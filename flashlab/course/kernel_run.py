@@ -1,6 +1,6 @@
 """The grader's child process for a kernel exercise: one trace check of a spliced kernel source.
 
-    python -I -m flashlab.course.kernel_run PATH KERNEL DIRECTION N CAUSAL SEED BACKEND OUT.json LABEL
+    main() with sys.argv = [_, PATH, KERNEL, DIRECTION, N, CAUSAL, SEED, BACKEND, OUT.json, LABEL]
 
 Writes {"divergence": the first divergence's message, or null} or {"error", "kind"} (a compile
 error, a fault on the CPU backend: a race, bounds, a barrier) to OUT.json. The kernel runs
@@ -13,8 +13,8 @@ from pathlib import Path
 
 def main():
     path, kernel, direction, N, causal, seed, backend, out, label = sys.argv[1:10]
-    from ..kernel_check import check_kernel
-    from ..launch.errors import KernelCompileError, KernelLaunchError
+    from flashlab.kernel_check import check_kernel
+    from flashlab.launch.errors import KernelCompileError, KernelLaunchError
 
     try:
         div, _, _ = check_kernel(kernel, direction, B=1, H=2, Nq=int(N), Nk=int(N), d=64,
