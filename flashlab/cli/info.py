@@ -40,6 +40,18 @@ def _kernel_rows(cc: int, smem: int) -> list:
     return rows
 
 
+def _cpu_backend_line() -> str:
+    """Whether the CPU backend can run here, and with what."""
+    from ..cpu import build
+
+    try:
+        cxx = build.compiler_name()
+    except RuntimeError as e:
+        return f"CPU backend: unavailable ({e})"
+    return (f"CPU backend: {cxx}; kernels {', '.join(registry.for_cpu())} run on NumPy arrays "
+            f"(backend='cpu', FLASHLAB_BACKEND=cpu; compile cache {build.cache_dir()})")
+
+
 def _cmd_info(args) -> int:
     import os
     import platform
@@ -51,18 +63,19 @@ def _cmd_info(args) -> int:
 
     print(f"flashlab {__version__}, Python {platform.python_version()}, NumPy {numpy.__version__}")
     print(f"kernel sources: {sources.kernel_dir()}")
+    print(_cpu_backend_line())
     try:
         import cupy as cp
     except ImportError:
         from ..install import install_hint
 
         print(f"CuPy: not installed ({install_hint('cuda13')}); NumPy inputs run the references")
-        print("kernels that run here: none")
+        print("kernels that run on a GPU here: none")
         return 0
     print(f"CuPy {cp.__version__}; kernel cache: "
           f"{os.environ.get('CUPY_CACHE_DIR', os.path.expanduser('~/.cupy/kernel_cache'))}")
     if not device.gpu_available():
-        print("CUDA device: none found; kernels that run here: none")
+        print("CUDA device: none found; kernels that run on a GPU here: none")
         return 0
     try:
         print(f"NVRTC {'.'.join(map(str, cp.cuda.nvrtc.getVersion()))}")

@@ -197,33 +197,23 @@ static void run_block(Worker* w, unsigned b) {
 static struct sigaction old_actions[65];
 static const int kSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGUSR2};
 
-static uintptr_t signal_pc(void* uc) {
+/* The faulting thread's program counter and stack pointer, from the signal's context. */
+static void signal_regs(void* uc, uintptr_t* pc, uintptr_t* sp) {
+    *pc = *sp = 0;
 #if defined(__linux__) && defined(__x86_64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext.gregs[REG_RIP];
+    const auto& m = ((ucontext_t*)uc)->uc_mcontext;
+    *pc = (uintptr_t)m.gregs[REG_RIP], *sp = (uintptr_t)m.gregs[REG_RSP];
 #elif defined(__linux__) && defined(__aarch64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext.pc;
+    const auto& m = ((ucontext_t*)uc)->uc_mcontext;
+    *pc = (uintptr_t)m.pc, *sp = (uintptr_t)m.sp;
 #elif defined(__APPLE__) && defined(__x86_64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext->__ss.__rip;
+    const auto& m = ((ucontext_t*)uc)->uc_mcontext->__ss;
+    *pc = (uintptr_t)m.__rip, *sp = (uintptr_t)m.__rsp;
 #elif defined(__APPLE__) && defined(__aarch64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext->__ss.__pc;
+    const auto& m = ((ucontext_t*)uc)->uc_mcontext->__ss;
+    *pc = (uintptr_t)m.__pc, *sp = (uintptr_t)m.__sp;
 #else
     (void)uc;
-    return 0;
-#endif
-}
-
-static uintptr_t signal_sp(void* uc) {
-#if defined(__linux__) && defined(__x86_64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext.gregs[REG_RSP];
-#elif defined(__linux__) && defined(__aarch64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext.sp;
-#elif defined(__APPLE__) && defined(__x86_64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext->__ss.__rsp;
-#elif defined(__APPLE__) && defined(__aarch64__)
-    return (uintptr_t)((ucontext_t*)uc)->uc_mcontext->__ss.__sp;
-#else
-    (void)uc;
-    return 0;
 #endif
 }
 
@@ -243,8 +233,7 @@ static void on_signal(int sig, siginfo_t* info, void* uc) {
     }
     w->sig = sig;
     w->sig_addr = (uintptr_t)info->si_addr;
-    w->sig_pc = signal_pc(uc);
-    w->sig_sp = signal_sp(uc);
+    signal_regs(uc, &w->sig_pc, &w->sig_sp);
     w->sig_thread = T;
     w->sig_write = -1;
 #if defined(__linux__) && defined(__x86_64__)
