@@ -1,23 +1,30 @@
-"""flashlab's CUDA kernels inside PyTorch autograd: `flashlab.torch.flash_attention`.
+"""flashlab's CUDA kernels inside PyTorch: `flashlab.torch.flash_attention`, a torch custom op.
 
     import flashlab.torch
-    o = flashlab.torch.flash_attention(q, k, v, causal=True)   # q, k, v: torch CUDA float32
-    o.sum().backward()                                         # q.grad, k.grad, v.grad
+    o = flashlab.torch.flash_attention(q, k, v, is_causal=True)   # torch CUDA tensors
+    o.sum().backward()                                            # q.grad, k.grad, v.grad
 
-It is the same plug as tensor_functions.FlashAttention, written for torch: a
-torch.autograd.Function whose forward runs flashlab's FlashAttention forward kernel and saves O
-and the logsumexp, and whose backward runs the backward kernel. Tensors cross between torch and
-CuPy through DLPack, which shares the GPU buffer (zero-copy): no data moves, only a pointer and
-a shape. The kernels run on torch's current CUDA stream, so they are ordered with torch's own
-work.
+SDPA's layout (B, H, N, d), argument names (`is_causal`, `scale`) and top-left causal mask.
+float16 and bfloat16 run the tensor-core kernel (tc) where it takes the head dim and the GPU,
+float32 runs fa2 (fa1 where fa2 has no tile for the head dim): the registry's choice, as
+`flashlab.flash_attention(kernel="auto")` makes it.
+
+Under torch.compile the forward and the backward are torch.library custom ops
+(`flashlab::attention_forward`, `flashlab::attention_backward`) with fake (meta)
+implementations and a registered autograd formula, so torch.compile(model, fullgraph=True)
+traces a model that calls it without a graph break; eagerly the same kernels run through an
+autograd.Function (the custom op's Python dispatch costs more than a small kernel). Tensors cross to CuPy through DLPack, which shares the GPU buffer (16-bit ones as int16
+views, reinterpreted on the other side); the kernels run on torch's current stream.
 
 This module is named flashlab.torch; the real PyTorch is imported with
-importlib.import_module("torch") (an absolute import), never this file. Importing it needs
-PyTorch; using it needs CuPy and a CUDA GPU.
+importlib.import_module("torch"), never this file. Importing it needs PyTorch; using it needs
+CuPy and a CUDA GPU.
 """
 from __future__ import annotations
 
 import importlib
+
+import numpy as np
 
 from .api import flash_attention as _flash_attention
 from .api import flash_attention_backward as _flash_attention_backward
@@ -28,27 +35,61 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("flashlab.torch needs PyTorch (pip install torch); flashlab itself does "
                       "not") from e
 
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
 
 def _check(name: str, x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"flashlab.torch.flash_attention: {name} must be a torch.Tensor, got "
                         f"{type(x).__name__}")
-    if not x.is_cuda:
+    if x.device.type != "cuda":
         raise ValueError(f"flashlab.torch.flash_attention: {name} is on {x.device}; the kernels "
                          f"run on CUDA tensors: pass {name}.cuda()")
-    if x.dtype != torch.float32:
+    if x.dtype not in _DTYPES:
         raise TypeError(f"flashlab.torch.flash_attention: {name} has dtype {x.dtype}; the kernels "
-                        f"take float32: pass {name}.float()")
+                        f"take float16, bfloat16 (tensor cores) or float32: pass "
+                        f"{name}.to(torch.bfloat16)")
     if x.dim() != 4:
         raise ValueError(f"flashlab.torch.flash_attention: {name} must be (B, H, N, d), got shape "
                          f"{tuple(x.shape)}")
 
 
 def _to_cupy(x):
-    """A CuPy view of a torch CUDA tensor's buffer (DLPack; detached, made contiguous first)."""
+    """A CuPy view of a torch CUDA tensor's buffer (DLPack; made contiguous first). 16-bit
+    tensors cross as int16 and are reinterpreted, so no DLPack dtype support is needed."""
     import cupy
 
-    return cupy.from_dlpack(x.detach().contiguous())
+    x = x.detach().contiguous()
+    if x.dtype == torch.float32:
+        return cupy.from_dlpack(x)
+    import ml_dtypes
+
+    view = cupy.from_dlpack(x.view(torch.int16))
+    return view.view(ml_dtypes.bfloat16 if x.dtype == torch.bfloat16 else np.float16)
+
+
+def _to_torch(a, dtype):
+    """The torch tensor sharing CuPy array `a`'s buffer, as `dtype`."""
+    if dtype == torch.float32 or a.dtype == np.float32:
+        return torch.from_dlpack(a)
+    import cupy
+
+    return torch.from_dlpack(a.view(cupy.int16)).view(dtype)
+
+
+def _external(cupy, ptr: int, index: int):
+    """CuPy's view of torch's stream `ptr`: Stream.from_external (CuPy 14, which deprecates
+    ExternalStream) given an object with the CUDA stream protocol, else ExternalStream."""
+    class _Handle:
+        def __cuda_stream__(self):
+            return (0, ptr)
+
+    if hasattr(cupy.cuda.Stream, "from_external"):
+        try:
+            return cupy.cuda.Stream.from_external(_Handle())
+        except (TypeError, ValueError, AttributeError):
+            pass
+    return cupy.cuda.ExternalStream(ptr, index)
 
 
 class _Stream:
@@ -61,8 +102,7 @@ class _Stream:
         self.device = cupy.cuda.Device(index)
         ptr = torch.cuda.current_stream(index).cuda_stream
         # torch's default stream is the legacy default stream (handle 0): CuPy's null stream
-        self.stream = (cupy.cuda.Stream.null if ptr == 0
-                       else cupy.cuda.ExternalStream(ptr, index))
+        self.stream = cupy.cuda.Stream.null if ptr == 0 else _external(cupy, ptr, index)
 
     def __enter__(self):
         self.device.__enter__()
@@ -75,38 +115,99 @@ class _Stream:
         return False
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """forward: O, L = FlashAttention forward kernel; save (q, k, v, O, L).
-    backward: dQ, dK, dV = FlashAttention backward kernel (recomputes P tile by tile)."""
+def _forward(q, k, v, is_causal: bool, scale: float):
+    """(o, lse): o like q, lse (B, H, Nq) float32, the logsumexp the backward takes."""
+    with _Stream(q.device):
+        o, lse = _flash_attention(_to_cupy(q), _to_cupy(k), _to_cupy(v), causal=is_causal,
+                                  softmax_scale=scale, return_lse=True)
+        return _to_torch(o, q.dtype), _to_torch(lse, torch.float32)
+
+
+def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float):
+    with _Stream(q.device):
+        dq, dk, dv = _flash_attention_backward(
+            _to_cupy(do), _to_cupy(q), _to_cupy(k), _to_cupy(v), _to_cupy(o), _to_cupy(lse),
+            causal=is_causal, softmax_scale=scale)
+        return tuple(_to_torch(g, q.dtype) for g in (dq, dk, dv))
+
+
+class _Eager(torch.autograd.Function):
+    """The eager path: torch.library's Python dispatch costs about 0.35 ms a call (measured on
+    the H200), several times the kernel at small shapes, so outside torch.compile the same
+    kernels run through a plain autograd.Function."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal=False, softmax_scale=None):
-        q, k, v = (x.detach().contiguous() for x in (q, k, v))  # (B, H, N, d) each
-        with _Stream(q.device):
-            o, lse = _flash_attention(_to_cupy(q), _to_cupy(k), _to_cupy(v), causal=causal,
-                                      softmax_scale=softmax_scale, return_lse=True)
-        o, lse = torch.from_dlpack(o), torch.from_dlpack(lse)  # (B, H, Nq, d), (B, H, Nq)
+    def forward(ctx, q, k, v, is_causal, scale):
+        o, lse = _forward(q, k, v, is_causal, scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.softmax_scale = causal, softmax_scale
+        ctx.is_causal, ctx.scale = is_causal, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        with _Stream(q.device):
-            dq, dk, dv = _flash_attention_backward(
-                _to_cupy(do), _to_cupy(q), _to_cupy(k), _to_cupy(v), _to_cupy(o), _to_cupy(lse),
-                causal=ctx.causal, softmax_scale=ctx.softmax_scale)
-        return torch.from_dlpack(dq), torch.from_dlpack(dk), torch.from_dlpack(dv), None, None
+        return _backward_kernels(do.contiguous(), q, k, v, o, lse, ctx.is_causal,
+                                 ctx.scale) + (None, None)
 
 
-def flash_attention(q, k, v, causal: bool = False, softmax_scale=None):
-    """softmax(tau q k^T) v for torch CUDA float32 tensors q (B, H, Nq, d), k, v (B, H, Nk, d),
-    differentiable with torch autograd. Same layout and causal convention (top-left) as
-    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)."""
+@torch.library.custom_op("flashlab::attention_forward", mutates_args=())
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse): o like q, lse (B, H, Nq) float32, the logsumexp the backward takes."""
+    return _forward(q, k, v, is_causal, scale)
+
+
+@attention_forward.register_fake
+def _(q, k, v, is_causal, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("flashlab::attention_backward", mutates_args=())
+def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       o: torch.Tensor, lse: torch.Tensor, is_causal: bool,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_kernels(do, q, k, v, o, lse, is_causal, scale)
+
+
+@attention_backward.register_fake
+def _(do, q, k, v, o, lse, is_causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, is_causal, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.is_causal, ctx.scale = is_causal, scale
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = attention_backward(do.contiguous(), q, k, v, o, lse, ctx.is_causal, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None,
+                    softmax_scale=None):
+    """softmax(scale q k^T) v for torch CUDA tensors q (B, H, Nq, d), k, v (B, H, Nk, d) of one
+    dtype (float16, bfloat16 or float32), differentiable, traceable by torch.compile. As
+    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=, scale=); `causal`
+    and `softmax_scale` are the older names of the same arguments."""
+    is_causal = bool(is_causal if causal is None else causal)
+    scale = scale if softmax_scale is None else softmax_scale
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     if not (q.device == k.device == v.device):
         raise ValueError(f"flashlab.torch.flash_attention: q, k, v must be on one device; got "
                          f"{q.device}, {k.device}, {v.device}")
-    return FlashAttentionFunction.apply(q, k, v, bool(causal), softmax_scale)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"flashlab.torch.flash_attention: q, k, v must share one dtype; got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}")
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if torch.compiler.is_compiling():  # the custom op: traced without a graph break
+        return attention_forward(q, k, v, is_causal, scale)[0]
+    return _Eager.apply(q, k, v, is_causal, scale)

@@ -178,5 +178,7 @@ def test_torch_interop_errors_name_the_argument_and_the_fix():
     gpu = cpu.cuda()
     with pytest.raises(ValueError, match=r"q is on cpu; .* pass q.cuda\(\)"):
         ft.flash_attention(cpu, gpu, gpu)
-    with pytest.raises(TypeError, match=r"k has dtype torch.float16; .* pass k.float\(\)"):
+    with pytest.raises(TypeError, match=r"k has dtype torch.float64; .* take float16, bfloat16"):
+        ft.flash_attention(gpu, gpu.double(), gpu)
+    with pytest.raises(TypeError, match=r"q, k, v must share one dtype"):
         ft.flash_attention(gpu, gpu.half(), gpu)
