@@ -9,6 +9,7 @@ graded and the maximum is their sum.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,6 @@ def _inputs(e: Exercise, B, H, Nq, Nk, d, causal):
 def _yours(root: Path, e: Exercise, line_tag: str) -> str:
     """Where in the student's file of exercise e the algorithm line `line_tag` (A1:L12) is, as
     " (your FILE:N is tagged A1:L12)", or "" when no line of theirs carries the tag."""
-    import re
-
     try:
         text = (root / e.file).read_text(errors="replace")
         region = next(r for r in regions(text) if r.id == e.id)
@@ -172,7 +171,7 @@ def _grade_kernel(e: Exercise, root: Path) -> Result:
             elif got["divergence"] is None:
                 passed += 1
             else:
-                tag = __import__("re").search(r", ([ABFG][0-2]:L\d+), ", got["divergence"])
+                tag = re.search(r", ([ABFG][0-2]:L\d+), ", got["divergence"])
                 notes.append(f"[N={N}, {'causal' if causal else 'non-causal'}] {got['divergence']}"
                              + (_yours(root, e, tag[1]) if tag else ""))
     res.score = e.points if passed == 2 else 0.0  # all or nothing, as the Python exercises
