@@ -8,8 +8,9 @@ CuPy's are, kernel(grid, block, args, shared_mem=bytes), with NumPy arrays and N
 a fault raises KernelFault (kind, message, the file and line where it could be found).
 
 Settings (environment): FLASHLAB_CPU_WORKERS (OS threads running blocks; default the cores
-this process may use, at most 8), FLASHLAB_CPU_RACECHECK (0 turns the two-order race check
-off), FLASHLAB_CPU_TIMEOUT (seconds, default 120), FLASHLAB_CPU_STACK_KB (per CUDA thread,
+this process may use, at most 8; the race check runs on one, so its two block orders are
+exact), FLASHLAB_CPU_RACECHECK (0 turns the two-order race check off, and lets the workers
+run), FLASHLAB_CPU_TIMEOUT (seconds, default 120), FLASHLAB_CPU_STACK_KB (per CUDA thread,
 default 64).
 """
 from __future__ import annotations

@@ -348,6 +348,9 @@ extern "C" int fl_launch(fl_desc* d, void (*invoke)(void (*)(), void**), void (*
     if (!rc) {
         int workers = d->workers < 1 ? 1 : d->workers;
         if ((unsigned)workers > L.nblocks) workers = (int)L.nblocks;
+        // the race check compares two runs in opposite block orders: only one worker keeps each
+        // run's order what it says (with two, the last writer of an element is up to timing)
+        if (d->racecheck) workers = 1;
         pthread_mutex_lock(&launch_mu);  // one launch at a time: the signal handlers are global
         install_signals();
         if (d->racecheck) {
