@@ -56,16 +56,28 @@ _STATIC_SHARED = re.compile(r"\b__shared__\s+(?:(?:__align__|alignas)\s*\(\s*\d+
                             r"[A-Za-z_][\w:<>\s]*?\s(?P<name>[A-Za-z_]\w*)\s*(?:\[[^\];]+\])+\s*;")
 
 
-def where(text: str, index: int) -> tuple[str, int]:
-    """(file, line) of character `index` of a Source's text, following its #line directives."""
-    file, line = "<source>", 1
-    for raw in text[:index].split("\n")[:-1]:  # the whole lines before index's own
+def _numbered(text: str):
+    """(offset, file, line, text) of each line of a Source's text, as its #line directives
+    number them (the directives themselves left out)."""
+    file, line, offset = "<source>", 1, 0
+    for raw in text.split("\n"):
         m = _LINE.match(raw)
         if m:
             line, file = int(m[1]), m[2] or file
         else:
+            yield offset, file, line, raw
             line += 1
-    return file, line
+        offset += len(raw) + 1
+
+
+def where(text: str, index: int) -> tuple[str, int]:
+    """(file, line) of character `index` of a Source's text, following its #line directives."""
+    found = ("<source>", 1)
+    for offset, file, line, _ in _numbered(text):
+        if offset > index:
+            break
+        found = (file, line)
+    return found
 
 
 def _code_only(text: str) -> str:
@@ -186,15 +198,7 @@ def compiler_name() -> str:
 
 def lines_of(text: str) -> dict:
     """(file, line) -> that line's text, for a Source's text with #line directives."""
-    out, file, line = {}, "<source>", 1
-    for raw in text.split("\n"):
-        m = _LINE.match(raw)
-        if m:
-            line, file = int(m[1]), m[2] or file
-            continue
-        out[(file, line)] = raw
-        line += 1
-    return out
+    return {(file, line): raw for _, file, line, raw in _numbered(text)}
 
 
 _TAG = re.compile(r"\b([A-Z]\d?:L\d+)(?:-L?(\d+))?")

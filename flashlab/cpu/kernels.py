@@ -189,7 +189,6 @@ class CpuModule:
 
         build.check_portable(source.text, source.name)
         self.source, self.trace = source, "-DFLASHLAB_TRACE" in options
-        self.names = tuple(name_expressions)
         code = build._code_only(source.text)
         self.plain = tuple(sorted(n for n in defined_kernels(source.text)
                                   if re.search(rf'extern\s+"C"[^;{{]*?\b{n}\s*\(',
