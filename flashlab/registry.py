@@ -112,6 +112,9 @@ class KernelSpec:
     cpu: bool = True
     cpu_why: str = ""
     min_cc_why: str = ""  # what needs its lowest compute capability, for messages
+    # it takes strided operands whose rows are contiguous (q, k, v, do, o: struct Rows, as
+    # flashlab.launch.prepared packs them); the others take contiguous arrays only
+    row_strides: bool = False
 
     # -- what it takes
     def takes_dtype(self, dtype: str) -> bool:
@@ -256,7 +259,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         tolerance=Tolerance("fa_rule", units=TC_UNITS),
         step_plan_keys=(("warps", "Bk"), ("warps", "grid")),
         planner="flashlab.launch.plans:tc_plan_for", instances="flashlab.launch.plans:tc_instances",
-        hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async", cpu=False,
+        hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async", cpu=False, row_strides=True,
         cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
 ]}
 

@@ -39,6 +39,8 @@ _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "
 
 
 def _check(name: str, x) -> None:
+    if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype in _DTYPES and x.dim() == 4:
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"flashlab.torch.flash_attention: {name} must be a torch.Tensor, got "
                         f"{type(x).__name__}")
@@ -54,12 +56,15 @@ def _check(name: str, x) -> None:
                          f"{tuple(x.shape)}")
 
 
-def _to_cupy(x):
-    """A CuPy view of a torch CUDA tensor's buffer (DLPack; made contiguous first). 16-bit
-    tensors cross as int16 and are reinterpreted, so no DLPack dtype support is needed."""
+def _to_cupy(x, contiguous: bool = True):
+    """A CuPy view of a torch CUDA tensor's buffer (DLPack), made contiguous first unless
+    `contiguous` is False (then with the tensor's strides). 16-bit tensors cross as int16 and
+    are reinterpreted, so no DLPack dtype support is needed."""
     import cupy
 
-    x = x.detach().contiguous()
+    x = x.detach()
+    if contiguous:
+        x = x.contiguous()
     if x.dtype == torch.float32:
         return cupy.from_dlpack(x)
     import ml_dtypes
@@ -115,8 +120,154 @@ class _Stream:
         return False
 
 
+# ---------------------------------------------------------------- the 16-bit path, per call
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+_streams: dict = {}  # stream handle -> StreamPtr
+
+
+def _stream_ptr(index: int):
+    """torch's current stream on GPU `index`, as CuPy's launch reads a stream (.ptr)."""
+    ptr = _raw_stream(index) if _raw_stream is not None else \
+        torch.cuda.current_stream(index).cuda_stream
+    hit = _streams.get(ptr)
+    if hit is None:
+        from .launch.prepared import StreamPtr
+
+        hit = _streams[ptr] = StreamPtr(ptr)
+    return hit
+
+
+_kernel_for: dict = {}  # (device, dtype, head dim) -> the prepared-call kernel, or None
+
+
+def _fast(q):
+    """The kernel q runs through prepared calls, or None: 16-bit, on a GPU and at a head dim
+    where kernel='auto' picks one that takes strided operands (tc). Where None, the CuPy API's
+    'auto' runs (float32: fa2 or fa1; 16-bit at another head dim or on an older GPU: float32
+    copies, with its warning)."""
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    key = (index, q.dtype, q.shape[-1])
+    if key not in _kernel_for:
+        name = None
+        if q.dtype != torch.float32:
+            from . import registry
+            from .launch.device import device_limits
+
+            cc = int(device_limits(index)["compute_capability"])
+            fits = registry.for_auto(_DTYPES[q.dtype], q.shape[-1], cc)
+            name = fits[0] if fits and registry.get(fits[0]).row_strides else None
+        _kernel_for[key] = name
+    return _kernel_for[key]
+
+
+def _rows_ok(x) -> bool:
+    """x's rows can be read in place by the tensor-core kernels: last dim contiguous, strides
+    and address on 16 bytes (launch.device.check_rows says the same of CuPy arrays)."""
+    st = x.stride()
+    return st[3] == 1 and st[0] % 8 == 0 and st[1] % 8 == 0 and st[2] % 8 == 0 \
+        and x.data_ptr() % 16 == 0
+
+
+def _readable(x):
+    return x if _rows_ok(x) else x.contiguous()
+
+
+def _out_like(q):
+    """The output for q's layout: contiguous (B, H, N, d) for a contiguous q, else heads inside
+    rows, (B, N, H, d) in memory seen as (B, H, N, d), as SDPA returns for the transposed views a
+    model passes, so that o.transpose(1, 2).reshape(B, N, H d) is free. The fake (meta)
+    implementation allocates the same way."""
+    B, H, N, d = q.shape
+    if q.is_contiguous():
+        return q.new_empty((B, H, N, d))
+    return torch.empty_strided((B, H, N, d), (N * H * d, d, H * d, 1), dtype=q.dtype,
+                               device=q.device)
+
+
+# (direction, device, dtype, shapes, strides, causal, scale) -> launch.prepared.Prepared, for
+# layouts the kernel reads in place (a key is stored only after its checks passed)
+_calls: dict = {}
+_CALLS_MAX = 512
+
+
+def _store(key, call):
+    if len(_calls) >= _CALLS_MAX:  # shapes that keep changing: start over, never grow
+        _calls.clear()
+    _calls[key] = call
+    return call
+
+
+def _run(call, index: int, bufs: dict, workspace=None) -> None:
+    """call.run on torch's current stream of GPU `index` (made the current device if not)."""
+    if index != _get_device():
+        with torch.cuda.device(index):
+            call.run(bufs, _stream_ptr(index), workspace, pointers=True)
+    else:
+        call.run(bufs, _stream_ptr(index), workspace, pointers=True)
+
+
+def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
+    """The forward per call: a cache hit (this layout, 16-byte aligned pointers) allocates o
+    and lse and launches; a miss checks and prepares (launch.prepare_forward), copying an
+    operand whose rows the kernel cannot read in place."""
+    index = q.device.index
+    qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
+    key = ("f", index, q.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(),
+           is_causal, scale)
+    call = _calls.get(key)
+    if call is None or (qp | kp | vp) & 15:
+        from . import launch
+
+        q, k, v = _readable(q), _readable(k), _readable(v)
+        qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        o = _out_like(q)
+        call = launch.prepare_forward(kernel, _to_cupy(q, False), _to_cupy(k, False),
+                                      _to_cupy(v, False), _to_cupy(o, False), causal=is_causal,
+                                      softmax_scale=scale)
+        _store(("f", index, q.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(),
+                v.stride(), is_causal, scale), call)
+    else:
+        o = _out_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    _run(call, index, {"q": qp, "k": kp, "v": vp, "o": o.data_ptr(), "lse": lse.data_ptr()})
+    return o, lse
+
+
+def _tc_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float):
+    """The backward per call, as _tc_forward: dq, dk, dv contiguous, one workspace."""
+    index = q.device.index
+    ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
+    key = ("b", index, q.dtype, q.shape, k.shape, do.stride(), q.stride(), k.stride(),
+           v.stride(), o.stride(), is_causal, scale)
+    call = _calls.get(key)
+    if call is None or (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]) & 15:
+        from . import launch
+
+        do, q, k, v, o = (_readable(x) for x in (do, q, k, v, o))
+        ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
+        call = launch.prepare_backward(kernel, *(_to_cupy(x, False) for x in (do, q, k, v, o)),
+                                       _to_cupy(lse), causal=is_causal, softmax_scale=scale)
+        _store(("b", index, q.dtype, q.shape, k.shape, do.stride(), q.stride(), k.stride(),
+                v.stride(), o.stride(), is_causal, scale), call)
+    dq = q.new_empty(q.shape)
+    dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
+    work = q.new_empty((call.workspace_bytes,), dtype=torch.uint8)  # freed in stream order
+    _run(call, index, {"do": ptrs[0], "q": ptrs[1], "k": ptrs[2], "v": ptrs[3], "o": ptrs[4],
+                       "lse": lse.data_ptr(), "dq": dq.data_ptr(), "dk": dk.data_ptr(),
+                       "dv": dv.data_ptr()}, work.data_ptr())
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------- dispatch: tc, else the CuPy API
+
 def _forward(q, k, v, is_causal: bool, scale: float):
-    """(o, lse): o like q, lse (B, H, Nq) float32, the logsumexp the backward takes."""
+    """(o, lse): o like q (_out_like on the tensor-core path, else contiguous), lse (B, H, Nq)
+    float32, the logsumexp the backward takes."""
+    kernel = _fast(q)
+    if kernel is not None:
+        return _tc_forward(kernel, q, k, v, is_causal, scale)
     with _Stream(q.device):
         o, lse = _flash_attention(_to_cupy(q), _to_cupy(k), _to_cupy(v), causal=is_causal,
                                   softmax_scale=scale, return_lse=True)
@@ -124,6 +275,9 @@ def _forward(q, k, v, is_causal: bool, scale: float):
 
 
 def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float):
+    kernel = _fast(q)
+    if kernel is not None:
+        return _tc_backward(kernel, do, q, k, v, o, lse, is_causal, scale)
     with _Stream(q.device):
         dq, dk, dv = _flash_attention_backward(
             _to_cupy(do), _to_cupy(q), _to_cupy(k), _to_cupy(v), _to_cupy(o), _to_cupy(lse),
@@ -146,8 +300,7 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        return _backward_kernels(do.contiguous(), q, k, v, o, lse, ctx.is_causal,
-                                 ctx.scale) + (None, None)
+        return _backward_kernels(do, q, k, v, o, lse, ctx.is_causal, ctx.scale) + (None, None)
 
 
 @torch.library.custom_op("flashlab::attention_forward", mutates_args=())
@@ -159,7 +312,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_caus
 
 @attention_forward.register_fake
 def _(q, k, v, is_causal, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    o = _out_like(q) if _fast(q) is not None else q.new_empty(q.shape)
+    return o, q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("flashlab::attention_backward", mutates_args=())
@@ -171,7 +325,7 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
 @attention_backward.register_fake
 def _(do, q, k, v, o, lse, is_causal, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as run
 
 
 def _setup_context(ctx, inputs, output):
@@ -183,7 +337,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do, dlse):
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward(do.contiguous(), q, k, v, o, lse, ctx.is_causal, ctx.scale)
+    dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.is_causal, ctx.scale)
     return dq, dk, dv, None, None
 
 
@@ -200,14 +354,15 @@ def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None
     scale = scale if softmax_scale is None else softmax_scale
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
-    if not (q.device == k.device == v.device):
+    if not (q.get_device() == k.get_device() == v.get_device()):
         raise ValueError(f"flashlab.torch.flash_attention: q, k, v must be on one device; got "
                          f"{q.device}, {k.device}, {v.device}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"flashlab.torch.flash_attention: q, k, v must share one dtype; got "
                         f"{q.dtype}, {k.dtype}, {v.dtype}")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if torch.compiler.is_compiling():  # the custom op: traced without a graph break
         return attention_forward(q, k, v, is_causal, scale)[0]
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return _forward(q, k, v, is_causal, scale)[0]  # nothing to differentiate: no autograd
     return _Eager.apply(q, k, v, is_causal, scale)

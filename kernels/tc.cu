@@ -105,23 +105,20 @@ struct SwzAddr {
     }
 };
 
-/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> shared tile; rows past N become zeros.
+/* rows [row0, row0 + R) of an (N, W) 16-bit matrix whose rows are `stride` elements apart -> shared
+ * tile; rows past N become zeros.
  * A thread copies chunk tid % CH of rows tid / CH + k RS (RS = NT / CH rows a pass): RS is a
- * multiple of 8, so the swizzle is the same in every pass and each pass's shared and global
- * addresses are the first one's plus a constant (no registers per pass kept across the loop). */
+ * multiple of 8, so the swizzle is the same in every pass and each pass's shared address is the
+ * first one's plus a constant (copy_passes, tc_common.cuh, moves the global one). */
 template <int W, int R, int NT>
-__device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0, int N) {
+__device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int stride, int row0, int N) {
     constexpr int CH = W / 8, RS = NT / CH;
     static_assert(NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split into passes");
     const int r = threadIdx.x / CH, c = threadIdx.x % CH;
     const u32 dst = smem_addr(tile + swz<W>(r, c));
-    const u16* g = src + (size_t)(row0 + r) * W + c * 8;
-    const int left = N - row0 - r;  // this thread's rows k RS < left exist
-#pragma unroll
-    for (int k = 0; k < R / RS; ++k) {
-        const bool ok = k * RS < left;
-        cp_async16(dst + 16u * (u32)(k * RS * CH), ok ? g + (size_t)k * RS * W : src, ok);
-    }
+    // this thread's rows k RS < N - row0 - r exist
+    copy_passes<R, RS>(dst, 16u * RS * CH, src, src + (long long)(row0 + r) * stride + c * 8,
+                       stride, N - row0 - r);
 }
 
 /* ---------------------------------------------------------------- F2 forward */
@@ -135,12 +132,13 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int row0,
  * rows x BK), so a warp can own two slabs at D = 128 without spilling. */
 template <bool BF16, int D, int BC, int NW, int WM, int BK>
 __global__ void __launch_bounds__(NW * 32)
-tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
-           const u16* __restrict__ K,  // (B, H, Nk, D)
-           const u16* __restrict__ V,  // (B, H, Nk, D)
-           u16* __restrict__ O,        // (B, H, Nq, D)
+tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
+           const u16* __restrict__ K,  // (B, H, Nk, D), rows as kr says
+           const u16* __restrict__ V,  // (B, H, Nk, D), rows as vr says
+           u16* __restrict__ O,        // (B, H, Nq, D), rows as orr says
            float* __restrict__ L,      // (B, H, Nq) fp32 logsumexp, natural units
            int Nq, int Nk, float tau, int causal, int group,
+           int H, Rows qr, Rows kr, Rows vr, Rows orr,  // heads per batch; rows of Q, K, V, O
            float* tr_m,                // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
            float* tr_l,                // (B, H, Tr, Tc, BR)
            float* tr_O,                // (B, H, Tr, Tc, BR, D)
@@ -157,12 +155,12 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
     block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
-    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
     const int wrow = warp * 16 * WM;  // this warp's first row in the block
 
-    load_tile<D, BR, NT>(sQ, blk.Qh, i * BR, Nq);                  // F2:L2
-    load_tile<D, BC, NT>(sKV, blk.Kh, 0, Nk);                       // F2:L4 (K_0, V_0)
-    load_tile<D, BC, NT>(sKV + BC * CH, blk.Vh, 0, Nk);
+    load_tile<D, BR, NT>(sQ, blk.Qh, blk.qn, i * BR, Nq);                  // F2:L2
+    load_tile<D, BC, NT>(sKV, blk.Kh, blk.kn, 0, Nk);                       // F2:L4 (K_0, V_0)
+    load_tile<D, BC, NT>(sKV + BC * CH, blk.Vh, blk.vn, 0, Nk);
     cp_commit();
 
     float o[WM][NO][4];
@@ -186,8 +184,8 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
         __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
         if (j + 1 < blk.jend) {                                      // F2:L4 for j+1, during tile j
             uint4* nxt = sKV + ((j + 1) & 1) * 2 * BC * CH;
-            load_tile<D, BC, NT>(nxt, blk.Kh, (j + 1) * BC, Nk);
-            load_tile<D, BC, NT>(nxt + BC * CH, blk.Vh, (j + 1) * BC, Nk);
+            load_tile<D, BC, NT>(nxt, blk.Kh, blk.kn, (j + 1) * BC, Nk);
+            load_tile<D, BC, NT>(nxt + BC * CH, blk.Vh, blk.vn, (j + 1) * BC, Nk);
         }
         cp_commit();
         const u32 so = (j & 1) * STAGE;
@@ -274,11 +272,11 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
 
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units), one write per row
     block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
-    u16* Oh = O + head_offset(bh, Nq, D);
+    u16* Oh = O + orr.head(bh, H);
     float* Lh = L + head_offset(bh, Nq, 1);
 #pragma unroll
     for (int a = 0; a < WM; ++a)
-        f2_write<BF16, D>(Oh, Lh, i * BR + wrow + a * 16, Nq, o[a], m[a], l[a], g, t);
+        f2_write<BF16, D>(Oh, orr.n, Lh, i * BR + wrow + a * 16, Nq, o[a], m[a], l[a], g, t);
 }
 
 /* ---------------------------------------------------------------- G2 backward */
@@ -300,16 +298,17 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
  * has QS - 1 steps to land. Two barriers per step. */
 template <bool BF16, int D, int BR, int BC, int NW, int WS, int WKV, int WQ, int QS>
 __global__ void __launch_bounds__(NW * 32)
-tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
-            const u16* __restrict__ K,     // (B, H, Nk, D)
-            const u16* __restrict__ V,     // (B, H, Nk, D)
-            const u16* __restrict__ dO,    // (B, H, Nq, D)
+tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
+            const u16* __restrict__ K,     // (B, H, Nk, D), rows as kr says
+            const u16* __restrict__ V,     // (B, H, Nk, D), rows as vr says
+            const u16* __restrict__ dO,    // (B, H, Nq, D), rows as dor says
             const float* __restrict__ L,   // (B, H, Nq) fp32 logsumexp from the forward
             const float* __restrict__ Dv,  // (B, H, Nq) fp32 rowsum(dO * O), tc_backward_dot
             float* __restrict__ dQacc,     // (B, H, Nq, D) fp32, zeroed by tc_backward_dot
             u16* __restrict__ dK,          // (B, H, Nk, D)
             u16* __restrict__ dV,          // (B, H, Nk, D)
             int Nq, int Nk, float tau, int causal, int group,
+            int H, Rows qr, Rows kr, Rows vr, Rows dor,  // heads per batch; rows of Q, K, V, dO
             float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
             float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
             float* tr_dV,                  // (B, H, Tr, Tc, BC, D)
@@ -339,7 +338,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
     const int g = lane >> 2, t = lane & 3;
     int j, bh;
     block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
-    const G2Block<D, BR, BC> blk(j, bh, Q, dO, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
+    const G2Block<D, BR, BC> blk(j, bh, Q, dO, qr, dor, H, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
     const int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
 
     // the three warp grids
@@ -354,15 +353,15 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
     const SwzAddr<BR> aSt(smem, (lane & 7) + (lane >> 4) * 8, qq0 / 8 + ((lane >> 3) & 1));  // dS (A^T)
     const SwzAddr<D> aKt(smem, (lane & 7) + ((lane >> 3) & 1) * 8, qd0 / 8 + (lane >> 4));   // K (B^T)
 
-    load_tile<D, BC, NT>(sK, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
-    load_tile<D, BC, NT>(smem + OV, V + head_offset(bh, Nk, D), j * BC, Nk);
+    load_tile<D, BC, NT>(sK, K + kr.head(bh, H), kr.n, j * BC, Nk);   // G2:L2
+    load_tile<D, BC, NT>(smem + OV, V + vr.head(bh, H), vr.n, j * BC, Nk);
     // step i's Q_i, dO_i, L_i, D_i into stage (i - i0) % QS
     auto load_i = [&](int i) {
         const int st = (i - i0) % QS;
         uint4* q = smem + OQ + st * STG;
         float* ld = sLD2 + st * 2 * BR;
-        load_tile<D, BR, NT>(q, blk.Qh, i * BR, Nq);
-        load_tile<D, BR, NT>(q + ODO, blk.dOh, i * BR, Nq);
+        load_tile<D, BR, NT>(q, blk.Qh, blk.qn, i * BR, Nq);
+        load_tile<D, BR, NT>(q + ODO, blk.dOh, blk.don, i * BR, Nq);
         g2_load_ld<BR, NT>(ld, blk.Lh, blk.Dh, i, Nq);
     };
     g2_first_stages<QS>(load_i, i0, blk.Tr);                             // G2:L4, stages i0 ..

@@ -51,22 +51,18 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
            (1ull << 62);
 }
 
-/* rows [row0, row0 + R) of a (N, W) 16-bit matrix -> a panel tile at shared address `tile`
- * (1024-byte aligned); rows past N become zeros. Thread x copies chunk x % (W / 8) of rows
- * x / (W / 8) + k RS, so every pass has the same swizzle and constant offsets. */
+/* rows [row0, row0 + R) of an (N, W) 16-bit matrix, rows `stride` elements apart -> a panel tile at
+ * shared address `tile` (1024-byte aligned); rows past N become zeros. Thread x copies chunk
+ * x % (W / 8) of rows x / (W / 8) + k RS, so every pass has the same swizzle and constant shared
+ * offsets (copy_passes, tc_common.cuh, moves the global address). */
 template <int W, int R, int NT>
-__device__ __forceinline__ void load_panels(u32 tile, const u16* src, int row0, int N) {
+__device__ __forceinline__ void load_panels(u32 tile, const u16* src, int stride, int row0, int N) {
     constexpr int CH = W / 8, RS = NT / CH;
     static_assert(W % 64 == 0 && NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split");
     const int r = threadIdx.x / CH, c = threadIdx.x % CH;
     const u32 dst = tile + (u32)((c >> 3) * R * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-    const u16* g = src + (size_t)(row0 + r) * W + c * 8;
-    const int left = N - row0 - r;
-#pragma unroll
-    for (int k = 0; k < R / RS; ++k) {
-        const bool ok = k * RS < left;
-        cp_async16(dst + (u32)(k * RS * 128), ok ? g + (size_t)k * RS * W : src, ok);
-    }
+    copy_passes<R, RS>(dst, RS * 128, src, src + (long long)(row0 + r) * stride + c * 8, stride,
+                       N - row0 - r);
 }
 
 /* Registers an asynchronous wgmma reads as its A operand are free only after the wg_wait that
@@ -111,12 +107,13 @@ __device__ __forceinline__ Slab<R / 4>& frag(float (&x)[R]) {
  * copied with Q_i and K_0 but waited for a tile later); one barrier per tile. MINB: thread blocks per multiprocessor the registers must allow. */
 template <bool BF16, int D, int BC, int NWG, int MINB>
 __global__ void __launch_bounds__(NWG * 128, MINB)
-tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
-             const u16* __restrict__ K,  // (B, H, Nk, D)
-             const u16* __restrict__ V,  // (B, H, Nk, D)
-             u16* __restrict__ O,        // (B, H, Nq, D)
+tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
+             const u16* __restrict__ K,  // (B, H, Nk, D), rows as kr says
+             const u16* __restrict__ V,  // (B, H, Nk, D), rows as vr says
+             u16* __restrict__ O,        // (B, H, Nq, D), rows as orr says
              float* __restrict__ L,      // (B, H, Nq) fp32 logsumexp, natural units
              int Nq, int Nk, float tau, int causal, int group,
+             int H, Rows qr, Rows kr, Rows vr, Rows orr,  // heads per batch; rows of Q, K, V, O
              float* tr_m,                // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
              float* tr_l,                // (B, H, Tr, Tc, BR)
              float* tr_O,                // (B, H, Tr, Tc, BR, D)
@@ -134,12 +131,12 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
     block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
-    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
 
-    load_panels<D, BR, NT>(sQ, blk.Qh, i * BR, Nq);                // F2:L2
-    load_panels<D, BC, NT>(sK, blk.Kh, 0, Nk);                      // F2:L4 (K_0, then V_0)
+    load_panels<D, BR, NT>(sQ, blk.Qh, blk.qn, i * BR, Nq);                // F2:L2
+    load_panels<D, BC, NT>(sK, blk.Kh, blk.kn, 0, Nk);                      // F2:L4 (K_0, then V_0)
     cp_commit();
-    load_panels<D, BC, NT>(sV, blk.Vh, 0, Nk);  // its own group: S_0 waits only for Q_i and K_0
+    load_panels<D, BC, NT>(sV, blk.Vh, blk.vn, 0, Nk);  // its own group: S_0 waits only for Q_i and K_0
     cp_commit();
 
     float o[D / 2];
@@ -169,8 +166,8 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
         else cp_wait<0>();         // K_j and V_{j-1} have landed ...
         fence_async_smem();  // ... visible to wgmma ...
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with j - 1
-        if (j + 1 < blk.jend) load_panels<D, BC, NT>(sK + ((j + 1) & 1) * TILE, blk.Kh, (j + 1) * BC, Nk);
-        if (j > 0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, blk.Vh, j * BC, Nk);
+        if (j + 1 < blk.jend) load_panels<D, BC, NT>(sK + ((j + 1) & 1) * TILE, blk.Kh, blk.kn, (j + 1) * BC, Nk);
+        if (j > 0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, blk.Vh, blk.vn, j * BC, Nk);
         cp_commit();
     };
     // S = Q_i K_j^T, issued (not waited for)
@@ -265,9 +262,9 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
 
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units)
     block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
-    u16* Oh = O + head_offset(bh, Nq, D);
+    u16* Oh = O + orr.head(bh, H);
     float* Lh = L + head_offset(bh, Nq, 1);
-    f2_write<BF16, D>(Oh, Lh, i * BR + wrow, Nq, frag(o), m, l, g, t);
+    f2_write<BF16, D>(Oh, orr.n, Lh, i * BR + wrow, Nq, frag(o), m, l, g, t);
 }
 
 /* ---------------------------------------------------------------- G2 backward */
@@ -284,16 +281,17 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D)
  * Q_i, dO_i, L_i, D_i rotate through QS stages, copied QS - 1 steps ahead. Two barriers per step. */
 template <bool BF16, int D, int BR, int BC, int QS, int MINB>
 __global__ void __launch_bounds__(BC * 2, MINB)
-tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
-              const u16* __restrict__ K,     // (B, H, Nk, D)
-              const u16* __restrict__ V,     // (B, H, Nk, D)
-              const u16* __restrict__ dO,    // (B, H, Nq, D)
+tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
+              const u16* __restrict__ K,     // (B, H, Nk, D), rows as kr says
+              const u16* __restrict__ V,     // (B, H, Nk, D), rows as vr says
+              const u16* __restrict__ dO,    // (B, H, Nq, D), rows as dor says
               const float* __restrict__ L,   // (B, H, Nq) fp32 logsumexp from the forward
               const float* __restrict__ Dv,  // (B, H, Nq) fp32 rowsum(dO * O), tc_backward_dot
               float* __restrict__ dQacc,     // (B, H, Nq, D) fp32, zeroed by tc_backward_dot
               u16* __restrict__ dK,          // (B, H, Nk, D)
               u16* __restrict__ dV,          // (B, H, Nk, D)
               int Nq, int Nk, float tau, int causal, int group,
+              int H, Rows qr, Rows kr, Rows vr, Rows dor,  // heads per batch; rows of Q, K, V, dO
               float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
               float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
               float* tr_dV,                  // (B, H, Tr, Tc, BC, D)
@@ -319,18 +317,18 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D)
     const int g = lane >> 2, t = lane & 3;
     int j, bh;
     block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
-    const G2Block<D, BR, BC> blk(j, bh, Q, dO, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
+    const G2Block<D, BR, BC> blk(j, bh, Q, dO, qr, dor, H, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
     const int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
     const int krow = wg * 64 + wq * 16;                   // this warp's first key in the block
 
-    load_panels<D, BC, NT>(s0 + OK_, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
-    load_panels<D, BC, NT>(s0 + OV, V + head_offset(bh, Nk, D), j * BC, Nk);
+    load_panels<D, BC, NT>(s0 + OK_, K + kr.head(bh, H), kr.n, j * BC, Nk);   // G2:L2
+    load_panels<D, BC, NT>(s0 + OV, V + vr.head(bh, H), vr.n, j * BC, Nk);
     // step i's Q_i, dO_i, L_i, D_i into stage (i - i0) % QS
     auto load_i = [&](int i) {
         const int st = (i - i0) % QS;
         const u32 q = s0 + OQ + st * STG;
-        load_panels<D, BR, NT>(q, blk.Qh, i * BR, Nq);
-        load_panels<D, BR, NT>(q + QT, blk.dOh, i * BR, Nq);
+        load_panels<D, BR, NT>(q, blk.Qh, blk.qn, i * BR, Nq);
+        load_panels<D, BR, NT>(q + QT, blk.dOh, blk.don, i * BR, Nq);
         g2_load_ld<BR, NT>(sLD + st * 2 * BR, blk.Lh, blk.Dh, i, Nq);
     };
     g2_first_stages<QS>(load_i, i0, blk.Tr);                                 // G2:L4, stages i0 ..

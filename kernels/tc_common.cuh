@@ -52,6 +52,23 @@ __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 
+/* The copy passes of a tile loader (tc.cu's load_tile, tc90.cu's load_panels): this thread's
+ * rows k RS, k < R / RS, of a 16-bit matrix whose rows are `stride` elements apart; g points at
+ * its first row's 16-byte chunk, and pass k lands at shared address dst + k dpass. Rows from
+ * `left` on do not exist and become zeros. The global address moves RS rows a pass by one add:
+ * multiplying k RS by the stride in each pass cost registers and 7-19% more instructions. */
+template <int R, int RS>
+__device__ __forceinline__ void copy_passes(u32 dst, u32 dpass, const u16* src, const u16* g,
+                                            int stride, int left) {
+    const long long step = (long long)RS * stride;
+#pragma unroll
+    for (int k = 0; k < R / RS; ++k) {
+        const bool ok = k * RS < left;
+        cp_async16(dst + (u32)k * dpass, ok ? g : src, ok);
+        g += step;
+    }
+}
+
 /* Two fp32 -> one register of two 16-bit values (round to nearest even); lo in the low half. */
 template <bool BF16>
 __device__ __forceinline__ u32 pack2(float lo, float hi) {
@@ -118,6 +135,25 @@ __device__ __forceinline__ void block_order(int causal, int group, int& x, int& 
     bh = c * G + r % heads;
 }
 
+/* ---------------------------------------------------------------- operand layout */
+
+/* Where the rows of one (B, H, N, D) 16-bit operand are: the element strides of its batch, head
+ * and row dimensions (torch's x.stride(0), x.stride(1), x.stride(2)); the last dimension is
+ * contiguous and every row starts on 16 bytes (cp.async's unit), which the launcher checks. A
+ * contiguous tensor has (H N D, N D, D); q of a packed projection, qkv.view(B, N, 3, H, D) with
+ * its heads moved forward, has (3 N H D, D, 3 H D), and runs without a copy. */
+struct Rows {
+    long long b, h;  // batch, head
+    int n;           // row
+    /* element offset of head bh's first row, bh = b * H + h as block_order counts heads */
+    __device__ __forceinline__ long long head(int bh, int H) const {
+        const int bb = bh / H;
+        return bb * b + (long long)(bh - bb * H) * h;
+    }
+};
+static_assert(sizeof(Rows) == 24 && alignof(Rows) == 8,
+              "Rows must match ROWS_DTYPE in flashlab/launch/prepared.py");
+
 /* ---------------------------------------------------------------- thread blocks */
 
 /* F2's thread block (tc_forward, tc90_forward): row block i of head bh (the kernel has them from
@@ -129,15 +165,20 @@ struct F2Block {
     int Tr, Tc;               // row blocks and key tiles per head
     int last_row;             // the block's last query row that exists
     int jend;                 // key tiles visited: j = 0 .. jend - 1
-    const u16 *Qh, *Kh, *Vh;  // head bh's Q (Nq, D), K and V (Nk, D)
+    const u16 *Qh, *Kh, *Vh;  // head bh's Q (Nq, D), K and V (Nk, D), rows qn, kn, vn apart
+    int qn, kn, vn;
     float sl2;                // tau log2(e): S in the softmax's base-2 units
     __device__ __forceinline__ F2Block(int i_, int bh_, const u16* Q, const u16* K, const u16* V,
+                                       const Rows& qr, const Rows& kr, const Rows& vr, int H,
                                        int Nq, int Nk, float tau, int causal) {
         i = i_;
         bh = bh_;
-        Qh = Q + head_offset(bh, Nq, D);
-        Kh = K + head_offset(bh, Nk, D);
-        Vh = V + head_offset(bh, Nk, D);
+        Qh = Q + qr.head(bh, H);
+        Kh = K + kr.head(bh, H);
+        Vh = V + vr.head(bh, H);
+        qn = qr.n;
+        kn = kr.n;
+        vn = vr.n;
         Tr = (Nq + BR - 1) / BR;
         Tc = (Nk + BC - 1) / BC;
         last_row = min(Nq, (i + 1) * BR) - 1;
@@ -155,17 +196,21 @@ template <int D, int BR, int BC>
 struct G2Block {
     int j, bh;                 // key block, head
     int Tr, Tc;                // query blocks and key blocks per head
-    const u16 *Qh, *dOh;       // head bh's Q, dO (Nq, D)
+    const u16 *Qh, *dOh;       // head bh's Q, dO (Nq, D), rows qn, don apart
+    int qn, don;
     const float *Lh, *Dh;      // its L, D (Nq)
     float* dQh;                // its fp32 dQ accumulator (Nq, D)
     float sl2;                 // tau log2(e)
     __device__ __forceinline__ G2Block(int j_, int bh_, const u16* Q, const u16* dO,
+                                       const Rows& qr, const Rows& dor, int H,
                                        const float* L, const float* Dv, float* dQacc, int Nq,
                                        int Nk, float tau) {
         j = j_;
         bh = bh_;
-        Qh = Q + head_offset(bh, Nq, D);
-        dOh = dO + head_offset(bh, Nq, D);
+        Qh = Q + qr.head(bh, H);
+        dOh = dO + dor.head(bh, H);
+        qn = qr.n;
+        don = dor.n;
         Lh = L + head_offset(bh, Nq, 1);
         Dh = Dv + head_offset(bh, Nq, 1);
         dQh = dQacc + head_offset(bh, Nq, D);
@@ -283,9 +328,9 @@ __device__ __forceinline__ void f2_trace(const F2Block<D, BR, BC>& blk, int j, i
 }
 
 /* F2:L9 for a slab whose rows start at query row0: O = O~ / l rounded to 16 bits, L = m + log l
- * in natural units; Oh, Lh are the head's O (Nq, D) and L (Nq). One write per row. */
+ * in natural units; Oh, Lh are the head's O (Nq, D; rows on apart) and L (Nq). One write per row. */
 template <bool BF16, int D>
-__device__ __forceinline__ void f2_write(u16* Oh, float* Lh, int row0, int Nq, const Slab<D / 8>& o,
+__device__ __forceinline__ void f2_write(u16* Oh, int on, float* Lh, int row0, int Nq, const Slab<D / 8>& o,
                                          const float (&m)[2], const float (&l)[2], int g, int t) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -297,7 +342,7 @@ __device__ __forceinline__ void f2_write(u16* Oh, float* Lh, int row0, int Nq, c
         const float inv = 1.0f / lsum;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
-            *reinterpret_cast<u32*>(Oh + (size_t)r * D + n * 8 + 2 * t) =
+            *reinterpret_cast<u32*>(Oh + (size_t)r * on + n * 8 + 2 * t) =
                 pack2<BF16>(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
         if (t == 0) Lh[r] = (safe_max(m[h]) + log2f(lsum)) * TC_LN2;
     }
@@ -404,12 +449,17 @@ struct Half16Elem {
  * dQ accumulator that G2:L7's atomic adds collect into. */
 template <bool BF16>
 __global__ void __launch_bounds__(256)
-tc_backward_dot(const u16* __restrict__ dO,   // (B, H, Nq, D) = (rows, d), 16-bit
-                const u16* __restrict__ O,    // (B, H, Nq, D)
-                float* __restrict__ Dv,       // (B, H, Nq) = (rows)
-                float* __restrict__ dQacc,    // (B, H, Nq, D) fp32, zeroed here
-                long long rows, int d) {
-    backward_dot<Half16Elem<BF16>, true>(dO, O, Dv, dQacc, rows, d);
+tc_backward_dot(const u16* __restrict__ dO,   // (B, H, Nq, D), 16-bit, rows as dor says
+                const u16* __restrict__ O,    // (B, H, Nq, D), rows as orr says
+                float* __restrict__ Dv,       // (B, H, Nq) = (rows) contiguous
+                float* __restrict__ dQacc,    // (B, H, Nq, D) fp32 contiguous, zeroed here
+                long long rows, int d, Rows dor, Rows orr, int Nq, int H) {
+    const long long row = (long long)blockIdx.x * 8 + threadIdx.x / 32;
+    if (row >= rows) return;
+    const int bh = (int)(row / Nq), n = (int)(row - (long long)bh * Nq);
+    backward_dot_row<Half16Elem<BF16>, true>(dO + dor.head(bh, H) + (long long)n * dor.n,
+                                             O + orr.head(bh, H) + (long long)n * orr.n, Dv,
+                                             dQacc, row, d);
 }
 
 /* dQ = tau * dQacc, rounded to the input dtype (after every thread block of G2 has added in). */

@@ -4,6 +4,9 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh tune [scripts/tc_tune.py args]   (tile search, not in all)
 #   OUT=/tmp/out bash scripts/gpu_check.sh profile [d N --causal --torch]  (ncu of tc, not in all)
 #   OUT=/tmp/out bash scripts/gpu_check.sh ab BASE_DIR     (interleaved tc A/B against a base tree)
+#   OUT=/tmp/out bash scripts/gpu_check.sh host [BASE_DIR]  (flashlab.torch host time vs SDPA, before/after)
+#   OUT=/tmp/out bash scripts/gpu_check.sh gpt2             (GPT-2 small bf16 training, vs SDPA)
+#   OUT=/tmp/out bash scripts/gpu_check.sh torch [BASE_DIR] (host and gpt2)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -65,6 +68,24 @@ fi
 if [[ $what == ab ]]; then
   echo "== interleaved A/B of tc: ${1:?BASE_DIR} (A) against this tree (B)"
   python3 scripts/tc_ab.py "$1" --out "$OUT/ab" --repeat ${TC_REPEAT:-20} 2>&1 | tee "$OUT/ab.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == torch || $what == host ]]; then
+  echo "== flashlab.torch host time per call against SDPA (scripts/torch_host_time.py)"
+  if [[ -n ${1:-} ]]; then  # a base tree: the numbers before the change, same run
+    PYTHONPATH=$1 python3 scripts/torch_host_time.py --profile "$OUT/host_profile_before.txt" \
+      > "$OUT/host_before.txt" 2>&1 || status=1
+    echo "-- before ($1)"; cat "$OUT/host_before.txt"
+  fi
+  echo "-- this tree"
+  python3 scripts/torch_host_time.py --pieces --profile "$OUT/host_profile.txt" 2>&1 | tee "$OUT/host.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == torch || $what == gpt2 ]]; then
+  echo "== GPT-2 small, bf16: flashlab against SDPA flash and cuDNN (examples/gpt2_attention.py)"
+  python3 examples/gpt2_attention.py --out "$OUT/gpt2" ${GPT2_ARGS:-} 2>&1 | tee "$OUT/gpt2.txt" | tail -30
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 

@@ -12,18 +12,45 @@ import ml_dtypes
 import numpy as np
 
 
+_FIRST = 1 << 20
+_next_ptr = [_FIRST]  # fake device addresses, 256-byte aligned like cudaMalloc's
+
+
+def is_address(x: int) -> bool:
+    """x lies in memory a fake array was given (a pointer into a workspace)."""
+    return _FIRST <= x < _next_ptr[0]
+
+
+def c_strides(shape, itemsize) -> tuple:
+    out, step = [], itemsize
+    for n in reversed(shape):
+        out.append(step)
+        step *= n
+    return tuple(reversed(out))
+
+
 class ndarray:
     __module__ = "cupy._core.core"
 
-    def __init__(self, shape, dtype=np.float32, device=0, fill=np.nan):
+    def __init__(self, shape, dtype=np.float32, device=0, fill=np.nan, strides=None, ptr=None):
         self.shape = tuple(int(s) for s in (shape if isinstance(shape, tuple) else (shape,)))
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape))
         self.device = types.SimpleNamespace(id=device)
-        self.flags = types.SimpleNamespace(c_contiguous=True)
-        self.strides = ()
+        dense = c_strides(self.shape, self.dtype.itemsize)
+        self.strides = dense if strides is None else tuple(int(s) for s in strides)
+        self.flags = types.SimpleNamespace(c_contiguous=self.strides == dense)
+        if ptr is None:
+            ptr = _next_ptr[0]
+            _next_ptr[0] += -(-max(1, self.size * self.dtype.itemsize) // 256) * 256
+        self.data = types.SimpleNamespace(ptr=ptr)
         self.filled = fill
+
+    def view_of(self, shape, strides, offset_bytes=0):
+        """A strided view into this array's buffer (as slicing and transposing would make)."""
+        return ndarray(shape, self.dtype, self.device.id, strides=strides,
+                       ptr=self.data.ptr + offset_bytes)
 
     def astype(self, dtype, copy=True):
         if np.dtype(dtype) == self.dtype and not copy:
@@ -49,7 +76,7 @@ def _module(cc: str, smem_optin: int, l2: int):
     fake = types.ModuleType("cupy")
     fake.__dict__.update(ndarray=ndarray, float32=np.float32, float16=np.float16,
                          bfloat16=ml_dtypes.bfloat16, int64=np.int64, int32=np.int32,
-                         uint16=np.uint16, uint32=np.uint32, nan=np.nan, launches=[],
+                         uint8=np.uint8, uint16=np.uint16, uint32=np.uint32, nan=np.nan, launches=[],
                          compiles=[], __version__="0.fake")
     current = [0]
 
@@ -73,11 +100,17 @@ def _module(cc: str, smem_optin: int, l2: int):
             self.max_dynamic_shared_size_bytes = 48 * 1024
 
         def __call__(self, grid, block, args, shared_mem=0):
-            if shared_mem > self.max_dynamic_shared_size_bytes:
-                raise RuntimeError(f"{self.name}: {shared_mem} bytes of shared memory without "
-                                   "the opt-in")
-            fake.launches.append(dict(name=self.name, grid=tuple(grid), block=tuple(block),
-                                      args=tuple(args), smem=shared_mem))
+            self.kernel(grid, block, args, shared_mem)
+
+        @property
+        def kernel(self):  # cupy.cuda.function.Function: (grid, block, args, smem, stream)
+            def function(grid, block, args, shared_mem=0, stream=None):
+                if shared_mem > self.max_dynamic_shared_size_bytes:
+                    raise RuntimeError(f"{self.name}: {shared_mem} bytes of shared memory "
+                                       "without the opt-in")
+                fake.launches.append(dict(name=self.name, grid=tuple(grid), block=tuple(block),
+                                          args=tuple(args), smem=shared_mem, stream=stream))
+            return function
 
     class RawModule:
         def __init__(self, code=None, options=(), name_expressions=None, path=None):
@@ -110,7 +143,7 @@ def _module(cc: str, smem_optin: int, l2: int):
 
 
 def install(monkeypatch, cc="90", smem_optin=227 * 1024, l2=50 * 2**20):
-    from flashlab.launch import buffers, compiler, device
+    from flashlab.launch import buffers, compiler, device, tc
 
     fake = _module(cc, smem_optin, l2)
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -120,6 +153,7 @@ def install(monkeypatch, cc="90", smem_optin=227 * 1024, l2=50 * 2**20):
     monkeypatch.setattr(compiler, "_known", {})
     monkeypatch.setattr(compiler, "_smem_allowed", {})
     monkeypatch.setattr(buffers, "_dummies", {})
+    monkeypatch.setattr(tc, "_cache", {})
 
     class ArchModule(fake.RawModule):  # sm_90a: what _ArchModule would load from its cubin
         def __init__(self, src, options, names, arch, program="tc90.cu"):

@@ -10,7 +10,7 @@ import pytest
 
 import fake_cupy
 from flashlab import course, launch, registry
-from flashlab.launch import compiler, plans, sources
+from flashlab.launch import compiler, plans, prepared, sources
 from flashlab.trace import Trace
 
 SMEM = 227 * 1024
@@ -58,7 +58,10 @@ def test_every_launch_casts_its_scalars_and_fits_the_device(gpu, kernel):
         assert launch_["smem"] <= SMEM and np.prod(launch_["block"]) <= 1024
         assert all(1 <= g < 2**31 for g in launch_["grid"]) and all(g <= 65535 for g in launch_["grid"][1:])
         for a in launch_["args"]:
-            assert isinstance(a, fake_cupy.ndarray) or type(a) in SCALARS, (launch_["name"], a)
+            rows = isinstance(a, np.ndarray) and a.dtype == prepared.ROWS_DTYPE and a.size == 1
+            address = type(a) is int and fake_cupy.is_address(a)  # a workspace part
+            assert isinstance(a, fake_cupy.ndarray) or type(a) in SCALARS or rows or address, \
+                (launch_["name"], a)
 
 
 @pytest.mark.parametrize("kernel", registry.traceable())

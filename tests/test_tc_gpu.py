@@ -247,8 +247,13 @@ def test_tc_bad_inputs_name_the_argument():
         flashlab.flash_attention_backward(do, q, k, v, o, lse, kernel="tc", softmax_scale=float("inf"))
     with pytest.raises(TypeError, match=r"lse has dtype float16"):
         launch.backward("tc", do, q, k, v, o, lse.astype(cp.float16))
-    with pytest.raises(ValueError, match=r"q is not contiguous"):
-        launch.forward("tc", q[:, :, ::2], k, v)
+    # every other query row: a strided view tc reads in place; every other column: one it cannot
+    every_other = launch.forward("tc", q[:, :, ::2], k, v)[0]
+    dense = launch.forward("tc", cp.ascontiguousarray(q[:, :, ::2]), k, v)[0]
+    assert bool((every_other.view(cp.int16) == dense.view(cp.int16)).all())
+    with pytest.raises(ValueError, match=r"q \(shape \(1, 1, 64, 32\), strides .* kernel 'tc' "
+                                         r"cannot read in place: it takes the last dim contiguous"):
+        launch.forward("tc", q[..., ::2], k[..., ::2], v[..., ::2])
     with pytest.raises(ValueError, match=r"out o must be a contiguous bfloat16 array"):
         launch.forward("tc", q, k, v, out=(_poisoned(q.shape, cp.float32), _poisoned(q.shape[:3], cp.float32)))
 

@@ -95,3 +95,123 @@ def test_torch_compile_fullgraph_traces_the_op_and_matches_eager():
     assert torch.allclose(x.grad, grad_eager, rtol=0, atol=0) or \
         float((x.grad - grad_eager).abs().max()) <= 1e-2 * float(grad_eager.abs().max())
     assert np.isfinite(out.float().detach().cpu().numpy()).all()
+
+
+def _packed_qkv(torch, B, N, H, d, dt, seed):
+    """q, k, v as a model makes them: views of one (B, N, 3, H, d) projection, (B, H, N, d)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn((B, N, 3 * H * d), device="cuda", generator=g).to(dt).requires_grad_()
+    q, k, v = (x.transpose(1, 2) for x in qkv.view(B, N, 3, H, d).unbind(2))
+    return qkv, q, k, v
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("d", [64, 128])
+def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_causal, d):
+    torch = _torch()
+    import flashlab.torch as ft
+
+    B, N, H = 2, 256, 4
+    dt = getattr(torch, dtype)
+    qkv, q, k, v = _packed_qkv(torch, B, N, H, d, dt, seed=d)
+    assert not q.is_contiguous() and q.stride() == (N * 3 * H * d, d, 3 * H * d, 1)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    o = ft.flash_attention(q, k, v, is_causal=is_causal)
+    torch.cuda.synchronize()
+    grown = torch.cuda.max_memory_allocated() - before
+    out_bytes = o.numel() * o.element_size() + B * H * N * 4  # o and lse
+    assert grown < out_bytes + q.numel() * q.element_size() // 2, (grown, out_bytes)  # no copy
+    # heads inside rows, as SDPA returns it: the model's transpose back is free
+    assert o.transpose(1, 2).is_contiguous()
+    y = o.transpose(1, 2).reshape(B, N, H * d)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    dy = torch.randn(y.shape, device="cuda", generator=g).to(dt)
+    y.backward(dy)  # dO arrives as a transposed view of dy: read in place as well
+
+    ref = [x.detach().contiguous().requires_grad_() for x in (q, k, v)]
+    o_ref = ft.flash_attention(*ref, is_causal=is_causal)
+    o_ref.backward(dy.view(B, N, H, d).transpose(1, 2).contiguous())
+    assert torch.equal(o, o_ref)  # the same kernel on the same numbers, only addresses differ
+    dq, dk, dv = (x.transpose(1, 2) for x in qkv.grad.view(B, N, 3, H, d).unbind(2))
+    assert torch.equal(dk, ref[1].grad) and torch.equal(dv, ref[2].grad)
+    # dQ sums over key blocks with atomic adds, in whatever order they land
+    assert float((dq.float() - ref[0].grad.float()).abs().max()) <= \
+        4 * float(ref[0].grad.float().abs().max()) * 2.0 ** -8
+
+
+def test_cuda_graph_capture_and_replay_match_eager():
+    torch = _torch()
+    import flashlab.torch as ft
+
+    class Block(torch.nn.Module):
+        def __init__(self, C=256, H=4):
+            super().__init__()
+            self.H = H
+            self.qkv = torch.nn.Linear(C, 3 * C)
+            self.proj = torch.nn.Linear(C, C)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(B, T, 3, self.H, C // self.H)
+                       .unbind(2))
+            y = ft.flash_attention(q, k, v, is_causal=True)
+            return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    torch.manual_seed(0)
+    model = Block().cuda().to(torch.bfloat16)
+    static_x = torch.randn(2, 192, 256, device="cuda", dtype=torch.bfloat16)
+
+    def step(x):
+        y = model(x)
+        y.float().pow(2).mean().backward()
+        return y
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up: compiles the kernels and prepares the calls
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            step(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    model.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # a host sync or a CuPy allocation in the op would fail here
+        static_y = step(static_x)
+    static_grads = [p.grad for p in model.parameters()]  # the graph writes these on replay
+
+    for seed in (1, 2):  # new inputs each replay: the graph reads the static buffer anew
+        x = torch.randn(static_x.shape, device="cuda", dtype=torch.bfloat16,
+                        generator=torch.Generator(device="cuda").manual_seed(seed))
+        static_x.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        replayed = static_y.clone()
+        grads = [g.clone() for g in static_grads]
+        for p in model.parameters():
+            p.grad = None
+        eager = step(x)
+        assert torch.equal(replayed, eager)
+        for p, g in zip(model.parameters(), grads):
+            assert float((p.grad.float() - g.float()).abs().max()) <= \
+                1e-2 * max(1e-6, float(g.float().abs().max()))
+
+
+def test_the_cupy_api_reads_packed_views_in_place():
+    _torch()
+    import cupy as cp
+    import ml_dtypes
+
+    import flashlab
+
+    B, N, H, d = 1, 200, 3, 64
+    qkv = cp.asarray(np.random.default_rng(0).standard_normal((B, N, 3, H, d)),
+                     dtype=cp.float32).astype(ml_dtypes.bfloat16)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    assert not q.flags.c_contiguous
+    o = flashlab.flash_attention(q, k, v, causal=True, kernel="tc")
+    o_ref = flashlab.flash_attention(*(cp.ascontiguousarray(x) for x in (q, k, v)), causal=True,
+                                     kernel="tc")
+    assert bool((o.view(cp.int16) == o_ref.view(cp.int16)).all())

@@ -5,6 +5,8 @@
                  launch(); nvrtc_compile, the offline check without a GPU
     device.py    CuPy, device limits, input checks (dtype, device, head dim, sizes, GPU)
     plans.py     tile sizes and shared memory per kernel; tc's variants and instances
+    prepared.py  a call's launches resolved once per shape (Prepared), run with buffers or
+                 pointers: tc's launches, and flashlab.torch's per-call path
     buffers.py   output buffers, trace buffers
     naive.py, fa1.py, fa2.py, tc.py: one kernel's launches each (forward, backward)
     errors.py    KernelCompileError, KernelLaunchError
@@ -21,14 +23,14 @@ import numpy as np
 
 from .. import registry
 from ..checks import check_backward, check_qkv
-from .buffers import outputs
+from .buffers import outputs, step_buffers
 from .device import device_limits, setup
 from .errors import KernelCompileError, KernelLaunchError
 from .plans import plan
 from .sources import Source
 
-__all__ = ["forward", "backward", "launch_plan", "Source", "KernelCompileError",
-           "KernelLaunchError"]
+__all__ = ["forward", "backward", "prepare_forward", "prepare_backward", "launch_plan", "Source",
+           "KernelCompileError", "KernelLaunchError"]
 
 
 def _check_source(source):
@@ -82,6 +84,44 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
                              ("dq", "dk", "dv"), [q.dtype] * 3)
         return spec.launch_module().backward(ctx, do, q, k, v, o, lse, dq, dk, dv, trace=trace,
                                              source=source, config=config)
+
+
+def _prepared_launcher(kernel: str):
+    spec = registry.get(kernel)
+    if not spec.row_strides:
+        raise ValueError(f"kernel {kernel!r} has no prepared calls (only kernels with strided "
+                         f"operands: {', '.join(n for n, s in registry.KERNELS.items() if s.row_strides)})")
+    return spec, spec.launch_module()
+
+
+def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None):
+    """The forward launches of `kernel` ('tc') for CuPy arrays like q, k, v and output o
+    (shapes, dtype, strides, device; what they hold is not read), checked as forward() checks
+    them and resolved without running: a flashlab.launch.prepared.Prepared, cached per key,
+    whose run({"q", "k", "v", "o", "lse": arrays or device pointers}, stream) launches. This
+    is what flashlab.torch calls once per shape and then runs with torch's pointers."""
+    dims = check_qkv(q, k, v, causal, softmax_scale)
+    spec, mod = _prepared_launcher(kernel)
+    ctx = setup(spec, dims, {"q": q, "k": k, "v": v, "o": o}, False)
+    with ctx.cp.cuda.Device(ctx.device):
+        p = mod.launch_plan(ctx.device, dims.d, "forward")
+        _, targs = step_buffers(ctx, False, "forward", p, ())
+        rows = {n: mod.element_strides(x) for n, x in zip("qkvo", (q, k, v, o))}
+        return mod.prepare_forward(ctx, q.dtype, rows, p, targs=targs)
+
+
+def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None):
+    """prepare_forward for the backward: buffers do, q, k, v, o, lse, dq, dk, dv (dq, dk, dv
+    contiguous) and the scratch buffers its .scratch lists (name -> (shape, dtype))."""
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    spec, mod = _prepared_launcher(kernel)
+    ctx = setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, False)
+    with ctx.cp.cuda.Device(ctx.device):
+        p = mod.launch_plan(ctx.device, dims.d, "backward")
+        _, targs = step_buffers(ctx, False, "backward", p, ())
+        rows = {n: mod.element_strides(x)
+                for n, x in zip(("q", "k", "v", "do", "o"), (q, k, v, do, o))}
+        return mod.prepare_backward(ctx, q.dtype, rows, p, targs=targs)
 
 
 def launch_plan(kernel: str, device: int, d: int, direction: str, config=None,

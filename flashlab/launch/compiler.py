@@ -155,20 +155,28 @@ def function(mod, name: str):
     return hit[1]
 
 
+def set_smem(func, smem: int) -> None:
+    """Opt RawKernel `func` in to `smem` bytes of dynamic shared memory on the current device
+    where that is more than the default 48 KB (a driver call: made once per kernel and device
+    for the functions function() handed out)."""
+    if smem <= 48 * 1024:
+        return
+    if _known.get(id(func)) is func:
+        key = (id(func), _cupy().cuda.runtime.getDevice())
+        if _smem_allowed.get(key, 0) < smem:
+            func.max_dynamic_shared_size_bytes = smem
+            _smem_allowed[key] = smem
+    else:
+        func.max_dynamic_shared_size_bytes = smem
+
+
 def launch(kernel: str, func, grid, block, args, smem: int, describe: str):
     """func(grid, block, args, shared_mem=smem), opting in to more than 48 KB of dynamic shared
     memory first; a failure becomes KernelLaunchError naming the kernel and its arguments."""
     if getattr(func, "on_cpu", False):  # the CPU backend: no opt-in; its faults say enough
         return func(grid, block, args, shared_mem=smem)
     try:
-        if smem > 48 * 1024:
-            if _known.get(id(func)) is func:
-                key = (id(func), _cupy().cuda.runtime.getDevice())
-                if _smem_allowed.get(key, 0) < smem:
-                    func.max_dynamic_shared_size_bytes = smem
-                    _smem_allowed[key] = smem
-            else:
-                func.max_dynamic_shared_size_bytes = smem
+        set_smem(func, smem)
         func(grid, block, args, shared_mem=smem)
     except Exception as e:
         raise KernelLaunchError(

@@ -74,9 +74,9 @@ def _fp32_fallback() -> str:
 
 
 def check_device_inputs(kernel: str, names_arrays: dict, dtypes=None) -> int:
-    """Every array is a contiguous CuPy array on one device, of the dtype the kernel takes
-    (float32; for a 16-bit kernel float16 or bfloat16, one for all, lse float32); returns the
-    device id."""
+    """Every array is a CuPy array on one device, of the dtype the kernel takes (float32; for a
+    16-bit kernel float16 or bfloat16, one for all, lse float32), contiguous (or, for a kernel
+    with row_strides, rows contiguous and 16-byte aligned: check_rows); returns the device id."""
     cp = _cupy()
     spec = registry.get(kernel)
     first_name, device = None, None
@@ -102,10 +102,31 @@ def check_device_inputs(kernel: str, names_arrays: dict, dtypes=None) -> int:
                     "for float32")
             raise TypeError(f"{name} has dtype {x.dtype}; kernel {kernel!r} takes "
                             f"{' or '.join(want)}: pass {name}.astype(cupy.{want[0]})")
-        if not x.flags.c_contiguous:
+        if spec.row_strides and name != "lse":
+            check_rows(spec.name, name, x)
+        elif not x.flags.c_contiguous:
             raise ValueError(f"{name} is not contiguous (shape {x.shape}, strides {x.strides}); "
                              f"pass cupy.ascontiguousarray({name})")
     return device
+
+
+ROW_ALIGN = 16  # bytes: the kernels copy rows in 16-byte pieces (cp.async)
+
+
+def check_rows(kernel: str, name: str, x) -> None:
+    """A strided operand kernel `kernel` reads without a copy: the last dim contiguous, every
+    stride non-negative, every row starting on 16 bytes (as a view of a packed qkv projection
+    is). Else a ValueError naming `name`, its strides and the fix."""
+    item = x.dtype.itemsize
+    strides = x.strides
+    ok = (strides[-1] == item or x.shape[-1] == 1) and all(s >= 0 for s in strides) \
+        and all(s % ROW_ALIGN == 0 for s in strides[:-1]) and x.data.ptr % ROW_ALIGN == 0
+    if not ok:
+        raise ValueError(
+            f"{name} (shape {x.shape}, strides {strides} bytes) is a view kernel {kernel!r} cannot "
+            f"read in place: it takes the last dim contiguous and batch, head and row strides "
+            f"that are non-negative multiples of {ROW_ALIGN} bytes, with the first row "
+            f"{ROW_ALIGN}-byte aligned; pass cupy.ascontiguousarray({name})")
 
 
 def _check_sizes(kernel: str, dims: Dims):

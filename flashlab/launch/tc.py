@@ -15,8 +15,10 @@ import numpy as np
 from .. import registry
 from . import plans
 from .buffers import finish, step_buffers
-from .compiler import function, get_module, launch
+from .compiler import function, get_module, set_smem
 from .device import Launch, _dtype_name, device_limits
+from .prepared import Prepared, Slot, Step
+from .prepared import rows as Rows
 from .sources import Source, ours, variant_of
 
 NAME = "tc"  # this launcher's registry entry
@@ -34,51 +36,123 @@ def launch_plan(device: int, d: int, direction: str, config: dict | None = None,
     return plans.tc_plan(d, direction, config, variant)
 
 
-def _module(ctx: Launch, q, d, trace, source, p, fwd=None, bwd=None):
+def _module(ctx: Launch, q_dtype, d, trace, source, p, fwd=None, bwd=None):
     """The module with this dtype's and head dim's instances, and their names (forward,
     backward, the D pre-pass, dQ's rounding)."""
-    bf16 = _dtype_name(q.dtype) == "bfloat16"
+    bf16 = _dtype_name(q_dtype) == "bfloat16"
     names = plans.tc_names(bf16, d, fwd, bwd, p["variant"])
     src = source if source is not None else ours(ctx.spec.name, p["variant"])
     arch = ctx.spec.variants[p["variant"]].arch
     return get_module(src, trace, names, arch=arch, kernel=ctx.spec.name), names
 
 
+def element_strides(x) -> tuple:
+    """(batch, head, row) strides of a CuPy array in elements (the kernels' Rows)."""
+    item = x.dtype.itemsize
+    return tuple(s // item for s in x.strides[:3])
+
+
+_cache: dict = {}  # key -> Prepared: untraced calls, per device, sizes, dtype, strides, config
+_CACHE_MAX = 512
+
+
+def _cached(key, build) -> Prepared:
+    hit = _cache.get(key)
+    if hit is None:
+        if len(_cache) >= _CACHE_MAX:  # shapes that keep changing: start over, never grow
+            _cache.clear()
+        hit = _cache[key] = build()
+    return hit
+
+
+def _step(ctx: Launch, mod, name, grid, block, args, smem) -> Step:
+    """A Step of `name`: its RawKernel's function on this device, opted in to `smem` bytes."""
+    raw = function(mod, name)
+    set_smem(raw, smem)
+    return Step(raw.kernel, grid, block, smem, args, name)
+
+
+def prepare_forward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source=None,
+                    targs=()) -> Prepared:
+    """F2 on tensor cores (tc_forward / tc90_forward) for these sizes, dtype, operand rows
+    (name -> element strides of q, k, v, o) and plan p (launch_plan's), resolved once per key
+    (traced calls: every time, their trace buffers among the constants). Buffers: q, k, v, o,
+    lse."""
+    dims = ctx.dims
+    key = ("forward", ctx.device, _dtype_name(dtype), dims, tuple(rows[n] for n in "qkvo"),
+           p["variant"], _frozen(p["config"]), None if source is None else source.digest)
+
+    def build():
+        Nq, Nk, d, BH = dims.Nq, dims.Nk, dims.d, dims.B * dims.H
+        mod, names = _module(ctx, dtype, d, trace, source, p, fwd=p["config"])
+        group = plans.tc_head_group(ctx.limits["l2_bytes"], Nk, d, BH) if ctx.causal else 1
+        args = (Slot("q"), Slot("k"), Slot("v"), Slot("o"), Slot("lse"), np.int32(Nq),
+                np.int32(Nk), ctx.tau, ctx.causal, np.int32(group), np.int32(dims.H),
+                *(Rows(rows[n]) for n in "qkvo")) + tuple(targs)
+        step = _step(ctx, mod, names[0], (math.ceil(Nq / p["Br"]), BH), (p["threads"],), args,
+                     p["smem"])
+        return Prepared(ctx.spec.name, [step], describe=ctx.desc)
+
+    return build() if trace else _cached(key, build)
+
+
+def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source=None,
+                     targs=()) -> Prepared:
+    """G2 on tensor cores: the D pre-pass (which zeroes dQ's fp32 accumulator), the per-K/V-block
+    kernel (atomic adds into dQ), dQ's rounding to the input dtype; rows: element strides of
+    q, k, v, do, o. Buffers: do, q, k, v, o, lse, dq, dk, dv; workspace: Dvec (BH, Nq) and
+    dq_acc (BH, Nq, d), float32."""
+    dims = ctx.dims
+    key = ("backward", ctx.device, _dtype_name(dtype), dims,
+           tuple(rows[n] for n in ("q", "k", "v", "do", "o")), p["variant"],
+           _frozen(p["config"]), None if source is None else source.digest)
+
+    def build():
+        Nq, Nk, d, BH = dims.Nq, dims.Nk, dims.d, dims.B * dims.H
+        mod, names = _module(ctx, dtype, d, trace, source, p, bwd=p["config"])
+        n = BH * Nq
+        H = np.int32(dims.H)
+        dot = _step(ctx, mod, names[2], (math.ceil(n / 8),), (256,),
+                    (Slot("do"), Slot("o"), Slot("Dvec"), Slot("dq_acc"), np.int64(n),
+                     np.int32(d), Rows(rows["do"]), Rows(rows["o"]), np.int32(Nq), H), 0)  # G2:L0
+        group = plans.tc_head_group(ctx.limits["l2_bytes"], Nq, d, BH) if ctx.causal else 1
+        main = _step(ctx, mod, names[1], (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
+                     (Slot("q"), Slot("k"), Slot("v"), Slot("do"), Slot("lse"), Slot("Dvec"),
+                      Slot("dq_acc"), Slot("dk"), Slot("dv"), np.int32(Nq), np.int32(Nk),
+                      ctx.tau, ctx.causal, np.int32(group), H,
+                      *(Rows(rows[x]) for x in ("q", "k", "v", "do")))
+                     + tuple(targs), p["smem"])
+        m = n * d
+        rnd = _step(ctx, mod, names[3], (math.ceil(m / 256),), (256,),
+                    (Slot("dq_acc"), Slot("dq"), np.int64(m), ctx.tau), 0)
+        return Prepared(ctx.spec.name, [dot, main, rnd], describe=ctx.desc,
+                        workspace={"Dvec": BH * Nq * 4, "dq_acc": BH * Nq * d * 4})
+
+    return build() if trace else _cached(key, build)
+
+
+def _frozen(config):
+    return None if config is None else tuple(sorted(config.items()))
+
+
 def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None):
     """F2 on tensor cores (tc_forward / tc90_forward)."""
-    cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
-    Nq, Nk, d = dims.Nq, dims.Nk, dims.d
-    BH = dims.B * dims.H
-    p = launch_plan(ctx.device, d, "forward", config, source)
-    mod, names = _module(ctx, q, d, trace, source, p, fwd=p["config"])
+    p = launch_plan(ctx.device, ctx.dims.d, "forward", config, source)
     state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~"))
-    group = plans.tc_head_group(ctx.limits["l2_bytes"], Nk, d, BH) if ctx.causal else 1
-    launch(spec.name, function(mod, names[0]), (math.ceil(Nq / p["Br"]), BH), (p["threads"],),
-           (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal, np.int32(group))
-           + targs, p["smem"], ctx.desc)
+    rows = {n: element_strides(x) for n, x in zip("qkvo", (q, k, v, o))}
+    call = prepare_forward(ctx, q.dtype, rows, p, trace, source, targs)
+    call.run({"q": q, "k": k, "v": v, "o": o, "lse": lse})
     return finish(ctx, state, "forward", o, lse)
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
              config=None):
-    """G2 on tensor cores: D pre-pass (zeroes dQ's fp32 accumulator), the per-K/V-block kernel
-    (atomic adds into dQ), dQ's rounding to the input dtype."""
-    cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
-    Nq, Nk, d = dims.Nq, dims.Nk, dims.d
-    BH = dims.B * dims.H
-    p = launch_plan(ctx.device, d, "backward", config, source)
-    mod, names = _module(ctx, q, d, trace, source, p, bwd=p["config"])
+    """G2 on tensor cores (prepare_backward's three launches)."""
+    p = launch_plan(ctx.device, ctx.dims.d, "backward", config, source)
     state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
-    rows = BH * Nq
-    dq_acc = cp.empty((BH, Nq, d), cp.float32)
-    Dvec = cp.empty((BH, Nq), cp.float32)
-    launch(spec.name, function(mod, names[2]), (math.ceil(rows / 8),), (256,),
-           (do, o, Dvec, dq_acc, np.int64(rows), np.int32(d)), 0, ctx.desc)          # G2:L0
-    group = plans.tc_head_group(ctx.limits["l2_bytes"], Nq, d, BH) if ctx.causal else 1
-    launch(spec.name, function(mod, names[1]), (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
-           (q, k, v, do, lse, Dvec, dq_acc, dk, dv, np.int32(Nq), np.int32(Nk), ctx.tau,
-            ctx.causal, np.int32(group)) + targs, p["smem"], ctx.desc)
-    n = rows * d
-    launch(spec.name, function(mod, names[3]), (math.ceil(n / 256),), (256,),
-           (dq_acc, dq, np.int64(n), ctx.tau), 0, ctx.desc)
+    rows = {n: element_strides(x) for n, x in zip(("q", "k", "v", "do", "o"), (q, k, v, do, o))}
+    call = prepare_backward(ctx, q.dtype, rows, p, trace, source, targs)
+    work = ctx.cp.empty(call.workspace_bytes, ctx.cp.uint8)  # freed in stream order
+    call.run({"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": dq, "dk": dk,
+              "dv": dv}, workspace=work.data.ptr)
     return finish(ctx, state, "backward", dq, dk, dv)

@@ -1,0 +1,145 @@
+"""Prepared calls and strided operands, on a CPU (tests/fake_cupy.py records launches): the
+tensor-core kernel reads views of a packed qkv projection in place, with their strides passed
+as the kernels' struct Rows; views it cannot read are refused naming the argument; a call's
+launches are resolved once per shape and layout, and run with device pointers on a given
+stream (what flashlab.torch does per call)."""
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fake_cupy
+from flashlab import launch
+from flashlab.launch import prepared, tc
+
+BF16 = ml_dtypes.bfloat16
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    monkeypatch.setenv("FLASHLAB_TC_WGMMA", "1")
+    fake = fake_cupy.install(monkeypatch, cc="90")
+    yield fake
+    fake_cupy.uninstall()
+
+
+def _packed(fake, B=2, N=130, H=3, d=64):
+    """q, k, v as views of one (B, N, 3, H, d) projection moved to (B, H, N, d), like
+    qkv.view(B, N, 3, H, d).unbind(2) then .transpose(1, 2) in torch."""
+    qkv = fake.ndarray((B, N, 3, H, d), BF16)
+    e = 2  # bytes per element
+    strides = (N * 3 * H * d * e, d * e, 3 * H * d * e, e)
+    return [qkv.view_of((B, H, N, d), strides, offset_bytes=part * H * d * e)
+            for part in range(3)]
+
+
+def _args_of(fake, name_prefix):
+    return [x["args"] for x in fake.launches if x["name"].startswith(name_prefix)]
+
+
+def test_rows_is_the_kernels_struct_byte_for_byte():
+    # kernels/tc_common.cuh: struct Rows { long long b, h; int n; } (static_assert there: 24
+    # bytes, 8-aligned, n at 16)
+    assert prepared.ROWS_DTYPE.itemsize == 24
+    assert prepared.rows((11, 22, 33)).tobytes() == struct.pack("<qqi4x", 11, 22, 33)
+
+
+def test_a_packed_qkv_view_runs_tc_in_place_with_its_strides(gpu):
+    B, N, H, d = 2, 130, 3, 64
+    q, k, v = _packed(gpu, B, N, H, d)
+    assert not q.flags.c_contiguous
+    o, lse = launch.forward("tc", q, k, v, causal=True)
+    (args,) = _args_of(gpu, "tc90_forward")
+    assert args[0] is q and args[1] is k and args[2] is v and args[3] is o and args[4] is lse
+    rows = [a for a in args if isinstance(a, np.ndarray)]
+    packed = (N * 3 * H * d, d, 3 * H * d)
+    assert [tuple(int(r[f][0]) for f in "bhn") for r in rows] == [packed] * 3 + [(H * N * d, N * d, d)]
+    assert int(args[10]) == H  # heads per batch: Rows.head(bh, H) splits bh into b and h
+
+    # the backward reads the same views, and a strided dO (a transposed (B, N, H, d) gradient)
+    grad = gpu.ndarray((B, N, H, d), BF16)
+    do = grad.view_of((B, H, N, d), (N * H * d * 2, d * 2, H * d * 2, 2))
+    launch.backward("tc", do, q, k, v, o, lse, causal=True)
+    (main,) = _args_of(gpu, "tc90_backward")
+    assert main[0] is q and main[3] is do
+    main_rows = [tuple(int(r[f][0]) for f in "bhn") for r in main if isinstance(r, np.ndarray)]
+    assert main_rows == [packed] * 3 + [(N * H * d, d, H * d)]
+    (dot,) = _args_of(gpu, "tc_backward_dot")
+    assert dot[0] is do and dot[1] is o
+
+
+@pytest.mark.parametrize("why,strides,offset", [
+    ("row stride not on 16 bytes", (130 * 196 * 2, 64 * 2, 196 * 2, 2), 0),
+    ("last dim not contiguous", (130 * 64 * 3 * 4, 64 * 4, 64 * 4, 4), 0),
+    ("first row not on 16 bytes", (130 * 64 * 3 * 2, 130 * 64 * 2, 64 * 2, 2), 2),
+])
+def test_a_view_tc_cannot_read_in_place_is_refused_naming_it(gpu, why, strides, offset):
+    base = gpu.ndarray((2, 3, 130, 64 * 2 + 8), BF16)
+    q = base.view_of((2, 3, 130, 64), strides, offset_bytes=offset)
+    k, v = (gpu.ndarray((2, 3, 130, 64), BF16) for _ in range(2))
+    with pytest.raises(ValueError, match=r"^q \(shape \(2, 3, 130, 64\), strides .*kernel 'tc' "
+                                         r"cannot read in place.*cupy.ascontiguousarray\(q\)"):
+        launch.forward("tc", q, k, v)
+    assert not gpu.launches
+
+
+def test_the_fp32_kernels_still_take_contiguous_arrays_only(gpu):
+    base = gpu.ndarray((1, 130, 3, 2, 64), np.float32)
+    q = base.view_of((1, 2, 130, 64), (130 * 384 * 4, 64 * 4, 384 * 4, 4))
+    k, v = (gpu.ndarray((1, 2, 130, 64)) for _ in range(2))
+    with pytest.raises(ValueError, match=r"q is not contiguous .*cupy.ascontiguousarray\(q\)"):
+        launch.forward("fa2", q, k, v)
+    with pytest.raises(ValueError, match=r"kernel 'fa2' has no prepared calls"):
+        launch.prepare_forward("fa2", q, k, v, gpu.ndarray((1, 2, 130, 64)))
+
+
+def test_a_call_is_prepared_once_per_shape_and_layout(gpu):
+    q, k, v = (gpu.ndarray((1, 2, 200, 64), BF16) for _ in range(3))
+    launch.forward("tc", q, k, v)
+    launch.forward("tc", *(gpu.ndarray((1, 2, 200, 64), BF16) for _ in range(3)))
+    assert len(tc._cache) == 1 and len(gpu.compiles) == 1 and len(gpu.launches) == 2
+    launch.forward("tc", *_packed(gpu, 1, 200, 2, 64))  # another layout: another call
+    launch.forward("tc", q, k, v, causal=True)          # another mask: another call
+    assert len(tc._cache) == 3 and len(gpu.compiles) == 1
+    o = gpu.ndarray((1, 2, 200, 64), BF16)
+    first = launch.prepare_forward("tc", q, k, v, o)
+    assert launch.prepare_forward("tc", q, k, v, o) is first
+
+
+def test_a_prepared_call_runs_with_device_pointers_on_the_given_stream(gpu):
+    q, k, v, o = (gpu.ndarray((1, 2, 200, 64), BF16) for _ in range(4))
+    call = launch.prepare_forward("tc", q, k, v, o, causal=True)
+    assert not gpu.launches  # prepared, not run
+    ptrs = {"q": 0x1000, "k": 0x2000, "v": 0x3000, "o": 0x4000, "lse": 0x5000}
+    call.run(ptrs, prepared.StreamPtr(0xABC))
+    (run,) = gpu.launches
+    assert run["args"][:5] == (0x1000, 0x2000, 0x3000, 0x4000, 0x5000)
+    assert run["stream"].ptr == 0xABC
+    with pytest.raises(KeyError, match="prepared tc call needs buffer 'lse'"):
+        call.run({n: p for n, p in ptrs.items() if n != "lse"})
+
+    do = gpu.ndarray((1, 2, 200, 64), BF16)
+    lse = gpu.ndarray((1, 2, 200), np.float32)
+    back = launch.prepare_backward("tc", do, q, k, v, o, lse, causal=True)
+    names = [s.label.split("<")[0] for s in back.steps]
+    assert names == ["tc_backward_dot", "tc90_backward", "tc_backward_dq"]
+    # one workspace: D (2 heads x 200 rows, fp32) then dQ's fp32 accumulator, 256-byte aligned
+    assert back.carve(0x10000) == {"Dvec": 0x10000, "dq_acc": 0x10000 + 1792}
+    assert back.workspace_bytes == 1792 + 2 * 200 * 64 * 4
+    with pytest.raises(ValueError, match="needs a workspace of"):
+        back.run({})
+    gpu.launches.clear()
+    bufs = {n: 0x100 * (i + 1) for i, n in enumerate(("do", "q", "k", "v", "o", "lse", "dq",
+                                                        "dk", "dv"))}
+    back.run(bufs, prepared.StreamPtr(7), workspace=0x10000)
+    dot, main, rnd = gpu.launches
+    assert dot["args"][:4] == (bufs["do"], bufs["o"], 0x10000, 0x10000 + 1792)
+    assert main["args"][5:7] == (0x10000, 0x10000 + 1792) and rnd["args"][1] == bufs["dq"]
+
+
+def test_a_launchers_step_puts_its_buffers_first():
+    step = prepared.Step(None, (1,), (32,), 0, (prepared.Slot("q"), np.int32(3),
+                                                prepared.Slot("o")), "k<1>")
+    with pytest.raises(ValueError, match="k<1>: buffer slots must come before the constants"):
+        prepared.Prepared("tc", [step])
