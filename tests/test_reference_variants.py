@@ -1,0 +1,105 @@
+"""The float64 oracle of the attention variants (flashlab.reference.variants): it agrees with A0
+where a variant says nothing new (mask_mod causal, window (-1, -1), GQA as repeated heads), its
+gradients agree with central differences (score_mod included), and a row no key is visible to
+gives O = 0, lse = -inf and zero gradients, no NaN."""
+import numpy as np
+import pytest
+
+from flashlab import mods
+from flashlab.reference import (naive_attention, naive_attention_backward, variant_attention,
+                                variant_attention_backward)
+
+
+def _qkv(B=2, H=4, Hkv=4, Nq=20, Nk=24, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, Nq, d))
+    k, v = (rng.standard_normal((B, Hkv, Nk, d)) for _ in range(2))
+    return q, k, v, rng.standard_normal((B, H, Nq, d))
+
+
+def _all_close(a, b, tol=1e-12):
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("variant", [dict(mask_mod=mods.causal()), dict(window=(-1, 0))])
+def test_causal_as_a_mask_or_a_window_is_a0_causal(variant):
+    q, k, v, do = _qkv()
+    _all_close(variant_attention(q, k, v, **variant), naive_attention(q, k, v, causal=True))
+    _all_close(variant_attention_backward(do, q, k, v, **variant),
+               naive_attention_backward(do, q, k, v, causal=True))
+
+
+def test_an_unbounded_window_is_no_mask_and_a_window_is_its_mask_mod():
+    q, k, v, do = _qkv()
+    _all_close(variant_attention(q, k, v, window=(-1, -1)), naive_attention(q, k, v))
+    band = lambda b, h, q_idx, kv_idx: (q_idx - kv_idx <= 5) & (kv_idx - q_idx <= 2)  # noqa: E731
+    _all_close(variant_attention(q, k, v, window=(5, 2)), variant_attention(q, k, v,
+                                                                            mask_mod=band))
+    o_w, _ = variant_attention(q, k, v, window=(5, 2))
+    assert np.abs(o_w - naive_attention(q, k, v)[0]).max() > 1e-3  # the window did something
+
+
+@pytest.mark.parametrize("Hkv", [8, 4, 1])  # groups of 1, 2, 8
+def test_gqa_is_repeated_heads_with_the_groups_gradients_summed(Hkv):
+    q, k, v, do = _qkv(H=8, Hkv=Hkv)
+    G = 8 // Hkv
+    kf, vf = np.repeat(k, G, axis=1), np.repeat(v, G, axis=1)
+    _all_close(variant_attention(q, k, v, causal=True), naive_attention(q, kf, vf, causal=True))
+    dq, dk, dv = variant_attention_backward(do, q, k, v, causal=True)
+    dqf, dkf, dvf = naive_attention_backward(do, q, kf, vf, causal=True)
+    assert dk.shape == k.shape and dv.shape == v.shape
+    _all_close((dq, dk, dv), (dqf, dkf.reshape(2, Hkv, G, 24, 8).sum(2),
+                              dvf.reshape(2, Hkv, G, 24, 8).sum(2)))
+
+
+def _finite_differences(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        x[i] += eps
+        up = f()
+        x[i] -= 2 * eps
+        down = f()
+        x[i] += eps
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("variant", [
+    dict(score_mod=mods.softcap(2.0), causal=True),
+    dict(score_mod=mods.alibi([0.3, 0.7]), window=(3, 1)),
+    dict(score_mod=lambda s, b, h, q, k: mods.where(q > k, s * s / 4 + s, mods.exp(s / 2)),
+         mask_mod=mods.document(np.array([0, 0, 0, 1, 1, 1, 1]))),
+])
+def test_gradients_agree_with_central_differences(variant):
+    q, k, v, do = _qkv(B=1, H=2, Hkv=1, Nq=7, Nk=7, d=3, seed=3)
+    loss = lambda: float((variant_attention(q, k, v, **variant)[0] * do).sum())  # noqa: E731
+    grads = variant_attention_backward(do, q, k, v, **variant)
+    for name, x, g in zip("qkv", (q, k, v), grads):
+        np.testing.assert_allclose(g, _finite_differences(loss, x), rtol=1e-6, atol=1e-8,
+                                   err_msg=f"d{name}")
+
+
+def test_a_row_no_key_is_visible_to_is_zero_with_lse_minus_inf_and_no_nan():
+    q, k, v, do = _qkv(Nq=6, Nk=6)
+    hidden = lambda b, h, q_idx, kv_idx: (q_idx != 2) & (kv_idx <= q_idx)  # noqa: E731  row 2
+    o, lse = variant_attention(q, k, v, mask_mod=hidden, score_mod=mods.softcap(1.0))
+    assert (o[:, :, 2] == 0).all() and (lse[:, :, 2] == -np.inf).all()
+    assert np.isfinite(o).all() and np.isfinite(np.delete(lse, 2, axis=2)).all()
+    grads = variant_attention_backward(do, q, k, v, mask_mod=hidden, score_mod=mods.softcap(1.0))
+    assert all(np.isfinite(g).all() for g in grads)
+    assert (grads[0][:, :, 2] == 0).all()
+
+
+def test_bad_variants_name_the_argument():
+    q, k, v, _ = _qkv(H=6, Hkv=4)
+    with pytest.raises(ValueError, match=r"q has 6 heads and k, v have 4: GQA needs H_kv "
+                                         r"dividing H"):
+        variant_attention(q, k, v)
+    q, k, v, _ = _qkv()
+    with pytest.raises(ValueError, match=r"window must be \(left, right\)"):
+        variant_attention(q, k, v, window=4)
+    with pytest.raises(ValueError, match=r"sliding_window: left must be an int >= -1"):
+        variant_attention(q, k, v, window=(-2, 0))
+    with pytest.raises(mods.ModError, match="is a score_mod, passed as a mask_mod"):
+        variant_attention(q, k, v, mask_mod=mods.softcap(1.0))
