@@ -215,8 +215,31 @@ def _lse_out(lse):
     return lse if lse.dtype == np.float64 else lse.astype(np.float32, copy=False)
 
 
+def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod) -> bool:
+    """True where the call is an attention variant (a window, a mod, or k and v with fewer heads
+    than q: GQA), which runs the variant oracle (flashlab.reference.variants) on NumPy arrays;
+    elsewhere a variant is an error that says what runs it."""
+    q, k = arrays["q"], arrays["k"]
+    gqa = getattr(q, "ndim", 0) == 4 and getattr(k, "ndim", 0) == 4 and q.shape[1] != k.shape[1]
+    named = [n for n, x in (("window", window), ("mask_mod", mask_mod), ("score_mod", score_mod))
+             if x is not None] + (["GQA (k, v with fewer heads than q)"] if gqa else [])
+    if not named:
+        return False
+    what = ", ".join(named)
+    if _where(backend, _route(kernel, arrays)) != "reference":
+        raise ValueError(f"{what}: attention variants run on NumPy arrays for now (the float64 "
+                         f"oracle, flashlab.reference.variants); the CUDA kernels and the CPU "
+                         f"backend do not take them yet: pass NumPy arrays (cupy.asnumpy(q), ...) "
+                         f"with backend='auto' or 'reference'")
+    if kernel != "auto" and not registry.get(kernel).baseline:
+        base = next(n for n, spec in registry.KERNELS.items() if spec.baseline)
+        raise ValueError(f"{what}: kernel {kernel!r} has no variants yet; kernel={base!r} (or "
+                         f"'auto') runs them: A0 with the variant, S materialised")
+    return True
+
+
 def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", return_lse=False,
-                    backend="auto"):
+                    backend="auto", *, window=None, mask_mod=None, score_mod=None):
     """Attention softmax(tau q k^T) v over (B, H, N, d) arrays.
 
     kernel: "naive" (A0), "fa1" (A1), "fa2" (F2), "tc" (F2 on tensor cores: float16 or
@@ -226,8 +249,21 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     or (o, lse) with return_lse=True: lse (B, H, Nq), what flash_attention_backward needs, is
     float32, or float64 for float64 NumPy inputs. backend: see the module docstring ("cpu"
     runs the CUDA C kernel on the CPU).
+
+    Variants (NumPy arrays, kernel 'auto' or the A0 baseline, for now): k, v with H_kv heads
+    dividing q's H (GQA); window=(left, right): query i sees keys i - left .. i + right (-1:
+    unbounded);
+    mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
+    FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf.
     """
     check_flag("return_lse", return_lse)
+    if _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod):
+        from .reference.variants import variant_attention
+
+        o, lse = variant_attention(q, k, v, causal, softmax_scale, window=window,
+                                   mask_mod=mask_mod, score_mod=score_mod)
+        o, lse = o.astype(q.dtype, copy=False), _lse_out(lse)
+        return (o, lse) if return_lse else o
     where = _where(backend, _route(kernel, {"q": q, "k": k, "v": v}))
     if where == "cpu":
         check_qkv(q, k, v, causal, softmax_scale)
@@ -258,13 +294,25 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
 
 
 def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None, kernel="auto",
-                             backend="auto"):
+                             backend="auto", *, window=None, mask_mod=None, score_mod=None):
     """Gradients (dq, dk, dv) of sum(do * o) for o = flash_attention(q, k, v), in q's dtype.
 
     do, o: like q; lse (B, H, Nq): flash_attention's, any float dtype (float32 as it returns it,
-    or float64 for float64 NumPy inputs). Arguments as flash_attention's.
+    or float64 for float64 NumPy inputs). Arguments as flash_attention's; with GQA, dk and dv
+    have k's heads (each summed over its group of query heads).
     """
     arrays = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
+    if _variant(kernel, backend, arrays, window, mask_mod, score_mod):
+        from .reference.variants import variant_attention_backward
+
+        B, H, Nq = np.shape(q)[:3]
+        for name, x, shape in (("o", o, np.shape(q)), ("lse", lse, (B, H, Nq))):
+            if tuple(np.shape(x)) != tuple(shape):
+                raise ValueError(f"{name} must have shape {tuple(shape)} (flash_attention's "
+                                 f"outputs for q); got {tuple(np.shape(x))}")
+        grads = variant_attention_backward(do, q, k, v, causal, softmax_scale, window=window,
+                                           mask_mod=mask_mod, score_mod=score_mod)
+        return tuple(g.astype(q.dtype, copy=False) for g in grads)
     where = _where(backend, _route(kernel, arrays))
     if where == "cpu":
         check_backward(do, q, k, v, o, lse, causal, softmax_scale)

@@ -13,8 +13,13 @@ Under torch.compile the forward and the backward are torch.library custom ops
 (`flashlab::attention_forward`, `flashlab::attention_backward`) with fake (meta)
 implementations and a registered autograd formula, so torch.compile(model, fullgraph=True)
 traces a model that calls it without a graph break; eagerly the same kernels run through an
-autograd.Function (the custom op's Python dispatch costs more than a small kernel). Tensors cross to CuPy through DLPack, which shares the GPU buffer (16-bit ones as int16
-views, reinterpreted on the other side); the kernels run on torch's current stream.
+autograd.Function (the custom op's Python dispatch costs more than a small kernel).
+
+16-bit calls where 'auto' picks tc are prepared once per shape and layout
+(flashlab.launch.prepared) and then launched with the tensors' data_ptr()s on torch's current
+stream, every buffer from torch's allocator: q, k, v may be strided views (a packed qkv
+projection) and a model step can be captured in a CUDA graph. float32 crosses to CuPy
+through DLPack (contiguous copies) and runs the CuPy API.
 
 This module is named flashlab.torch; the real PyTorch is imported with
 importlib.import_module("torch"), never this file. Importing it needs PyTorch; using it needs

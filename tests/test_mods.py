@@ -205,3 +205,55 @@ def test_a_lambda_reads_like_a_def_and_out_of_range_indices_are_caught():
         m.mask(*_grid(Nq=20, Nk=20))
     assert m.key == mods.mask_mod(lambda b, h, q, k: DOCS[q] == DOCS[k]).key
     assert m.key != mods.document(DOCS[::-1].copy()).key  # the captured values are in the key
+
+
+# ----------------------------------------------------------------------------- block masks
+
+def _brute_blocks(masks, B, H, Nq, Nk, Br, Bc):
+    idx = _grid(Nq, Nk, H, B)
+    vis = np.ones((B, H, Nq, Nk), bool)
+    for m in masks:
+        vis &= m.mask(*idx)
+    Tr, Tc = -(-Nq // Br), -(-Nk // Bc)
+    anyv = np.zeros((B, H, Tr, Tc), bool)
+    full = np.zeros((B, H, Tr, Tc), bool)
+    for i in range(Tr):
+        for j in range(Tc):
+            t = vis[:, :, i * Br:(i + 1) * Br, j * Bc:(j + 1) * Bc]
+            anyv[:, :, i, j] = t.any(axis=(2, 3))
+            full[:, :, i, j] = t.all(axis=(2, 3))
+    return anyv, full
+
+
+def _head_window(b, h, q_idx, kv_idx):
+    return q_idx - kv_idx <= 2 + 3 * h  # a window that widens with the head
+
+
+@pytest.mark.parametrize("masks", [
+    [mods.causal()], [mods.sliding_window(5, 0)], [mods.document(DOCS), mods.causal()],
+    [mods.prefix_lm(3)], [mods.mask_mod(_head_window), mods.causal()],
+])
+def test_block_masks_are_the_tiles_with_something_visible_and_those_with_all(masks):
+    from flashlab.mods.blocks import block_mask
+
+    B, H, Nq, Nk, Br, Bc = 2, 3, 16, 16, 4, 3  # ragged last key tile
+    bm = block_mask(masks, B, H, Nq, Nk, Br, Bc)
+    anyv, full = _brute_blocks(masks, B, H, Nq, Nk, Br, Bc)
+    reads_h = any(m.name == "_head_window" for m in masks)
+    assert bm.any_visible.shape == ((1, 3) if reads_h else (1, 1)) + anyv.shape[2:]
+    assert (np.broadcast_to(bm.any_visible, anyv.shape) == anyv).all()
+    assert (np.broadcast_to(bm.full, full.shape) == full).all()
+    assert 0 < bm.density() < 1 and bm.partial.any()
+    assert list(bm.visit(1, 2, 3)) == list(np.flatnonzero(anyv[1, 2, 3]))
+    assert block_mask(masks, B, H, Nq, Nk, Br, Bc) is bm  # computed once, cached
+
+
+def test_the_causal_block_mask_is_f2_l3s_causal_skipping():
+    from flashlab.mods.blocks import block_mask
+    from flashlab.reference.tiles import causal_visits
+
+    Nq, Nk, Br, Bc = 37, 29, 8, 6
+    bm = block_mask([mods.causal()], 1, 1, Nq, Nk, Br, Bc)
+    want = np.array([[causal_visits(i, Br, Nq, j, Bc) for j in range(-(-Nk // Bc))]
+                     for i in range(-(-Nq // Br))])
+    assert (bm.any_visible[0, 0] == want).all()

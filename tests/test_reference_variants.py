@@ -103,3 +103,32 @@ def test_bad_variants_name_the_argument():
         variant_attention(q, k, v, window=(-2, 0))
     with pytest.raises(mods.ModError, match="is a score_mod, passed as a mask_mod"):
         variant_attention(q, k, v, mask_mod=mods.softcap(1.0))
+
+
+def test_flash_attention_takes_the_variants_on_numpy_arrays():
+    import flashlab
+
+    q, k, v, do = _qkv(H=4, Hkv=2)
+    kw = dict(window=(4, 0), score_mod=mods.softcap(3.0))
+    o, lse = flashlab.flash_attention(q, k, v, return_lse=True, **kw)
+    _all_close((o, lse), variant_attention(q, k, v, **kw))
+    grads = flashlab.flash_attention_backward(do, q, k, v, o, lse, **kw)
+    _all_close(grads, variant_attention_backward(do, q, k, v, **kw))
+    assert grads[1].shape == k.shape  # GQA: dk with k's 2 heads
+    with pytest.raises(ValueError, match=r"lse must have shape \(2, 4, 20\)"):
+        flashlab.flash_attention_backward(do, q, k, v, o, lse[:, :1], **kw)
+
+
+def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
+    import flashlab
+
+    q, k, v, _ = _qkv()
+    with pytest.raises(ValueError, match=r"^window: attention variants run on NumPy arrays for "
+                                         r"now .* the CPU backend do not take them yet"):
+        flashlab.flash_attention(q, k, v, window=(2, 0), backend="cpu")
+    with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa2' has no variants yet; "
+                                         r"kernel='naive' \(or 'auto'\) runs them"):
+        flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
+    q, k, v, _ = _qkv(H=4, Hkv=1)
+    with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): kernel 'tc'"):
+        flashlab.flash_attention(q, k, v, kernel="tc")

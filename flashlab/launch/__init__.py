@@ -89,8 +89,9 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
 def _prepared_launcher(kernel: str):
     spec = registry.get(kernel)
     if not spec.row_strides:
+        strided = ", ".join(n for n, s in registry.KERNELS.items() if s.row_strides)
         raise ValueError(f"kernel {kernel!r} has no prepared calls (only kernels with strided "
-                         f"operands: {', '.join(n for n, s in registry.KERNELS.items() if s.row_strides)})")
+                         f"operands: {strided})")
     return spec, spec.launch_module()
 
 

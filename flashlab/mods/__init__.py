@@ -13,8 +13,9 @@ What a function may contain is flashlab.mods.parse's docstring; anything else is
 naming the construct, the file and the line. Built-ins: causal, sliding_window, document,
 prefix_lm (masks), alibi, softcap (scores), and and_masks / or_masks to combine masks.
 
-Not yet in the kernels or in flash_attention(): this module and the float64 oracle
-(flashlab.reference.variants) are what they will use.
+flash_attention(..., window=, mask_mod=, score_mod=) runs them on NumPy arrays through the
+float64-capable oracle (flashlab.reference.variants); blocks.block_mask gives the tiles a mask
+leaves anything visible in. The kernels and the step-throughs do not take them yet.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import numpy as np
 from .emit import PRELUDE, derivative, evaluate, to_c
 from .parse import ModError, Node, read
 
-__all__ = ["Mod", "ModError", "PRELUDE", "mask_mod", "score_mod", "causal", "sliding_window", "document",
-           "prefix_lm", "alibi", "softcap", "and_masks", "or_masks", "where", "exp", "log",
+__all__ = ["Mod", "ModError", "PRELUDE", "mask_mod", "score_mod", "causal", "sliding_window",
+           "document", "prefix_lm", "alibi", "softcap", "and_masks", "or_masks", "where", "exp", "log",
            "tanh", "sqrt"]
 
 # Elementwise helpers a mod may call by these names (they also work on NumPy arrays, so a mod
@@ -118,7 +119,8 @@ class Mod:
         PRELUDE. fl_mod_f / fl_mod_i: float_data and int_data on the device."""
         args = "int b, int h, int q_idx, int kv_idx, const float* fl_mod_f, const int* fl_mod_i"
         head = f"/* {self.kind}_mod {self.name}, from {self.where} */\n"
-        unused = "    (void)b; (void)h; (void)q_idx; (void)kv_idx; (void)fl_mod_f; (void)fl_mod_i;\n"
+        unused = ("    (void)b; (void)h; (void)q_idx; (void)kv_idx; (void)fl_mod_f; "
+                  "(void)fl_mod_i;\n")
         if self.kind == "mask":
             return (head + f"__device__ __forceinline__ bool fl_mask_mod({args}) {{\n{unused}"
                     f"    return {to_c(self.tree, self.offsets)};\n}}\n")

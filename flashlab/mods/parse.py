@@ -157,8 +157,9 @@ class _Reader:
         if name not in FUNCS:
             self.fail(node, f"a call of `{ast.unparse(f)}`")
         if node.keywords or len(node.args) != FUNCS[name]:
-            self.fail(node, f"`{name}` with {len(node.args)} arguments{' and keywords' if node.keywords else ''} "
-                            f"(it takes {FUNCS[name]})")
+            keywords = " and keywords" if node.keywords else ""
+            self.fail(node, f"`{name}` with {len(node.args)} arguments{keywords} (it takes "
+                            f"{FUNCS[name]})")
         args = [self.expr(a) for a in node.args]
         if name == "where":
             return self.where(node, *args)
