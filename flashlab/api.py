@@ -215,27 +215,39 @@ def _lse_out(lse):
     return lse if lse.dtype == np.float64 else lse.astype(np.float32, copy=False)
 
 
-def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod) -> bool:
-    """True where the call is an attention variant (a window, a mod, or k and v with fewer heads
-    than q: GQA), which runs the variant oracle (flashlab.reference.variants) on NumPy arrays;
-    elsewhere a variant is an error that says what runs it."""
+def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod, direction="forward"):
+    """Where an attention variant (a window, a mod, or k and v with fewer heads than q: GQA)
+    runs: None (the call has none), "reference" (the variant oracle, flashlab.reference.variants,
+    on NumPy arrays with kernel 'auto' or the A0 baseline) or the name of the kernel that compiles
+    it in (the forward of a kernel whose registry entry has mods, fa2, on float32 CuPy arrays or
+    on the CPU backend). Anything else is an error that says what runs it."""
     q, k = arrays["q"], arrays["k"]
     gqa = getattr(q, "ndim", 0) == 4 and getattr(k, "ndim", 0) == 4 and q.shape[1] != k.shape[1]
     named = [n for n, x in (("window", window), ("mask_mod", mask_mod), ("score_mod", score_mod))
              if x is not None] + (["GQA (k, v with fewer heads than q)"] if gqa else [])
     if not named:
-        return False
+        return None
     what = ", ".join(named)
-    if _where(backend, _route(kernel, arrays)) != "reference":
-        raise ValueError(f"{what}: attention variants run on NumPy arrays for now (the float64 "
-                         f"oracle, flashlab.reference.variants); the CUDA kernels and the CPU "
-                         f"backend do not take them yet: pass NumPy arrays (cupy.asnumpy(q), ...) "
-                         f"with backend='auto' or 'reference'")
+    where = _where(backend, _route(kernel, arrays))
+    takes = [n for n, spec in registry.KERNELS.items() if spec.mods]
+    if where != "reference":
+        name = _fp32_kernel(q) if kernel == "auto" else kernel
+        why = ("GQA is not in the kernels yet" if gqa else
+               "the kernels' backward does not take variants yet" if direction == "backward" else
+               f"kernel {name!r} does not take them yet ({', '.join(takes)} does, on float32)"
+               if name not in takes else
+               f"the kernels take float32 with variants, not {q.dtype}"
+               if q.dtype != np.float32 else None)
+        if why is None:
+            return name
+        raise ValueError(f"{what}: {why}; the float64-capable oracle runs every variant on NumPy "
+                         f"arrays (backend='reference')")
     if kernel != "auto" and not registry.get(kernel).baseline:
         base = next(n for n, spec in registry.KERNELS.items() if spec.baseline)
-        raise ValueError(f"{what}: kernel {kernel!r} has no variants yet; kernel={base!r} (or "
-                         f"'auto') runs them: A0 with the variant, S materialised")
-    return True
+        raise ValueError(f"{what}: kernel {kernel!r} has no variants in its step-through yet; "
+                         f"kernel={base!r} (or 'auto') runs them on NumPy arrays: A0 with the "
+                         f"variant, S materialised")
+    return "reference"
 
 
 def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", return_lse=False,
@@ -250,19 +262,28 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     float32, or float64 for float64 NumPy inputs. backend: see the module docstring ("cpu"
     runs the CUDA C kernel on the CPU).
 
-    Variants (NumPy arrays, kernel 'auto' or the A0 baseline, for now): k, v with H_kv heads
-    dividing q's H (GQA); window=(left, right): query i sees keys i - left .. i + right (-1:
-    unbounded);
+    Variants: k, v with H_kv heads dividing q's H (GQA); window=(left, right): query i sees
+    keys i - left .. i + right (-1: unbounded);
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
-    FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf.
+    FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
+    arrays run them in the oracle (kernel 'auto' or the A0 baseline); fa2 compiles window,
+    mask_mod and score_mod into its forward (float32, CuPy arrays or backend='cpu'); the
+    rest (GQA and the backward in the kernels, tc) is an error that says so.
     """
     check_flag("return_lse", return_lse)
-    if _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod):
+    route = _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod)
+    if route == "reference":
         from .reference.variants import variant_attention
 
         o, lse = variant_attention(q, k, v, causal, softmax_scale, window=window,
                                    mask_mod=mask_mod, score_mod=score_mod)
         o, lse = o.astype(q.dtype, copy=False), _lse_out(lse)
+        return (o, lse) if return_lse else o
+    if route is not None:  # a kernel compiles the variant in
+        from .mods.kernel import KernelVariant
+
+        o, lse = launch.forward(route, q, k, v, causal, softmax_scale,
+                                variant=KernelVariant.of(window, mask_mod, score_mod))
         return (o, lse) if return_lse else o
     where = _where(backend, _route(kernel, {"q": q, "k": k, "v": v}))
     if where == "cpu":
@@ -302,7 +323,7 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
     have k's heads (each summed over its group of query heads).
     """
     arrays = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
-    if _variant(kernel, backend, arrays, window, mask_mod, score_mod):
+    if _variant(kernel, backend, arrays, window, mask_mod, score_mod, "backward"):
         from .reference.variants import variant_attention_backward
 
         B, H, Nq = np.shape(q)[:3]

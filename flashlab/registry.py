@@ -115,6 +115,9 @@ class KernelSpec:
     # it takes strided operands whose rows are contiguous (q, k, v, do, o: struct Rows, as
     # flashlab.launch.prepared packs them); the others take contiguous arrays only
     row_strides: bool = False
+    # its forward compiles an attention variant in (flashlab.mods: window, mask_mod, score_mod;
+    # kernels/fa2.cu's FL_MODS)
+    mods: bool = False
 
     # -- what it takes
     def takes_dtype(self, dtype: str) -> bool:
@@ -236,7 +239,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         launcher="flashlab.launch.fa2",
         reference=("flashlab.reference:fa2_forward", "flashlab.reference:fa2_backward"),
         steps=("flashlab.reference:fa2_forward_steps", "flashlab.reference:fa2_backward_steps"),
-        tolerance=Tolerance("rel", 1e-4), exercises=True,
+        tolerance=Tolerance("rel", 1e-4), exercises=True, mods=True,
         planner="flashlab.launch.plans:fa2_plan", instances="flashlab.launch.plans:fa2_instances"),
     KernelSpec(
         name="tc", title="F2 and G2 on tensor cores, fp16 / bf16 (mma.sync; wgmma on sm_90a)",

@@ -25,6 +25,36 @@
 
 #define FA2_THREADS 256
 
+/* An attention variant compiled in (flashlab.mods, -DFL_MODS): the launcher puts the variant's
+ * fl_mask_mod and fl_score_mod (flashlab.mods.Mod.cuda) before this file. fa2_forward then takes
+ * H (heads, to split bh into b and h), the variant's closed-over arrays (fl_mod_f, fl_mod_i) and
+ * its block mask (fl_tiles (tiles_B, tiles_H, Tr, Tc) bytes, 1 where the tile has a visible key:
+ * flashlab.mods.blocks); it skips the tiles the mask hides, applies the mask and score_mod to
+ * each entry of S after tau (F2:L5), and gives a row with no visible key O = 0 and L = -inf.
+ * Without FL_MODS the macros below are empty and the kernel is the plain one. */
+#ifdef FL_MODS
+#define FL_MOD_PARAMS , int H, const float* __restrict__ fl_mod_f, \
+    const int* __restrict__ fl_mod_i, const unsigned char* __restrict__ fl_tiles, int tiles_B, \
+    int tiles_H
+#define FL_SKIP_TILE(bh, i, j, Tr, Tc)                                                          \
+    if (!fl_tiles[(((size_t)(tiles_B > 1 ? (bh) / H : 0) * tiles_H +                            \
+                    (tiles_H > 1 ? (bh) % H : 0)) * (Tr) + (i)) * (Tc) + (j)]) continue
+#define FL_MOD_SCORE(x, bh, r, c)                                                               \
+    if ((x) != FL_NEG_INF && (r) < Nq) {                                                        \
+        const int fb_ = (bh) / H, fh_ = (bh) % H;                                               \
+        (x) = fl_mask_mod(fb_, fh_, r, c, fl_mod_f, fl_mod_i)                                   \
+                  ? fl_score_mod(x, fb_, fh_, r, c, fl_mod_f, fl_mod_i) : FL_NEG_INF;           \
+    }
+#define FL_ROW_INV(l) ((l) > 0.0f ? 1.0f / (l) : 0.0f)
+#define FL_ROW_LSE(m, l) ((l) > 0.0f ? safe_max(m) + logf(l) : FL_NEG_INF)
+#else
+#define FL_MOD_PARAMS
+#define FL_SKIP_TILE(bh, i, j, Tr, Tc)
+#define FL_MOD_SCORE(x, bh, r, c)
+#define FL_ROW_INV(l) (1.0f / (l))
+#define FL_ROW_LSE(m, l) (safe_max(m) + logf(l))
+#endif
+
 __device__ __forceinline__ float nanmax2(float a, float b) {
     return (a != a || a >= b) ? a : b;
 }
@@ -67,7 +97,7 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
             const float* __restrict__ V,  // (B, H, Nk, d)
             float* __restrict__ O,        // (B, H, Nq, d)
             float* __restrict__ L,        // (B, H, Nq)
-            int Nq, int Nk, float tau, int causal,
+            int Nq, int Nk, float tau, int causal FL_MOD_PARAMS,
             float* tr_m,                  // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
             float* tr_l,                  // (B, H, Tr, Tc, BR)
             float* tr_O,                  // (B, H, Tr, Tc, BR, d)
@@ -86,7 +116,7 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
     const float* Kh = K + head_offset(bh, Nk, D);
     const float* Vh = V + head_offset(bh, Nk, D);
     const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
-    (void)Tr;  // used by TRACE stores only
+    (void)Tr;  // used by the TRACE stores and FL_SKIP_TILE only
 
     load_rows<D, BR, QP>(Q_i, Qh, i * BR, Nq);                      // F2:L2
     float o[RM][XN], l[RM], m[RM];                                   // O~, l, m on chip
@@ -100,6 +130,7 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
     const int last_row = min((i + 1) * BR, Nq) - 1;
     const int n_j = causal ? min(Tc, last_row / BC + 1) : Tc;
     for (int j = 0; j < n_j; ++j) {
+        FL_SKIP_TILE(bh, i, j, Tr, Tc);  // a variant's block mask: no visible key in tile j
         load_rows<D, BC, QP>(K_j, Kh, j * BC, Nk);                   // F2:L4
         load_rows<D, BC, D>(V_j, Vh, j * BC, Nk);
         __syncthreads();  // Q_i, K_j, V_j are on chip
@@ -130,6 +161,7 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
                 const int c = j * BC + tx + 16 * b;
                 // F2:L5  tau, and the mask: keys past Nk and (causal) keys after the query get -inf
                 s[a][b] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF : tau * s[a][b];
+                FL_MOD_SCORE(s[a][b], bh, r, c);  // a variant's mask_mod and score_mod
                 mx = nanmax2(mx, s[a][b]);                           // F2:L6  (this thread's part)
             }
             // BEGIN EXERCISE 2.3: F2:L6-L7 for row a of this thread. The row max is spread over the
@@ -187,10 +219,10 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
     for (int a = 0; a < RM; ++a) {                                   // F2:L9
         const int r = i * BR + ty * RM + a;
         if (r >= Nq) continue;
-        const float inv = 1.0f / l[a];
+        const float inv = FL_ROW_INV(l[a]);
 #pragma unroll
         for (int xb = 0; xb < XN; ++xb) Oh[(size_t)r * D + tx + 16 * xb] = o[a][xb] * inv;
-        if (tx == 0) L[head_offset(bh, Nq, 1) + r] = safe_max(m[a]) + logf(l[a]);
+        if (tx == 0) L[head_offset(bh, Nq, 1) + r] = FL_ROW_LSE(m[a], l[a]);
     }
 }
 

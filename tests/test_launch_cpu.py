@@ -167,3 +167,26 @@ def test_check_kernel_turns_a_bug_name_into_the_patched_source(gpu):
     _, actual, _ = kernel_check.check_kernel("fa1", "backward", Nq=40, bug="dk-no-scale")
     assert actual.label == "fa1 backward with bug 'dk-no-scale'"
     assert any(course.BUGS["dk-no-scale"].new in c["code"] for c in gpu.compiles)
+
+
+def test_a_variant_compiles_into_fa2s_source_and_its_buffers_follow_causal(gpu):
+    from flashlab import mods
+    from flashlab.mods.kernel import KernelVariant
+
+    q, k, v = fake_cupy.arrays(gpu, [(2, 3, 130, 64)] * 3)
+    kv = KernelVariant.of((32, 0), mods.document(np.arange(130) // 40), mods.softcap(5.0))
+    launch.forward("fa2", q, k, v, True, variant=kv)
+    (compiled,) = gpu.compiles
+    assert compiled["code"].startswith("#define FL_MODS") and "fl_mask_mod" in compiled["code"]
+    (run,) = gpu.launches
+    args = run["args"]
+    assert type(args[8]) is np.int32 and int(args[8]) == 1          # causal
+    assert int(args[9]) == 3                                         # H, to split bh
+    floats, ints, tiles = args[10:13]
+    assert all(isinstance(a, fake_cupy.ndarray) for a in (floats, ints, tiles))
+    assert ints.shape == (130 + 1,) and tiles.dtype == np.uint8      # doc ids (and one spare)
+    assert (int(args[13]), int(args[14])) == (1, 1)                  # shared by every head
+    with pytest.raises(ValueError, match=r"kernel 'tc' does not take attention variants yet "
+                                         r"\(fa2 does\)"):
+        launch.forward("tc", *fake_cupy.arrays(gpu, [(2, 3, 130, 64)] * 3, ml_dtypes.bfloat16),
+                       variant=kv)

@@ -122,13 +122,71 @@ def test_flash_attention_takes_the_variants_on_numpy_arrays():
 def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
     import flashlab
 
-    q, k, v, _ = _qkv()
-    with pytest.raises(ValueError, match=r"^window: attention variants run on NumPy arrays for "
-                                         r"now .* the CPU backend do not take them yet"):
+    q, k, v, do = _qkv(d=16)  # a head dim fa2 has
+    with pytest.raises(ValueError, match=r"^window: the kernels take float32 with variants, not "
+                                         r"float64; the float64-capable oracle runs every"):
         flashlab.flash_attention(q, k, v, window=(2, 0), backend="cpu")
-    with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa2' has no variants yet; "
-                                         r"kernel='naive' \(or 'auto'\) runs them"):
+    f32 = [x.astype(np.float32) for x in (do, q, k, v)]
+    with pytest.raises(ValueError, match=r"^window: the kernels' backward does not take "
+                                         r"variants yet"):
+        flashlab.flash_attention_backward(*f32, f32[1], f32[1][..., 0], window=(2, 0),
+                                          backend="cpu")
+    with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa2' has no variants in its "
+                                         r"step-through yet; kernel='naive' \(or 'auto'\)"):
         flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
-    q, k, v, _ = _qkv(H=4, Hkv=1)
-    with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): kernel 'tc'"):
-        flashlab.flash_attention(q, k, v, kernel="tc")
+    q, k, v, _ = _qkv(H=4, Hkv=1, d=16)
+    with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): GQA is not "
+                                         r"in the kernels yet"):
+        flashlab.flash_attention(*(x.astype(np.float32) for x in (q, k, v)), backend="cpu")
+    with pytest.raises(ValueError, match=r"^window: kernel 'fa1' does not take them yet \(fa2 "
+                                         r"does, on float32\)"):
+        flashlab.flash_attention(*(x.astype(np.float32) for x in _qkv(d=8)[:3]), window=(2, 0),
+                                 backend="cpu")  # d = 8: auto's float32 kernel is fa1
+
+
+KERNEL_VARIANTS = {
+    "window (20, 0)": dict(window=(20, 0)),
+    "document + softcap": dict(mask_mod=mods.document(np.repeat(np.arange(5), 30)),
+                               score_mod=mods.softcap(2.0)),
+    "alibi, causal": dict(score_mod=mods.alibi([0.2, 0.5]), causal=True),
+    "prefix_lm + window": dict(mask_mod=mods.prefix_lm(16), window=(-1, 40)),
+    "hides row 7": dict(mask_mod=lambda b, h, q_idx, kv_idx: q_idx != 7),
+}
+
+
+@pytest.mark.cpu_kernel
+@pytest.mark.parametrize("name", KERNEL_VARIANTS)
+def test_the_fa2_kernel_compiles_a_variant_in_and_matches_the_oracle(name):
+    import flashlab
+    from flashlab import launch
+    from flashlab.mods.kernel import KernelVariant
+
+    kw = dict(KERNEL_VARIANTS[name])
+    causal = kw.pop("causal", False)
+    q, k, v, _ = (x.astype(np.float32) for x in _qkv(B=1, H=2, Hkv=2, Nq=150, Nk=150, d=32))
+    o, lse = flashlab.flash_attention(q, k, v, causal, return_lse=True, backend="cpu", **kw)
+    ro, rl = variant_attention(*(x.astype(np.float64) for x in (q, k, v)), causal, **kw)
+    np.testing.assert_allclose(o, ro, rtol=0, atol=2e-5 * max(1.0, np.abs(ro).max()))
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(rl))  # rows no key sees
+    fin = np.isfinite(rl)
+    np.testing.assert_allclose(lse[fin], rl[fin], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(o).all()
+    # every element written: NaN-poisoned outputs come back without one NaN
+    out = (np.full(q.shape, np.nan, np.float32), np.full(q.shape[:3], np.nan, np.float32))
+    launch.forward("fa2", q, k, v, causal, None, out=out,
+                   variant=KernelVariant.of(kw.get("window"), kw.get("mask_mod"),
+                                            kw.get("score_mod")))
+    assert not np.isnan(out[0]).any() and not np.isnan(out[1]).any()
+    np.testing.assert_array_equal(out[0], o)
+
+
+def test_a_variant_compiles_into_fa2_for_the_gpu_with_nvrtc():
+    pytest.importorskip("cuda.bindings")
+    from flashlab.launch.compiler import nvrtc_compile
+    from flashlab.launch.sources import ours
+    from flashlab.mods.kernel import KernelVariant
+
+    kv = KernelVariant.of((128, 0), mods.document(np.arange(64) // 8), mods.softcap(30.0))
+    src = kv.source(ours("fa2"))
+    assert src.text.startswith("#define FL_MODS") and "fl_score_mod" in src.text
+    nvrtc_compile(src, "sm_80", name_expressions=("fa2_forward<64, 64, 64>",))

@@ -47,24 +47,35 @@ def _setup(spec, dims, arrays: dict, trace: bool):
 
 
 def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, out=None,
-            source=None, config=None):
+            source=None, config=None, variant=None):
     """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
 
     out: optional (o, lse) buffers to write into. source: a Source to compile instead of ours.
     config: for kernels with tile tables ('tc'), a tile shape other than the default, for
     tuning: kernels/tc.cu's (dict(BC=, NW=, WM=, BK=)) or kernels/tc90.cu's (dict(BC=, NWG=,
     MINB=); compute capability 9.0 only).
+    variant: a flashlab.mods.kernel.KernelVariant (window, mask_mod, score_mod) compiled into a
+    kernel whose registry entry has mods (fa2); untraced, with k's heads equal to q's.
     """
     dims = check_qkv(q, k, v, causal, softmax_scale)
     spec = registry.get(kernel)
     _check_source(source)
     ctx = _setup(spec, dims, {"q": q, "k": k, "v": v}, trace)
     B, H, Nq, d = dims.B, dims.H, dims.Nq, dims.d
+    extra = {}
+    if variant is not None:
+        if not spec.mods:
+            takes = ", ".join(n for n, s in registry.KERNELS.items() if s.mods)
+            raise ValueError(f"kernel {kernel!r} does not take attention variants yet ({takes} "
+                             f"does)")
+        if trace:
+            raise ValueError("a kernel with an attention variant has no trace build yet")
+        extra = {"variant": variant}
     with ctx.cp.cuda.Device(ctx.device):
         o, lse = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"),
                          [q.dtype, np.float32])
         return spec.launch_module().forward(ctx, q, k, v, o, lse, trace=trace, source=source,
-                                            config=config)
+                                            config=config, **extra)
 
 
 def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None, trace=False,

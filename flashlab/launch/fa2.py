@@ -19,7 +19,9 @@ def _module(ctx: Launch, trace, name, source):
                       backend=ctx.backend)
 
 
-def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None):
+def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
+            variant=None):
+    """F2 (fa2_forward); variant: a flashlab.mods.kernel.KernelVariant compiled in (FL_MODS)."""
     cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
     Nq, Nk, d = dims.Nq, dims.Nk, dims.d
     BH = dims.B * dims.H
@@ -27,9 +29,17 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None)
     Br, Bc = p["Br"], p["Bc"]
     state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~"))
     name = f"fa2_forward<{d}, {Br}, {Bc}>"
+    extra = ()
+    if variant is not None:
+        source = variant.source(source or ours(spec.name))
+        floats, ints = variant.buffers()
+        tiles = variant.tiles(dims.B, dims.H, Nq, Nk, Br, Bc)
+        extra = (np.int32(dims.H), cp.asarray(floats), cp.asarray(ints),
+                 cp.asarray(np.ascontiguousarray(tiles)), np.int32(tiles.shape[0]),
+                 np.int32(tiles.shape[1]))
     mod = _module(ctx, trace, name, source)
     launch(spec.name, function(mod, name), (math.ceil(Nq / Br), BH), (256,),
-           (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal) + targs,
+           (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal) + extra + targs,
            p["smem"], ctx.desc)
     return finish(ctx, state, "forward", o, lse)
 

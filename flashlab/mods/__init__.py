@@ -14,8 +14,9 @@ naming the construct, the file and the line. Built-ins: causal, sliding_window, 
 prefix_lm (masks), alibi, softcap (scores), and and_masks / or_masks to combine masks.
 
 flash_attention(..., window=, mask_mod=, score_mod=) runs them on NumPy arrays through the
-float64-capable oracle (flashlab.reference.variants); blocks.block_mask gives the tiles a mask
-leaves anything visible in. The kernels and the step-throughs do not take them yet.
+float64-capable oracle (flashlab.reference.variants), and fa2's forward compiles them in
+(kernel.KernelVariant: the C in front of kernels/fa2.cu, FL_MODS; blocks.block_mask: the tiles
+it skips). GQA and the backward in the kernels, tc and the step-throughs do not take them yet.
 """
 from __future__ import annotations
 
@@ -113,21 +114,24 @@ class Mod:
         return np.broadcast_to(np.asarray(out, dt), shape).copy()
 
     # -- the kernels
-    def cuda(self) -> str:
+    def cuda(self, f_base: int = 0, i_base: int = 0) -> str:
         """The mod as CUDA C: fl_mask_mod(b, h, q_idx, kv_idx, fl_mod_f, fl_mod_i) -> bool, or
         fl_score_mod(score, ...) -> float and fl_score_mod_grad(score, ...) -> float, after
-        PRELUDE. fl_mod_f / fl_mod_i: float_data and int_data on the device."""
+        PRELUDE. fl_mod_f / fl_mod_i: float_data and int_data on the device, starting f_base
+        and i_base elements into the buffers (where another mod's data comes first)."""
+        offsets = {k: (buf, off + (f_base if buf == "f" else i_base))
+                   for k, (buf, off) in self.offsets.items()}
         args = "int b, int h, int q_idx, int kv_idx, const float* fl_mod_f, const int* fl_mod_i"
         head = f"/* {self.kind}_mod {self.name}, from {self.where} */\n"
         unused = ("    (void)b; (void)h; (void)q_idx; (void)kv_idx; (void)fl_mod_f; "
                   "(void)fl_mod_i;\n")
         if self.kind == "mask":
             return (head + f"__device__ __forceinline__ bool fl_mask_mod({args}) {{\n{unused}"
-                    f"    return {to_c(self.tree, self.offsets)};\n}}\n")
+                    f"    return {to_c(self.tree, offsets)};\n}}\n")
         out = head
         for name, tree in (("fl_score_mod", self.tree), ("fl_score_mod_grad", self.d_tree)):
             out += (f"__device__ __forceinline__ float {name}(float score, {args}) {{\n"
-                    f"{unused}    (void)score;\n    return {to_c(tree, self.offsets)};\n}}\n")
+                    f"{unused}    (void)score;\n    return {to_c(tree, offsets)};\n}}\n")
         return out
 
     def __repr__(self):

@@ -1,0 +1,69 @@
+"""A variant as a kernel gets it: the mask (window and mask_mod together; causal stays the
+kernels' own flag) and the score_mod, their C in front of the kernel source, their closed-over
+arrays in one float and one int buffer, and the block mask of the mask for the kernel's tiles.
+
+    kv = KernelVariant.of(window=(128, 0), score_mod=mods.softcap(30.0))
+    source = kv.source(ours("fa2"))                 # -DFL_MODS, PRELUDE, fl_mask_mod, fl_score_mod
+    tiles = kv.tiles(B, H, Nq, Nk, Br, Bc)          # (tiles_B, tiles_H, Tr, Tc) uint8
+
+kernels/fa2.cu says what the kernel does with them (FL_MODS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import PRELUDE, Mod, and_masks, mask_mod, score_mod, sliding_window
+from .blocks import block_mask
+
+_NO_MASK = ("__device__ __forceinline__ bool fl_mask_mod(int, int, int, int, const float*, "
+            "const int*) { return true; }\n")
+_NO_SCORE = ("__device__ __forceinline__ float fl_score_mod(float score, int, int, int, int, "
+             "const float*, const int*) { return score; }\n")
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    mask: Mod | None
+    score: Mod | None
+
+    @classmethod
+    def of(cls, window=None, mask_mod_=None, score_mod_=None):
+        """From flash_attention's keywords (None where the call has no variant)."""
+        masks = ([sliding_window(*window)] if window is not None else []) + \
+            ([mask_mod(mask_mod_)] if mask_mod_ is not None else [])
+        mask = None if not masks else masks[0] if len(masks) == 1 else and_masks(*masks)
+        score = score_mod(score_mod_) if score_mod_ is not None else None
+        return cls(mask, score)
+
+    @property
+    def key(self) -> tuple:
+        return (self.mask.key if self.mask else None, self.score.key if self.score else None)
+
+    def buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(floats, ints): the mask's data then the score's, each at least one element long
+        (a kernel argument must point somewhere)."""
+        mods = [m for m in (self.mask, self.score) if m is not None]
+        f = np.concatenate([m.float_data for m in mods] + [np.zeros(1, np.float32)])
+        i = np.concatenate([m.int_data for m in mods] + [np.zeros(1, np.int32)])
+        return f.astype(np.float32), i.astype(np.int32)
+
+    def source(self, base):
+        """`base` (a launch.sources.Source) with the variant's C in front and FL_MODS defined."""
+        from ..launch.sources import Source
+
+        f0 = len(self.mask.float_data) if self.mask else 0
+        i0 = len(self.mask.int_data) if self.mask else 0
+        head = ["#define FL_MODS", PRELUDE,
+                self.mask.cuda() if self.mask else _NO_MASK,
+                self.score.cuda(f0, i0) if self.score else _NO_SCORE]
+        what = ", ".join(m.name for m in (self.mask, self.score) if m is not None)
+        return Source(base.name, "\n".join(head) + '\n#line 1 "' + base.name + '"\n' + base.text,
+                      base.variant, origin=f"{base.origin or base.name} with {what}")
+
+    def tiles(self, B, H, Nq, Nk, Br, Bc) -> np.ndarray:
+        """The block mask as the kernel reads it: 1 where a tile has a visible key."""
+        if self.mask is None:
+            return np.ones((1, 1, -(-Nq // Br), -(-Nk // Bc)), np.uint8)
+        return block_mask([self.mask], B, H, Nq, Nk, Br, Bc).any_visible.astype(np.uint8)
