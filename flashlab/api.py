@@ -215,12 +215,12 @@ def _lse_out(lse):
     return lse if lse.dtype == np.float64 else lse.astype(np.float32, copy=False)
 
 
-def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod, direction="forward"):
+def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
     """Where an attention variant (a window, a mod, or k and v with fewer heads than q: GQA)
     runs: None (the call has none), "reference" (the variant oracle, flashlab.reference.variants,
     on NumPy arrays with kernel 'auto' or the A0 baseline) or the name of the kernel that compiles
-    it in (the forward of a kernel whose registry entry has mods, fa2, on float32 CuPy arrays or
-    on the CPU backend). Anything else is an error that says what runs it."""
+    it (a kernel whose registry entry has mods, fa2, on float32 CuPy arrays or on the CPU
+    backend). Anything else is an error that says what runs it."""
     q, k = arrays["q"], arrays["k"]
     gqa = getattr(q, "ndim", 0) == 4 and getattr(k, "ndim", 0) == 4 and q.shape[1] != k.shape[1]
     named = [n for n, x in (("window", window), ("mask_mod", mask_mod), ("score_mod", score_mod))
@@ -233,7 +233,6 @@ def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod, directi
     if where != "reference":
         name = _fp32_kernel(q) if kernel == "auto" else kernel
         why = ("GQA is not in the kernels yet" if gqa else
-               "the kernels' backward does not take variants yet" if direction == "backward" else
                f"kernel {name!r} does not take them yet ({', '.join(takes)} does, on float32)"
                if name not in takes else
                f"the kernels take float32 with variants, not {q.dtype}"
@@ -267,8 +266,8 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
     FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
     arrays run them in the oracle (kernel 'auto' or the A0 baseline); fa2 compiles window,
-    mask_mod and score_mod into its forward (float32, CuPy arrays or backend='cpu'); the
-    rest (GQA and the backward in the kernels, tc) is an error that says so.
+    mask_mod and score_mod in, forward and backward (float32, CuPy arrays or backend='cpu');
+    the rest (GQA in the kernels, tc) is an error that says so.
     """
     check_flag("return_lse", return_lse)
     route = _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod)
@@ -323,7 +322,13 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
     have k's heads (each summed over its group of query heads).
     """
     arrays = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
-    if _variant(kernel, backend, arrays, window, mask_mod, score_mod, "backward"):
+    route = _variant(kernel, backend, arrays, window, mask_mod, score_mod)
+    if route not in (None, "reference"):  # a kernel compiles the variant in
+        from .mods.kernel import KernelVariant
+
+        return launch.backward(route, do, q, k, v, o, lse, causal, softmax_scale,
+                               variant=KernelVariant.of(window, mask_mod, score_mod))
+    if route == "reference":
         from .reference.variants import variant_attention_backward
 
         B, H, Nq = np.shape(q)[:3]

@@ -26,11 +26,13 @@
 #define FA2_THREADS 256
 
 /* An attention variant compiled in (flashlab.mods, -DFL_MODS): the launcher puts the variant's
- * fl_mask_mod and fl_score_mod (flashlab.mods.Mod.cuda) before this file. fa2_forward then takes
- * H (heads, to split bh into b and h), the variant's closed-over arrays (fl_mod_f, fl_mod_i) and
- * its block mask (fl_tiles (tiles_B, tiles_H, Tr, Tc) bytes, 1 where the tile has a visible key:
- * flashlab.mods.blocks); it skips the tiles the mask hides, applies the mask and score_mod to
- * each entry of S after tau (F2:L5), and gives a row with no visible key O = 0 and L = -inf.
+ * fl_mask_mod and fl_score_mod (flashlab.mods.Mod.cuda) before this file. fa2_forward and
+ * fa2_backward then take H (heads, to split bh into b and h), the variant's closed-over arrays
+ * (fl_mod_f, fl_mod_i) and its block mask (fl_tiles (tiles_B, tiles_H, Tr, Tc) bytes, 1 where the
+ * tile has a visible key: flashlab.mods.blocks). They skip the tiles the mask hides and apply
+ * the mask and score_mod to each entry of S after tau (F2:L5, G2:L5); the forward gives a row
+ * with no visible key O = 0 and L = -inf, and the backward multiplies dS by score_mod's
+ * derivative (G2:L6).
  * Without FL_MODS the macros below are empty and the kernel is the plain one. */
 #ifdef FL_MODS
 #define FL_MOD_PARAMS , int H, const float* __restrict__ fl_mod_f, \
@@ -47,12 +49,28 @@
     }
 #define FL_ROW_INV(l) ((l) > 0.0f ? 1.0f / (l) : 0.0f)
 #define FL_ROW_LSE(m, l) ((l) > 0.0f ? safe_max(m) + logf(l) : FL_NEG_INF)
+#define FL_BWD_P(off, s0, Li, bh, r, c, grad) fl_mod_p(off, s0, Li, H, bh, r, c, fl_mod_f, fl_mod_i, grad)
+#define FL_DS(x, grad) ((x) * (grad))
+/* G2:L5 for a variant: P of entry (r, c), whose unmodified score is s0, and score_mod's
+ * derivative there (grad; 0 where the entry is hidden) */
+__device__ __forceinline__ float fl_mod_p(bool off, float s0, float Li, int H, int bh, int r,
+                                          int c, const float* f, const int* i, float& grad) {
+    const int b = bh / H, h = bh % H;
+    if (off || !fl_mask_mod(b, h, r, c, f, i)) {
+        grad = 0.0f;
+        return 0.0f;
+    }
+    grad = fl_score_mod_grad(s0, b, h, r, c, f, i);
+    return expf(fl_score_mod(s0, b, h, r, c, f, i) - Li);
+}
 #else
 #define FL_MOD_PARAMS
 #define FL_SKIP_TILE(bh, i, j, Tr, Tc)
 #define FL_MOD_SCORE(x, bh, r, c)
 #define FL_ROW_INV(l) (1.0f / (l))
 #define FL_ROW_LSE(m, l) (safe_max(m) + logf(l))
+#define FL_BWD_P(off, s0, Li, bh, r, c, grad) ((off) ? 0.0f : expf((s0) - (Li)))
+#define FL_DS(x, grad) (x)
 #endif
 
 __device__ __forceinline__ float nanmax2(float a, float b) {
@@ -246,7 +264,7 @@ fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
              float* __restrict__ dQ,        // (B, H, Nq, d), zeroed by the launcher (atomic adds)
              float* __restrict__ dK,        // (B, H, Nk, d)
              float* __restrict__ dV,        // (B, H, Nk, d)
-             int Nq, int Nk, float tau, int causal,
+             int Nq, int Nk, float tau, int causal FL_MOD_PARAMS,
              float* tr_dQ,                  // (B, H, Tr, Tc, BR, d), FLASHLAB_TRACE builds only
              float* tr_dK,                  // (B, H, Tr, Tc, BC, d)
              float* tr_dV,                  // (B, H, Tr, Tc, BC, d)
@@ -271,7 +289,7 @@ fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
     const float* Dh = Dv + head_offset(bh, Nq, 1);
     float* dQh = dQ + head_offset(bh, Nq, D);
     const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
-    (void)Tc;  // used by TRACE stores only
+    (void)Tc;  // used by the TRACE stores and FL_SKIP_TILE only
 
     load_rows<D, BC, QP>(K_j, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
     load_rows<D, BC, QP>(V_j, V + head_offset(bh, Nk, D), j * BC, Nk);
@@ -284,6 +302,7 @@ fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
     // G2:L3  causal: row blocks that end before key j*BC see none of this block
     const int i0 = causal ? (j * BC < Nq ? (j * BC) / BR : Tr) : 0;
     for (int i = i0; i < Tr; ++i) {
+        FL_SKIP_TILE(bh, i, j, Tr, Tc);  // a variant's block mask: no visible key in tile (i, j)
         load_rows<D, BR, QP>(Q_i, Qh, i * BR, Nq);                   // G2:L4
         load_rows<D, BR, QP>(dO_i, dOh, i * BR, Nq);
         for (int r = threadIdx.x; r < BR; r += FA2_THREADS) {
@@ -317,9 +336,10 @@ fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
             for (int b = 0; b < CN; ++b) {
                 const int cl = tx + 16 * b, c = j * BC + cl;
                 const bool off = r >= Nq || c >= Nk || masked(causal, r, c);
-                const float pv = off ? 0.0f : expf(tau * s[a][b] - L_i[rl]);   // G2:L5  P
+                float grad = 1.0f;  // a variant's d score_mod / d score
+                const float pv = FL_BWD_P(off, tau * s[a][b], L_i[rl], bh, r, c, grad);  // G2:L5  P
                 P_s[rl * PP + cl] = pv;
-                dS_s[rl * PP + cl] = pv * (dp[a][b] - D_i[rl]);              // G2:L6  dS
+                dS_s[rl * PP + cl] = FL_DS(pv * (dp[a][b] - D_i[rl]), grad);  // G2:L6  dS
             }
         }
         __syncthreads();  // P and dS are complete

@@ -126,11 +126,6 @@ def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
     with pytest.raises(ValueError, match=r"^window: the kernels take float32 with variants, not "
                                          r"float64; the float64-capable oracle runs every"):
         flashlab.flash_attention(q, k, v, window=(2, 0), backend="cpu")
-    f32 = [x.astype(np.float32) for x in (do, q, k, v)]
-    with pytest.raises(ValueError, match=r"^window: the kernels' backward does not take "
-                                         r"variants yet"):
-        flashlab.flash_attention_backward(*f32, f32[1], f32[1][..., 0], window=(2, 0),
-                                          backend="cpu")
     with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa2' has no variants in its "
                                          r"step-through yet; kernel='naive' \(or 'auto'\)"):
         flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
@@ -179,6 +174,15 @@ def test_the_fa2_kernel_compiles_a_variant_in_and_matches_the_oracle(name):
     assert not np.isnan(out[0]).any() and not np.isnan(out[1]).any()
     np.testing.assert_array_equal(out[0], o)
 
+    # the backward: the same variant compiled into fa2_backward, against the oracle's gradients
+    do = np.random.default_rng(9).standard_normal(q.shape).astype(np.float32)
+    grads = flashlab.flash_attention_backward(do, q, k, v, o, lse, causal, backend="cpu", **kw)
+    ref = variant_attention_backward(*(x.astype(np.float64) for x in (do, q, k, v)), causal, **kw)
+    for label, g, r in zip(("dq", "dk", "dv"), grads, ref):
+        assert np.isfinite(g).all(), label
+        np.testing.assert_allclose(g, r, rtol=0, atol=5e-5 * max(1.0, np.abs(r).max()),
+                                   err_msg=label)
+
 
 def test_a_variant_compiles_into_fa2_for_the_gpu_with_nvrtc():
     pytest.importorskip("cuda.bindings")
@@ -189,4 +193,5 @@ def test_a_variant_compiles_into_fa2_for_the_gpu_with_nvrtc():
     kv = KernelVariant.of((128, 0), mods.document(np.arange(64) // 8), mods.softcap(30.0))
     src = kv.source(ours("fa2"))
     assert src.text.startswith("#define FL_MODS") and "fl_score_mod" in src.text
-    nvrtc_compile(src, "sm_80", name_expressions=("fa2_forward<64, 64, 64>",))
+    nvrtc_compile(src, "sm_80", name_expressions=("fa2_forward<64, 64, 64>",
+                                                  "fa2_backward<64, 64, 64>"))

@@ -46,6 +46,19 @@ def _setup(spec, dims, arrays: dict, trace: bool):
     return (host.setup if host.on_host(arrays) else setup)(spec, dims, arrays, trace)
 
 
+def _variant(spec, variant, trace: bool) -> dict:
+    """The launcher's keywords for an attention variant (none without one), after the checks."""
+    if variant is None:
+        return {}
+    if not spec.mods:
+        takes = ", ".join(n for n, s in registry.KERNELS.items() if s.mods)
+        raise ValueError(f"kernel {spec.name!r} does not take attention variants yet ({takes} "
+                         f"does)")
+    if trace:
+        raise ValueError("a kernel with an attention variant has no trace build yet")
+    return {"variant": variant}
+
+
 def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False, out=None,
             source=None, config=None, variant=None):
     """Run kernel `kernel` forward. Returns (o, lse) or, with trace=True, (o, lse, Trace).
@@ -62,15 +75,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
     _check_source(source)
     ctx = _setup(spec, dims, {"q": q, "k": k, "v": v}, trace)
     B, H, Nq, d = dims.B, dims.H, dims.Nq, dims.d
-    extra = {}
-    if variant is not None:
-        if not spec.mods:
-            takes = ", ".join(n for n, s in registry.KERNELS.items() if s.mods)
-            raise ValueError(f"kernel {kernel!r} does not take attention variants yet ({takes} "
-                             f"does)")
-        if trace:
-            raise ValueError("a kernel with an attention variant has no trace build yet")
-        extra = {"variant": variant}
+    extra = _variant(spec, variant, trace)
     with ctx.cp.cuda.Device(ctx.device):
         o, lse = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nq)], ("o", "lse"),
                          [q.dtype, np.float32])
@@ -79,22 +84,24 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
 
 
 def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None, trace=False,
-             out=None, source=None, config=None):
+             out=None, source=None, config=None, variant=None):
     """Run kernel `kernel` backward. Returns (dq, dk, dv) or, with trace=True, (dq, dk, dv, Trace).
 
     out: optional (dq, dk, dv) buffers to write into. config: 'tc' only, kernels/tc.cu's
     (dict(BR=, BC=, NW=, WS=, WKV=, WQ=, QS=)) or kernels/tc90.cu's (dict(BR=, BC=, QS=, MINB=)).
+    variant: as forward's (the same one the forward ran).
     """
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     spec = registry.get(kernel)
     _check_source(source)
     ctx = _setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, trace)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    extra = _variant(spec, variant, trace)
     with ctx.cp.cuda.Device(ctx.device):
         dq, dk, dv = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
                              ("dq", "dk", "dv"), [q.dtype] * 3)
         return spec.launch_module().backward(ctx, do, q, k, v, o, lse, dq, dk, dv, trace=trace,
-                                             source=source, config=config)
+                                             source=source, config=config, **extra)
 
 
 def _prepared_launcher(kernel: str):

@@ -22,7 +22,7 @@ def _module(ctx: Launch, trace, name, source):
 def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
             variant=None):
     """F2 (fa2_forward); variant: a flashlab.mods.kernel.KernelVariant compiled in (FL_MODS)."""
-    cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
+    dims, spec = ctx.dims, ctx.spec
     Nq, Nk, d = dims.Nq, dims.Nk, dims.d
     BH = dims.B * dims.H
     p = plan(spec.name, d, "forward", ctx.limits["smem_optin"])
@@ -31,12 +31,7 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
     name = f"fa2_forward<{d}, {Br}, {Bc}>"
     extra = ()
     if variant is not None:
-        source = variant.source(source or ours(spec.name))
-        floats, ints = variant.buffers()
-        tiles = variant.tiles(dims.B, dims.H, Nq, Nk, Br, Bc)
-        extra = (np.int32(dims.H), cp.asarray(floats), cp.asarray(ints),
-                 cp.asarray(np.ascontiguousarray(tiles)), np.int32(tiles.shape[0]),
-                 np.int32(tiles.shape[1]))
+        source, extra = _variant_args(ctx, variant, source, Br, Bc)
     mod = _module(ctx, trace, name, source)
     launch(spec.name, function(mod, name), (math.ceil(Nq / Br), BH), (256,),
            (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal) + extra + targs,
@@ -44,8 +39,21 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
     return finish(ctx, state, "forward", o, lse)
 
 
+def _variant_args(ctx: Launch, variant, source, Br: int, Bc: int):
+    """(the source with the variant's C in front, its kernel arguments: H, the closed-over
+    arrays, the block mask for these tiles and its head and batch extents)."""
+    dims = ctx.dims
+    floats, ints = variant.buffers()
+    tiles = variant.tiles(dims.B, dims.H, dims.Nq, dims.Nk, Br, Bc)
+    return variant.source(source or ours(ctx.spec.name)), (
+        np.int32(dims.H), ctx.cp.asarray(floats), ctx.cp.asarray(ints),
+        ctx.cp.asarray(np.ascontiguousarray(tiles)), np.int32(tiles.shape[0]),
+        np.int32(tiles.shape[1]))
+
+
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
-             config=None):
+             config=None, variant=None):
+    """G2 (fa2_backward_dot, fa2_backward); variant: as forward's."""
     cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
     Nq, Nk, d = dims.Nq, dims.Nk, dims.d
     BH = dims.B * dims.H
@@ -54,6 +62,9 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
     lse32 = lse.astype(cp.float32, copy=False)
     name = f"fa2_backward<{d}, {Br}, {Bc}>"
+    extra = ()
+    if variant is not None:
+        source, extra = _variant_args(ctx, variant, source, Br, Bc)
     mod = _module(ctx, trace, name, source)
     Dvec = cp.empty((BH, Nq), cp.float32)
     rows = BH * Nq
@@ -62,5 +73,5 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     dq.fill(0)  # G2:L7 accumulates into dQ with atomic adds
     launch(spec.name, function(mod, name), (math.ceil(Nk / Bc), BH), (256,),
            (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), ctx.tau,
-            ctx.causal) + targs, p["smem"], ctx.desc)
+            ctx.causal) + extra + targs, p["smem"], ctx.desc)
     return finish(ctx, state, "backward", dq, dk, dv)

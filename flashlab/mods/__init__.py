@@ -14,9 +14,9 @@ naming the construct, the file and the line. Built-ins: causal, sliding_window, 
 prefix_lm (masks), alibi, softcap (scores), and and_masks / or_masks to combine masks.
 
 flash_attention(..., window=, mask_mod=, score_mod=) runs them on NumPy arrays through the
-float64-capable oracle (flashlab.reference.variants), and fa2's forward compiles them in
-(kernel.KernelVariant: the C in front of kernels/fa2.cu, FL_MODS; blocks.block_mask: the tiles
-it skips). GQA and the backward in the kernels, tc and the step-throughs do not take them yet.
+float64-capable oracle (flashlab.reference.variants), and fa2's forward and backward compile
+them in (kernel.KernelVariant: the C in front of kernels/fa2.cu, FL_MODS; blocks.block_mask:
+the tiles it skips). GQA in the kernels, tc and the step-throughs do not take them yet.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ arrays in one float and one int buffer, and the block mask of the mask for the k
     source = kv.source(ours("fa2"))                 # -DFL_MODS, PRELUDE, fl_mask_mod, fl_score_mod
     tiles = kv.tiles(B, H, Nq, Nk, Br, Bc)          # (tiles_B, tiles_H, Tr, Tc) uint8
 
-kernels/fa2.cu says what the kernel does with them (FL_MODS).
+kernels/fa2.cu says what fa2_forward and fa2_backward do with them (FL_MODS).
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from .blocks import block_mask
 _NO_MASK = ("__device__ __forceinline__ bool fl_mask_mod(int, int, int, int, const float*, "
             "const int*) { return true; }\n")
 _NO_SCORE = ("__device__ __forceinline__ float fl_score_mod(float score, int, int, int, int, "
-             "const float*, const int*) { return score; }\n")
+             "const float*, const int*) { return score; }\n"
+             "__device__ __forceinline__ float fl_score_mod_grad(float, int, int, int, int, "
+             "const float*, const int*) { return 1.0f; }\n")
 
 
 @dataclass(frozen=True)
