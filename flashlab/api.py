@@ -232,8 +232,7 @@ def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
     takes = [n for n, spec in registry.KERNELS.items() if spec.mods]
     if where != "reference":
         name = _fp32_kernel(q) if kernel == "auto" else kernel
-        why = ("GQA is not in the kernels yet" if gqa else
-               f"kernel {name!r} does not take them yet ({', '.join(takes)} does, on float32)"
+        why = (f"kernel {name!r} does not take them yet ({', '.join(takes)} does, on float32)"
                if name not in takes else
                f"the kernels take float32 with variants, not {q.dtype}"
                if q.dtype != np.float32 else None)
@@ -266,8 +265,8 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
     FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
     arrays run them in the oracle (kernel 'auto' or the A0 baseline); fa2 compiles window,
-    mask_mod and score_mod in, forward and backward (float32, CuPy arrays or backend='cpu');
-    the rest (GQA in the kernels, tc) is an error that says so.
+    mask_mod, score_mod and GQA in, forward and backward (float32, CuPy arrays or
+    backend='cpu'); the rest (tc) is an error that says so.
     """
     check_flag("return_lse", return_lse)
     route = _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod)
@@ -278,7 +277,7 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
                                    mask_mod=mask_mod, score_mod=score_mod)
         o, lse = o.astype(q.dtype, copy=False), _lse_out(lse)
         return (o, lse) if return_lse else o
-    if route is not None:  # a kernel compiles the variant in
+    if route is not None:  # a kernel compiles the variant in (GQA alone too)
         from .mods.kernel import KernelVariant
 
         o, lse = launch.forward(route, q, k, v, causal, softmax_scale,

@@ -24,6 +24,11 @@ class Dims:
     d: int
     scale: float  # tau, the softmax scale
     causal: bool
+    Hkv: int = 0  # key/value heads where they are fewer than H (GQA, gqa=True checks); 0: H
+
+    @property
+    def kv_heads(self) -> int:
+        return self.Hkv or self.H
 
 
 def is_array(x) -> bool:
@@ -112,8 +117,9 @@ def check_scale(softmax_scale, d: int) -> float:
     return tau
 
 
-def check_qkv(q, k, v, causal=False, softmax_scale=None) -> Dims:
-    """Validate the forward inputs: q (B, H, Nq, d), k and v (B, H, Nk, d), one float dtype."""
+def check_qkv(q, k, v, causal=False, softmax_scale=None, gqa: bool = False) -> Dims:
+    """Validate the forward inputs: q (B, H, Nq, d), k and v (B, H, Nk, d), one float dtype;
+    gqa: k and v may have H_kv heads, H_kv dividing H (Dims.Hkv)."""
     sq = check_array("q", q)
     sk = check_array("k", k)
     sv = check_array("v", v)
@@ -124,7 +130,12 @@ def check_qkv(q, k, v, causal=False, softmax_scale=None) -> Dims:
         raise ValueError(f"q has N = {Nq} queries (shape {sq}); need N >= 1")
     if d < 1:
         raise ValueError(f"head dim d = {d} (q shape {sq}); need d >= 1")
-    if sk[:2] != (B, H) or sv[:2] != (B, H):
+    Hkv = sk[1] if gqa and sk[:2] == sv[:2] and sk[0] == B and sk[1] >= 1 and H % sk[1] == 0 \
+        else H
+    if sk[:2] != (B, Hkv) or sv[:2] != (B, Hkv):
+        if gqa:
+            raise ValueError(f"k and v must be (B, H_kv, Nk, d) with q's B and H_kv dividing q's "
+                             f"H: got q {sq}, k {sk}, v {sv}")
         raise ValueError(
             f"q, k, v must share batch and heads (B, H): got q {sq}, k {sk}, v {sv}"
         )
@@ -144,7 +155,8 @@ def check_qkv(q, k, v, causal=False, softmax_scale=None) -> Dims:
             f"q, k, v must share one dtype: got q {q.dtype}, k {k.dtype}, v {v.dtype}"
         )
     causal = check_flag("causal", causal)
-    return Dims(B, H, Nq, sk[2], d, check_scale(softmax_scale, d), causal)
+    return Dims(B, H, Nq, sk[2], d, check_scale(softmax_scale, d), causal,
+                Hkv if Hkv != H else 0)
 
 
 def check_like(name: str, x, shape: tuple, dtype, what: str) -> None:
@@ -156,9 +168,10 @@ def check_like(name: str, x, shape: tuple, dtype, what: str) -> None:
         raise ValueError(f"{name} has dtype {x.dtype}; expected {np.dtype(dtype)} to match q")
 
 
-def check_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None) -> Dims:
+def check_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None,
+                   gqa: bool = False) -> Dims:
     """Validate backward inputs: do and o like q, lse (B, H, Nq)."""
-    dims = check_qkv(q, k, v, causal, softmax_scale)
+    dims = check_qkv(q, k, v, causal, softmax_scale, gqa)
     qshape = (dims.B, dims.H, dims.Nq, dims.d)
     check_like("do", do, qshape, q.dtype, "the gradient of o, shaped like q")
     check_like("o", o, qshape, q.dtype, "the forward output, shaped like q")

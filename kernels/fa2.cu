@@ -27,15 +27,17 @@
 
 /* An attention variant compiled in (flashlab.mods, -DFL_MODS): the launcher puts the variant's
  * fl_mask_mod and fl_score_mod (flashlab.mods.Mod.cuda) before this file. fa2_forward and
- * fa2_backward then take H (heads, to split bh into b and h), the variant's closed-over arrays
+ * fa2_backward then take H and Hkv (heads of q and of k, v: bh splits into b and h, and with
+ * GQA query head h reads key/value head h / (H / Hkv)), the variant's closed-over arrays
  * (fl_mod_f, fl_mod_i) and its block mask (fl_tiles (tiles_B, tiles_H, Tr, Tc) bytes, 1 where the
  * tile has a visible key: flashlab.mods.blocks). They skip the tiles the mask hides and apply
  * the mask and score_mod to each entry of S after tau (F2:L5, G2:L5); the forward gives a row
  * with no visible key O = 0 and L = -inf, and the backward multiplies dS by score_mod's
- * derivative (G2:L6).
+ * derivative (G2:L6). With GQA the backward writes dK, dV per query head (B, H, Nk, d); the
+ * launcher sums each group.
  * Without FL_MODS the macros below are empty and the kernel is the plain one. */
 #ifdef FL_MODS
-#define FL_MOD_PARAMS , int H, const float* __restrict__ fl_mod_f, \
+#define FL_MOD_PARAMS , int H, int Hkv, const float* __restrict__ fl_mod_f, \
     const int* __restrict__ fl_mod_i, const unsigned char* __restrict__ fl_tiles, int tiles_B, \
     int tiles_H
 #define FL_SKIP_TILE(bh, i, j, Tr, Tc)                                                          \
@@ -49,6 +51,8 @@
     }
 #define FL_ROW_INV(l) ((l) > 0.0f ? 1.0f / (l) : 0.0f)
 #define FL_ROW_LSE(m, l) ((l) > 0.0f ? safe_max(m) + logf(l) : FL_NEG_INF)
+/* GQA: query head h reads key/value head h / (H / Hkv) of its batch */
+#define FL_KV_HEAD(bh) ((bh) / H * Hkv + ((bh) % H) / (H / Hkv))
 #define FL_BWD_P(off, s0, Li, bh, r, c, grad) fl_mod_p(off, s0, Li, H, bh, r, c, fl_mod_f, fl_mod_i, grad)
 #define FL_DS(x, grad) ((x) * (grad))
 /* G2:L5 for a variant: P of entry (r, c), whose unmodified score is s0, and score_mod's
@@ -69,6 +73,7 @@ __device__ __forceinline__ float fl_mod_p(bool off, float s0, float Li, int H, i
 #define FL_MOD_SCORE(x, bh, r, c)
 #define FL_ROW_INV(l) (1.0f / (l))
 #define FL_ROW_LSE(m, l) (safe_max(m) + logf(l))
+#define FL_KV_HEAD(bh) (bh)
 #define FL_BWD_P(off, s0, Li, bh, r, c, grad) ((off) ? 0.0f : expf((s0) - (Li)))
 #define FL_DS(x, grad) ((void)(grad), (x))
 #endif
@@ -131,8 +136,8 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
     const int i = blockIdx.x, bh = blockIdx.y;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const float* Qh = Q + head_offset(bh, Nq, D);
-    const float* Kh = K + head_offset(bh, Nk, D);
-    const float* Vh = V + head_offset(bh, Nk, D);
+    const float* Kh = K + head_offset(FL_KV_HEAD(bh), Nk, D);  // a variant's GQA: shared heads
+    const float* Vh = V + head_offset(FL_KV_HEAD(bh), Nk, D);
     const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
     (void)Tr;  // used by the TRACE stores and FL_SKIP_TILE only
 
@@ -291,8 +296,8 @@ fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
     const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC;
     (void)Tc;  // used by the TRACE stores and FL_SKIP_TILE only
 
-    load_rows<D, BC, QP>(K_j, K + head_offset(bh, Nk, D), j * BC, Nk);   // G2:L2
-    load_rows<D, BC, QP>(V_j, V + head_offset(bh, Nk, D), j * BC, Nk);
+    load_rows<D, BC, QP>(K_j, K + head_offset(FL_KV_HEAD(bh), Nk, D), j * BC, Nk);   // G2:L2
+    load_rows<D, BC, QP>(V_j, V + head_offset(FL_KV_HEAD(bh), Nk, D), j * BC, Nk);
     float dk[CM][XN], dv[CM][XN];                                         // dK~, dV~ on chip
 #pragma unroll
     for (int a = 0; a < CM; ++a)

@@ -181,11 +181,11 @@ def test_a_variant_compiles_into_fa2s_source_and_its_buffers_follow_causal(gpu):
     (run,) = gpu.launches
     args = run["args"]
     assert type(args[8]) is np.int32 and int(args[8]) == 1          # causal
-    assert int(args[9]) == 3                                         # H, to split bh
-    floats, ints, tiles = args[10:13]
+    assert (int(args[9]), int(args[10])) == (3, 3)                   # H, H_kv: bh's b and h
+    floats, ints, tiles = args[11:14]
     assert all(isinstance(a, fake_cupy.ndarray) for a in (floats, ints, tiles))
     assert ints.shape == (130 + 1,) and tiles.dtype == np.uint8      # doc ids (and one spare)
-    assert (int(args[13]), int(args[14])) == (1, 1)                  # shared by every head
+    assert (int(args[14]), int(args[15])) == (1, 1)                  # shared by every head
     with pytest.raises(ValueError, match=r"kernel 'tc' does not take attention variants yet "
                                          r"\(fa2 does\)"):
         launch.forward("tc", *fake_cupy.arrays(gpu, [(2, 3, 130, 64)] * 3, ml_dtypes.bfloat16),

@@ -130,9 +130,10 @@ def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
                                          r"step-through yet; kernel='naive' \(or 'auto'\)"):
         flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
     q, k, v, _ = _qkv(H=4, Hkv=1, d=16)
-    with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): GQA is not "
-                                         r"in the kernels yet"):
-        flashlab.flash_attention(*(x.astype(np.float32) for x in (q, k, v)), backend="cpu")
+    with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): kernel 'tc' "
+                                         r"does not take them yet \(fa2 does, on float32\)"):
+        flashlab.flash_attention(*(x.astype(np.float32) for x in (q, k, v)), kernel="tc",
+                                 backend="cpu")
     with pytest.raises(ValueError, match=r"^window: kernel 'fa1' does not take them yet \(fa2 "
                                          r"does, on float32\)"):
         flashlab.flash_attention(*(x.astype(np.float32) for x in _qkv(d=8)[:3]), window=(2, 0),
@@ -146,6 +147,9 @@ KERNEL_VARIANTS = {
     "alibi, causal": dict(score_mod=mods.alibi([0.2, 0.5]), causal=True),
     "prefix_lm + window": dict(mask_mod=mods.prefix_lm(16), window=(-1, 40)),
     "hides row 7": dict(mask_mod=lambda b, h, q_idx, kv_idx: q_idx != 7),
+    "GQA, 4 heads on 2, causal": dict(heads=(4, 2), causal=True),
+    "MQA, 4 heads on 1, window and softcap": dict(heads=(4, 1), window=(30, 5),
+                                                  score_mod=mods.softcap(3.0)),
 }
 
 
@@ -158,7 +162,8 @@ def test_the_fa2_kernel_compiles_a_variant_in_and_matches_the_oracle(name):
 
     kw = dict(KERNEL_VARIANTS[name])
     causal = kw.pop("causal", False)
-    q, k, v, _ = (x.astype(np.float32) for x in _qkv(B=1, H=2, Hkv=2, Nq=150, Nk=150, d=32))
+    H, Hkv = kw.pop("heads", (2, 2))
+    q, k, v, _ = (x.astype(np.float32) for x in _qkv(B=1, H=H, Hkv=Hkv, Nq=150, Nk=150, d=32))
     o, lse = flashlab.flash_attention(q, k, v, causal, return_lse=True, backend="cpu", **kw)
     ro, rl = variant_attention(*(x.astype(np.float64) for x in (q, k, v)), causal, **kw)
     np.testing.assert_allclose(o, ro, rtol=0, atol=2e-5 * max(1.0, np.abs(ro).max()))

@@ -68,9 +68,10 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
     tuning: kernels/tc.cu's (dict(BC=, NW=, WM=, BK=)) or kernels/tc90.cu's (dict(BC=, NWG=,
     MINB=); compute capability 9.0 only).
     variant: a flashlab.mods.kernel.KernelVariant (window, mask_mod, score_mod) compiled into a
-    kernel whose registry entry has mods (fa2); untraced, with k's heads equal to q's.
+    kernel whose registry entry has mods (fa2), untraced; with one, k and v may have fewer heads
+    than q (GQA: H_kv dividing H).
     """
-    dims = check_qkv(q, k, v, causal, softmax_scale)
+    dims = check_qkv(q, k, v, causal, softmax_scale, gqa=variant is not None)
     spec = registry.get(kernel)
     _check_source(source)
     ctx = _setup(spec, dims, {"q": q, "k": k, "v": v}, trace)
@@ -91,14 +92,14 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
     (dict(BR=, BC=, NW=, WS=, WKV=, WQ=, QS=)) or kernels/tc90.cu's (dict(BR=, BC=, QS=, MINB=)).
     variant: as forward's (the same one the forward ran).
     """
-    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale, gqa=variant is not None)
     spec = registry.get(kernel)
     _check_source(source)
     ctx = _setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, trace)
-    B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
+    B, H, Nq, Nk, d, Hkv = dims.B, dims.H, dims.Nq, dims.Nk, dims.d, dims.kv_heads
     extra = _variant(spec, variant, trace)
     with ctx.cp.cuda.Device(ctx.device):
-        dq, dk, dv = outputs(ctx.cp, out, [(B, H, Nq, d), (B, H, Nk, d), (B, H, Nk, d)],
+        dq, dk, dv = outputs(ctx.cp, out, [(B, H, Nq, d), (B, Hkv, Nk, d), (B, Hkv, Nk, d)],
                              ("dq", "dk", "dv"), [q.dtype] * 3)
         return spec.launch_module().backward(ctx, do, q, k, v, o, lse, dq, dk, dv, trace=trace,
                                              source=source, config=config, **extra)

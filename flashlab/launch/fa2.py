@@ -46,7 +46,7 @@ def _variant_args(ctx: Launch, variant, source, Br: int, Bc: int):
     floats, ints = variant.buffers()
     tiles = variant.tiles(dims.B, dims.H, dims.Nq, dims.Nk, Br, Bc)
     return variant.source(source or ours(ctx.spec.name)), (
-        np.int32(dims.H), ctx.cp.asarray(floats), ctx.cp.asarray(ints),
+        np.int32(dims.H), np.int32(dims.kv_heads), ctx.cp.asarray(floats), ctx.cp.asarray(ints),
         ctx.cp.asarray(np.ascontiguousarray(tiles)), np.int32(tiles.shape[0]),
         np.int32(tiles.shape[1]))
 
@@ -65,6 +65,10 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     extra = ()
     if variant is not None:
         source, extra = _variant_args(ctx, variant, source, Br, Bc)
+    groups = dims.H // dims.kv_heads
+    if groups > 1:  # GQA: dK, dV per query head, each group summed below
+        dk_out, dv_out = dk, dv
+        dk, dv = (cp.empty((dims.B, dims.H, Nk, d), cp.float32) for _ in range(2))
     mod = _module(ctx, trace, name, source)
     Dvec = cp.empty((BH, Nq), cp.float32)
     rows = BH * Nq
@@ -74,4 +78,8 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     launch(spec.name, function(mod, name), (math.ceil(Nk / Bc), BH), (256,),
            (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), ctx.tau,
             ctx.causal) + extra + targs, p["smem"], ctx.desc)
+    if groups > 1:
+        for full, out in ((dk, dk_out), (dv, dv_out)):
+            out[...] = full.reshape(dims.B, dims.kv_heads, groups, Nk, d).sum(axis=2)
+        dk, dv = dk_out, dv_out
     return finish(ctx, state, "backward", dq, dk, dv)

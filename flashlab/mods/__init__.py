@@ -16,7 +16,7 @@ prefix_lm (masks), alibi, softcap (scores), and and_masks / or_masks to combine 
 flash_attention(..., window=, mask_mod=, score_mod=) runs them on NumPy arrays through the
 float64-capable oracle (flashlab.reference.variants), and fa2's forward and backward compile
 them in (kernel.KernelVariant: the C in front of kernels/fa2.cu, FL_MODS; blocks.block_mask:
-the tiles it skips). GQA in the kernels, tc and the step-throughs do not take them yet.
+the tiles it skips; GQA as well). tc and the step-throughs do not take them yet.
 """
 from __future__ import annotations
 
