@@ -153,40 +153,59 @@ KERNEL_VARIANTS = {
 }
 
 
-@pytest.mark.cpu_kernel
-@pytest.mark.parametrize("name", KERNEL_VARIANTS)
-def test_the_fa2_kernel_compiles_a_variant_in_and_matches_the_oracle(name):
+def _fa2_with_a_variant(name, xp, backend):
+    """KERNEL_VARIANTS[name] through fa2 (arrays of module xp: NumPy for the CPU backend, CuPy
+    for the GPU) against the float64 oracle: outputs, lse -inf on the rows no key sees, every
+    element of NaN-poisoned outputs written, and the gradients."""
     import flashlab
     from flashlab import launch
     from flashlab.mods.kernel import KernelVariant
 
+    host = (lambda a: a.get()) if xp is not np else (lambda a: a)  # noqa: E731
     kw = dict(KERNEL_VARIANTS[name])
     causal = kw.pop("causal", False)
     H, Hkv = kw.pop("heads", (2, 2))
     q, k, v, _ = (x.astype(np.float32) for x in _qkv(B=1, H=H, Hkv=Hkv, Nq=150, Nk=150, d=32))
-    o, lse = flashlab.flash_attention(q, k, v, causal, return_lse=True, backend="cpu", **kw)
+    dq_, dk_, dv_ = (xp.asarray(x) for x in (q, k, v))
+    o, lse = flashlab.flash_attention(dq_, dk_, dv_, causal, return_lse=True, backend=backend,
+                                      **kw)
     ro, rl = variant_attention(*(x.astype(np.float64) for x in (q, k, v)), causal, **kw)
-    np.testing.assert_allclose(o, ro, rtol=0, atol=2e-5 * max(1.0, np.abs(ro).max()))
-    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(rl))  # rows no key sees
+    np.testing.assert_allclose(host(o), ro, rtol=0, atol=2e-5 * max(1.0, np.abs(ro).max()))
+    np.testing.assert_array_equal(np.isneginf(host(lse)), np.isneginf(rl))  # rows no key sees
     fin = np.isfinite(rl)
-    np.testing.assert_allclose(lse[fin], rl[fin], rtol=1e-5, atol=1e-5)
-    assert np.isfinite(o).all()
+    np.testing.assert_allclose(host(lse)[fin], rl[fin], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(host(o)).all()
     # every element written: NaN-poisoned outputs come back without one NaN
-    out = (np.full(q.shape, np.nan, np.float32), np.full(q.shape[:3], np.nan, np.float32))
-    launch.forward("fa2", q, k, v, causal, None, out=out,
+    out = (xp.full(q.shape, np.nan, np.float32), xp.full(q.shape[:3], np.nan, np.float32))
+    launch.forward("fa2", dq_, dk_, dv_, causal, None, out=out,
                    variant=KernelVariant.of(kw.get("window"), kw.get("mask_mod"),
                                             kw.get("score_mod")))
-    assert not np.isnan(out[0]).any() and not np.isnan(out[1]).any()
-    np.testing.assert_array_equal(out[0], o)
+    assert not np.isnan(host(out[0])).any() and not np.isnan(host(out[1])).any()
+    np.testing.assert_array_equal(host(out[0]), host(o))
 
     # the backward: the same variant compiled into fa2_backward, against the oracle's gradients
     do = np.random.default_rng(9).standard_normal(q.shape).astype(np.float32)
-    grads = flashlab.flash_attention_backward(do, q, k, v, o, lse, causal, backend="cpu", **kw)
+    grads = flashlab.flash_attention_backward(xp.asarray(do), dq_, dk_, dv_, o, lse, causal,
+                                              backend=backend, **kw)
     ref = variant_attention_backward(*(x.astype(np.float64) for x in (do, q, k, v)), causal, **kw)
     for label, g, r in zip(("dq", "dk", "dv"), grads, ref):
-        assert np.isfinite(g).all(), label
-        np.testing.assert_allclose(g, r, rtol=0, atol=5e-5 * max(1.0, np.abs(r).max()),
+        assert np.isfinite(host(g)).all(), label
+        np.testing.assert_allclose(host(g), r, rtol=0, atol=5e-5 * max(1.0, np.abs(r).max()),
                                    err_msg=label)
+
+
+@pytest.mark.cpu_kernel
+@pytest.mark.parametrize("name", KERNEL_VARIANTS)
+def test_the_fa2_kernel_compiles_a_variant_in_and_matches_the_oracle(name):
+    _fa2_with_a_variant(name, np, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", KERNEL_VARIANTS)
+def test_the_fa2_kernel_with_a_variant_on_the_gpu_matches_the_oracle(name):
+    import cupy
+
+    _fa2_with_a_variant(name, cupy, "auto")
 
 
 def test_a_variant_compiles_into_fa2_for_the_gpu_with_nvrtc():
