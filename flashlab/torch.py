@@ -213,15 +213,23 @@ def _run(call, index: int, bufs: dict, workspace=None) -> None:
         call.run(bufs, _stream_ptr(index), workspace, pointers=True)
 
 
+def _forward_key(index, q, k, v, is_causal, scale) -> tuple:
+    return ("f", index, q.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(),
+            is_causal, scale)
+
+
+def _backward_key(index, do, q, k, v, o, is_causal, scale) -> tuple:
+    return ("b", index, q.dtype, q.shape, k.shape, do.stride(), q.stride(), k.stride(),
+            v.stride(), o.stride(), is_causal, scale)
+
+
 def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
     """The forward per call: a cache hit (this layout, 16-byte aligned pointers) allocates o
     and lse and launches; a miss checks and prepares (launch.prepare_forward), copying an
     operand whose rows the kernel cannot read in place."""
     index = q.device.index
     qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    key = ("f", index, q.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(),
-           is_causal, scale)
-    call = _calls.get(key)
+    call = _calls.get(_forward_key(index, q, k, v, is_causal, scale))
     if call is None or (qp | kp | vp) & 15:
         from . import launch
 
@@ -231,8 +239,7 @@ def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
         call = launch.prepare_forward(kernel, _to_cupy(q, False), _to_cupy(k, False),
                                       _to_cupy(v, False), _to_cupy(o, False), causal=is_causal,
                                       softmax_scale=scale)
-        _store(("f", index, q.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(),
-                v.stride(), is_causal, scale), call)
+        _store(_forward_key(index, q, k, v, is_causal, scale), call)
     else:
         o = _out_like(q)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -244,9 +251,7 @@ def _tc_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float
     """The backward per call, as _tc_forward: dq, dk, dv contiguous, one workspace."""
     index = q.device.index
     ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
-    key = ("b", index, q.dtype, q.shape, k.shape, do.stride(), q.stride(), k.stride(),
-           v.stride(), o.stride(), is_causal, scale)
-    call = _calls.get(key)
+    call = _calls.get(_backward_key(index, do, q, k, v, o, is_causal, scale))
     if call is None or (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]) & 15:
         from . import launch
 
@@ -254,8 +259,7 @@ def _tc_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float
         ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
         call = launch.prepare_backward(kernel, *(_to_cupy(x, False) for x in (do, q, k, v, o)),
                                        _to_cupy(lse), causal=is_causal, softmax_scale=scale)
-        _store(("b", index, q.dtype, q.shape, k.shape, do.stride(), q.stride(), k.stride(),
-                v.stride(), o.stride(), is_causal, scale), call)
+        _store(_backward_key(index, do, q, k, v, o, is_causal, scale), call)
     dq = q.new_empty(q.shape)
     dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
     work = q.new_empty((call.workspace_bytes,), dtype=torch.uint8)  # freed in stream order

@@ -132,7 +132,7 @@ def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None):
 
 def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None):
     """prepare_forward for the backward: buffers do, q, k, v, o, lse, dq, dk, dv (dq, dk, dv
-    contiguous) and the scratch buffers its .scratch lists (name -> (shape, dtype))."""
+    contiguous), and one workspace of .workspace_bytes that run(workspace=address) carves."""
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     spec, mod = _prepared_launcher(kernel)
     ctx = setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, False)

@@ -39,16 +39,28 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
     return finish(ctx, state, "forward", o, lse)
 
 
+_variants: dict = {}  # (variant, source, backend, device, sizes, tiles) -> _variant_args' answer
+_VARIANTS_MAX = 64
+
+
 def _variant_args(ctx: Launch, variant, source, Br: int, Bc: int):
-    """(the source with the variant's C in front, its kernel arguments: H, the closed-over
-    arrays, the block mask for these tiles and its head and batch extents)."""
+    """(the source with the variant's C in front, its kernel arguments: H and H_kv, the
+    closed-over arrays, the block mask for these tiles and its head and batch extents), made
+    once per variant, source, device, sizes and tiles (the arrays live on the device)."""
     dims = ctx.dims
-    floats, ints = variant.buffers()
-    tiles = variant.tiles(dims.B, dims.H, dims.Nq, dims.Nk, Br, Bc)
-    return variant.source(source or ours(ctx.spec.name)), (
-        np.int32(dims.H), np.int32(dims.kv_heads), ctx.cp.asarray(floats), ctx.cp.asarray(ints),
-        ctx.cp.asarray(np.ascontiguousarray(tiles)), np.int32(tiles.shape[0]),
-        np.int32(tiles.shape[1]))
+    key = (variant.key, None if source is None else source.digest, ctx.backend, ctx.device,
+           dims.B, dims.H, dims.kv_heads, dims.Nq, dims.Nk, Br, Bc)
+    hit = _variants.get(key)
+    if hit is None:
+        floats, ints = variant.buffers()
+        tiles = variant.tiles(dims.B, dims.H, dims.Nq, dims.Nk, Br, Bc)
+        if len(_variants) >= _VARIANTS_MAX:
+            _variants.clear()
+        hit = _variants[key] = (variant.source(source or ours(ctx.spec.name)), (
+            np.int32(dims.H), np.int32(dims.kv_heads), ctx.cp.asarray(floats),
+            ctx.cp.asarray(ints), ctx.cp.asarray(np.ascontiguousarray(tiles)),
+            np.int32(tiles.shape[0]), np.int32(tiles.shape[1])))
+    return hit
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,

@@ -42,11 +42,7 @@ class Mod:
 
     def __init__(self, kind: str, tree: Node, arrays: dict, source: str, where_: str,
                  name: str):
-        if kind == "mask" and tree.kind != "bool":
-            raise ModError(f"{where_}: a mask_mod returns a condition (a comparison, & |, ...); "
-                           f"{name} returns a {tree.kind}")
-        if kind == "score" and tree.kind == "bool":
-            raise ModError(f"{where_}: a score_mod returns a number; {name} returns a condition")
+        # tree: what parse.read returned (it checked the kind of value returned, at its line)
         self.kind, self.tree, self.source, self.where, self.name = kind, tree, source, where_, name
         self.arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
         self.d_tree = derivative(tree) if kind == "score" else None
