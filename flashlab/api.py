@@ -219,8 +219,9 @@ def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
     """Where an attention variant (a window, a mod, or k and v with fewer heads than q: GQA)
     runs: None (the call has none), "reference" (the variant oracle, flashlab.reference.variants,
     on NumPy arrays with kernel 'auto' or the A0 baseline) or the name of the kernel that compiles
-    it (a kernel whose registry entry has mods, fa2, on float32 CuPy arrays or on the CPU
-    backend). Anything else is an error that says what runs it."""
+    it (a kernel whose registry entry has mods in a dtype it takes: fa2 on float32 CuPy arrays
+    or on the CPU backend, tc on 16-bit CuPy arrays; 'auto' picks as it would without the
+    variant). Anything else is an error that says what runs it."""
     q, k = arrays["q"], arrays["k"]
     gqa = getattr(q, "ndim", 0) == 4 and getattr(k, "ndim", 0) == 4 and q.shape[1] != k.shape[1]
     named = [n for n, x in (("window", window), ("mask_mod", mask_mod), ("score_mod", score_mod))
@@ -231,11 +232,12 @@ def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
     where = _where(backend, _route(kernel, arrays))
     takes = [n for n, spec in registry.KERNELS.items() if spec.mods]
     if where != "reference":
-        name = _fp32_kernel(q) if kernel == "auto" else kernel
-        why = (f"kernel {name!r} does not take them yet ({', '.join(takes)} does, on float32)"
+        name = kernel if kernel != "auto" else _resolve(kernel, q) if where == "gpu" \
+            else _fp32_kernel(q)
+        why = (f"kernel {name!r} does not take them yet ({', '.join(takes)} do)"
                if name not in takes else
-               f"the kernels take float32 with variants, not {q.dtype}"
-               if q.dtype != np.float32 else None)
+               f"kernel {name!r} takes {', '.join(registry.get(name).dtypes)} with variants, "
+               f"not {q.dtype}" if not _runs_natively(name, q) else None)
         if why is None:
             return name
         raise ValueError(f"{what}: {why}; the float64-capable oracle runs every variant on NumPy "
@@ -264,9 +266,9 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     keys i - left .. i + right (-1: unbounded);
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
     FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
-    arrays run them in the oracle (kernel 'auto' or the A0 baseline); fa2 compiles window,
-    mask_mod, score_mod and GQA in, forward and backward (float32, CuPy arrays or
-    backend='cpu'); the rest (tc) is an error that says so.
+    arrays run them in the oracle (kernel 'auto' or the A0 baseline); fa2 (float32, CuPy arrays
+    or backend='cpu') and tc (float16 / bfloat16 CuPy arrays) compile window, mask_mod,
+    score_mod and GQA in, forward and backward; the other kernels say so.
     """
     check_flag("return_lse", return_lse)
     route = _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod)

@@ -115,8 +115,8 @@ class KernelSpec:
     # it takes strided operands whose rows are contiguous (q, k, v, do, o: struct Rows, as
     # flashlab.launch.prepared packs them); the others take contiguous arrays only
     row_strides: bool = False
-    # its forward compiles an attention variant in (flashlab.mods: window, mask_mod, score_mod;
-    # kernels/fa2.cu's FL_MODS)
+    # its forward and backward compile an attention variant in (flashlab.mods: window, mask_mod,
+    # score_mod, GQA; kernels/fa2.cu's FL_MODS, kernels/tc_mods.cuh)
     mods: bool = False
 
     # -- what it takes
@@ -263,7 +263,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         step_plan_keys=(("warps", "Bk"), ("warps", "grid")),
         planner="flashlab.launch.plans:tc_plan_for", instances="flashlab.launch.plans:tc_instances",
         hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async", cpu=False, row_strides=True,
-        cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
+        mods=True, cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
 ]}
 
 

@@ -138,7 +138,8 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
            u16* __restrict__ O,        // (B, H, Nq, D), rows as orr says
            float* __restrict__ L,      // (B, H, Nq) fp32 logsumexp, natural units
            int Nq, int Nk, float tau, int causal, int group,
-           int H, Rows qr, Rows kr, Rows vr, Rows orr,  // heads per batch; rows of Q, K, V, O
+           int H, Rows qr, Rows kr, Rows vr, Rows orr  // heads per batch; rows of Q, K, V, O
+           TC_MOD_PARAMS,              // a variant build's (tc_mods.cuh)
            float* tr_m,                // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
            float* tr_l,                // (B, H, Tr, Tc, BR)
            float* tr_O,                // (B, H, Tr, Tc, BR, D)
@@ -155,12 +156,14 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
     block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
-    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, TC_KV_GROUP, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    const TcMod md = f2_variant(blk, TC_MOD(bh, blk.Tr, blk.Tc, blk.Tr));  // a variant's: F2:L3's tiles narrowed
     const int wrow = warp * 16 * WM;  // this warp's first row in the block
 
     load_tile<D, BR, NT>(sQ, blk.Qh, blk.qn, i * BR, Nq);                  // F2:L2
-    load_tile<D, BC, NT>(sKV, blk.Kh, blk.kn, 0, Nk);                       // F2:L4 (K_0, V_0)
-    load_tile<D, BC, NT>(sKV + BC * CH, blk.Vh, blk.vn, 0, Nk);
+    uint4* first = sKV + (blk.j0 & 1) * 2 * BC * CH;  // tile j lives in stage j % 2
+    load_tile<D, BC, NT>(first, blk.Kh, blk.kn, blk.j0 * BC, Nk);           // F2:L4 (K_j0, V_j0)
+    load_tile<D, BC, NT>(first + BC * CH, blk.Vh, blk.vn, blk.j0 * BC, Nk);
     cp_commit();
 
     float o[WM][NO][4];
@@ -179,8 +182,8 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     const SwzAddr<D> aV(sKV + BC * CH, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     constexpr u32 STAGE = 2u * BC * CH * 16u;  // bytes from stage 0 to stage 1
 
-    for (int j = 0; j < blk.jend; ++j) {                             // F2:L3
-        cp_wait<0>();     // K_j, V_j (and at j = 0 Q_i) have landed ...
+    for (int j = blk.j0; j < blk.jend; ++j) {                        // F2:L3
+        cp_wait<0>();     // K_j, V_j (and at j = j0 Q_i) have landed ...
         __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
         if (j + 1 < blk.jend) {                                      // F2:L4 for j+1, during tile j
             uint4* nxt = sKV + ((j + 1) & 1) * 2 * BC * CH;
@@ -189,6 +192,8 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         }
         cp_commit();
         const u32 so = (j & 1) * STAGE;
+        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        if (fl == 0) continue;
 
 #pragma unroll
         for (int u = 0; u < BC / BK; ++u) {
@@ -219,11 +224,15 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
             // F2:L5  scale to base-2 units; mask keys past Nk and, where the diagonal crosses,
             // keys after the query (two loops, not one with a test inside: the interior tiles
             // skip the compares)
-            const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR);
+            const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR) ||
+                              (TcMod::ON && (fl != 2 || TcMod::SCORE));
             if (edge) {
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
-                    f2_mask(s[a], i * BR + wrow + a * 16, k0, Nk, causal, blk.sl2, g, t);
+                    if (TcMod::ON)  // a variant: its mask and score_mod, element by element
+                        f2_mod(s[a], md, fl, i * BR + wrow + a * 16, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
+                    else
+                        f2_mask(s[a], i * BR + wrow + a * 16, k0, Nk, causal, blk.sl2, g, t);
             } else {  // interior tile: only the scale
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
@@ -308,7 +317,8 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
             u16* __restrict__ dK,          // (B, H, Nk, D)
             u16* __restrict__ dV,          // (B, H, Nk, D)
             int Nq, int Nk, float tau, int causal, int group,
-            int H, Rows qr, Rows kr, Rows vr, Rows dor,  // heads per batch; rows of Q, K, V, dO
+            int H, Rows qr, Rows kr, Rows vr, Rows dor  // heads per batch; rows of Q, K, V, dO
+            TC_MOD_PARAMS,                 // a variant build's (tc_mods.cuh)
             float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
             float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
             float* tr_dV,                  // (B, H, Tr, Tc, BC, D)
@@ -339,7 +349,9 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     int j, bh;
     block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
     const G2Block<D, BR, BC> blk(j, bh, Q, dO, qr, dor, H, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
-    const int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
+    int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0, iend = blk.Tr;  // G2:L3 causal skipping
+    const TcMod md = TC_MOD(bh, blk.Tr, blk.Tc, blk.Tc);  // a variant's mask and score_mod
+    md.visit(j, i0, iend);  // G2:L3: a variant's block mask narrows the query blocks
 
     // the three warp grids
     const int sk0 = (warp % WS) * SK, sq0 = (warp / WS) * SQ;
@@ -353,8 +365,8 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     const SwzAddr<BR> aSt(smem, (lane & 7) + (lane >> 4) * 8, qq0 / 8 + ((lane >> 3) & 1));  // dS (A^T)
     const SwzAddr<D> aKt(smem, (lane & 7) + ((lane >> 3) & 1) * 8, qd0 / 8 + (lane >> 4));   // K (B^T)
 
-    load_tile<D, BC, NT>(sK, K + kr.head(bh, H), kr.n, j * BC, Nk);   // G2:L2
-    load_tile<D, BC, NT>(smem + OV, V + vr.head(bh, H), vr.n, j * BC, Nk);
+    load_tile<D, BC, NT>(sK, K + kr.head(bh, H, TC_KV_GROUP), kr.n, j * BC, Nk);   // G2:L2
+    load_tile<D, BC, NT>(smem + OV, V + vr.head(bh, H, TC_KV_GROUP), vr.n, j * BC, Nk);
     // step i's Q_i, dO_i, L_i, D_i into stage (i - i0) % QS
     auto load_i = [&](int i) {
         const int st = (i - i0) % QS;
@@ -364,7 +376,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         load_tile<D, BR, NT>(q + ODO, blk.dOh, blk.don, i * BR, Nq);
         g2_load_ld<BR, NT>(ld, blk.Lh, blk.Dh, i, Nq);
     };
-    g2_first_stages<QS>(load_i, i0, blk.Tr);                             // G2:L4, stages i0 ..
+    g2_first_stages<QS>(load_i, i0, iend);                               // G2:L4, stages i0 ..
 
     float dk[MK][NDK][4], dv[MK][NDK][4];
 #pragma unroll
@@ -374,15 +386,17 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[a][n][e] = dv[a][n][e] = 0.0f;
 
-    for (int i = i0; i < blk.Tr; ++i) {                                  // G2:L3
+    for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = (u32)(st * STG) * 16u;  // this stage's byte offset from stage 0
         const float* sL = sLD2 + st * 2 * BR;
         const float* sD = sL + BR;
         cp_wait<QS - 2>();  // stage i has landed (with QS = 3, stage i+1 may still be in flight) ...
         __syncthreads();    // ... for every thread's copies; every warp is done with step i-1
-        if (i + QS - 1 < blk.Tr) load_i(i + QS - 1);  // G2:L4, into the stage step i-1 used
+        if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4, into the stage step i-1 used
         cp_commit();
+        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        if (fl == 0) continue;
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warp's SK keys x SQ queries)
         float s[MS][NQ][4], dp[MS][NQ][4];
@@ -426,7 +440,8 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         }
         // G2:L5  P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the
         // query); G2:L6  dS^T = P^T * (dP^T - D_i). Both rounded to 16 bits into shared memory.
-        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
+        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
+                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
             const float2 lq = *reinterpret_cast<const float2*>(sL + sq0 + n * 8 + 2 * t);
@@ -435,18 +450,24 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
             for (int a = 0; a < MS; ++a)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    float p0 = exp2_fast(s[a][n][2 * h] * blk.sl2 - lq.x * TC_LOG2E);
-                    float p1 = exp2_fast(s[a][n][2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
-                    if (edge) {
-                        const int c = j * BC + sk0 + a * 16 + g + 8 * h;
-                        const int r = i * BR + sq0 + n * 8 + 2 * t;
-                        if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
-                        if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                    const int c = j * BC + sk0 + a * 16 + g + 8 * h;
+                    const int r = i * BR + sq0 + n * 8 + 2 * t;
+                    float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
+                    if (TcMod::ON && edge) {
+                        p0 = g2_mod_p(md, fl, s[a][n][2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
+                        p1 = g2_mod_p(md, fl, s[a][n][2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
+                    } else {
+                        p0 = exp2_fast(s[a][n][2 * h] * blk.sl2 - lq.x * TC_LOG2E);
+                        p1 = exp2_fast(s[a][n][2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
+                        if (edge) {
+                            if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
+                            if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                        }
                     }
                     const int kr = sk0 + a * 16 + g + 8 * h, ch = sq0 / 8 + n;
                     reinterpret_cast<u32*>(sP + swz<BR>(kr, ch))[t] = pack2<BF16>(p0, p1);
                     reinterpret_cast<u32*>(sdS + swz<BR>(kr, ch))[t] =
-                        pack2<BF16>(p0 * (dp[a][n][2 * h] - dd.x), p1 * (dp[a][n][2 * h + 1] - dd.y));
+                        pack2<BF16>(p0 * (dp[a][n][2 * h] - dd.x) * w0, p1 * (dp[a][n][2 * h + 1] - dd.y) * w1);
                 }
         }
         __syncthreads();  // P^T and dS^T are complete

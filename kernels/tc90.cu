@@ -113,7 +113,8 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
              u16* __restrict__ O,        // (B, H, Nq, D), rows as orr says
              float* __restrict__ L,      // (B, H, Nq) fp32 logsumexp, natural units
              int Nq, int Nk, float tau, int causal, int group,
-             int H, Rows qr, Rows kr, Rows vr, Rows orr,  // heads per batch; rows of Q, K, V, O
+             int H, Rows qr, Rows kr, Rows vr, Rows orr  // heads per batch; rows of Q, K, V, O
+             TC_MOD_PARAMS,              // a variant build's (tc_mods.cuh)
              float* tr_m,                // (B, H, Tr, Tc, BR), FLASHLAB_TRACE builds only
              float* tr_l,                // (B, H, Tr, Tc, BR)
              float* tr_O,                // (B, H, Tr, Tc, BR, D)
@@ -131,12 +132,17 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
     block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
-    const F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, TC_KV_GROUP, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
+    const TcMod md = f2_variant(blk, TC_MOD(bh, blk.Tr, blk.Tc, blk.Tr));  // a variant's: F2:L3's tiles narrowed
+    // a block with no visible key still runs one tile (the loop below needs one), all hidden
+    const bool none = TcMod::ON && blk.jend <= blk.j0;
+    if (none) blk.j0 = 0, blk.jend = 1;
 
     load_panels<D, BR, NT>(sQ, blk.Qh, blk.qn, i * BR, Nq);                // F2:L2
-    load_panels<D, BC, NT>(sK, blk.Kh, blk.kn, 0, Nk);                      // F2:L4 (K_0, then V_0)
+    const u32 first = (blk.j0 & 1) * TILE;  // tile j lives in stage j % 2
+    load_panels<D, BC, NT>(sK + first, blk.Kh, blk.kn, blk.j0 * BC, Nk);    // F2:L4 (K_j0, then V_j0)
     cp_commit();
-    load_panels<D, BC, NT>(sV, blk.Vh, blk.vn, 0, Nk);  // its own group: S_0 waits only for Q_i and K_0
+    load_panels<D, BC, NT>(sV + first, blk.Vh, blk.vn, blk.j0 * BC, Nk);  // its own group: S_j0 waits only for Q_i and K_j0
     cp_commit();
 
     float o[D / 2];
@@ -162,12 +168,12 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     // the copies of tile j's iteration (K_{j+1}, and V_j a tile behind K), after the barrier that
     // says every warpgroup is done with the stages they overwrite
     auto begin_tile = [&](int j) {
-        if (j == 0) cp_wait<1>();  // Q_i and K_0 have landed (V_0 may still be on its way) ...
+        if (j == blk.j0) cp_wait<1>();  // Q_i and K_j0 have landed (V_j0 may still be on its way) ...
         else cp_wait<0>();         // K_j and V_{j-1} have landed ...
         fence_async_smem();  // ... visible to wgmma ...
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with j - 1
         if (j + 1 < blk.jend) load_panels<D, BC, NT>(sK + ((j + 1) & 1) * TILE, blk.Kh, blk.kn, (j + 1) * BC, Nk);
-        if (j > 0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, blk.Vh, blk.vn, j * BC, Nk);
+        if (j > blk.j0) load_panels<D, BC, NT>(sV + (j & 1) * TILE, blk.Vh, blk.vn, j * BC, Nk);
         cp_commit();
     };
     // S = Q_i K_j^T, issued (not waited for)
@@ -192,11 +198,16 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     // the A operands pa), and the rescale factors alpha of O~
     auto softmax = [&](float (&s)[BC / 2], int j, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
         const int k0 = j * BC;
+        const int fl = none ? 0 : md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
         // F2:L5  base-2 units; masked: keys past Nk and, where the diagonal crosses, keys after
         // the query (two loops, not one with a test inside: the interior tiles skip the compares)
-        const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR);
+        const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR) ||
+                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
         if (edge) {
-            f2_mask(frag(s), i * BR + wrow, k0, Nk, causal, blk.sl2, g, t);
+            if (TcMod::ON)  // a variant: its mask and score_mod, element by element
+                f2_mod(frag(s), md, fl, i * BR + wrow, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
+            else
+                f2_mask(frag(s), i * BR + wrow, k0, Nk, causal, blk.sl2, g, t);
         } else {
 #pragma unroll
             for (int x = 0; x < BC / 2; ++x) s[x] *= blk.sl2;  // interior tile: only the scale
@@ -236,23 +247,23 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
 #pragma unroll
         for (int h = 0; h < 2; ++h) f2_rescale_row(frag(o), h, alpha[h]);
     };
-    {                                                                // F2:L3, j = 0
-        begin_tile(0);             // F2:L4  K_1 (V_0 came with Q_i, K_0)
+    {                                                                // F2:L3, j = j0
+        begin_tile(blk.j0);        // F2:L4  K_j0+1 (V_j0 came with Q_i, K_j0)
         float s[BC / 2];
-        issue_s(s, 0);             // F2:L5  S_0 = Q_i K_0^T
+        issue_s(s, blk.j0);        // F2:L5  S_j0 = Q_i K_j0^T
         wg_wait<0>();
         wg_touch(s);
         float alpha[2];
-        softmax(s, 0, pa, alpha);  // F2:L5 mask, F2:L6 (O~ is still 0: nothing to rescale)
+        softmax(s, blk.j0, pa, alpha);  // F2:L5 mask, F2:L6 (O~ is still 0: nothing to rescale)
     }
-    for (int j = 1; j < blk.jend; j += 2) {                          // F2:L3
+    for (int j = blk.j0 + 1; j < blk.jend; j += 2) {                 // F2:L3
         step(j, pa, pb);
         if (j + 1 < blk.jend) step(j + 1, pb, pa);
     }
     cp_wait<0>();
     fence_async_smem();
     __syncthreads();  // V of the last tile has landed, for every thread's copies
-    if ((blk.jend - 1) & 1) issue_pv(blk.jend - 1, pb);              // F2:L7 for the last tile
+    if ((blk.jend - 1 - blk.j0) & 1) issue_pv(blk.jend - 1, pb);     // F2:L7 for the last tile
     else issue_pv(blk.jend - 1, pa);
     wg_wait<0>();
     wg_touch(o);
@@ -291,7 +302,8 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
               u16* __restrict__ dK,          // (B, H, Nk, D)
               u16* __restrict__ dV,          // (B, H, Nk, D)
               int Nq, int Nk, float tau, int causal, int group,
-              int H, Rows qr, Rows kr, Rows vr, Rows dor,  // heads per batch; rows of Q, K, V, dO
+              int H, Rows qr, Rows kr, Rows vr, Rows dor  // heads per batch; rows of Q, K, V, dO
+              TC_MOD_PARAMS,                 // a variant build's (tc_mods.cuh)
               float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
               float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
               float* tr_dV,                  // (B, H, Tr, Tc, BC, D)
@@ -318,11 +330,13 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     int j, bh;
     block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
     const G2Block<D, BR, BC> blk(j, bh, Q, dO, qr, dor, H, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
-    const int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0;   // G2:L3 causal skipping
     const int krow = wg * 64 + wq * 16;                   // this warp's first key in the block
+    int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0, iend = blk.Tr;  // G2:L3 causal skipping
+    const TcMod md = TC_MOD(bh, blk.Tr, blk.Tc, blk.Tc);  // a variant's mask and score_mod
+    md.visit(j, i0, iend);  // G2:L3: a variant's block mask narrows the query blocks
 
-    load_panels<D, BC, NT>(s0 + OK_, K + kr.head(bh, H), kr.n, j * BC, Nk);   // G2:L2
-    load_panels<D, BC, NT>(s0 + OV, V + vr.head(bh, H), vr.n, j * BC, Nk);
+    load_panels<D, BC, NT>(s0 + OK_, K + kr.head(bh, H, TC_KV_GROUP), kr.n, j * BC, Nk);   // G2:L2
+    load_panels<D, BC, NT>(s0 + OV, V + vr.head(bh, H, TC_KV_GROUP), vr.n, j * BC, Nk);
     // step i's Q_i, dO_i, L_i, D_i into stage (i - i0) % QS
     auto load_i = [&](int i) {
         const int st = (i - i0) % QS;
@@ -331,7 +345,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         load_panels<D, BR, NT>(q + QT, blk.dOh, blk.don, i * BR, Nq);
         g2_load_ld<BR, NT>(sLD + st * 2 * BR, blk.Lh, blk.Dh, i, Nq);
     };
-    g2_first_stages<QS>(load_i, i0, blk.Tr);                                 // G2:L4, stages i0 ..
+    g2_first_stages<QS>(load_i, i0, iend);                                   // G2:L4, stages i0 ..
 
     // descriptors: A = K_j, V_j rows 64 wg .. (K-major); B = Q_i, dO_i (K-major, for S^T, dP^T);
     // B = dO_i, Q_i (MN-major, for dV~, dK~); A = dS (MN-major: dS^T rows are keys); B = K_j
@@ -349,7 +363,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 #pragma unroll
     for (int x = 0; x < D / 2; ++x) dk[x] = dv[x] = 0.0f;
 
-    for (int i = i0; i < blk.Tr; ++i) {                                  // G2:L3
+    for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = st * STG;
         const float* sL = sLD + st * 2 * BR;
@@ -357,8 +371,10 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         cp_wait<QS - 2>();   // stage i has landed ...
         fence_async_smem();  // ... visible to wgmma ...
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with i - 1
-        if (i + QS - 1 < blk.Tr) load_i(i + QS - 1);  // G2:L4
+        if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4
         cp_commit();
+        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        if (fl == 0) continue;
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
         float s[BR / 2], dp[BR / 2];
@@ -377,7 +393,8 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         wg_touch(dp);
 
         // P^T = exp(S^T - L), masked; dS^T = P^T (dP^T - D_i); both rounded to 16 bits (G2:L6)
-        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
+        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
+                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
         u32 pa[BR / 16][4], sa[BR / 16][4];
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
@@ -385,16 +402,22 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
             const float2 dd = *reinterpret_cast<const float2*>(sD + n * 8 + 2 * t);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                float p0 = exp2_fast(s[4 * n + 2 * h] * blk.sl2 - lq.x * TC_LOG2E);
-                float p1 = exp2_fast(s[4 * n + 2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
-                if (edge) {
-                    const int c = j * BC + krow + g + 8 * h;
-                    const int r = i * BR + n * 8 + 2 * t;
-                    if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
-                    if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                const int c = j * BC + krow + g + 8 * h;
+                const int r = i * BR + n * 8 + 2 * t;
+                float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
+                if (TcMod::ON && edge) {
+                    p0 = g2_mod_p(md, fl, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
+                    p1 = g2_mod_p(md, fl, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
+                } else {
+                    p0 = exp2_fast(s[4 * n + 2 * h] * blk.sl2 - lq.x * TC_LOG2E);
+                    p1 = exp2_fast(s[4 * n + 2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
+                    if (edge) {
+                        if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
+                        if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                    }
                 }
                 const u32 pp = pack2<BF16>(p0, p1);
-                const u32 ss = pack2<BF16>(p0 * (dp[4 * n + 2 * h] - dd.x), p1 * (dp[4 * n + 2 * h + 1] - dd.y));
+                const u32 ss = pack2<BF16>(p0 * (dp[4 * n + 2 * h] - dd.x) * w0, p1 * (dp[4 * n + 2 * h + 1] - dd.y) * w1);
                 pa[n >> 1][(n & 1) * 2 + h] = pp;
                 sa[n >> 1][(n & 1) * 2 + h] = ss;
                 // dS^T (keys x queries) into its panel tile: row krow + g + 8 h, chunk n

@@ -145,10 +145,11 @@ __device__ __forceinline__ void block_order(int causal, int group, int& x, int& 
 struct Rows {
     long long b, h;  // batch, head
     int n;           // row
-    /* element offset of head bh's first row, bh = b * H + h as block_order counts heads */
-    __device__ __forceinline__ long long head(int bh, int H) const {
+    /* element offset of head bh's first row, bh = b * H + h as block_order counts heads; with
+     * G > 1 (GQA, a variant build's K and V) query head h reads head h / G of this operand */
+    __device__ __forceinline__ long long head(int bh, int H, int G = 1) const {
         const int bb = bh / H;
-        return bb * b + (long long)(bh - bb * H) * h;
+        return bb * b + (long long)((bh - bb * H) / G) * h;
     }
 };
 static_assert(sizeof(Rows) == 24 && alignof(Rows) == 8,
@@ -164,24 +165,25 @@ struct F2Block {
     int i, bh;                // row block, head
     int Tr, Tc;               // row blocks and key tiles per head
     int last_row;             // the block's last query row that exists
-    int jend;                 // key tiles visited: j = 0 .. jend - 1
+    int j0, jend;             // key tiles visited: j = j0 .. jend - 1 (a variant narrows them)
     const u16 *Qh, *Kh, *Vh;  // head bh's Q (Nq, D), K and V (Nk, D), rows qn, kn, vn apart
     int qn, kn, vn;
     float sl2;                // tau log2(e): S in the softmax's base-2 units
     __device__ __forceinline__ F2Block(int i_, int bh_, const u16* Q, const u16* K, const u16* V,
                                        const Rows& qr, const Rows& kr, const Rows& vr, int H,
-                                       int Nq, int Nk, float tau, int causal) {
+                                       int G, int Nq, int Nk, float tau, int causal) {
         i = i_;
         bh = bh_;
         Qh = Q + qr.head(bh, H);
-        Kh = K + kr.head(bh, H);
-        Vh = V + vr.head(bh, H);
+        Kh = K + kr.head(bh, H, G);  // G query heads per key/value head (TC_KV_GROUP)
+        Vh = V + vr.head(bh, H, G);
         qn = qr.n;
         kn = kr.n;
         vn = vr.n;
         Tr = (Nq + BR - 1) / BR;
         Tc = (Nk + BC - 1) / BC;
         last_row = min(Nq, (i + 1) * BR) - 1;
+        j0 = 0;
         jend = causal ? min(Tc, last_row / BC + 1) : Tc;            // F2:L3 causal skipping
         sl2 = tau * TC_LOG2E;
     }
@@ -233,6 +235,16 @@ struct G2Block {
  */
 template <int N>
 using Slab = float[N][4];
+
+#include "tc_mods.cuh"  // a variant's mask and score_mod (TcMod), empty in the plain build
+
+/* A variant's TcMod (tc_mods.cuh) for F2's thread block, whose key tiles it narrows to the
+ * block mask's range (F2:L3 for any mask); the plain build's does nothing. */
+template <int D, int BR, int BC>
+__device__ __forceinline__ TcMod f2_variant(F2Block<D, BR, BC>& blk, const TcMod& md) {
+    md.visit(blk.i, blk.j0, blk.jend);
+    return md;
+}
 
 
 /* ---------------------------------------------------------------- F2 pieces */
@@ -339,12 +351,12 @@ __device__ __forceinline__ void f2_write(u16* Oh, int on, float* Lh, int row0, i
         lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
         const int r = row0 + g + 8 * h;
         if (r >= Nq) continue;
-        const float inv = 1.0f / lsum;
+        const float inv = TC_ROW_INV(lsum);  // a variant's row with no visible key: O = 0
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
             *reinterpret_cast<u32*>(Oh + (size_t)r * on + n * 8 + 2 * t) =
                 pack2<BF16>(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
-        if (t == 0) Lh[r] = (safe_max(m[h]) + log2f(lsum)) * TC_LN2;
+        if (t == 0) Lh[r] = TC_ROW_LSE(m[h], lsum);  // ... and L = -inf
     }
 }
 

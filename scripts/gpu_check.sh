@@ -7,6 +7,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh host [BASE_DIR]  (flashlab.torch host time vs SDPA, before/after)
 #   OUT=/tmp/out bash scripts/gpu_check.sh gpt2             (GPT-2 small bf16 training, vs SDPA)
 #   OUT=/tmp/out bash scripts/gpu_check.sh torch [BASE_DIR] (host and gpt2)
+#   OUT=/tmp/out bash scripts/gpu_check.sh variants [args] (tc variants vs FlexAttention)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -86,6 +87,12 @@ fi
 if [[ $what == torch || $what == gpt2 ]]; then
   echo "== GPT-2 small, bf16: flashlab against SDPA flash and cuDNN (examples/gpt2_attention.py)"
   python3 examples/gpt2_attention.py --out "$OUT/gpt2" ${GPT2_ARGS:-} 2>&1 | tee "$OUT/gpt2.txt" | tail -30
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == variants ]]; then
+  echo "== attention variants: tc against FlexAttention (scripts/variants_bench.py ${*:-})"
+  python3 scripts/variants_bench.py --out "$OUT/variants" "$@" 2>&1 | tee "$OUT/variants.txt" | tail -30
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 

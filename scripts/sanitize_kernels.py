@@ -64,5 +64,30 @@ for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) else [
     cp.cuda.runtime.deviceSynchronize()
     plans.tc_head_group = default_group
     print(f"tc ({src}) causal, head groups of 4 over 6 heads: ran", flush=True)
+# attention variants compiled in (kernels/tc_mods.cuh, fa2.cu's FL_MODS): the block mask's
+# ranges and skipped tiles, per-element masks and score_mods, GQA (4 query heads on 2), and a
+# mask that hides every key (tc90.cu's one all-hidden tile)
+from flashlab import mods  # noqa: E402
+from flashlab.mods.kernel import KernelVariant  # noqa: E402
+
+VARIANTS = [KernelVariant.of((40, 0), mods.document(np.arange(Nq) // 30), mods.softcap(3.0)),
+            KernelVariant.of(None, mods.prefix_lm(20), mods.alibi([0.5, 0.25, 0.1, 0.3])),
+            KernelVariant.of(None, lambda b, h, q_idx, kv_idx: q_idx < 0, None)]
+for kernel, names in (("fa2", ("float32",)), ("tc", ("bfloat16",))):
+    if (only and kernel not in only) or (kernel == "tc" and cc < TC.min_cc):
+        continue
+    for variant in ([""] if kernel == "fa2" else [v for v in variants]):
+        if variant:
+            os.environ["FLASHLAB_TC_WGMMA"] = "1" if TC.variants[variant].arch else "0"
+        for kv in VARIANTS:
+            for name in names:
+                shapes = [(B, 4, Nq, 64), (B, 2, Nq, 64), (B, 2, Nq, 64), (B, 4, Nq, 64)]
+                q, k, v, do = (lowp.random_inputs(cp, shapes, name) if name != "float32" else
+                               [cp.asarray(rng.standard_normal(s), cp.float32) for s in shapes])
+                o, lse = launch.forward(kernel, q, k, v, False, variant=kv)
+                launch.backward(kernel, do, q, k, v, o, lse, False, variant=kv)
+                cp.cuda.runtime.deviceSynchronize()
+        print(f"{kernel} {variant} variants (window + document + softcap, prefix_lm + alibi, "
+              f"all hidden), GQA 4 on 2: ran", flush=True)
 print("sanitize workload done")
 sys.exit(0)

@@ -186,7 +186,44 @@ def test_a_variant_compiles_into_fa2s_source_and_its_buffers_follow_causal(gpu):
     assert all(isinstance(a, fake_cupy.ndarray) for a in (floats, ints, tiles))
     assert ints.shape == (130 + 1,) and tiles.dtype == np.uint8      # doc ids (and one spare)
     assert (int(args[14]), int(args[15])) == (1, 1)                  # shared by every head
-    with pytest.raises(ValueError, match=r"kernel 'tc' does not take attention variants yet "
-                                         r"\(fa2 does\)"):
-        launch.forward("tc", *fake_cupy.arrays(gpu, [(2, 3, 130, 64)] * 3, ml_dtypes.bfloat16),
-                       variant=kv)
+    with pytest.raises(ValueError, match=r"kernel 'fa1' does not take attention variants yet "
+                                         r"\(fa2, tc do\)"):
+        launch.forward("fa1", q, k, v, variant=kv)
+
+
+def test_a_variant_compiles_into_tcs_sources_with_its_ranges_and_gqa(gpu, monkeypatch):
+    # tc's variant arguments follow its Rows (TC_MOD_PARAMS, kernels/tc_mods.cuh): H_kv, the
+    # closed-over arrays, the tile flags and the range of tiles per query block (forward) or
+    # per key block (backward), the block mask's batch and head extents
+    from flashlab import mods
+    from flashlab.launch import tc as launch_tc
+    from flashlab.mods.kernel import KernelVariant
+
+    B, H, Hkv, N, d = 2, 4, 2, 300, 64
+    q, do = fake_cupy.arrays(gpu, [(B, H, N, d)] * 2, ml_dtypes.bfloat16)
+    k, v = fake_cupy.arrays(gpu, [(B, Hkv, N, d)] * 2, ml_dtypes.bfloat16)
+    kv = KernelVariant.of((32, 0), None, mods.softcap(5.0))
+    o, lse = launch.forward("tc", q, k, v, variant=kv)
+    (compiled,) = gpu.compiles
+    head = compiled["code"].split("#line 1")[0]
+    assert {"#define FL_MODS", "#define FL_SCORE"} <= set(head.split("\n"))
+    assert "tanh.approx.f32" in head  # the 16-bit kernels' mods: MUFU exp, log, tanh
+    (run,) = gpu.launches
+    assert run["name"].startswith("tc90_forward<true, 64,")
+    args = run["args"]
+    assert int(args[10]) == H and int(args[15]) == Hkv               # H, then H_kv after the Rows
+    tiles, ranges = args[18], args[19]
+    Tr = -(-N // 128)  # tc90's forward tiles at d = 64: 128 query rows, 64 keys
+    assert tiles.shape == (1, 1, Tr, -(-N // 64)) and ranges.shape == (1, 1, Tr, 2)
+    assert (int(args[20]), int(args[21])) == (1, 1)                  # shared by every head
+    dk, dv = (gpu.ndarray((B, Hkv, N, d), ml_dtypes.bfloat16) for _ in range(2))
+    sums = []
+    monkeypatch.setattr(launch_tc, "sum_groups", lambda full, out, n: sums.append((full, out, n)))
+    launch.backward("tc", do, q, k, v, o, lse, variant=kv, out=(gpu.ndarray(q.shape, q.dtype),
+                                                                dk, dv))
+    main = next(r for r in gpu.launches[1:] if r["name"].startswith("tc90_backward"))
+    assert main["args"][7].shape == (B, H, N, d)  # GQA: dK per query head, summed after
+    assert [(f.shape, out, n) for f, out, n in sums] == [((B, H, N, d), dk, Hkv),
+                                                          ((B, H, N, d), dv, Hkv)]
+    assert int(main["args"][19]) == Hkv
+    assert main["args"][23].shape[2] == -(-N // 128)                 # a range per key block

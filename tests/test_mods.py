@@ -257,3 +257,18 @@ def test_the_causal_block_mask_is_f2_l3s_causal_skipping():
     want = np.array([[causal_visits(i, Br, Nq, j, Bc) for j in range(-(-Nk // Bc))]
                      for i in range(-(-Nq // Br))])
     assert (bm.any_visible[0, 0] == want).all()
+
+
+LAMBDAS_IN_A_LITERAL = {"every other row": (dict(mask_mod=lambda b, h, q_idx, kv_idx:
+                                                  q_idx % 2 == 0), (2, 2),
+                                             "more of the literal"),
+                        "two": [lambda score, b, h, q, kv: score * (q
+                                                                 - kv), 5]}
+
+
+def test_a_lambda_inside_a_literal_that_spans_lines_is_read():
+    m = mods.mask_mod(LAMBDAS_IN_A_LITERAL["every other row"][0]["mask_mod"])
+    q = np.arange(4)[:, None]
+    assert m.mask(0, 0, q, np.arange(3)[None, :]).tolist() == [[True] * 3, [False] * 3] * 2
+    s = mods.score_mod(LAMBDAS_IN_A_LITERAL["two"][0])
+    assert float(s.score(np.float64(2.0), 0, 0, 5, 1)) == 8.0

@@ -123,19 +123,19 @@ def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
     import flashlab
 
     q, k, v, do = _qkv(d=16)  # a head dim fa2 has
-    with pytest.raises(ValueError, match=r"^window: the kernels take float32 with variants, not "
-                                         r"float64; the float64-capable oracle runs every"):
+    with pytest.raises(ValueError, match=r"^window: kernel 'fa2' takes float32 with variants, "
+                                         r"not float64; the float64-capable oracle runs every"):
         flashlab.flash_attention(q, k, v, window=(2, 0), backend="cpu")
     with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa2' has no variants in its "
                                          r"step-through yet; kernel='naive' \(or 'auto'\)"):
         flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
     q, k, v, _ = _qkv(H=4, Hkv=1, d=16)
     with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): kernel 'tc' "
-                                         r"does not take them yet \(fa2 does, on float32\)"):
+                                         r"takes float16, bfloat16 with variants, not float32"):
         flashlab.flash_attention(*(x.astype(np.float32) for x in (q, k, v)), kernel="tc",
                                  backend="cpu")
-    with pytest.raises(ValueError, match=r"^window: kernel 'fa1' does not take them yet \(fa2 "
-                                         r"does, on float32\)"):
+    with pytest.raises(ValueError, match=r"^window: kernel 'fa1' does not take them yet \(fa2, "
+                                         r"tc do\)"):
         flashlab.flash_attention(*(x.astype(np.float32) for x in _qkv(d=8)[:3]), window=(2, 0),
                                  backend="cpu")  # d = 8: auto's float32 kernel is fa1
 

@@ -52,8 +52,9 @@ def _variant(spec, variant, trace: bool) -> dict:
         return {}
     if not spec.mods:
         takes = ", ".join(n for n, s in registry.KERNELS.items() if s.mods)
+        do = "does" if "," not in takes else "do"
         raise ValueError(f"kernel {spec.name!r} does not take attention variants yet ({takes} "
-                         f"does)")
+                         f"{do})")
     if trace:
         raise ValueError("a kernel with an attention variant has no trace build yet")
     return {"variant": variant}
@@ -68,7 +69,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
     tuning: kernels/tc.cu's (dict(BC=, NW=, WM=, BK=)) or kernels/tc90.cu's (dict(BC=, NWG=,
     MINB=); compute capability 9.0 only).
     variant: a flashlab.mods.kernel.KernelVariant (window, mask_mod, score_mod) compiled into a
-    kernel whose registry entry has mods (fa2), untraced; with one, k and v may have fewer heads
+    kernel whose registry entry has mods (fa2, tc), untraced; with one, k and v may have fewer heads
     than q (GQA: H_kv dividing H).
     """
     dims = check_qkv(q, k, v, causal, softmax_scale, gqa=variant is not None)

@@ -12,6 +12,7 @@ from .compiler import function, get_module, launch
 from .device import Launch
 from .plans import plan
 from .sources import ours
+from .variants import device_args, sum_groups
 
 
 def _module(ctx: Launch, trace, name, source):
@@ -39,28 +40,12 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
     return finish(ctx, state, "forward", o, lse)
 
 
-_variants: dict = {}  # (variant, source, backend, device, sizes, tiles) -> _variant_args' answer
-_VARIANTS_MAX = 64
-
-
 def _variant_args(ctx: Launch, variant, source, Br: int, Bc: int):
     """(the source with the variant's C in front, its kernel arguments: H and H_kv, the
-    closed-over arrays, the block mask for these tiles and its head and batch extents), made
-    once per variant, source, device, sizes and tiles (the arrays live on the device)."""
-    dims = ctx.dims
-    key = (variant.key, None if source is None else source.digest, ctx.backend, ctx.device,
-           dims.B, dims.H, dims.kv_heads, dims.Nq, dims.Nk, Br, Bc)
-    hit = _variants.get(key)
-    if hit is None:
-        floats, ints = variant.buffers()
-        tiles = variant.tiles(dims.B, dims.H, dims.Nq, dims.Nk, Br, Bc)
-        if len(_variants) >= _VARIANTS_MAX:
-            _variants.clear()
-        hit = _variants[key] = (variant.source(source or ours(ctx.spec.name)), (
-            np.int32(dims.H), np.int32(dims.kv_heads), ctx.cp.asarray(floats),
-            ctx.cp.asarray(ints), ctx.cp.asarray(np.ascontiguousarray(tiles)),
-            np.int32(tiles.shape[0]), np.int32(tiles.shape[1])))
-    return hit
+    closed-over arrays, the block mask for these tiles and its head and batch extents)."""
+    src, a = device_args(ctx, variant, source or ours(ctx.spec.name), Br, Bc)
+    return src, (np.int32(ctx.dims.H), np.int32(ctx.dims.kv_heads), a.floats, a.ints, a.tiles,
+                 a.tiles_B, a.tiles_H)
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
@@ -92,6 +77,6 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
             ctx.causal) + extra + targs, p["smem"], ctx.desc)
     if groups > 1:
         for full, out in ((dk, dk_out), (dv, dv_out)):
-            out[...] = full.reshape(dims.B, dims.kv_heads, groups, Nk, d).sum(axis=2)
+            sum_groups(full, out, dims.kv_heads)
         dk, dv = dk_out, dv_out
     return finish(ctx, state, "backward", dq, dk, dv)

@@ -20,6 +20,7 @@ from .device import Launch, _dtype_name, device_limits
 from .prepared import Prepared, Slot, Step
 from .prepared import rows as Rows
 from .sources import Source, ours, variant_of
+from .variants import device_args, sum_groups
 
 NAME = "tc"  # this launcher's registry entry
 
@@ -72,23 +73,38 @@ def _step(ctx: Launch, mod, name, grid, block, args, smem) -> Step:
     return Step(raw.kernel, grid, block, smem, args, name)
 
 
+def _with_variant(ctx: Launch, variant, source, p: dict, direction: str):
+    """(the source to compile, the kernel's variant arguments after its Rows: TC_MOD_PARAMS in
+    kernels/tc_mods.cuh) for `variant` (a KernelVariant, or None: the plain build, no
+    arguments) with plan p's tiles; direction picks the ranges (per query block forward, per key
+    block backward)."""
+    if variant is None:
+        return source, ()
+    base = source if source is not None else ours(ctx.spec.name, p["variant"])
+    src, a = device_args(ctx, variant, base, p["Br"], p["Bc"], fast_math=True)
+    return src, (np.int32(ctx.dims.kv_heads), a.floats, a.ints, a.tiles,
+                 a.rows if direction == "forward" else a.cols, a.tiles_B, a.tiles_H)
+
+
 def prepare_forward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source=None,
-                    targs=()) -> Prepared:
+                    targs=(), variant=None) -> Prepared:
     """F2 on tensor cores (tc_forward / tc90_forward) for these sizes, dtype, operand rows
     (name -> element strides of q, k, v, o) and plan p (launch_plan's), resolved once per key
     (traced calls: every time, their trace buffers among the constants). Buffers: q, k, v, o,
-    lse."""
+    lse. variant: a flashlab.mods.kernel.KernelVariant compiled in (FL_MODS, tc_mods.cuh)."""
     dims = ctx.dims
     key = ("forward", ctx.device, _dtype_name(dtype), dims, tuple(rows[n] for n in "qkvo"),
-           p["variant"], _frozen(p["config"]), None if source is None else source.digest)
+           p["variant"], _frozen(p["config"]), None if source is None else source.digest,
+           None if variant is None else variant.key)
 
     def build():
         Nq, Nk, d, BH = dims.Nq, dims.Nk, dims.d, dims.B * dims.H
-        mod, names = _module(ctx, dtype, d, trace, source, p, fwd=p["config"])
+        src, mods = _with_variant(ctx, variant, source, p, "forward")
+        mod, names = _module(ctx, dtype, d, trace, src, p, fwd=p["config"])
         group = plans.tc_head_group(ctx.limits["l2_bytes"], Nk, d, BH) if ctx.causal else 1
         args = (Slot("q"), Slot("k"), Slot("v"), Slot("o"), Slot("lse"), np.int32(Nq),
                 np.int32(Nk), ctx.tau, ctx.causal, np.int32(group), np.int32(dims.H),
-                *(Rows(rows[n]) for n in "qkvo")) + tuple(targs)
+                *(Rows(rows[n]) for n in "qkvo")) + mods + tuple(targs)
         step = _step(ctx, mod, names[0], (math.ceil(Nq / p["Br"]), BH), (p["threads"],), args,
                      p["smem"])
         return Prepared(ctx.spec.name, [step], describe=ctx.desc)
@@ -97,19 +113,22 @@ def prepare_forward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source
 
 
 def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source=None,
-                     targs=()) -> Prepared:
+                     targs=(), variant=None) -> Prepared:
     """G2 on tensor cores: the D pre-pass (which zeroes dQ's fp32 accumulator), the per-K/V-block
     kernel (atomic adds into dQ), dQ's rounding to the input dtype; rows: element strides of
     q, k, v, do, o. Buffers: do, q, k, v, o, lse, dq, dk, dv; workspace: Dvec (BH, Nq) and
-    dq_acc (BH, Nq, d), float32."""
+    dq_acc (BH, Nq, d), float32. variant: as prepare_forward's; with GQA dk and dv are per
+    query head (B, H, Nk, d), which the caller sums per group."""
     dims = ctx.dims
     key = ("backward", ctx.device, _dtype_name(dtype), dims,
            tuple(rows[n] for n in ("q", "k", "v", "do", "o")), p["variant"],
-           _frozen(p["config"]), None if source is None else source.digest)
+           _frozen(p["config"]), None if source is None else source.digest,
+           None if variant is None else variant.key)
 
     def build():
         Nq, Nk, d, BH = dims.Nq, dims.Nk, dims.d, dims.B * dims.H
-        mod, names = _module(ctx, dtype, d, trace, source, p, bwd=p["config"])
+        src, mods = _with_variant(ctx, variant, source, p, "backward")
+        mod, names = _module(ctx, dtype, d, trace, src, p, bwd=p["config"])
         n = BH * Nq
         H = np.int32(dims.H)
         dot = _step(ctx, mod, names[2], (math.ceil(n / 8),), (256,),
@@ -121,7 +140,7 @@ def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, sourc
                       Slot("dq_acc"), Slot("dk"), Slot("dv"), np.int32(Nq), np.int32(Nk),
                       ctx.tau, ctx.causal, np.int32(group), H,
                       *(Rows(rows[x]) for x in ("q", "k", "v", "do")))
-                     + tuple(targs), p["smem"])
+                     + mods + tuple(targs), p["smem"])
         m = n * d
         rnd = _step(ctx, mod, names[3], (math.ceil(m / 256),), (256,),
                     (Slot("dq_acc"), Slot("dq"), np.int64(m), ctx.tau), 0)
@@ -135,24 +154,34 @@ def _frozen(config):
     return None if config is None else tuple(sorted(config.items()))
 
 
-def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None):
-    """F2 on tensor cores (tc_forward / tc90_forward)."""
+def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
+            variant=None):
+    """F2 on tensor cores (tc_forward / tc90_forward); variant: a KernelVariant compiled in."""
     p = launch_plan(ctx.device, ctx.dims.d, "forward", config, source)
     state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~"))
     rows = {n: element_strides(x) for n, x in zip("qkvo", (q, k, v, o))}
-    call = prepare_forward(ctx, q.dtype, rows, p, trace, source, targs)
+    call = prepare_forward(ctx, q.dtype, rows, p, trace, source, targs, variant)
     call.run({"q": q, "k": k, "v": v, "o": o, "lse": lse})
     return finish(ctx, state, "forward", o, lse)
 
 
 def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=None,
-             config=None):
-    """G2 on tensor cores (prepare_backward's three launches)."""
-    p = launch_plan(ctx.device, ctx.dims.d, "backward", config, source)
+             config=None, variant=None):
+    """G2 on tensor cores (prepare_backward's three launches); variant: as forward's (with
+    GQA, dk and dv per query head, then summed over each group)."""
+    cp, dims = ctx.cp, ctx.dims
+    p = launch_plan(ctx.device, dims.d, "backward", config, source)
     state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
     rows = {n: element_strides(x) for n, x in zip(("q", "k", "v", "do", "o"), (q, k, v, do, o))}
-    call = prepare_backward(ctx, q.dtype, rows, p, trace, source, targs)
-    work = ctx.cp.empty(call.workspace_bytes, ctx.cp.uint8)  # freed in stream order
+    call = prepare_backward(ctx, q.dtype, rows, p, trace, source, targs, variant)
+    work = cp.empty(call.workspace_bytes, cp.uint8)  # freed in stream order
+    dk_out, dv_out = dk, dv
+    if dims.kv_heads != dims.H:  # GQA: per query head first
+        dk, dv = (cp.empty((dims.B, dims.H, dims.Nk, dims.d), dq.dtype) for _ in range(2))
     call.run({"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": dq, "dk": dk,
               "dv": dv}, workspace=work.data.ptr)
+    if dk is not dk_out:
+        sum_groups(dk, dk_out, dims.kv_heads)
+        sum_groups(dv, dv_out, dims.kv_heads)
+        dk, dv = dk_out, dv_out
     return finish(ctx, state, "backward", dq, dk, dv)

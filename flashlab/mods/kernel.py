@@ -3,7 +3,7 @@ kernels' own flag) and the score_mod, their C in front of the kernel source, the
 arrays in one float and one int buffer, and the block mask of the mask for the kernel's tiles.
 
     kv = KernelVariant.of(window=(128, 0), score_mod=mods.softcap(30.0))
-    source = kv.source(ours("fa2"))                 # -DFL_MODS, PRELUDE, fl_mask_mod, fl_score_mod
+    source = kv.source(ours("fa2"))                 # FL_MODS (FL_SCORE), PRELUDE, fl_mask_mod, fl_score_mod
     tiles = kv.tiles(B, H, Nq, Nk, Br, Bc)          # (tiles_B, tiles_H, Tr, Tc) uint8
 
 kernels/fa2.cu says what fa2_forward and fa2_backward do with them (FL_MODS).
@@ -16,6 +16,7 @@ import numpy as np
 
 from . import PRELUDE, Mod, and_masks, mask_mod, score_mod, sliding_window
 from .blocks import block_mask
+from .emit import PRELUDE_FAST
 
 _NO_MASK = ("__device__ __forceinline__ bool fl_mask_mod(int, int, int, int, const float*, "
             "const int*) { return true; }\n")
@@ -51,13 +52,16 @@ class KernelVariant:
         i = np.concatenate([m.int_data for m in mods] + [np.zeros(1, np.int32)])
         return f.astype(np.float32), i.astype(np.int32)
 
-    def source(self, base):
-        """`base` (a launch.sources.Source) with the variant's C in front and FL_MODS defined."""
+    def source(self, base, fast_math: bool = False):
+        """`base` (a launch.sources.Source) with the variant's C in front and FL_MODS defined;
+        fast_math: the mods' exp, log and tanh as MUFU instructions (emit.PRELUDE_FAST, for the
+        16-bit kernels)."""
         from ..launch.sources import Source
 
         f0 = len(self.mask.float_data) if self.mask else 0
         i0 = len(self.mask.int_data) if self.mask else 0
-        head = ["#define FL_MODS", PRELUDE,
+        head = ["#define FL_MODS"] + (["#define FL_SCORE"] if self.score else []) + [
+                PRELUDE_FAST if fast_math else PRELUDE,
                 self.mask.cuda() if self.mask else _NO_MASK,
                 self.score.cuda(f0, i0) if self.score else _NO_SCORE]
         what = ", ".join(m.name for m in (self.mask, self.score) if m is not None)
@@ -65,7 +69,23 @@ class KernelVariant:
                       base.variant, origin=f"{base.origin or base.name} with {what}")
 
     def tiles(self, B, H, Nq, Nk, Br, Bc) -> np.ndarray:
-        """The block mask as the kernel reads it: 1 where a tile has a visible key."""
+        """The block mask as the kernels read it, (B or 1, H or 1, Tr, Tc) bytes: 0 where a tile
+        has no visible entry (skipped), 1 where it has some (masked per element), 2 where every
+        entry is visible (the mask is not evaluated)."""
         if self.mask is None:
-            return np.ones((1, 1, -(-Nq // Br), -(-Nk // Bc)), np.uint8)
-        return block_mask([self.mask], B, H, Nq, Nk, Br, Bc).any_visible.astype(np.uint8)
+            return np.full((1, 1, -(-Nq // Br), -(-Nk // Bc)), 2, np.uint8)
+        bm = block_mask([self.mask], B, H, Nq, Nk, Br, Bc)
+        return (bm.any_visible.astype(np.uint8) + bm.full).astype(np.uint8)
+
+
+def tile_ranges(tiles: np.ndarray, axis: int) -> np.ndarray:
+    """Per query block (axis=3: over the key tiles j of each row i) or per key block (axis=2:
+    over the query blocks i of each column j), the first and one past the last tile with a
+    visible entry: (B or 1, H or 1, T, 2) int32, [0, 0) where there is none. The kernels' loops
+    visit that range (tc_mods.cuh)."""
+    seen = tiles > 0
+    n = seen.shape[axis]
+    any_ = seen.any(axis=axis)
+    first = np.where(any_, seen.argmax(axis=axis), 0)
+    last = np.where(any_, n - np.flip(seen, axis=axis).argmax(axis=axis), 0)
+    return np.ascontiguousarray(np.stack([first, last], axis=-1).astype(np.int32))

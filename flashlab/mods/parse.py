@@ -18,6 +18,7 @@ out as CUDA C.
 from __future__ import annotations
 
 import ast
+import re
 import inspect
 import textwrap
 from dataclasses import dataclass
@@ -269,6 +270,26 @@ def _find(tree, fn):
     return found[0]
 
 
+def _lambda_alone(text: str, fn) -> ast.AST:
+    """The lambda of lines that do not parse by themselves (it sits inside a larger expression,
+    a call or a literal spanning lines): the longest piece of text from a `lambda` to a comma,
+    a closing bracket or a line end that parses as one lambda expression."""
+    for start in (m.start() for m in re.finditer(r"\blambda\b", text)):
+        seg = text[start:]
+        ends = [m.start() for m in re.finditer(r"[,)\]}\n]", seg)] + [len(seg)]
+        for end in sorted(set(ends), reverse=True):
+            try:
+                tree = ast.parse("(" + seg[:end] + "\n)", mode="eval")
+            except SyntaxError:
+                continue
+            if isinstance(tree.body, ast.Lambda) and \
+                    len(tree.body.args.args) == fn.__code__.co_argcount:
+                return tree
+    code = fn.__code__
+    raise ModError(f"{code.co_filename}:{code.co_firstlineno}: cannot read the lambda "
+                   f"{fn.__name__} out of its lines (define it with def, or on a line of its own)")
+
+
 def read(fn, kind: str):
     """(tree, captured values, source text, where) of a mask_mod (kind "mask") or score_mod
     (kind "score")."""
@@ -290,8 +311,7 @@ def read(fn, kind: str):
     try:
         tree = ast.parse(text)
     except SyntaxError:  # a lambda inside a larger expression: parse it alone
-        start = text.find("lambda")
-        tree = ast.parse("(" + text[start:].strip().rstrip(",)") + ")")
+        tree = _lambda_alone(text, fn)
     node = _find(tree, fn)
     # the function's own parameter names stand for FlexAttention's, in order
     reader = _Reader(fn, kind, code.co_filename, line0, captured_values(fn))

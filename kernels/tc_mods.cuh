@@ -1,0 +1,135 @@
+/* tc_mods.cuh: an attention variant (flashlab.mods) in the tensor-core kernels, tc.cu and tc90.cu.
+ * Included by tc_common.cuh; the C of the variant comes first (flashlab.mods.kernel.KernelVariant:
+ * -DFL_MODS, fl_mask_mod, fl_score_mod and its derivative, and FL_SCORE when there is a score_mod).
+ *
+ * A variant build's kernels take, after their Rows arguments (TC_MOD_PARAMS):
+ *   Hkv            key/value heads per batch (GQA: query head h reads key/value head h / (H / Hkv));
+ *   fl_mod_f, fl_mod_i   the variant's closed-over arrays (floats, ints);
+ *   fl_tiles       (tiles_B, tiles_H, Tr, Tc) bytes for this kernel's tiles: 0 no visible entry,
+ *                  1 some (the mask is evaluated per element), 2 all (it is not);
+ *   fl_range       (tiles_B, tiles_H, T, 2) ints: per query block i (forward, T = Tr) or key
+ *                  block j (backward, T = Tc), the first and one past the last tile of the other
+ *                  kind with a visible entry ([0, 0) when none). The loops visit only that range
+ *                  (F2:L3, G2:L3 for any mask), intersected with causal's;
+ *   tiles_B, tiles_H  1 where the mask reads neither b nor h (one block mask for every head).
+ * Per element, on a tile that is not all visible or with a score_mod (F2:L5, G2:L5):
+ *   S = score_mod(tau q.k, b, h, r, c) where visible, -inf (P = 0) where not; the backward's
+ *   dS is multiplied by score_mod's derivative (G2:L6). A query row with no visible key gets
+ *   O = 0 and L = -inf (TC_ROW_INV, TC_ROW_LSE).
+ *
+ * The plain build has none of this: TcMod below is then an empty struct whose answers are
+ * constants (every tile all visible, no score_mod), so the kernels compile as before. */
+#pragma once
+
+#ifdef FL_MODS
+#define TC_MOD_PARAMS , int Hkv, const float* __restrict__ fl_mod_f,                     \
+    const int* __restrict__ fl_mod_i, const unsigned char* __restrict__ fl_tiles,           \
+    const int* __restrict__ fl_range, int tiles_B, int tiles_H
+/* the variant of thread block `bh` whose tile grid is Tr x Tc and range has T entries */
+#define TC_MOD(bh, Tr, Tc, T) \
+    TcMod(bh, H, fl_mod_f, fl_mod_i, fl_tiles, fl_range, tiles_B, tiles_H, Tr, Tc, T)
+#define TC_KV_GROUP (H / Hkv)  // query heads per key/value head
+#define TC_ROW_INV(l) ((l) > 0.0f ? 1.0f / (l) : 0.0f)
+#define TC_ROW_LSE(m, l) ((l) > 0.0f ? (safe_max(m) + log2f(l)) * TC_LN2 : FL_NEG_INF)
+
+struct TcMod {
+    static constexpr bool ON = true;
+#ifdef FL_SCORE
+    static constexpr bool SCORE = true;   // S is score_mod's: every tile goes element by element
+#else
+    static constexpr bool SCORE = false;  // a mask only: all-visible tiles just scale
+#endif
+    int b, h, Tc;
+    const float* f;
+    const int* iv;
+    const unsigned char* tiles;  // this head's (Tr, Tc) flags
+    const int* range;            // this head's (T, 2)
+    __device__ __forceinline__ TcMod(int bh, int H, const float* f_, const int* i_,
+                                     const unsigned char* tiles_, const int* range_, int tB,
+                                     int tH, int Tr, int Tc_, int T) {
+        b = bh / H;
+        h = bh - b * H;
+        Tc = Tc_;
+        f = f_;
+        iv = i_;
+        const int head = (tB > 1 ? b : 0) * tH + (tH > 1 ? h : 0);
+        tiles = tiles_ + (size_t)head * Tr * Tc_;
+        range = range_ + (size_t)head * T * 2;
+    }
+    /* the flag of tile (i, j): 0 none visible, 1 some, 2 all */
+    __device__ __forceinline__ int flag(int i, int j) const { return tiles[i * Tc + j]; }
+    /* narrow [lo, hi) to the tiles of block x that have a visible entry */
+    __device__ __forceinline__ void visit(int x, int& lo, int& hi) const {
+        lo = max(lo, range[2 * x]);
+        hi = min(hi, range[2 * x + 1]);
+    }
+    __device__ __forceinline__ bool mask(int r, int c) const {
+        return fl_mask_mod(b, h, r, c, f, iv);
+    }
+    __device__ __forceinline__ float score(float x, int r, int c) const {
+        return fl_score_mod(x, b, h, r, c, f, iv);
+    }
+    __device__ __forceinline__ float score_grad(float x, int r, int c) const {
+        return fl_score_mod_grad(x, b, h, r, c, f, iv);
+    }
+};
+#else
+#define TC_MOD_PARAMS
+#define TC_MOD(bh, Tr, Tc, T) TcMod()
+#define TC_KV_GROUP 1
+#define TC_ROW_INV(l) (1.0f / (l))
+#define TC_ROW_LSE(m, l) ((safe_max(m) + log2f(l)) * TC_LN2)
+
+struct TcMod {
+    static constexpr bool ON = false, SCORE = false;
+    __device__ __forceinline__ int flag(int, int) const { return 2; }
+    __device__ __forceinline__ void visit(int, int&, int&) const {}
+    __device__ __forceinline__ bool mask(int, int) const { return true; }
+    __device__ __forceinline__ float score(float x, int, int) const { return x; }
+    __device__ __forceinline__ float score_grad(float, int, int) const { return 1.0f; }
+};
+#endif
+
+/* Is entry (r, c) of a tile with flag fl visible: inside the matrix, not hidden by causal, and
+ * the mask's (evaluated only on a tile with some entries hidden)? */
+__device__ __forceinline__ bool tc_visible(const TcMod& md, int fl, int r, int c, int Nq, int Nk,
+                                           int causal) {
+    return fl != 0 && r < Nq && c < Nk && !masked(causal, r, c) && (fl == 2 || md.mask(r, c));
+}
+
+/* F2:L5 with a variant, on a slab of S whose rows start at query row0 and columns at key k0:
+ * S in base-2 units, score_mod's where visible (score_mod sees the natural-units score tau q.k),
+ * -inf where hidden. */
+template <int N>
+__device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, int row0, int k0,
+                                       int Nq, int Nk, int causal, float tau, float sl2, int g,
+                                       int t) {
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = row0 + g + (e >> 1) * 8;
+            const int c = k0 + n * 8 + 2 * t + (e & 1);
+            const float x = s[n][e];
+            s[n][e] = !tc_visible(md, fl, r, c, Nq, Nk, causal) ? FL_NEG_INF
+                      : TcMod::SCORE ? md.score(x * tau, r, c) * TC_LOG2E : x * sl2;
+        }
+}
+
+/* G2:L5 with a variant, for entry (r, c) whose S (unscaled q.k) is x and whose row has
+ * logsumexp Lr: P = exp(score_mod(tau x) - L) where visible, 0 where hidden; grad gets
+ * score_mod's derivative there (G2:L6 multiplies dS by it), 0 where hidden. */
+__device__ __forceinline__ float g2_mod_p(const TcMod& md, int fl, float x, float Lr, int r,
+                                          int c, int Nq, int Nk, int causal, float tau,
+                                          float sl2, float& grad) {
+    if (!tc_visible(md, fl, r, c, Nq, Nk, causal)) {
+        grad = 0.0f;
+        return 0.0f;
+    }
+    if (!TcMod::SCORE) {
+        grad = 1.0f;
+        return exp2_fast(x * sl2 - Lr * TC_LOG2E);
+    }
+    grad = md.score_grad(x * tau, r, c);
+    return exp2_fast((md.score(x * tau, r, c) - Lr) * TC_LOG2E);
+}
