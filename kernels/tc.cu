@@ -155,7 +155,7 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     int i, bh;
-    block_order<true>(causal, group, i, bh);  // causal: longest first, `group` heads at a time
+    TC_BLOCK_ORDER(true, causal, group, i, bh);  // causal: longest first, `group` heads at a time
     F2Block<D, BR, BC> blk(i, bh, Q, K, V, qr, kr, vr, H, TC_KV_GROUP, Nq, Nk, tau, causal);  // its slices, F2:L3's jend
     const TcMod md = f2_variant(blk, TC_MOD(bh, blk.Tr, blk.Tc, blk.Tr));  // a variant's: F2:L3's tiles narrowed
     const int wrow = warp * 16 * WM;  // this warp's first row in the block
@@ -280,7 +280,7 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     cp_wait<0>();
 
     // F2:L9  O_i = O~ / l, L_i = m + log l (natural units), one write per row
-    block_order<true>(causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
+    TC_BLOCK_ORDER(true, causal, group, i, bh);  // i and bh again (cheaper than keeping them live)
     u16* Oh = O + orr.head(bh, H);
     float* Lh = L + head_offset(bh, Nq, 1);
 #pragma unroll
@@ -347,7 +347,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     int j, bh;
-    block_order<false>(causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
+    TC_BLOCK_ORDER(false, causal, group, j, bh);  // causal: longest (j = 0) first, `group` heads at a time
     const G2Block<D, BR, BC> blk(j, bh, Q, dO, qr, dor, H, L, Dv, dQacc, Nq, Nk, tau);  // its slices of the head
     int i0 = causal ? min(blk.Tr, (j * BC) / BR) : 0, iend = blk.Tr;  // G2:L3 causal skipping
     const TcMod md = TC_MOD(bh, blk.Tr, blk.Tc, blk.Tc);  // a variant's mask and score_mod

@@ -11,7 +11,10 @@
  *                  block j (backward, T = Tc), the first and one past the last tile of the other
  *                  kind with a visible entry ([0, 0) when none). The loops visit only that range
  *                  (F2:L3, G2:L3 for any mask), intersected with causal's;
- *   tiles_B, tiles_H  1 where the mask reads neither b nor h (one block mask for every head).
+ *   tiles_B, tiles_H  1 where the mask reads neither b nor h (one block mask for every head);
+ *   fl_order       (gridDim.x gridDim.y, 2) ints: the block (x, bh) each thread block computes,
+ *                  in start order, longest range first (TC_BLOCK_ORDER: block_order's idea for
+ *                  any mask; the launcher's flashlab.launch.variants.block_order).
  * Per element, on a tile that is not all visible or with a score_mod (F2:L5, G2:L5):
  *   S = score_mod(tau q.k, b, h, r, c) where visible, -inf (P = 0) where not; the backward's
  *   dS is multiplied by score_mod's derivative (G2:L6). A query row with no visible key gets
@@ -24,7 +27,10 @@
 #ifdef FL_MODS
 #define TC_MOD_PARAMS , int Hkv, const float* __restrict__ fl_mod_f,                     \
     const int* __restrict__ fl_mod_i, const unsigned char* __restrict__ fl_tiles,           \
-    const int* __restrict__ fl_range, int tiles_B, int tiles_H
+    const int* __restrict__ fl_range, int tiles_B, int tiles_H, const int* __restrict__ fl_order
+/* which block (x, bh) thread block (blockIdx.x, blockIdx.y) computes: the launcher's order,
+ * longest first (the work of each block is its range's length) */
+#define TC_BLOCK_ORDER(LONG_HIGH, causal, group, x, bh) tc_variant_order(fl_order, x, bh)
 /* the variant of thread block `bh` whose tile grid is Tr x Tc and range has T entries */
 #define TC_MOD(bh, Tr, Tc, T) \
     TcMod(bh, H, fl_mod_f, fl_mod_i, fl_tiles, fl_range, tiles_B, tiles_H, Tr, Tc, T)
@@ -73,8 +79,17 @@ struct TcMod {
         return fl_score_mod_grad(x, b, h, r, c, f, iv);
     }
 };
+__device__ __forceinline__ void tc_variant_order(const int* order, int& x, int& bh) {
+    u32 bx, by;  // read anew at each call, as block_order does
+    asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(bx));
+    asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(by));
+    const int2 e = reinterpret_cast<const int2*>(order)[bx + gridDim.x * by];
+    x = e.x;
+    bh = e.y;
+}
 #else
 #define TC_MOD_PARAMS
+#define TC_BLOCK_ORDER(LONG_HIGH, causal, group, x, bh) block_order<LONG_HIGH>(causal, group, x, bh)
 #define TC_MOD(bh, Tr, Tc, T) TcMod()
 #define TC_KV_GROUP 1
 #define TC_ROW_INV(l) (1.0f / (l))

@@ -2,7 +2,8 @@
 checks (scripts/gpu_check.sh runs it under memcheck, racecheck and synccheck).
 
 SANITIZE_KERNELS=tc (comma-separated kernel names) limits the run to those kernels, for a quick
-check of one kernel while it is being changed; the default is every kernel."""
+check of one kernel while it is being changed; the default is every kernel. SANITIZE_VARIANTS=only
+runs the attention variants alone (fa2's and tc's)."""
 import os
 import sys
 
@@ -18,8 +19,9 @@ only = [k for k in os.environ.get("SANITIZE_KERNELS", "").split(",") if k]
 unknown = sorted(set(only) - set(registry.names()))
 if unknown:
     sys.exit(f"SANITIZE_KERNELS: no kernel named {', '.join(unknown)} (kernels: {', '.join(registry.names())})")
+variants_only = os.environ.get("SANITIZE_VARIANTS") == "only"
 for kernel in registry.for_dtype("float32"):
-    if only and kernel not in only:
+    if (only and kernel not in only) or variants_only:
         continue
     for d in (64, 32) if registry.get(kernel).head_dims else (64, 40):  # fa2: its own head dims
         for causal in (False, True):
@@ -37,7 +39,7 @@ cc = int(cp.cuda.Device().compute_capability)
 # there) and tc.cu ("mma", FLASHLAB_TC_WGMMA=0); every variant this GPU runs is checked
 TC = registry.get("tc")
 variants = [n for n, v in TC.variants.items() if v.min_cc <= cc <= (v.max_cc or cc)]
-for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) else []:
+for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) and not variants_only else []:
     src = TC.variants[variant].source
     os.environ["FLASHLAB_TC_WGMMA"] = "1" if TC.variants[variant].arch else "0"
     # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128), the two

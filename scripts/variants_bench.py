@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated variant names (substrings)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    # one torch.compile'd flex_attention per variant and direction: more recompiles than dynamo's
+    # default limit of 8, past which it falls back to the unfused (S materialised) path
+    torch._dynamo.config.recompile_limit = 256
     rows = []
     for d in (int(x) for x in a.dims.split(",")):
         for name, (kw, mask, score, causal, Hkv) in _variants(a.seq, a.heads).items():

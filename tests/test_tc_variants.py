@@ -36,3 +36,28 @@ def test_tile_flags_and_ranges_say_what_each_block_visits():
     t = hidden.tiles(1, 1, 100, 100, 64, 64)
     assert not t.any() and not tile_ranges(t, 3).any()  # [0, 0): nothing to visit
     assert (KernelVariant.of(None, None, mods.softcap(3.0)).tiles(2, 2, 70, 70, 64, 64) == 2).all()
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_variants_block_order_is_the_causal_block_order_for_causal_as_a_mask(direction):
+    # TC_BLOCK_ORDER (kernels/tc_mods.cuh): longest first, `group` heads at a time, which for a
+    # causal mask is what the built-in causal flag's block_order gives (the last group short)
+    from flashlab.launch.variants import block_order
+    from flashlab.reference.tc import tc_block_order
+
+    B, H, N, Br, Bc, group = 2, 3, 300, 64, 64, 4
+    tiles = KernelVariant.of(None, mods.causal()).tiles(B, H, N, N, Br, Bc)
+    order = block_order(tiles, direction, False, B, H, Br, Bc, N, group)
+    want = tc_block_order(-(-N // Br), B * H, True, group, long_high=direction == "forward")
+    assert [tuple(x) for x in order.tolist()] == want
+    # a window of 100 keys behind each query, 2 heads in one group: every block once, and the
+    # number of tiles each visits never grows along the start order
+    w = KernelVariant.of((100, 0)).tiles(1, 1, N, N, Br, Bc)
+    order = block_order(w, direction, True, 1, 2, Br, Bc, N, 2).tolist()
+    assert sorted(map(tuple, order)) == [(x, h) for x in range(5) for h in range(2)]
+    r = tile_ranges(w, 3 if direction == "forward" else 2)[0, 0]
+    if direction == "forward":  # causal: no tile past the block's last row
+        work = [min(r[x, 1], (min(N, (x + 1) * Br) - 1) // Bc + 1) - r[x, 0] for x, _ in order]
+    else:
+        work = [r[x, 1] - max(r[x, 0], x * Bc // Br) for x, _ in order]
+    assert work == sorted(work, reverse=True) and work[0] > work[-1]

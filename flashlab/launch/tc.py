@@ -20,7 +20,7 @@ from .device import Launch, _dtype_name, device_limits
 from .prepared import Prepared, Slot, Step
 from .prepared import rows as Rows
 from .sources import Source, ours, variant_of
-from .variants import device_args, sum_groups
+from .variants import device_args, order_args, sum_groups
 
 NAME = "tc"  # this launcher's registry entry
 
@@ -76,14 +76,18 @@ def _step(ctx: Launch, mod, name, grid, block, args, smem) -> Step:
 def _with_variant(ctx: Launch, variant, source, p: dict, direction: str):
     """(the source to compile, the kernel's variant arguments after its Rows: TC_MOD_PARAMS in
     kernels/tc_mods.cuh) for `variant` (a KernelVariant, or None: the plain build, no
-    arguments) with plan p's tiles; direction picks the ranges (per query block forward, per key
-    block backward)."""
+    arguments) with plan p's tiles; direction picks the ranges and the block order (per query
+    block forward, per key block backward)."""
     if variant is None:
         return source, ()
+    dims = ctx.dims
     base = source if source is not None else ours(ctx.spec.name, p["variant"])
     src, a = device_args(ctx, variant, base, p["Br"], p["Bc"], fast_math=True)
-    return src, (np.int32(ctx.dims.kv_heads), a.floats, a.ints, a.tiles,
-                 a.rows if direction == "forward" else a.cols, a.tiles_B, a.tiles_H)
+    group = plans.tc_head_group(ctx.limits["l2_bytes"], dims.Nk if direction == "forward"
+                                else dims.Nq, dims.d, dims.B * dims.H)
+    order = order_args(ctx, variant, a, direction, p["Br"], p["Bc"], group)
+    return src, (np.int32(dims.kv_heads), a.floats, a.ints, a.tiles,
+                 a.rows if direction == "forward" else a.cols, a.tiles_B, a.tiles_H, order)
 
 
 def prepare_forward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source=None,
