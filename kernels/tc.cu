@@ -182,7 +182,6 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     const SwzAddr<D> aV(sKV + BC * CH, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     constexpr u32 STAGE = 2u * BC * CH * 16u;  // bytes from stage 0 to stage 1
 
-    int fl_next = md.flag(i, blk.j0);  // a variant's tile flags, read a tile ahead
     for (int j = blk.j0; j < blk.jend; ++j) {                        // F2:L3
         cp_wait<0>();     // K_j, V_j (and at j = j0 Q_i) have landed ...
         __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
@@ -193,8 +192,7 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         }
         cp_commit();
         const u32 so = (j & 1) * STAGE;
-        const int fl = fl_next;  // a variant's tile: 0 nothing visible, 1 some, 2 all
-        if (j + 1 < blk.jend) fl_next = md.flag(i, j + 1);
+        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
         if (fl == 0) continue;
 
 #pragma unroll
@@ -226,13 +224,13 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
             // F2:L5  scale to base-2 units; mask keys past Nk and, where the diagonal crosses,
             // keys after the query (two loops, not one with a test inside: the interior tiles
             // skip the compares)
-            const bool bounds = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR);
-            const bool edge = bounds || (TcMod::ON && (fl != 2 || TcMod::SCORE));
+            const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR) ||
+                              (TcMod::ON && (fl != 2 || TcMod::SCORE));
             if (edge) {
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
                     if (TcMod::ON)  // a variant: its mask and score_mod, element by element
-                        f2_mod(s[a], md, fl, bounds, i * BR + wrow + a * 16, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
+                        f2_mod(s[a], md, fl, i * BR + wrow + a * 16, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
                     else
                         f2_mask(s[a], i * BR + wrow + a * 16, k0, Nk, causal, blk.sl2, g, t);
             } else {  // interior tile: only the scale
@@ -388,7 +386,6 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[a][n][e] = dv[a][n][e] = 0.0f;
 
-    int fl_next = md.flag(i0, j);  // a variant's tile flags, read a step ahead
     for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = (u32)(st * STG) * 16u;  // this stage's byte offset from stage 0
@@ -398,8 +395,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         __syncthreads();    // ... for every thread's copies; every warp is done with step i-1
         if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4, into the stage step i-1 used
         cp_commit();
-        const int fl = fl_next;  // a variant's tile: 0 nothing visible, 1 some, 2 all
-        if (i + 1 < iend) fl_next = md.flag(i + 1, j);
+        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
         if (fl == 0) continue;
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warp's SK keys x SQ queries)
@@ -444,8 +440,8 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         }
         // G2:L5  P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the
         // query); G2:L6  dS^T = P^T * (dP^T - D_i). Both rounded to 16 bits into shared memory.
-        const bool bounds = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
-        const bool edge = bounds || (TcMod::ON && (fl != 2 || TcMod::SCORE));
+        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
+                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
             const float2 lq = *reinterpret_cast<const float2*>(sL + sq0 + n * 8 + 2 * t);
@@ -458,8 +454,8 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
                     const int r = i * BR + sq0 + n * 8 + 2 * t;
                     float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
                     if (TcMod::ON && edge) {
-                        p0 = g2_mod_p(md, fl, bounds, s[a][n][2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
-                        p1 = g2_mod_p(md, fl, bounds, s[a][n][2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
+                        p0 = g2_mod_p(md, fl, s[a][n][2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
+                        p1 = g2_mod_p(md, fl, s[a][n][2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
                     } else {
                         p0 = exp2_fast(s[a][n][2 * h] * blk.sl2 - lq.x * TC_LOG2E);
                         p1 = exp2_fast(s[a][n][2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);

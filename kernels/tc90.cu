@@ -196,16 +196,16 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     };
     // S of tile j: the scale and mask, the online softmax (m, l, and P~ rounded to 16 bits into
     // the A operands pa), and the rescale factors alpha of O~
-    // (fl: a variant's flag of tile j, 0 nothing visible, 1 some, 2 all, read before S is issued)
-    auto softmax = [&](float (&s)[BC / 2], int j, int fl, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
+    auto softmax = [&](float (&s)[BC / 2], int j, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
         const int k0 = j * BC;
+        const int fl = none ? 0 : md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
         // F2:L5  base-2 units; masked: keys past Nk and, where the diagonal crosses, keys after
         // the query (two loops, not one with a test inside: the interior tiles skip the compares)
-        const bool bounds = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR);
-        const bool edge = bounds || (TcMod::ON && (fl != 2 || TcMod::SCORE));
+        const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR) ||
+                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
         if (edge) {
             if (TcMod::ON)  // a variant: its mask and score_mod, element by element
-                f2_mod(frag(s), md, fl, bounds, i * BR + wrow, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
+                f2_mod(frag(s), md, fl, i * BR + wrow, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
             else
                 f2_mask(frag(s), i * BR + wrow, k0, Nk, causal, blk.sl2, g, t);
         } else {
@@ -227,7 +227,6 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     u32 pa[BC / 16][4], pb[BC / 16][4];
     auto step = [&](int j, u32 (&prev)[BC / 16][4], u32 (&cur)[BC / 16][4]) {
         begin_tile(j);       // F2:L4  K_{j+1}, V_j
-        const int fl = md.flag(i, j);  // a variant's (its load runs during the products)
         float s[BC / 2];
         issue_s(s, j);       // F2:L5  S_j = Q_i K_j^T
         issue_pv(j - 1, prev);  // F2:L7  O~ += P~_{j-1} V_{j-1}
@@ -237,7 +236,7 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         const float m_was[2] = {m[0], m[1]}, l_was[2] = {l[0], l[1]};
 #endif
         float alpha[2];
-        softmax(s, j, fl, cur, alpha);  // F2:L5 mask, F2:L6
+        softmax(s, j, cur, alpha);  // F2:L5 mask, F2:L6
         wg_wait<0>();        // P~_{j-1} V_{j-1} has landed in O~
         wg_touch(o);
         wg_keep(prev);
@@ -255,7 +254,7 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         wg_wait<0>();
         wg_touch(s);
         float alpha[2];
-        softmax(s, blk.j0, none ? 0 : md.flag(i, blk.j0), pa, alpha);  // F2:L5 mask, F2:L6 (O~ is still 0)
+        softmax(s, blk.j0, pa, alpha);  // F2:L5 mask, F2:L6 (O~ is still 0: nothing to rescale)
     }
     for (int j = blk.j0 + 1; j < blk.jend; j += 2) {                 // F2:L3
         step(j, pa, pb);
@@ -364,7 +363,6 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 #pragma unroll
     for (int x = 0; x < D / 2; ++x) dk[x] = dv[x] = 0.0f;
 
-    int fl_next = md.flag(i0, j);  // a variant's tile flags, read a step ahead
     for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = st * STG;
@@ -374,9 +372,8 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         fence_async_smem();  // ... visible to wgmma ...
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with i - 1
         if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4
-        const int fl = fl_next;  // a variant's tile: 0 nothing visible, 1 some, 2 all
-        if (i + 1 < iend) fl_next = md.flag(i + 1, j);
         cp_commit();
+        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
         if (fl == 0) continue;
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
@@ -396,8 +393,8 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         wg_touch(dp);
 
         // P^T = exp(S^T - L), masked; dS^T = P^T (dP^T - D_i); both rounded to 16 bits (G2:L6)
-        const bool bounds = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR);
-        const bool edge = bounds || (TcMod::ON && (fl != 2 || TcMod::SCORE));
+        const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
+                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
         u32 pa[BR / 16][4], sa[BR / 16][4];
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
@@ -409,8 +406,8 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
                 const int r = i * BR + n * 8 + 2 * t;
                 float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
                 if (TcMod::ON && edge) {
-                    p0 = g2_mod_p(md, fl, bounds, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
-                    p1 = g2_mod_p(md, fl, bounds, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
+                    p0 = g2_mod_p(md, fl, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
+                    p1 = g2_mod_p(md, fl, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
                 } else {
                     p0 = exp2_fast(s[4 * n + 2 * h] * blk.sl2 - lq.x * TC_LOG2E);
                     p1 = exp2_fast(s[4 * n + 2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);

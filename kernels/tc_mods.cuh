@@ -106,12 +106,9 @@ struct TcMod {
 #endif
 
 /* Is entry (r, c) of a tile with flag fl visible: inside the matrix, not hidden by causal, and
- * the mask's (evaluated only on a tile with some entries hidden)? bounds: the tile crosses the
- * matrix's edge or the causal diagonal; a tile that does not, all visible, needs no test (a
- * score_mod's interior tile). */
-__device__ __forceinline__ bool tc_visible(const TcMod& md, int fl, bool bounds, int r, int c,
-                                           int Nq, int Nk, int causal) {
-    if (!bounds && fl == 2) return true;
+ * the mask's (evaluated only on a tile with some entries hidden)? */
+__device__ __forceinline__ bool tc_visible(const TcMod& md, int fl, int r, int c, int Nq, int Nk,
+                                           int causal) {
     return fl != 0 && r < Nq && c < Nk && !masked(causal, r, c) && (fl == 2 || md.mask(r, c));
 }
 
@@ -119,9 +116,9 @@ __device__ __forceinline__ bool tc_visible(const TcMod& md, int fl, bool bounds,
  * S in base-2 units, score_mod's where visible (score_mod sees the natural-units score tau q.k),
  * -inf where hidden. */
 template <int N>
-__device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, bool bounds, int row0,
-                                       int k0, int Nq, int Nk, int causal, float tau, float sl2,
-                                       int g, int t) {
+__device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, int row0, int k0,
+                                       int Nq, int Nk, int causal, float tau, float sl2, int g,
+                                       int t) {
 #pragma unroll
     for (int n = 0; n < N; ++n)
 #pragma unroll
@@ -129,7 +126,7 @@ __device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, bool
             const int r = row0 + g + (e >> 1) * 8;
             const int c = k0 + n * 8 + 2 * t + (e & 1);
             const float x = s[n][e];
-            s[n][e] = !tc_visible(md, fl, bounds, r, c, Nq, Nk, causal) ? FL_NEG_INF
+            s[n][e] = !tc_visible(md, fl, r, c, Nq, Nk, causal) ? FL_NEG_INF
                       : TcMod::SCORE ? md.score(x * tau, r, c) * TC_LOG2E : x * sl2;
         }
 }
@@ -137,10 +134,10 @@ __device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, bool
 /* G2:L5 with a variant, for entry (r, c) whose S (unscaled q.k) is x and whose row has
  * logsumexp Lr: P = exp(score_mod(tau x) - L) where visible, 0 where hidden; grad gets
  * score_mod's derivative there (G2:L6 multiplies dS by it), 0 where hidden. */
-__device__ __forceinline__ float g2_mod_p(const TcMod& md, int fl, bool bounds, float x,
-                                          float Lr, int r, int c, int Nq, int Nk, int causal,
-                                          float tau, float sl2, float& grad) {
-    if (!tc_visible(md, fl, bounds, r, c, Nq, Nk, causal)) {
+__device__ __forceinline__ float g2_mod_p(const TcMod& md, int fl, float x, float Lr, int r,
+                                          int c, int Nq, int Nk, int causal, float tau,
+                                          float sl2, float& grad) {
+    if (!tc_visible(md, fl, r, c, Nq, Nk, causal)) {
         grad = 0.0f;
         return 0.0f;
     }
