@@ -13,7 +13,9 @@
  *     stores and the epilogue (F2:L9);
  *   - one-slab pieces of G2: the L_i, D_i stage loader and the first stages (G2:L4), the dQ
  *     reduction (G2:L7), the dK~, dV~ trace stores and the epilogue (G2:L10);
- *   - the backward's helper kernels: tc_backward_dot (G2:L0, backward_dot.cuh) and tc_backward_dq.
+ *   - the backward's helper kernels: tc_backward_dot (G2:L0, backward_dot.cuh) and tc_backward_dq;
+ *   - an attention variant's pieces (tc_mods.cuh: TcMod, the per-element mask and score_mod),
+ *     empty in the plain build.
  *
  * Each kernel keeps its products and the few lines whose placement decides the generated code
  * (block_order, G2:L3's i0, the edge tests and the interior tiles' scale, the P and dS loop of

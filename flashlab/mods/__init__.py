@@ -14,9 +14,10 @@ naming the construct, the file and the line. Built-ins: causal, sliding_window, 
 prefix_lm (masks), alibi, softcap (scores), and and_masks / or_masks to combine masks.
 
 flash_attention(..., window=, mask_mod=, score_mod=) runs them on NumPy arrays through the
-float64-capable oracle (flashlab.reference.variants), and fa2's forward and backward compile
-them in (kernel.KernelVariant: the C in front of kernels/fa2.cu, FL_MODS; blocks.block_mask:
-the tiles it skips; GQA as well). tc and the step-throughs do not take them yet.
+float64-capable oracle (flashlab.reference.variants); fa2 (float32) and tc (fp16 / bf16) compile
+them into their forward and backward (kernel.KernelVariant: the C in front of kernels/fa2.cu,
+FL_MODS, or of kernels/tc.cu and tc90.cu, kernels/tc_mods.cuh; blocks.block_mask: the tiles they
+skip; GQA as well). The step-throughs do not take them yet.
 """
 from __future__ import annotations
 
