@@ -218,7 +218,8 @@ def _lse_out(lse):
 def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
     """Where an attention variant (a window, a mod, or k and v with fewer heads than q: GQA)
     runs: None (the call has none), "reference" (the variant oracle, flashlab.reference.variants,
-    on NumPy arrays with kernel 'auto' or the A0 baseline) or the name of the kernel that compiles
+    on NumPy arrays with kernel 'auto' or the A0 baseline), "steps" (NumPy arrays and a kernel
+    whose step-through takes variants: registry step_mods) or the name of the kernel that compiles
     it (a kernel whose registry entry has mods in a dtype it takes: fa2 on float32 CuPy arrays
     or on the CPU backend, tc on 16-bit CuPy arrays; 'auto' picks as it would without the
     variant). Anything else is an error that says what runs it."""
@@ -242,11 +243,14 @@ def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
             return name
         raise ValueError(f"{what}: {why}; the float64-capable oracle runs every variant on NumPy "
                          f"arrays (backend='reference')")
+    if kernel != "auto" and registry.get(kernel).step_mods:
+        return "steps"
     if kernel != "auto" and not registry.get(kernel).baseline:
         base = next(n for n, spec in registry.KERNELS.items() if spec.baseline)
-        raise ValueError(f"{what}: kernel {kernel!r} has no variants in its step-through yet; "
-                         f"kernel={base!r} (or 'auto') runs them on NumPy arrays: A0 with the "
-                         f"variant, S materialised")
+        steps = ", ".join(n for n, spec in registry.KERNELS.items() if spec.step_mods)
+        raise ValueError(f"{what}: kernel {kernel!r} has no variants in its step-through yet "
+                         f"({steps} has); kernel={base!r} (or 'auto') runs them on NumPy "
+                         f"arrays: A0 with the variant, S materialised")
     return "reference"
 
 
@@ -266,9 +270,10 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     keys i - left .. i + right (-1: unbounded);
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
     FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
-    arrays run them in the oracle (kernel 'auto' or the A0 baseline); fa2 (float32, CuPy arrays
-    or backend='cpu') and tc (float16 / bfloat16 CuPy arrays) compile window, mask_mod,
-    score_mod and GQA in, forward and backward; the other kernels say so.
+    arrays run them in the oracle (kernel 'auto' or the A0 baseline) or in fa2's step-through
+    (kernel='fa2'; its backward without score_mod); fa2 (float32, CuPy arrays or
+    backend='cpu') and tc (float16 / bfloat16 CuPy arrays) compile window, mask_mod, score_mod
+    and GQA in, forward and backward; the other kernels say so.
     """
     check_flag("return_lse", return_lse)
     route = _variant(kernel, backend, {"q": q, "k": k, "v": v}, window, mask_mod, score_mod)
@@ -278,6 +283,11 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
         o, lse = variant_attention(q, k, v, causal, softmax_scale, window=window,
                                    mask_mod=mask_mod, score_mod=score_mod)
         o, lse = o.astype(q.dtype, copy=False), _lse_out(lse)
+        return (o, lse) if return_lse else o
+    if route == "steps":  # the kernel's step-through, with the variant
+        o, lse = registry.get(kernel).reference_fn("forward")(
+            q, k, v, causal, softmax_scale, window=window, mask_mod=mask_mod, score_mod=score_mod,
+            gqa=True)
         return (o, lse) if return_lse else o
     if route is not None:  # a kernel compiles the variant in (GQA alone too)
         from .mods.kernel import KernelVariant
@@ -324,7 +334,11 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
     """
     arrays = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
     route = _variant(kernel, backend, arrays, window, mask_mod, score_mod)
-    if route not in (None, "reference"):  # a kernel compiles the variant in
+    if route == "steps":  # the kernel's step-through, with the variant
+        return registry.get(kernel).reference_fn("backward")(
+            do, q, k, v, o, lse, causal, softmax_scale, window=window, mask_mod=mask_mod,
+            score_mod=score_mod, gqa=True)
+    if route not in (None, "reference", "steps"):  # a kernel compiles the variant in
         from .mods.kernel import KernelVariant
 
         return launch.backward(route, do, q, k, v, o, lse, causal, softmax_scale,

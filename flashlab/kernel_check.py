@@ -46,7 +46,8 @@ def default_backend() -> str:
 
 def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=None, d=64,
                  causal=False, softmax_scale=None, seed=0, bug=None, rtol=None, atol=None,
-                 source=None, dtype="bfloat16", backend=None):
+                 source=None, dtype="bfloat16", backend=None, window=None, mask_mod=None,
+                 score_mod=None):
     """Run `kernel` in trace mode on random inputs and compare it with its step-through.
 
     Returns (divergence or None, kernel trace, reference trace). backend: "gpu" (CuPy), "cpu"
@@ -55,7 +56,9 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
     Bc (rtol 1e-3, atol 1e-4). A 16-bit kernel ('tc') takes `dtype` (float16 / bfloat16) inputs
     and is compared with its own twin, which makes the same 16-bit roundings (rtol = atol =
     TC_UNITS units of roundoff). bug: a planted bug's name (flashlab.course.bugs). source: a .cu
-    file to run instead of ours (same kernels, same signatures).
+    file to run instead of ours (same kernels, same signatures). window, mask_mod, score_mod:
+    an attention variant, compiled into the kernel and run by the step-through (kernels whose
+    registry entry has step_mods: fa2; its backward without score_mod).
     """
     backend = default_backend() if backend is None else backend
     if backend not in ("gpu", "cpu"):
@@ -65,6 +68,13 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
         raise ValueError(f"kernel must be one of {sorted(registry.traceable())} to trace, "
                          f"got {kernel!r}")
     steps_fn = spec.steps_fn(direction)  # checks direction
+    keywords = {k: x for k, x in (("window", window), ("mask_mod", mask_mod),
+                                  ("score_mod", score_mod)) if x is not None}
+    variant = None
+    if keywords:
+        from .mods.kernel import KernelVariant
+
+        variant = KernelVariant.of(window, mask_mod, score_mod)
     src = kernel_source(kernel, bug, source)
     name = _dtype_of(spec, dtype)
     trace_rtol, trace_atol = spec.tolerance.trace_tolerance(name)
@@ -91,19 +101,21 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
     qr, kr, vr, dor = (to_ref(x) for x in host)
     if direction == "forward":
         _, _, actual = launch.forward(kernel, gq, gk, gv, causal, softmax_scale, trace=True,
-                                      source=src)
+                                      source=src, variant=variant)
         args = (qr, kr, vr)
     else:
-        o, lse = launch.forward(kernel, gq, gk, gv, causal, softmax_scale)  # ours: only G2/B1 checked
+        o, lse = launch.forward(kernel, gq, gk, gv, causal, softmax_scale,  # ours: only G2/B1 checked
+                                variant=variant)
         _, _, _, actual = launch.backward(kernel, gdo, gq, gk, gv, o, lse, causal, softmax_scale,
-                                          trace=True, source=src)
+                                          trace=True, source=src, variant=variant)
         args = (dor, qr, kr, vr, to_ref(to_host(o)), to_ref(to_host(lse)))
     extra = {}
     if spec.step_plan(direction):  # the tile walk the step-through must copy: the plan that ran
         p = launch.launch_plan(kernel, gq.device.id if backend == "gpu" else "cpu", d, direction,
                                source=src)
         extra = {key: p[key] for key in spec.step_plan(direction)}
-    steps = steps_fn(*args, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc, **extra)
+    steps = steps_fn(*args, causal, softmax_scale, Br=actual.Br, Bc=actual.Bc, **extra,
+                     **keywords)
     expected, _ = record(steps, ref_label)
     if bug is not None:
         actual.label = f"{kernel} {direction} with bug {bug!r}"

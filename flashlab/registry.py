@@ -118,6 +118,9 @@ class KernelSpec:
     # its forward and backward compile an attention variant in (flashlab.mods: window, mask_mod,
     # score_mod, GQA; kernels/fa2.cu's FL_MODS, kernels/tc_mods.cuh)
     mods: bool = False
+    # its step-through (steps / reference) takes them too: forward window, mask_mod, score_mod,
+    # GQA; backward window, mask_mod, GQA (flashlab/reference/fa2.py)
+    step_mods: bool = False
 
     # -- what it takes
     def takes_dtype(self, dtype: str) -> bool:
@@ -239,7 +242,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         launcher="flashlab.launch.fa2",
         reference=("flashlab.reference:fa2_forward", "flashlab.reference:fa2_backward"),
         steps=("flashlab.reference:fa2_forward_steps", "flashlab.reference:fa2_backward_steps"),
-        tolerance=Tolerance("rel", 1e-4), exercises=True, mods=True,
+        tolerance=Tolerance("rel", 1e-4), exercises=True, mods=True, step_mods=True,
         planner="flashlab.launch.plans:fa2_plan", instances="flashlab.launch.plans:fa2_instances"),
     KernelSpec(
         name="tc", title="F2 and G2 on tensor cores, fp16 / bf16 (mma.sync; wgmma on sm_90a)",

@@ -119,7 +119,7 @@ def record(steps, label: str | None = None):
     d = next(first.tiles[t].shape[-1] for _, t, _, _, c in SPEC[algorithm] if c == "d")
     tr = Trace.empty(algorithm, label or f"reference {algorithm}", B, H, Nq, Nk, d, Br, Bc)
     for s in collected:
-        tr.seq[:, :, s.i, s.j] = s.seq
+        tr.seq[:, :, s.i, s.j] = s.seq if s.ran is None else np.where(s.ran, s.seq, -1)
         for name, tile, _, _, cols in SPEC[algorithm]:
             x = np.asarray(s.tiles[tile], dtype=np.float64)
             if cols == 1:
@@ -224,5 +224,6 @@ def compare(expected: Trace, actual: Trace, rtol: float = 1e-5, atol: float = 1e
         return Divergence(actual.label, expected.label, alg, i, j, b, h, "step",
                           SPEC[alg][0][2].split(":")[0] + ":loop",
                           detail=f"this step ran (batch {b}, head {h}) but the reference skips it: "
-                                 "under the causal mask the tile holds no unmasked entry")
+                                 "under the causal mask (or a variant's mask) the tile holds no "
+                                 "visible entry")
     return None

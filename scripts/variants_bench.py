@@ -57,19 +57,11 @@ def _variants(N: int, H: int):
 
 
 def _time(fn, repeat: int) -> float:
-    import torch
+    """Median ms of fn() (flashlab.bench.timing.time_gpu: CUDA events on the null stream, which
+    torch's default stream is too)."""
+    from flashlab.bench.timing import time_gpu
 
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeat):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
+    return time_gpu(lambda _: fn(), [None], warmup=3, repeat=repeat)[0]
 
 
 def _flashlab(q, k, v, do, causal, kw, repeat):

@@ -126,9 +126,18 @@ def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
     with pytest.raises(ValueError, match=r"^window: kernel 'fa2' takes float32 with variants, "
                                          r"not float64; the float64-capable oracle runs every"):
         flashlab.flash_attention(q, k, v, window=(2, 0), backend="cpu")
-    with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa2' has no variants in its "
-                                         r"step-through yet; kernel='naive' \(or 'auto'\)"):
-        flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
+    with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa1' has no variants in its "
+                                         r"step-through yet \(fa2 has\); kernel='naive' "
+                                         r"\(or 'auto'\)"):
+        flashlab.flash_attention(q, k, v, kernel="fa1", mask_mod=mods.causal())
+    # fa2's step-through takes them (its backward without score_mod), GQA alone as well
+    o = flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())
+    _all_close(o, variant_attention(q, k, v, True)[0])
+    q1, k1, v1, _ = _qkv(H=4, Hkv=1, d=16)
+    _all_close(flashlab.flash_attention(q1, k1, v1, kernel="fa2"), variant_attention(q1, k1, v1)[0])
+    with pytest.raises(ValueError, match=r"^score_mod: fa2's backward step-through takes masks"):
+        flashlab.flash_attention_backward(do, q, k, v, o, o[..., 0], kernel="fa2",
+                                          score_mod=mods.softcap(2.0))
     q, k, v, _ = _qkv(H=4, Hkv=1, d=16)
     with pytest.raises(ValueError, match=r"^GQA \(k, v with fewer heads than q\): kernel 'tc' "
                                          r"takes float16, bfloat16 with variants, not float32"):
@@ -223,3 +232,74 @@ def test_a_variant_compiles_into_fa2_for_the_gpu_with_nvrtc():
                             name_expressions=("fa2_forward<64, 64, 64>",
                                               "fa2_backward<64, 64, 64>"))
         assert log == "", log  # not a warning either
+
+
+STEP_VARIANTS = {
+    "window (6, 2)": dict(window=(6, 2)),
+    "document, causal": dict(mask_mod=mods.document(np.repeat(np.arange(3), 8)[:20]), causal=True),
+    "hides row 5 and key 3": dict(mask_mod=lambda b, h, q_idx, kv_idx: (q_idx != 5) & (kv_idx != 3)),
+    "GQA 4 on 2, window": dict(heads=(4, 2), window=(3, 3)),
+    "GQA 4 on 1 alone": dict(heads=(4, 1), gqa=True),
+    "softcap (forward only)": dict(score_mod=mods.softcap(1.5)),
+}
+
+
+@pytest.mark.parametrize("name", STEP_VARIANTS)
+def test_the_fa2_step_through_runs_a_variant_as_the_oracle(name):
+    # the step-through's S_ij is the kernels' (score_mod where visible, -inf where hidden), its
+    # hidden tiles are skipped, a row with no visible key gives 0 and lse -inf
+    from flashlab.reference import fa2_backward, fa2_forward
+    from flashlab.reference.fa2 import fa2_forward_steps
+
+    kw = dict(STEP_VARIANTS[name])
+    causal = kw.pop("causal", False)
+    H, Hkv = kw.pop("heads", (2, 2))
+    q, k, v, do = _qkv(B=2, H=H, Hkv=Hkv, Nq=20, Nk=20, d=8)
+    o, lse = fa2_forward(q, k, v, causal, Br=4, Bc=8, **kw)
+    gqa = kw.pop("gqa", False)
+    ro, rl = variant_attention(q, k, v, causal, **kw)
+    if gqa:
+        kw["gqa"] = True
+    _all_close(o, ro)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(rl))
+    _all_close([lse[np.isfinite(rl)]], [rl[np.isfinite(rl)]])
+    steps = list(fa2_forward_steps(q, k, v, causal, Br=4, Bc=8, **kw))
+    if "window" in kw:  # a window leaves tiles nobody sees: skipped, as the kernels skip them
+        assert len(steps) < 5 * 3
+    if "score_mod" in kw:
+        with pytest.raises(ValueError, match=r"^score_mod: fa2's backward step-through takes "
+                                             r"masks"):
+            fa2_backward(do, q, k, v, o, lse, causal, Br=4, Bc=8, **kw)
+        return
+    grads = fa2_backward(do, q, k, v, o, lse, causal, Br=4, Bc=8, **kw)
+    ref = variant_attention_backward(do, q, k, v, causal,
+                                     **{x: y for x, y in kw.items() if x != "gqa"})
+    for label, g, r in zip(("dq", "dk", "dv"), grads, ref):
+        assert g.shape == r.shape, label
+        _all_close(g, r)
+
+
+@pytest.mark.cpu_kernel
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("name,kw", [
+    ("window, causal", dict(window=(40, 0), causal=True)),
+    ("a mask per head", dict(mask_mod=lambda b, h, q_idx, kv_idx: (kv_idx < 48) | (h == 1))),
+    ("softcap", dict(score_mod=mods.softcap(2.0))),
+])
+def test_fa2s_trace_with_a_variant_matches_its_step_through_on_the_cpu(direction, name, kw):
+    # the kernel compiled with the variant, traced, against the step-through with it: every
+    # tile's S_ij, m, l, O~ (forward) and P, dS, dQ_ij, dK~, dV~ (backward); the tiles a mask hides
+    # are skipped by both, per head where the mask reads h
+    from flashlab.kernel_check import check_kernel
+
+    kw = dict(kw)
+    causal = kw.pop("causal", False)
+    if direction == "backward" and "score_mod" in kw:
+        with pytest.raises(ValueError, match=r"^score_mod: fa2's backward step-through"):
+            check_kernel("fa2", direction, Nq=130, d=16, causal=causal, backend="cpu", **kw)
+        return
+    div, actual, expected = check_kernel("fa2", direction, Nq=130, d=16, causal=causal,
+                                         backend="cpu", **kw)
+    assert div is None, str(div)
+    skipped = (expected.seq < 0).any()  # causal, the window, the head mask skip some tiles
+    assert skipped == ("score_mod" not in kw) and (actual.seq == expected.seq).all()

@@ -17,7 +17,8 @@ flash_attention(..., window=, mask_mod=, score_mod=) runs them on NumPy arrays t
 float64-capable oracle (flashlab.reference.variants); fa2 (float32) and tc (fp16 / bf16) compile
 them into their forward and backward (kernel.KernelVariant: the C in front of kernels/fa2.cu,
 FL_MODS, or of kernels/tc.cu and tc90.cu, kernels/tc_mods.cuh; blocks.block_mask: the tiles they
-skip; GQA as well). The step-throughs do not take them yet.
+skip; GQA as well). fa2's step-through takes them (reference/fa2.py: forward all, backward the
+masks and GQA), and its trace is held to the kernel's (kernel_check.check_kernel).
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ class Step:
     line: str
     tiles: dict = field(default_factory=dict)
     blocks: tuple = ()  # (Nq, Nk, Br, Bc): enough to lay the step out in a trace
+    ran: np.ndarray | None = None  # (B, H) bool: the heads whose thread block ran it (None: all)
 
     def __getattr__(self, name):
         tiles = self.__dict__.get("tiles", {})
@@ -83,6 +84,60 @@ def scores(Q_i, K_j, tau, causal, r: slice, c: slice):
     if causal:
         S = np.where(causal_mask(r, c), S.dtype.type(-np.inf), S)
     return S
+
+
+class TileVariant:
+    """An attention variant in a step-through: the masks (window, mask_mod) and the score_mod of
+    flash_attention's keywords, applied to one tile's S_ij as the kernels apply them
+    (kernels/tc_mods.cuh, fa2.cu's FL_MODS): S = score_mod(tau q k^T) where visible, -inf where
+    hidden. The causal flag stays the step-through's own (scores()).
+
+        tv = TileVariant.of(window=(64, 0))       # None without a variant
+        S_ij = tv.scores(Q_i, K_j, tau, causal, r, c)
+        tv.hidden(r, c)                           # no head sees any entry: the kernels skip it
+    """
+
+    def __init__(self, masks, score):
+        self.masks, self.score = masks, score
+
+    @classmethod
+    def of(cls, window=None, mask_mod=None, score_mod=None):
+        from ..mods import mask_mod as as_mask, score_mod as as_score, sliding_window
+
+        masks = ([sliding_window(*window)] if window is not None else []) + \
+            ([as_mask(mask_mod)] if mask_mod is not None else [])
+        score = as_score(score_mod) if score_mod is not None else None
+        return cls(masks, score) if masks or score is not None else None
+
+    def _index(self, shape, r: slice, c: slice):
+        B, H = shape[:2]
+        return (np.arange(B)[:, None, None, None], np.arange(H)[None, :, None, None],
+                np.arange(r.start, r.stop)[None, None, :, None],
+                np.arange(c.start, c.stop)[None, None, None, :])
+
+    def visible(self, shape, r: slice, c: slice) -> np.ndarray:
+        """(B or 1, H or 1, br, bc) True where every mask lets the entry be seen."""
+        vis = np.ones((1, 1, r.stop - r.start, c.stop - c.start), bool)
+        idx = self._index(shape, r, c)
+        for m in self.masks:
+            vis = vis & m.mask(*idx)
+        return vis
+
+    def hidden(self, shape, r: slice, c: slice) -> bool:
+        return not self.visible(shape, r, c).any()
+
+    def ran(self, shape, r: slice, c: slice) -> np.ndarray:
+        """(B, H) True for the heads that see an entry of the tile: the kernels skip the tile
+        for the others (their block mask is per head where the mask reads b or h)."""
+        return np.broadcast_to(self.visible(shape, r, c).any(axis=(2, 3)), shape[:2])
+
+    def scores(self, Q_i, K_j, tau, causal, r: slice, c: slice):
+        """scores() with the variant: score_mod on the scaled scores, hidden entries -inf."""
+        S = scores(Q_i, K_j, tau, causal, r, c)
+        if self.score is not None:
+            with np.errstate(all="ignore"):  # score_mod of the causal -inf entries is dropped
+                S = np.where(np.isneginf(S), S, self.score.score(S, *self._index(S.shape, r, c)))
+        return np.where(self.visible(S.shape, r, c), S, S.dtype.type(-np.inf)).astype(S.dtype)
 
 
 def safe(m):
