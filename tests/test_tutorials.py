@@ -21,19 +21,21 @@ GPU_CELLS = {  # notebook -> what its GPU cells print when they skip on a CPU
     "05_backward_step_by_step": "No CUDA GPU: skipped tracing",
     "06_flashattention2": "No CUDA GPU: skipped bench.gpu_bench",
     "07_autodiff": "No CUDA GPU: skipped the forward/backward pair",
+    "08_attention_variants": "No CUDA GPU: skipped tc with a variant",
 }
 CPU_BACKEND_CELLS = {  # notebook -> what its kernel cells print when they run on the CPU backend
     "04_reference_to_cuda": ["No CUDA GPU: the kernels run on the CPU backend",
                              "fa1 tiles (cpu)", "all steps match",
                              "fa1 forward with bug 'no-rescale' diverges at step (i=0, j=1), A1:L12"],
+    "08_attention_variants": ["fa2 (cpu) with a window of 40, causal: all steps match"],
 }
 CELL_TIMEOUT = 180  # seconds; the whole set runs in well under a minute on 2 cores
 # (A cell that used to take exactly CELL_TIMEOUT seconds was nbclient missing the reply it
 # waits for, not a slow cell: see _notebook_client.)
 
 
-def test_the_seven_tutorials_are_here():
-    assert [p.name[:3] for p in SOURCES] == [f"{n:02d}_" for n in range(1, 8)]
+def test_the_eight_tutorials_are_here():
+    assert [p.name[:3] for p in SOURCES] == [f"{n:02d}_" for n in range(1, 9)]
 
 
 def _cells(nb):

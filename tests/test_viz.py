@@ -289,3 +289,20 @@ def test_viz_is_a_package_of_small_modules_that_imports_no_matplotlib_until_aske
     code = "import sys, flashlab.viz; print(sorted(m for m in sys.modules if 'matplotlib' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_block_mask_is_drawn_entry_by_entry_and_tile_by_tile():
+    from flashlab import mods
+    from flashlab.mods.kernel import KernelVariant
+
+    N = 80
+    kv = KernelVariant.of((20, 0), None, None)
+    tiles = kv.tiles(1, 1, N, N, 16, 32)[0, 0]
+    visible = mods.sliding_window(20, 0).mask(0, 0, np.arange(N)[:, None], np.arange(N)[None, :])
+    fig = viz.draw_block_mask(visible, tiles, 16, 32)
+    left, right = fig.axes
+    grid = [ln for ln in right.get_lines() if ln.get_gid() == "tile-grid"]
+    assert len(grid) == (N // 32 + 1) + (N // 16 + 1)  # x lines at 0, 32, 64; y at 0 .. 80
+    labels = [t.get_text() for t in right.texts]
+    assert labels == [str(int(f)) for f in tiles.ravel()] and "0" in labels and "1" in labels
+    assert left.images[0].get_array().shape == (N, N)
