@@ -267,7 +267,10 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     runs the CUDA C kernel on the CPU).
 
     Variants: k, v with H_kv heads dividing q's H (GQA); window=(left, right): query i sees
-    keys i - left .. i + right (-1: unbounded);
+    keys i - left .. i + right (-1: unbounded), top-left aligned as causal is (query i and key
+    i are one position whatever Nq and Nk); FlashAttention's bottom-right alignment for
+    Nq != Nk is mask_mod=mods.sliding_window(left, right, offset=mods.bottom_right(Nq, Nk))
+    (or mods.causal(offset=...));
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
     FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
     arrays run them in the oracle (kernel 'auto' or the A0 baseline) or in fa2's step-through

@@ -303,3 +303,28 @@ def test_fa2s_trace_with_a_variant_matches_its_step_through_on_the_cpu(direction
     assert div is None, str(div)
     skipped = (expected.seq < 0).any()  # causal, the window, the head mask skip some tiles
     assert skipped == ("score_mod" not in kw) and (actual.seq == expected.seq).all()
+
+
+@pytest.mark.parametrize("Nq,Nk", [(5, 12), (12, 5), (7, 7)])
+def test_bottom_right_alignment_is_flashattentions_for_nq_not_nk(Nq, Nk):
+    # FlashAttention aligns causal and window_size at the bottom right: query Nq - 1 with key
+    # Nk - 1, so query i sees keys up to i + Nk - Nq; flashlab's causal flag is top-left
+    q, k, v, _ = _qkv(B=1, H=2, Hkv=2, Nq=Nq, Nk=Nk, d=8)
+    off = mods.bottom_right(Nq, Nk)
+    qi, kj = np.arange(Nq)[:, None], np.arange(Nk)[None, :]
+    for mask, want in ((mods.causal(off), kj <= qi + Nk - Nq),
+                       (mods.sliding_window(3, 1, off), (kj >= qi + Nk - Nq - 3) &
+                        (kj <= qi + Nk - Nq + 1))):
+        np.testing.assert_array_equal(mask.mask(0, 0, qi, kj), want)
+        o, lse = variant_attention(q, k, v, mask_mod=mask)
+        S = np.where(want, (q @ np.swapaxes(k, -1, -2)) / np.sqrt(8), -np.inf)
+        m = S.max(-1, keepdims=True)
+        seen = np.isfinite(m)
+        P = np.where(seen, np.exp(S - np.where(seen, m, 0)), 0)
+        with np.errstate(invalid="ignore"):
+            ref = np.where(seen, (P @ v) / P.sum(-1, keepdims=True), 0)
+        _all_close(o, ref)
+    if Nq != Nk:  # the top-left flag is another mask there
+        assert not np.array_equal(mods.causal().mask(0, 0, qi, kj), mods.causal(off).mask(0, 0, qi, kj))
+    with pytest.raises(ValueError, match=r"^offset must be an int"):
+        mods.causal(1.5)

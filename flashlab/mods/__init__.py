@@ -30,6 +30,7 @@ from .emit import PRELUDE, derivative, evaluate, to_c
 from .parse import ModError, Node, read
 
 __all__ = ["Mod", "ModError", "PRELUDE", "mask_mod", "score_mod", "causal", "sliding_window",
+           "bottom_right",
            "document", "prefix_lm", "alibi", "softcap", "and_masks", "or_masks", "where", "exp", "log",
            "tanh", "sqrt"]
 
@@ -190,34 +191,58 @@ def or_masks(*mods) -> Mod:
 
 # ---------------------------------------------------------------- built-ins
 
-def causal() -> Mod:
-    """Top-left causal, as torch's is_causal: query i sees keys 0 .. i."""
-    def causal_mask(b, h, q_idx, kv_idx):
-        return kv_idx <= q_idx
-    return mask_mod(causal_mask, "causal")
+def _offset(offset) -> int:
+    if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool):
+        raise ValueError(f"offset must be an int (bottom_right(Nq, Nk) gives Nk - Nq), got "
+                         f"{offset!r}")
+    return int(offset)
 
 
-def sliding_window(left: int, right: int = 0) -> Mod:
-    """Query i sees keys i - left .. i + right (FlashAttention's window_size); -1: unbounded
-    on that side. sliding_window(w, 0) is causal with a window of w keys before the query."""
+def bottom_right(Nq: int, Nk: int) -> int:
+    """The offset that aligns query Nq - 1 with key Nk - 1 (FlashAttention's causal and
+    window_size for Nq != Nk): causal(offset=bottom_right(Nq, Nk)). flashlab's own causal flag
+    and window= are top-left (query i and key i are the same position), as torch's is_causal."""
+    return int(Nk) - int(Nq)
+
+
+def causal(offset: int = 0) -> Mod:
+    """Causal: query i sees keys 0 .. i + offset. offset 0 is top-left, as torch's is_causal
+    and flashlab's causal flag; offset bottom_right(Nq, Nk) is FlashAttention's alignment."""
+    off = _offset(offset)
+    if off == 0:
+        def causal_mask(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx
+        return mask_mod(causal_mask, "causal")
+
+    def causal_shifted(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + off
+    return mask_mod(causal_shifted, f"causal(offset={off})")
+
+
+def sliding_window(left: int, right: int = 0, offset: int = 0) -> Mod:
+    """Query i sees keys i + offset - left .. i + offset + right; -1: unbounded on that side.
+    sliding_window(w, 0) is causal with a window of w keys before the query. offset 0 is
+    top-left (flash_attention's window=); bottom_right(Nq, Nk) gives FlashAttention's
+    window_size alignment."""
     for name, v in (("left", left), ("right", right)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < -1:
             raise ValueError(f"sliding_window: {name} must be an int >= -1 (-1: unbounded), "
                              f"got {v!r}")
-    left, right = int(left), int(right)
+    left, right, off = int(left), int(right), _offset(offset)
     if left < 0 and right < 0:
         def window(b, h, q_idx, kv_idx):
             return q_idx == q_idx
     elif left < 0:
         def window(b, h, q_idx, kv_idx):
-            return kv_idx - q_idx <= right
+            return kv_idx - (q_idx + off) <= right
     elif right < 0:
         def window(b, h, q_idx, kv_idx):
-            return q_idx - kv_idx <= left
+            return (q_idx + off) - kv_idx <= left
     else:
         def window(b, h, q_idx, kv_idx):
-            return (q_idx - kv_idx <= left) & (kv_idx - q_idx <= right)
-    return mask_mod(window, f"sliding_window({left}, {right})")
+            return ((q_idx + off) - kv_idx <= left) & (kv_idx - (q_idx + off) <= right)
+    name = f"sliding_window({left}, {right}" + (f", offset={off})" if off else ")")
+    return mask_mod(window, name)
 
 
 def document(doc_ids) -> Mod:
