@@ -102,13 +102,18 @@ def block_order(tiles: np.ndarray, direction: str, causal: bool, B: int, H: int,
 def sum_groups(full, out, kv_heads: int) -> None:
     """GQA's dK or dV: `full` per query head (B, H, Nk, d) summed over each group of H / H_kv
     query heads into out (B, H_kv, Nk, d): in fp32, then rounded to out's dtype. On the GPU one
-    pass (read the group's values, write the sum); NumPy arrays (the CPU backend) through
+    pass for bfloat16 and float32 (read the group's values, write the sum; bfloat16 through its
+    raw words) and CuPy's reduction for float16; NumPy arrays (the CPU backend) through
     NumPy's sum."""
     B, H, Nk, d = full.shape
     if isinstance(full, np.ndarray):
         out[...] = full.reshape(B, kv_heads, H // kv_heads, Nk, d).sum(axis=2)
         return
     name = out.dtype.name
+    if name == "float16":  # CuPy's own float16 reduction, summing in float32
+        g = full.reshape(B, kv_heads, H // kv_heads, Nk, d).sum(axis=2, dtype="float32")
+        out[...] = g.astype("float16")
+        return
     kernel = _sum_kernel(name)
     args = (full.view("uint16") if name == "bfloat16" else full, np.int64(Nk * d),
             np.int32(H // kv_heads))
@@ -124,7 +129,6 @@ out = FL_STORE(s);
 _SUM_IO = {  # dtype -> (kernel's element type, load, store)
     "bfloat16": ("uint16", "__uint_as_float(((unsigned int)(u)) << 16)",
                  "fl_bf16(f)"),
-    "float16": ("float16", "((float)(u))", "((float16)(f))"),
     "float32": ("float32", "(u)", "(f)"),
 }
 _sum_kernels: dict = {}
