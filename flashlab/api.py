@@ -291,6 +291,7 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
         o, lse = registry.get(kernel).reference_fn("forward")(
             q, k, v, causal, softmax_scale, window=window, mask_mod=mask_mod, score_mod=score_mod,
             gqa=True)
+        o, lse = o.astype(q.dtype, copy=False), _lse_out(lse)
         return (o, lse) if return_lse else o
     if route is not None:  # a kernel compiles the variant in (GQA alone too)
         from .mods.kernel import KernelVariant
