@@ -249,8 +249,8 @@ def _variant(kernel, backend, arrays: dict, window, mask_mod, score_mod):
         base = next(n for n, spec in registry.KERNELS.items() if spec.baseline)
         steps = ", ".join(n for n, spec in registry.KERNELS.items() if spec.step_mods)
         raise ValueError(f"{what}: kernel {kernel!r} has no variants in its step-through yet "
-                         f"({steps} has); kernel={base!r} (or 'auto') runs them on NumPy "
-                         f"arrays: A0 with the variant, S materialised")
+                         f"(the step-throughs of {steps} take them); kernel={base!r} (or 'auto') "
+                         f"runs them on NumPy arrays: A0 with the variant, S materialised")
     return "reference"
 
 

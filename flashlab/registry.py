@@ -118,9 +118,11 @@ class KernelSpec:
     # its forward and backward compile an attention variant in (flashlab.mods: window, mask_mod,
     # score_mod, GQA; kernels/fa2.cu's FL_MODS, kernels/tc_mods.cuh)
     mods: bool = False
-    # its step-through (steps / reference) takes them too: forward window, mask_mod, score_mod,
-    # GQA; backward window, mask_mod, GQA (flashlab/reference/fa2.py)
+    # its step-through (steps / reference) takes them too (flashlab/reference/fa2.py: forward
+    # window, mask_mod, score_mod, GQA, backward without score_mod; reference/tc.py: all)
     step_mods: bool = False
+    # and its trace build with a variant is held to that step-through (kernel_check)
+    trace_mods: bool = False
 
     # -- what it takes
     def takes_dtype(self, dtype: str) -> bool:
@@ -243,6 +245,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         reference=("flashlab.reference:fa2_forward", "flashlab.reference:fa2_backward"),
         steps=("flashlab.reference:fa2_forward_steps", "flashlab.reference:fa2_backward_steps"),
         tolerance=Tolerance("rel", 1e-4), exercises=True, mods=True, step_mods=True,
+        trace_mods=True,
         planner="flashlab.launch.plans:fa2_plan", instances="flashlab.launch.plans:fa2_instances"),
     KernelSpec(
         name="tc", title="F2 and G2 on tensor cores, fp16 / bf16 (mma.sync; wgmma on sm_90a)",
@@ -266,7 +269,8 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         step_plan_keys=(("warps", "Bk"), ("warps", "grid")),
         planner="flashlab.launch.plans:tc_plan_for", instances="flashlab.launch.plans:tc_instances",
         hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async", cpu=False, row_strides=True,
-        mods=True, cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
+        mods=True, step_mods=True,
+        cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
 ]}
 
 

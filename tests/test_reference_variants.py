@@ -127,8 +127,8 @@ def test_a_variant_where_it_does_not_run_yet_says_what_runs_it():
                                          r"not float64; the float64-capable oracle runs every"):
         flashlab.flash_attention(q, k, v, window=(2, 0), backend="cpu")
     with pytest.raises(ValueError, match=r"^mask_mod: kernel 'fa1' has no variants in its "
-                                         r"step-through yet \(fa2 has\); kernel='naive' "
-                                         r"\(or 'auto'\)"):
+                                         r"step-through yet \(the step-throughs of fa2, tc take "
+                                         r"them\); kernel='naive' \(or 'auto'\)"):
         flashlab.flash_attention(q, k, v, kernel="fa1", mask_mod=mods.causal())
     # fa2's step-through takes them (its backward without score_mod), GQA alone as well
     o = flashlab.flash_attention(q, k, v, kernel="fa2", mask_mod=mods.causal())

@@ -61,3 +61,65 @@ def test_a_variants_block_order_is_the_causal_block_order_for_causal_as_a_mask(d
     else:
         work = [r[x, 1] - max(r[x, 0], x * Bc // Br) for x, _ in order]
     assert work == sorted(work, reverse=True) and work[0] > work[-1]
+
+
+TWIN_VARIANTS = {
+    "window (30, 0)": (dict(window=(30, 0)), (2, 2)),
+    "document, causal": (dict(mask_mod=mods.document(np.repeat(np.arange(4), 40)[:150]),
+                              causal=True), (2, 2)),
+    "alibi, causal": (dict(score_mod=mods.alibi([0.25, 0.5]), causal=True), (2, 2)),
+    "softcap": (dict(score_mod=mods.softcap(3.0)), (2, 2)),
+    "hides rows 3 mod 7": (dict(mask_mod=lambda b, h, q_idx, kv_idx: q_idx % 7 != 3), (2, 2)),
+    "GQA 4 on 2, window and softcap": (dict(window=(40, 10), score_mod=mods.softcap(3.0)),
+                                       (4, 2)),
+}
+
+
+@pytest.mark.parametrize("name", TWIN_VARIANTS)
+def test_the_tc_twin_runs_a_variant_within_fa_rule(name):
+    # the tensor-core twin (reference/tc.py) with the variant as kernels/tc_mods.cuh builds it,
+    # held to FlashAttention's rule against the float64 oracle (the yardstick: the variant
+    # unfused in bf16); rows with no visible key give 0 and lse -inf
+    from flashlab import lowp
+    from flashlab.reference import tc_backward, tc_forward
+    from flashlab.reference.variants import variant_attention, variant_attention_backward
+
+    kw, (H, Hkv) = TWIN_VARIANTS[name]
+    kw = dict(kw)
+    causal = kw.pop("causal", False)
+    rng = np.random.default_rng(1)
+    shapes = [(1, H, 150, 32), (1, Hkv, 150, 32), (1, Hkv, 150, 32), (1, H, 150, 32)]
+    q, k, v, do = (lowp.from_float32(rng.standard_normal(s).astype(np.float32), "bfloat16")
+                   for s in shapes)
+    o, lse = tc_forward(q, k, v, causal, **kw)
+    grads = tc_backward(do, q, k, v, o, lse, causal, **kw)
+    as64 = [lowp.to_float32(x).astype(np.float64) for x in (q, k, v, do)]
+    o64, lse64 = variant_attention(*as64[:3], causal, **kw)
+    g64 = variant_attention_backward(as64[3], *as64[:3], causal, **kw)
+    o16, _ = variant_attention(q, k, v, causal, stored="bfloat16", **kw)
+    g16 = variant_attention_backward(do, q, k, v, causal, stored="bfloat16", **kw)
+    for label, out, ref, naive in zip(("o", "dq", "dk", "dv"), (o, *grads), (o64, *g64),
+                                      (o16, *g16)):
+        assert out.shape == ref.shape, label
+        ok, err, bound = lowp.within_fa_rule(out, ref, naive, slack=1e-5)
+        assert ok, f"{label}: error {err:.3g} > bound {bound:.3g}"
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse64))
+
+
+def test_flash_attention_runs_the_tc_twin_with_a_variant_on_16_bit_numpy_arrays():
+    import flashlab
+    from flashlab import lowp
+    from flashlab.reference import tc_forward
+
+    rng = np.random.default_rng(2)
+    q, k, v = (lowp.from_float32(rng.standard_normal((1, 4, 70, 32)).astype(np.float32),
+                                 "float16") for _ in range(3))
+    o, lse = flashlab.flash_attention(q, k, v, kernel="tc", return_lse=True, window=(20, 0))
+    o2, lse2 = tc_forward(q, k, v, window=(20, 0))
+    assert o.dtype == q.dtype and (o.view(np.uint16) == o2.view(np.uint16)).all()
+    np.testing.assert_array_equal(lse, lse2)
+    with pytest.raises(ValueError, match=r"^kernel 'tc' has no trace build with an attention "
+                                         r"variant yet \(fa2 has\)"):
+        from flashlab.launch import _variant
+        from flashlab import registry
+        _variant(registry.get("tc"), KernelVariant.of((20, 0)), True)

@@ -55,10 +55,10 @@ def _variant(spec, variant, trace: bool) -> dict:
         do = "does" if "," not in takes else "do"
         raise ValueError(f"kernel {spec.name!r} does not take attention variants yet ({takes} "
                          f"{do})")
-    if trace and not spec.step_mods:
-        steps = ", ".join(n for n, s in registry.KERNELS.items() if s.step_mods)
+    if trace and not spec.trace_mods:
+        steps = ", ".join(n for n, s in registry.KERNELS.items() if s.trace_mods)
         raise ValueError(f"kernel {spec.name!r} has no trace build with an attention variant "
-                         f"yet ({steps} has: its step-through takes variants)")
+                         f"yet ({steps} has)")
     return {"variant": variant}
 
 
@@ -71,7 +71,7 @@ def forward(kernel: str, q, k, v, causal=False, softmax_scale=None, trace=False,
     tuning: kernels/tc.cu's (dict(BC=, NW=, WM=, BK=)) or kernels/tc90.cu's (dict(BC=, NWG=,
     MINB=); compute capability 9.0 only).
     variant: a flashlab.mods.kernel.KernelVariant (window, mask_mod, score_mod) compiled into a
-    kernel whose registry entry has mods (fa2, tc; traced: fa2); with one, k and v may have fewer heads
+    kernel whose registry entry has mods (fa2, tc; traced: trace_mods, fa2); with one, k and v may have fewer heads
     than q (GQA: H_kv dividing H).
     """
     dims = check_qkv(q, k, v, causal, softmax_scale, gqa=variant is not None)

@@ -61,7 +61,7 @@ from ..checks import check_backward, check_block, check_qkv
 from ..registry import TC_BACKWARD, TC_FORWARD
 from ..lowp import LOWP_DTYPES
 from ..lowp import naive_lowp_backward, naive_lowp_forward, within_fa_rule  # noqa: F401
-from .tiles import Step, ceil_div, rows, run, safe
+from .tiles import Step, TileVariant, ceil_div, rows, run, safe
 
 LOG2E = np.float32(1.4426950408889634)  # TC_LOG2E in kernels/tc.cu
 LN2 = np.float32(0.6931471805599453)  # TC_LN2
@@ -192,8 +192,31 @@ def _scores_base2(Q_i, K_j, sl2, causal, r: slice, c: slice):
     return S
 
 
+def _variant_scores(tv, Q_i, K_j, tau, sl2, causal, r: slice, c: slice):
+    """(S in base-2 units, visible) as kernels/tc_mods.cuh's f2_mod makes it: score_mod of the
+    fp32 q.k times tau, then times log2(e), where visible; -inf where hidden (tv None: the plain
+    _scores_base2, visible None)."""
+    if tv is None:
+        return _scores_base2(Q_i, K_j, sl2, causal, r, c), None
+    x = _up(Q_i) @ np.swapaxes(_up(K_j), -1, -2)  # (B, H, br, bc) fp32, unscaled
+    vis = np.broadcast_to(tv.visible(x.shape, r, c), x.shape)
+    if causal:
+        vis = vis & ~(np.arange(c.start, c.stop)[None, :] > np.arange(r.start, r.stop)[:, None])
+    if tv.score is None:
+        S = x * sl2
+    else:
+        with np.errstate(all="ignore"):
+            S = f32(tv.score.score(x * tau, *tv._index(x.shape, r, c))) * LOG2E
+    return np.where(vis, S, f32(-np.inf)).astype(f32), vis
+
+
+def _gqa_heads(dims, k, v):
+    G = dims.H // dims.kv_heads
+    return (k, v) if G == 1 else (np.repeat(k, G, axis=1), np.repeat(v, G, axis=1))
+
+
 def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None,
-                     Bk=None):
+                     Bk=None, *, window=None, mask_mod=None, score_mod=None, gqa=False):
     """F2:L1-L9 as kernels/tc.cu's tc_forward runs it, as a generator of Steps; returns (o, lse).
 
     q, k, v: (B, H, N, d) float16 or bfloat16. o comes back in that dtype, lse (B, H, Nq) in
@@ -201,9 +224,14 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
     d. One Step per load tile (i, j) of Bc keys, taken as Bc / Bk sub-steps of Bk keys: S_ij,
     P_tilde, P_rounded_ij are the sub-steps' side by side (each P~ against its own sub-step's
     running max; zeros where a sub-step was skipped), m_new, l_i, O_tilde the state after the
-    last one.
+    last one. window, mask_mod, score_mod, GQA (with gqa=True or a variant keyword): as the
+    variant build of the kernel (kernels/tc_mods.cuh) makes S; tiles no head sees are skipped,
+    Step.ran says which heads' blocks ran the others; a row with no visible key gives O = 0,
+    lse -inf.
     """
-    dims = check_qkv(q, k, v, causal, softmax_scale)
+    tv = TileVariant.of(window, mask_mod, score_mod)
+    dims = check_qkv(q, k, v, causal, softmax_scale, gqa=gqa or tv is not None)
+    k, v = _gqa_heads(dims, k, v)
     _check_lowp(dims, q)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     Br, Bc, warps, WM, Bk = _forward_blocks(d, Br, Bc, warps, Bk)
@@ -226,6 +254,8 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
         for j in range(jend):  # F2:L3
             c = rows(j, Bc, Nk)
             bc = c.stop - c.start
+            if tv is not None and tv.hidden(q.shape, r, c):
+                continue  # a variant's block mask: no head sees an entry of this tile
             K_j, V_j = k[:, :, c], v[:, :, c]  # F2:L4  (B, H, bc, d) 16-bit, one load tile
             S2 = np.full((B, H, br, bc), -np.inf, f32)  # the sub-steps' S, P~ side by side
             P_tilde = np.zeros((B, H, br, bc), f32)
@@ -235,8 +265,8 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
                 if k0 > last_key:  # every key from here on is masked: the kernel stops (a no-op)
                     break
                 s = slice(u * Bk, min((u + 1) * Bk, bc))  # this sub-step's keys, within the tile
-                S2_u = _scores_base2(Q_i, K_j[:, :, s], sl2, dims.causal, r,
-                                     slice(k0, c.start + s.stop))  # F2:L5  (B, H, br, bk)
+                S2_u, _ = _variant_scores(tv, Q_i, K_j[:, :, s], f32(dims.scale), sl2, dims.causal,
+                                          r, slice(k0, c.start + s.stop))  # F2:L5 (B, H, br, bk)
                 m_new = np.maximum(m_i, S2_u.max(axis=-1))  # F2:L6  (B, H, br)
                 base = safe(m_new)
                 alpha = np.exp2(m_i - base)  # 2^(m - m_new)
@@ -251,10 +281,13 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
                 "S_ij": S2 * LN2, "S_base2_ij": S2, "m_new": m_i * LN2, "l_i": l_i.copy(),
                 "P_tilde": P_tilde, "P_rounded_ij": P_16, "O_tilde": O_tilde.copy(),
                 "warp_of_row": warp_of_row.copy(), "Bk": Bk},
-                blocks=(Nq, Nk, Br, Bc))
-        inv = f32(1) / l_i  # F2:L9
-        O[:, :, r] = _round16(O_tilde * inv[..., None], dt)
-        L[:, :, r] = (safe(m_i) + np.log2(l_i)) * LN2
+                blocks=(Nq, Nk, Br, Bc), ran=None if tv is None else tv.ran(q.shape, r, c))
+        seen = l_i > 0 if tv is not None else np.ones(l_i.shape, bool)  # a variant's empty rows
+        inv = f32(1) / np.where(seen, l_i, f32(1))  # F2:L9
+        O[:, :, r] = _round16(np.where(seen[..., None], O_tilde * inv[..., None], f32(0)), dt)
+        with np.errstate(divide="ignore"):
+            L[:, :, r] = np.where(seen, (safe(m_i) + np.log2(np.where(seen, l_i, 1))) * LN2,
+                                  f32(-np.inf))
     return O, L
 
 
@@ -306,13 +339,15 @@ def block_order_makespan(nx: int, BH: int, group: int, slots: int, long_high: bo
     return max(free) / (total / slots)
 
 
-def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None, Bk=None):
+def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None, Bk=None,
+               **variant):
     """The tensor-core forward run to the end. Returns (o (B, H, Nq, d) 16-bit, lse fp32)."""
-    return run(tc_forward_steps(q, k, v, causal, softmax_scale, Br, Bc, warps, Bk))
+    return run(tc_forward_steps(q, k, v, causal, softmax_scale, Br, Bc, warps, Bk, **variant))
 
 
 def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
-                      warps=None, grid=None):
+                      warps=None, grid=None, *, window=None, mask_mod=None, score_mod=None,
+                      gqa=False):
     """G2:L0-L10 as kernels/tc.cu's tc_backward runs it, as a generator of Steps; returns grads.
 
     do, o like q (16-bit), lse (B, H, Nq) natural units (any float dtype; read as fp32). Each
@@ -323,8 +358,10 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
     (kernels/tc90.cu's: tc_plan(d, "backward", variant="wgmma")["grid"]). Returns (dq, dk, dv)
     in the input dtype.
     """
-    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    tv = TileVariant.of(window, mask_mod, score_mod)
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale, gqa=gqa or tv is not None)
     _check_lowp(dims, q)
+    k, v = _gqa_heads(dims, k, v)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     Br, Bc, warps, (WS, WKV, WQ) = _backward_blocks(d, Br, Bc, warps, grid)
     dt = q.dtype
@@ -350,14 +387,25 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
         for i in range(i0, Tr):  # G2:L3
             r = rows(i, Br, Nq)
             br = r.stop - r.start
+            if tv is not None and tv.hidden(q.shape, r, c):
+                continue  # a variant's block mask: no head sees an entry of this tile
             Q_i, dO_i = q[:, :, r], do[:, :, r]  # G2:L4  (B, H, br, d) 16-bit
             L_i, D_i = L2[:, :, r], D[:, :, r]  # (B, H, br) fp32
-            S2 = _scores_base2(Q_i, K_j, sl2, dims.causal, r, c)  # G2:L5  (B, H, br, bc)
-            P_ij = np.exp2(S2 - L_i[..., None])  # exp(S - L); masked entries give 2^-inf = 0
+            S2, vis = _variant_scores(tv, Q_i, K_j, tau, sl2, dims.causal, r, c)  # G2:L5
+            with np.errstate(invalid="ignore"):  # a variant's empty rows: -inf - -inf, hidden
+                P_ij = np.exp2(S2 - L_i[..., None])  # exp(S - L); masked entries give 2^-inf = 0
+            grad = f32(1)  # score_mod's derivative (G2:L6 multiplies dS by it)
+            if vis is not None:
+                P_ij = np.where(vis, P_ij, f32(0))
+                if tv.score is not None:
+                    x = _up(Q_i) @ np.swapaxes(_up(K_j), -1, -2)
+                    with np.errstate(all="ignore"):
+                        grad = np.where(vis, f32(tv.score.grad(x * tau, *tv._index(x.shape, r, c))),
+                                        f32(0))
             P_16 = _round16(P_ij, dt)  # through shared memory to the dV~ grid
             dV_tilde = dV_tilde + np.swapaxes(_up(P_16), -1, -2) @ _up(dO_i)  # G2:L6  (B, H, bc, d)
             dP_ij = _up(dO_i) @ np.swapaxes(_up(V_j), -1, -2)  # (B, H, br, bc) fp32
-            dS_ij = P_ij * (dP_ij - D_i[..., None])  # fp32
+            dS_ij = P_ij * (dP_ij - D_i[..., None]) * grad  # fp32
             dS_16 = _round16(dS_ij, dt)  # through shared memory to the dK~ and dQ grids
             term = _up(dS_16) @ _up(K_j)  # G2:L7  (B, H, br, d): what this block adds to dQ_i
             dQacc[:, :, r] += term
@@ -368,17 +416,21 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
                 "dQ_ij": tau * term, "dK_tilde": tau * dK_tilde, "dV_tilde": dV_tilde.copy(),
                 "warp_of_S": warp_of_S[:br, :bc].copy(), "warp_of_dKV": warp_of_dKV[:bc].copy(),
                 "warp_of_dQ": warp_of_dQ[:br].copy()},
-                blocks=(Nq, Nk, Br, Bc))
+                blocks=(Nq, Nk, Br, Bc), ran=None if tv is None else tv.ran(q.shape, r, c))
         dK[:, :, c] = _round16(tau * dK_tilde, dt)  # G2:L10 (keys no query sees get zeros)
         dV[:, :, c] = _round16(dV_tilde, dt)
     dQ = _round16(tau * dQacc, dt)  # after every thread block has added in
+    if dims.kv_heads != H:  # GQA: the 16-bit dK, dV per query head summed per group in fp32
+        group = (B, dims.kv_heads, H // dims.kv_heads, Nk, d)
+        dK, dV = (_round16(_up(x).reshape(group).sum(axis=2, dtype=f32), dt) for x in (dK, dV))
     return dQ, dK, dV
 
 
 def tc_backward(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=None, Bc=None,
-                warps=None, grid=None):
+                warps=None, grid=None, **variant):
     """The tensor-core backward run to the end. Returns (dq, dk, dv) in the input dtype."""
-    return run(tc_backward_steps(do, q, k, v, o, lse, causal, softmax_scale, Br, Bc, warps, grid))
+    return run(tc_backward_steps(do, q, k, v, o, lse, causal, softmax_scale, Br, Bc, warps, grid,
+                                 **variant))
 
 
 # ---------------------------------------------------------------------------- FlashAttention's rule
