@@ -111,3 +111,31 @@ def test_a_mask_that_hides_everything_gives_zeros_and_minus_inf(source):
     grads = launch.backward("tc", do, q, k, v, o, lse, False, variant=variant,
                             out=tuple(_poisoned(x.shape, x.dtype) for x in (q, k, v)))
     assert not any(bool(g.view(cp.uint16).any()) for g in grads)
+
+
+TWIN = ["window (100, 0)", "document, causal", "softcap(4)", "GQA 4 on 2, causal"]
+
+
+@pytest.mark.parametrize("name", TWIN)
+def test_tc_variant_matches_its_twin(source, name):
+    # the kernel's variant build against reference/tc.py's twin with the same variant (the
+    # same 16-bit roundings): outputs and gradients within the trace tolerance of tc
+    from flashlab import registry
+    from flashlab.reference import tc_backward, tc_forward
+
+    kw, (H, Hkv), d, dtype = VARIANTS[name]
+    kw = dict(kw)
+    causal = kw.pop("causal", False)
+    q, k, v, do = _inputs(H, Hkv, d, dtype)
+    variant = KernelVariant.of(kw.get("window"), kw.get("mask_mod"), kw.get("score_mod"))
+    o, lse = launch.forward("tc", q, k, v, causal, variant=variant)
+    grads = launch.backward("tc", do, q, k, v, o, lse, causal, variant=variant)
+    host = [x.get() for x in (q, k, v, do)]
+    to, tl = tc_forward(*host[:3], causal, **kw)
+    tg = tc_backward(host[3], *host[:3], to, tl, causal, **kw)
+    rtol, atol = registry.get("tc").tolerance.trace_tolerance(dtype)
+    for label, a, b in zip(("o", "dq", "dk", "dv"), (o, *grads), (to, *tg)):
+        a32, b32 = lowp.to_float32(a.get()), lowp.to_float32(b)
+        scale = max(1.0, float(np.abs(b32).max()))
+        np.testing.assert_allclose(a32, b32, rtol=rtol, atol=atol * scale, err_msg=label)
+    np.testing.assert_array_equal(np.isneginf(lse.get()), np.isneginf(tl))
