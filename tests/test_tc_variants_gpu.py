@@ -47,10 +47,9 @@ def _inputs(H, Hkv, d, name, seed=0):
     return lowp.random_inputs(cp, shapes, name, seed)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_tc_variant_within_fa_rule_against_the_oracle(source, name):
-    import cupy as cp
-
+def _run(name):
+    """VARIANTS[name] through tc on NaN-poisoned outputs: (keywords without causal, causal,
+    dtype, (q, k, v, do) on the device and on the host, o, lse, grads)."""
     kw, (H, Hkv), d, dtype = VARIANTS[name]
     kw = dict(kw)
     causal = kw.pop("causal", False)
@@ -61,6 +60,14 @@ def test_tc_variant_within_fa_rule_against_the_oracle(source, name):
     grads = launch.backward("tc", do, q, k, v, o, lse, causal, variant=variant,
                             out=tuple(_poisoned(x.shape, x.dtype) for x in (q, k, v)))
     host = [x.get() for x in (q, k, v, do)]
+    return kw, causal, dtype, (q, k, v, do), host, o, lse, grads
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_tc_variant_within_fa_rule_against_the_oracle(source, name):
+    import cupy as cp
+
+    kw, causal, dtype, (q, k, v, do), host, o, lse, grads = _run(name)
     as64 = [lowp.to_float32(x).astype(np.float64) for x in host]
     o64, lse64 = variant_attention(*as64[:3], causal, **kw)
     g64 = variant_attention_backward(as64[3], *as64[:3], causal, **kw)
@@ -123,14 +130,7 @@ def test_tc_variant_matches_its_twin(source, name):
     from flashlab import registry
     from flashlab.reference import tc_backward, tc_forward
 
-    kw, (H, Hkv), d, dtype = VARIANTS[name]
-    kw = dict(kw)
-    causal = kw.pop("causal", False)
-    q, k, v, do = _inputs(H, Hkv, d, dtype)
-    variant = KernelVariant.of(kw.get("window"), kw.get("mask_mod"), kw.get("score_mod"))
-    o, lse = launch.forward("tc", q, k, v, causal, variant=variant)
-    grads = launch.backward("tc", do, q, k, v, o, lse, causal, variant=variant)
-    host = [x.get() for x in (q, k, v, do)]
+    kw, causal, dtype, _, host, o, lse, grads = _run(name)
     to, tl = tc_forward(*host[:3], causal, **kw)
     tg = tc_backward(host[3], *host[:3], to, tl, causal, **kw)
     rtol, atol = registry.get("tc").tolerance.trace_tolerance(dtype)
