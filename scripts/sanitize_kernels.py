@@ -78,7 +78,7 @@ VARIANTS = [KernelVariant.of((40, 0), mods.document(np.arange(Nq) // 30), mods.s
 for kernel, names in (("fa2", ("float32",)), ("tc", ("bfloat16",))):
     if (only and kernel not in only) or (kernel == "tc" and cc < TC.min_cc):
         continue
-    for variant in ([""] if kernel == "fa2" else [v for v in variants]):
+    for variant in ([""] if kernel == "fa2" else variants):
         if variant:
             os.environ["FLASHLAB_TC_WGMMA"] = "1" if TC.variants[variant].arch else "0"
         for kv in VARIANTS:

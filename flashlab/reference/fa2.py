@@ -25,13 +25,7 @@ import numpy as np
 from ..checks import check_backward, check_qkv
 from . import tiles
 from .tiles import (Step, TileVariant, causal_visits, ceil_div, counter_for, f2_block_sizes,
-                    resolve_blocks, rows, run, safe)
-
-
-def _full_heads(dims, *xs):
-    """k, v (dK, dV's shape) with each key/value head repeated for its group of query heads."""
-    G = dims.H // dims.kv_heads
-    return xs if G == 1 else tuple(np.repeat(x, G, axis=1) for x in xs)
+                    full_heads, resolve_blocks, rows, run, safe)
 
 
 def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, sram=None,
@@ -44,7 +38,7 @@ def fa2_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=Non
     tv = TileVariant.of(window, mask_mod, score_mod)
     scores = tv.scores if tv is not None else tiles.scores  # S_ij (F2:L5), with the variant's
     dims = check_qkv(q, k, v, causal, softmax_scale, gqa=gqa or tv is not None)
-    k, v = _full_heads(dims, k, v)
+    k, v = full_heads(dims, k, v)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     Br, Bc = resolve_blocks(d, Br, Bc, sram, rule=f2_block_sizes)
     mem = counter_for(counter, q.dtype)
@@ -126,7 +120,7 @@ def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
     tv = TileVariant.of(window, mask_mod)
     scores = tv.scores if tv is not None else tiles.scores  # S_ij (G2:L5), with the variant's
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale, gqa=gqa or tv is not None)
-    k, v = _full_heads(dims, k, v)
+    k, v = full_heads(dims, k, v)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     Br, Bc = resolve_blocks(d, Br, Bc, sram)
     mem = counter_for(counter, q.dtype)

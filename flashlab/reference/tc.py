@@ -61,7 +61,7 @@ from ..checks import check_backward, check_block, check_qkv
 from ..registry import TC_BACKWARD, TC_FORWARD
 from ..lowp import LOWP_DTYPES
 from ..lowp import naive_lowp_backward, naive_lowp_forward, within_fa_rule  # noqa: F401
-from .tiles import Step, TileVariant, ceil_div, rows, run, safe
+from .tiles import Step, TileVariant, ceil_div, full_heads, rows, run, safe
 
 LOG2E = np.float32(1.4426950408889634)  # TC_LOG2E in kernels/tc.cu
 LN2 = np.float32(0.6931471805599453)  # TC_LN2
@@ -193,11 +193,11 @@ def _scores_base2(Q_i, K_j, sl2, causal, r: slice, c: slice):
 
 
 def _variant_scores(tv, Q_i, K_j, tau, sl2, causal, r: slice, c: slice):
-    """(S in base-2 units, visible) as kernels/tc_mods.cuh's f2_mod makes it: score_mod of the
-    fp32 q.k times tau, then times log2(e), where visible; -inf where hidden (tv None: the plain
-    _scores_base2, visible None)."""
+    """(S in base-2 units, visible, the unscaled fp32 q.k) as kernels/tc_mods.cuh's f2_mod makes
+    S: score_mod of q.k times tau, then times log2(e), where visible; -inf where hidden (tv
+    None: the plain _scores_base2, and None, None)."""
     if tv is None:
-        return _scores_base2(Q_i, K_j, sl2, causal, r, c), None
+        return _scores_base2(Q_i, K_j, sl2, causal, r, c), None, None
     x = _up(Q_i) @ np.swapaxes(_up(K_j), -1, -2)  # (B, H, br, bc) fp32, unscaled
     vis = np.broadcast_to(tv.visible(x.shape, r, c), x.shape)
     if causal:
@@ -206,13 +206,8 @@ def _variant_scores(tv, Q_i, K_j, tau, sl2, causal, r: slice, c: slice):
         S = x * sl2
     else:
         with np.errstate(all="ignore"):
-            S = f32(tv.score.score(x * tau, *tv._index(x.shape, r, c))) * LOG2E
-    return np.where(vis, S, f32(-np.inf)).astype(f32), vis
-
-
-def _gqa_heads(dims, k, v):
-    G = dims.H // dims.kv_heads
-    return (k, v) if G == 1 else (np.repeat(k, G, axis=1), np.repeat(v, G, axis=1))
+            S = f32(tv.score.score(x * tau, *tv.index(x.shape, r, c))) * LOG2E
+    return np.where(vis, S, f32(-np.inf)).astype(f32), vis, x
 
 
 def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None,
@@ -231,7 +226,7 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
     """
     tv = TileVariant.of(window, mask_mod, score_mod)
     dims = check_qkv(q, k, v, causal, softmax_scale, gqa=gqa or tv is not None)
-    k, v = _gqa_heads(dims, k, v)
+    k, v = full_heads(dims, k, v)
     _check_lowp(dims, q)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     Br, Bc, warps, WM, Bk = _forward_blocks(d, Br, Bc, warps, Bk)
@@ -265,7 +260,7 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
                 if k0 > last_key:  # every key from here on is masked: the kernel stops (a no-op)
                     break
                 s = slice(u * Bk, min((u + 1) * Bk, bc))  # this sub-step's keys, within the tile
-                S2_u, _ = _variant_scores(tv, Q_i, K_j[:, :, s], f32(dims.scale), sl2, dims.causal,
+                S2_u, _, _ = _variant_scores(tv, Q_i, K_j[:, :, s], f32(dims.scale), sl2, dims.causal,
                                           r, slice(k0, c.start + s.stop))  # F2:L5 (B, H, br, bk)
                 m_new = np.maximum(m_i, S2_u.max(axis=-1))  # F2:L6  (B, H, br)
                 base = safe(m_new)
@@ -361,7 +356,7 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
     tv = TileVariant.of(window, mask_mod, score_mod)
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale, gqa=gqa or tv is not None)
     _check_lowp(dims, q)
-    k, v = _gqa_heads(dims, k, v)
+    k, v = full_heads(dims, k, v)
     B, H, Nq, Nk, d = dims.B, dims.H, dims.Nq, dims.Nk, dims.d
     Br, Bc, warps, (WS, WKV, WQ) = _backward_blocks(d, Br, Bc, warps, grid)
     dt = q.dtype
@@ -391,16 +386,15 @@ def tc_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br=
                 continue  # a variant's block mask: no head sees an entry of this tile
             Q_i, dO_i = q[:, :, r], do[:, :, r]  # G2:L4  (B, H, br, d) 16-bit
             L_i, D_i = L2[:, :, r], D[:, :, r]  # (B, H, br) fp32
-            S2, vis = _variant_scores(tv, Q_i, K_j, tau, sl2, dims.causal, r, c)  # G2:L5
+            S2, vis, x = _variant_scores(tv, Q_i, K_j, tau, sl2, dims.causal, r, c)  # G2:L5
             with np.errstate(invalid="ignore"):  # a variant's empty rows: -inf - -inf, hidden
                 P_ij = np.exp2(S2 - L_i[..., None])  # exp(S - L); masked entries give 2^-inf = 0
             grad = f32(1)  # score_mod's derivative (G2:L6 multiplies dS by it)
             if vis is not None:
                 P_ij = np.where(vis, P_ij, f32(0))
                 if tv.score is not None:
-                    x = _up(Q_i) @ np.swapaxes(_up(K_j), -1, -2)
                     with np.errstate(all="ignore"):
-                        grad = np.where(vis, f32(tv.score.grad(x * tau, *tv._index(x.shape, r, c))),
+                        grad = np.where(vis, f32(tv.score.grad(x * tau, *tv.index(x.shape, r, c))),
                                         f32(0))
             P_16 = _round16(P_ij, dt)  # through shared memory to the dV~ grid
             dV_tilde = dV_tilde + np.swapaxes(_up(P_16), -1, -2) @ _up(dO_i)  # G2:L6  (B, H, bc, d)

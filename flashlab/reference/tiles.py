@@ -102,14 +102,16 @@ class TileVariant:
 
     @classmethod
     def of(cls, window=None, mask_mod=None, score_mod=None):
-        from ..mods import mask_mod as as_mask, score_mod as as_score, sliding_window
+        """From flash_attention's keywords, as the kernels read them (KernelVariant.of)."""
+        from ..mods.kernel import KernelVariant
 
-        masks = ([sliding_window(*window)] if window is not None else []) + \
-            ([as_mask(mask_mod)] if mask_mod is not None else [])
-        score = as_score(score_mod) if score_mod is not None else None
-        return cls(masks, score) if masks or score is not None else None
+        kv = KernelVariant.of(window, mask_mod, score_mod)
+        if kv.mask is None and kv.score is None:
+            return None
+        return cls([kv.mask] if kv.mask is not None else [], kv.score)
 
-    def _index(self, shape, r: slice, c: slice):
+    def index(self, shape, r: slice, c: slice):
+        """The mods' (b, h, q_idx, kv_idx) index arrays of tile (r, c) of (B, H, ...) arrays."""
         B, H = shape[:2]
         return (np.arange(B)[:, None, None, None], np.arange(H)[None, :, None, None],
                 np.arange(r.start, r.stop)[None, None, :, None],
@@ -118,7 +120,7 @@ class TileVariant:
     def visible(self, shape, r: slice, c: slice) -> np.ndarray:
         """(B or 1, H or 1, br, bc) True where every mask lets the entry be seen."""
         vis = np.ones((1, 1, r.stop - r.start, c.stop - c.start), bool)
-        idx = self._index(shape, r, c)
+        idx = self.index(shape, r, c)
         for m in self.masks:
             vis = vis & m.mask(*idx)
         return vis
@@ -136,8 +138,15 @@ class TileVariant:
         S = scores(Q_i, K_j, tau, causal, r, c)
         if self.score is not None:
             with np.errstate(all="ignore"):  # score_mod of the causal -inf entries is dropped
-                S = np.where(np.isneginf(S), S, self.score.score(S, *self._index(S.shape, r, c)))
+                S = np.where(np.isneginf(S), S, self.score.score(S, *self.index(S.shape, r, c)))
         return np.where(self.visible(S.shape, r, c), S, S.dtype.type(-np.inf)).astype(S.dtype)
+
+
+def full_heads(dims, *xs):
+    """k, v (or dK, dV) with each key/value head repeated for its group of query heads (GQA:
+    query head h reads key/value head h // (H / H_kv)); as given without GQA."""
+    G = dims.H // dims.kv_heads
+    return xs if G == 1 else tuple(np.repeat(x, G, axis=1) for x in xs)
 
 
 def safe(m):
