@@ -182,6 +182,7 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     const SwzAddr<D> aV(sKV + BC * CH, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     constexpr u32 STAGE = 2u * BC * CH * 16u;  // bytes from stage 0 to stage 1
 
+    int fl_next = md.flag(i, blk.j0);  // a variant's tile flags, each read a tile before its use
     for (int j = blk.j0; j < blk.jend; ++j) {                        // F2:L3
         cp_wait<0>();     // K_j, V_j (and at j = j0 Q_i) have landed ...
         __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
@@ -192,7 +193,7 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         }
         cp_commit();
         const u32 so = (j & 1) * STAGE;
-        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        const int fl = md.step_flag(fl_next, j + 1 < blk.jend, i, j + 1);  // 0 none visible, 1 some, 2 all
         if (fl == 0) continue;
 
 #pragma unroll
@@ -224,8 +225,7 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
             // F2:L5  scale to base-2 units; mask keys past Nk and, where the diagonal crosses,
             // keys after the query (two loops, not one with a test inside: the interior tiles
             // skip the compares)
-            const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR) ||
-                              (TcMod::ON && (fl != 2 || TcMod::SCORE));
+            const bool edge = k0 + BK > Nk || (causal && k0 + BK - 1 > i * BR) || (TcMod::ON && fl != 2);
             if (edge) {
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
@@ -233,13 +233,10 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
                         f2_mod(s[a], md, fl, i * BR + wrow + a * 16, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
                     else
                         f2_mask(s[a], i * BR + wrow + a * 16, k0, Nk, causal, blk.sl2, g, t);
-            } else {  // interior tile: only the scale
+            } else {  // interior tile: only the scale (a score_mod's variant: score_mod)
 #pragma unroll
                 for (int a = 0; a < WM; ++a)
-#pragma unroll
-                    for (int n = 0; n < NS; ++n)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) s[a][n][e] *= blk.sl2;
+                    f2_interior(s[a], md, i * BR + wrow + a * 16, k0, tau, blk.sl2, g, t);
             }
 
             // P~ is rounded to 16 bits as soon as each half-row is done: pa holds it in the
@@ -386,6 +383,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[a][n][e] = dv[a][n][e] = 0.0f;
 
+    int fl_next = md.flag(i0, j);  // a variant's tile flags, each read a step before its use
     for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = (u32)(st * STG) * 16u;  // this stage's byte offset from stage 0
@@ -395,7 +393,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         __syncthreads();    // ... for every thread's copies; every warp is done with step i-1
         if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4, into the stage step i-1 used
         cp_commit();
-        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        const int fl = md.step_flag(fl_next, i + 1 < iend, i + 1, j);  // 0 none visible, 1 some, 2 all
         if (fl == 0) continue;
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warp's SK keys x SQ queries)
@@ -441,7 +439,7 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         // G2:L5  P^T = exp(S^T - L) (mask: queries past Nq, keys past Nk, causal keys after the
         // query); G2:L6  dS^T = P^T * (dP^T - D_i). Both rounded to 16 bits into shared memory.
         const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
-                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
+                          (TcMod::ON && fl != 2);
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
             const float2 lq = *reinterpret_cast<const float2*>(sL + sq0 + n * 8 + 2 * t);
@@ -456,9 +454,9 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
                     if (TcMod::ON && edge) {
                         p0 = g2_mod_p(md, fl, s[a][n][2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
                         p1 = g2_mod_p(md, fl, s[a][n][2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
-                    } else {
-                        p0 = exp2_fast(s[a][n][2 * h] * blk.sl2 - lq.x * TC_LOG2E);
-                        p1 = exp2_fast(s[a][n][2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
+                    } else {  // all visible (a score_mod's variant: score_mod's P and derivative)
+                        p0 = g2_interior_p(md, s[a][n][2 * h], lq.x, r, c, tau, blk.sl2, w0);
+                        p1 = g2_interior_p(md, s[a][n][2 * h + 1], lq.y, r + 1, c, tau, blk.sl2, w1);
                         if (edge) {
                             if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
                             if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;

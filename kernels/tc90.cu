@@ -165,6 +165,7 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     };
 #endif
 
+    int fl_next = md.flag(i, blk.j0);  // a variant's tile flags, each read a tile before its use
     // the copies of tile j's iteration (K_{j+1}, and V_j a tile behind K), after the barrier that
     // says every warpgroup is done with the stages they overwrite
     auto begin_tile = [&](int j) {
@@ -198,16 +199,18 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     // the A operands pa), and the rescale factors alpha of O~
     auto softmax = [&](float (&s)[BC / 2], int j, u32 (&pa)[BC / 16][4], float (&alpha)[2]) {
         const int k0 = j * BC;
-        const int fl = none ? 0 : md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        const int fl_j = md.step_flag(fl_next, j + 1 < blk.jend, i, j + 1);  // read a tile ahead
+        const int fl = none ? 0 : fl_j;  // a variant's tile: 0 nothing visible, 1 some, 2 all
         // F2:L5  base-2 units; masked: keys past Nk and, where the diagonal crosses, keys after
         // the query (two loops, not one with a test inside: the interior tiles skip the compares)
-        const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR) ||
-                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
+        const bool edge = k0 + BC > Nk || (causal && k0 + BC - 1 > i * BR) || (TcMod::ON && fl != 2);
         if (edge) {
             if (TcMod::ON)  // a variant: its mask and score_mod, element by element
                 f2_mod(frag(s), md, fl, i * BR + wrow, k0, Nq, Nk, causal, tau, blk.sl2, g, t);
             else
                 f2_mask(frag(s), i * BR + wrow, k0, Nk, causal, blk.sl2, g, t);
+        } else if (TcMod::SCORE) {  // interior tile of a score_mod's variant: score_mod
+            f2_interior(frag(s), md, i * BR + wrow, k0, tau, blk.sl2, g, t);
         } else {
 #pragma unroll
             for (int x = 0; x < BC / 2; ++x) s[x] *= blk.sl2;  // interior tile: only the scale
@@ -363,6 +366,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 #pragma unroll
     for (int x = 0; x < D / 2; ++x) dk[x] = dv[x] = 0.0f;
 
+    int fl_next = md.flag(i0, j);  // a variant's tile flags, each read a step before its use
     for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = st * STG;
@@ -373,7 +377,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         __syncthreads();     // ... for every thread's copies; every warpgroup is done with i - 1
         if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4
         cp_commit();
-        const int fl = md.flag(i, j);  // a variant's tile: 0 nothing visible, 1 some, 2 all
+        const int fl = md.step_flag(fl_next, i + 1 < iend, i + 1, j);  // 0 none visible, 1 some, 2 all
         if (fl == 0) continue;
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
@@ -394,7 +398,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 
         // P^T = exp(S^T - L), masked; dS^T = P^T (dP^T - D_i); both rounded to 16 bits (G2:L6)
         const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
-                          (TcMod::ON && (fl != 2 || TcMod::SCORE));
+                          (TcMod::ON && fl != 2);
         u32 pa[BR / 16][4], sa[BR / 16][4];
 #pragma unroll
         for (int n = 0; n < NQ; ++n) {
@@ -408,9 +412,9 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
                 if (TcMod::ON && edge) {
                     p0 = g2_mod_p(md, fl, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
                     p1 = g2_mod_p(md, fl, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
-                } else {
-                    p0 = exp2_fast(s[4 * n + 2 * h] * blk.sl2 - lq.x * TC_LOG2E);
-                    p1 = exp2_fast(s[4 * n + 2 * h + 1] * blk.sl2 - lq.y * TC_LOG2E);
+                } else {  // all visible (a score_mod's variant: score_mod's P and derivative)
+                    p0 = g2_interior_p(md, s[4 * n + 2 * h], lq.x, r, c, tau, blk.sl2, w0);
+                    p1 = g2_interior_p(md, s[4 * n + 2 * h + 1], lq.y, r + 1, c, tau, blk.sl2, w1);
                     if (edge) {
                         if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
                         if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;

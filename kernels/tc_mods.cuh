@@ -64,6 +64,14 @@ struct TcMod {
     }
     /* the flag of tile (i, j): 0 none visible, 1 some, 2 all */
     __device__ __forceinline__ int flag(int i, int j) const { return tiles[i * Tc + j]; }
+    /* the flag a step of the loop computes, from `next` (read a step earlier), and the flag of
+     * tile (i, j), the next step's (where `more`), read into `next`: the load's latency hides
+     * behind this step's work instead of stalling before its products */
+    __device__ __forceinline__ int step_flag(int& next, bool more, int i, int j) const {
+        const int fl = next;
+        if (more) next = flag(i, j);
+        return fl;
+    }
     /* narrow [lo, hi) to the tiles of block x that have a visible entry */
     __device__ __forceinline__ void visit(int x, int& lo, int& hi) const {
         lo = max(lo, range[2 * x]);
@@ -98,6 +106,7 @@ __device__ __forceinline__ void tc_variant_order(const int* order, int& x, int& 
 struct TcMod {
     static constexpr bool ON = false, SCORE = false;
     __device__ __forceinline__ int flag(int, int) const { return 2; }
+    __device__ __forceinline__ int step_flag(int&, bool, int, int) const { return 2; }
     __device__ __forceinline__ void visit(int, int&, int&) const {}
     __device__ __forceinline__ bool mask(int, int) const { return true; }
     __device__ __forceinline__ float score(float x, int, int) const { return x; }
@@ -106,15 +115,21 @@ struct TcMod {
 #endif
 
 /* Is entry (r, c) of a tile with flag fl visible: inside the matrix, not hidden by causal, and
- * the mask's (evaluated only on a tile with some entries hidden)? */
+ * the mask's (its answer counts only on a tile with some entries hidden)? The mask is evaluated
+ * on every entry, at indices clamped into the matrix (every index a mod is valid on: the
+ * references evaluate it on all of them), so its loads are not conditional: the compiler then
+ * reads a closed-over array once per distinct index of the tile (a document id per row and per
+ * column), not once per entry behind each entry's tests. */
 __device__ __forceinline__ bool tc_visible(const TcMod& md, int fl, int r, int c, int Nq, int Nk,
                                            int causal) {
-    return fl != 0 && r < Nq && c < Nk && !masked(causal, r, c) && (fl == 2 || md.mask(r, c));
+    const bool keep = md.mask(min(r, Nq - 1), min(c, Nk - 1));
+    return (fl != 0) & (r < Nq) & (c < Nk) & !masked(causal, r, c) & ((fl == 2) | keep);
 }
 
 /* F2:L5 with a variant, on a slab of S whose rows start at query row0 and columns at key k0:
  * S in base-2 units, score_mod's where visible (score_mod sees the natural-units score tau q.k),
- * -inf where hidden. */
+ * -inf where hidden. score_mod too runs on every entry at clamped indices, its loads unconditional
+ * (tc_visible). */
 template <int N>
 __device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, int row0, int k0,
                                        int Nq, int Nk, int causal, float tau, float sl2, int g,
@@ -126,25 +141,52 @@ __device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, int 
             const int r = row0 + g + (e >> 1) * 8;
             const int c = k0 + n * 8 + 2 * t + (e & 1);
             const float x = s[n][e];
-            s[n][e] = !tc_visible(md, fl, r, c, Nq, Nk, causal) ? FL_NEG_INF
-                      : TcMod::SCORE ? md.score(x * tau, r, c) * TC_LOG2E : x * sl2;
+            const float v = TcMod::SCORE
+                                ? md.score(x * tau, min(r, Nq - 1), min(c, Nk - 1)) * TC_LOG2E
+                                : x * sl2;
+            s[n][e] = tc_visible(md, fl, r, c, Nq, Nk, causal) ? v : FL_NEG_INF;
         }
+}
+
+/* F2:L5 on a tile whose entries are all visible: S in base-2 units, score_mod's where there is
+ * one (no index tests: an interior tile of a score_mod's variant skips them as the plain build's
+ * interior tiles do), else just scaled. */
+template <int N>
+__device__ __forceinline__ void f2_interior(Slab<N>& s, const TcMod& md, int row0, int k0,
+                                            float tau, float sl2, int g, int t) {
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            s[n][e] = TcMod::SCORE ? md.score(s[n][e] * tau, row0 + g + (e >> 1) * 8,
+                                              k0 + n * 8 + 2 * t + (e & 1)) * TC_LOG2E
+                                   : s[n][e] * sl2;
+}
+
+/* G2:L5 for entry (r, c) of a tile whose entries are all visible: P = exp(S - L), score_mod's
+ * where there is one (grad gets its derivative; left as it is without one). */
+__device__ __forceinline__ float g2_interior_p(const TcMod& md, float x, float Lr, int r, int c,
+                                               float tau, float sl2, float& grad) {
+    if (!TcMod::SCORE) return exp2_fast(x * sl2 - Lr * TC_LOG2E);
+    grad = md.score_grad(x * tau, r, c);
+    return exp2_fast((md.score(x * tau, r, c) - Lr) * TC_LOG2E);
 }
 
 /* G2:L5 with a variant, for entry (r, c) whose S (unscaled q.k) is x and whose row has
  * logsumexp Lr: P = exp(score_mod(tau x) - L) where visible, 0 where hidden; grad gets
- * score_mod's derivative there (G2:L6 multiplies dS by it), 0 where hidden. */
+ * score_mod's derivative there (G2:L6 multiplies dS by it), 0 where hidden. Evaluated on every
+ * entry at clamped indices, as f2_mod. */
 __device__ __forceinline__ float g2_mod_p(const TcMod& md, int fl, float x, float Lr, int r,
                                           int c, int Nq, int Nk, int causal, float tau,
                                           float sl2, float& grad) {
-    if (!tc_visible(md, fl, r, c, Nq, Nk, causal)) {
-        grad = 0.0f;
-        return 0.0f;
-    }
+    const bool vis = tc_visible(md, fl, r, c, Nq, Nk, causal);
     if (!TcMod::SCORE) {
-        grad = 1.0f;
-        return exp2_fast(x * sl2 - Lr * TC_LOG2E);
+        grad = vis ? 1.0f : 0.0f;
+        return vis ? exp2_fast(x * sl2 - Lr * TC_LOG2E) : 0.0f;
     }
-    grad = md.score_grad(x * tau, r, c);
-    return exp2_fast((md.score(x * tau, r, c) - Lr) * TC_LOG2E);
+    const int rc = min(r, Nq - 1), cc = min(c, Nk - 1);
+    const float gv = md.score_grad(x * tau, rc, cc);
+    const float p = exp2_fast((md.score(x * tau, rc, cc) - Lr) * TC_LOG2E);
+    grad = vis ? gv : 0.0f;
+    return vis ? p : 0.0f;
 }

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flashlab import mods
+from flashlab.mods import emit
 from flashlab.launch.compiler import nvrtc_compile
 from flashlab.launch.sources import Source
 
@@ -86,14 +87,24 @@ def test_score_mods_and_their_derivatives(name):
     np.testing.assert_allclose(mod.grad(S, b, h, q, k), fd, rtol=1e-6, atol=1e-7)
 
 
-def _c_unit(mod) -> str:
+# the tensor-core kernels' C (to_c's fast) on the host: CUDA's two intrinsics it uses, in C
+_HOST_INTRINSICS = ("#include <string.h>\n"
+                    "static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); "
+                    "return f; }\n"
+                    "static inline float __fdividef(float a, float b) { return a / b; }\n")
+
+
+def _c_unit(mod, fast: bool = False) -> str:
     """The mod's C, and a grid evaluator a host compiler can build (the kernels' qualifiers
-    defined away)."""
+    defined away). fast: the 16-bit kernels' C (fl_i2f's add and subtract, divisions by a
+    constant as products), with the C library's exp, log and tanh."""
+    prelude = mods.PRELUDE if not fast else \
+        _HOST_INTRINSICS + emit.PRELUDE.replace(emit.I2F, emit.I2F_FAST)
     call = ("out[i] = (float)fl_mask_mod(b, h, q, k, fd, id);" if mod.kind == "mask" else
             "out[i] = grad ? fl_score_mod_grad(s[i], b, h, q, k, fd, id) "
             ": fl_score_mod(s[i], b, h, q, k, fd, id);")
     return ("#include <math.h>\n#define __device__\n#define __forceinline__ inline\n"
-            + mods.PRELUDE + mod.cuda() +
+            + prelude + mod.cuda(fast=fast) +
             'extern "C" void grid(int B, int H, int Nq, int Nk, const float* s, float* out, '
             "int grad, const float* fd, const int* id) {\n"
             "  int i = 0;\n  for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h)\n"
@@ -102,13 +113,14 @@ def _c_unit(mod) -> str:
 
 
 @pytest.mark.cpu_kernel
+@pytest.mark.parametrize("fast", [False, True], ids=["fa2's C", "tc's C"])
 @pytest.mark.parametrize("name", list(BUILTIN_MASKS) + list(SCORES))
-def test_the_c_a_mod_compiles_to_computes_what_numpy_does(name, tmp_path):
+def test_the_c_a_mod_compiles_to_computes_what_numpy_does(name, fast, tmp_path):
     from flashlab.cpu.build import compiler
 
     mod = (BUILTIN_MASKS.get(name) or SCORES[name])[0]
     src = tmp_path / "mod.cpp"
-    src.write_text(_c_unit(mod))
+    src.write_text(_c_unit(mod, fast))
     lib = tmp_path / "mod.so"
     cmd, _ = compiler()
     r = subprocess.run([*cmd, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(lib),
@@ -133,6 +145,21 @@ def test_the_c_a_mod_compiles_to_computes_what_numpy_does(name, tmp_path):
                                    atol=2e-5)
         np.testing.assert_allclose(outs[1], mod.grad(S.astype(np.float64), *idx), rtol=2e-5,
                                    atol=2e-5)
+
+
+def test_fl_i2f_is_exact_on_its_range_and_tcs_c_uses_it_and_no_division():
+    # PRELUDE_FAST's fl_i2f: the bits of 1.5 2^23 plus v, minus 1.5 2^23, for |v| < 2^22
+    v = np.concatenate([np.arange(-(1 << 22) + 1, -(1 << 22) + 2000),
+                        np.arange(-3000, 3000), np.arange((1 << 22) - 2000, 1 << 22)])
+    got = (np.int32(0x4B400000) + v.astype(np.int32)).view(np.float32) - np.float32(12582912.0)
+    assert (got == v.astype(np.float32)).all()
+    alibi, softcap = mods.alibi(SLOPES).cuda(fast=True), mods.softcap(30.0).cuda(fast=True)
+    assert "fl_i2f((kv_idx - q_idx))" in alibi and "(float)" not in alibi
+    assert "(score * (1.0f / 30.0f))" in softcap and "(score / " not in softcap  # folded
+    # q_idx * 3 may pass 2^22 under INDEX_LIMIT: converted as before
+    tripled = mods.score_mod(lambda score, b, h, q_idx, kv_idx: score + q_idx * 3)
+    assert "((float)(q_idx * 3))" in tripled.cuda(fast=True)
+    assert "fl_i2f" not in mods.alibi(SLOPES).cuda()  # fa2's C and the CPU's: unchanged
 
 
 def test_the_c_compiles_for_the_gpu_with_nvrtc():

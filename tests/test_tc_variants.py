@@ -16,7 +16,8 @@ def test_tc_variants_compile_for_both_sources_without_a_warning(variant, arch):
     from flashlab.launch.compiler import nvrtc_compile
 
     for kv in (KernelVariant.of((128, 0), None, None),
-               KernelVariant.of(None, mods.document(np.arange(512) // 100), mods.softcap(30.0))):
+               KernelVariant.of(None, mods.document(np.arange(512) // 100), mods.softcap(30.0)),
+               KernelVariant.of(None, None, mods.alibi(np.linspace(0.1, 1.0, 4)))):
         src = kv.source(ours("tc", variant), fast_math=True)
         log = nvrtc_compile(src, arch, name_expressions=plans.tc_names(True, 64, variant=variant)[:2])
         assert log == "", log  # not a warning either

@@ -131,8 +131,8 @@ def test_tc_variant_matches_its_twin(source, name):
     from flashlab.reference import tc_backward, tc_forward
 
     kw, causal, dtype, _, host, o, lse, grads = _run(name)
-    to, tl = tc_forward(*host[:3], causal, **kw)
-    tg = tc_backward(host[3], *host[:3], to, tl, causal, **kw)
+    to, tl = tc_forward(*host[:3], causal, gqa=True, **kw)
+    tg = tc_backward(host[3], *host[:3], to, tl, causal, gqa=True, **kw)
     rtol, atol = registry.get("tc").tolerance.trace_tolerance(dtype)
     for label, a, b in zip(("o", "dq", "dk", "dv"), (o, *grads), (to, *tg)):
         a32, b32 = lowp.to_float32(a.get()), lowp.to_float32(b)

@@ -67,7 +67,8 @@ def device_args(ctx: Launch, variant, base, Br: int, Bc: int, fast_math: bool = 
                                np.int32(tiles.shape[0]), np.int32(tiles.shape[1]), tiles)
         if len(_cache) >= _CACHE_MAX:
             _cache.clear()
-        hit = _cache[key] = (variant.source(base, fast_math=fast_math), arrays)
+        hit = _cache[key] = (variant.source(base, fast_math=fast_math,
+                                            longest=max(dims.Nq, dims.Nk)), arrays)
     return hit
 
 

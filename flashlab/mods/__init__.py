@@ -113,11 +113,12 @@ class Mod:
         return np.broadcast_to(np.asarray(out, dt), shape).copy()
 
     # -- the kernels
-    def cuda(self, f_base: int = 0, i_base: int = 0) -> str:
+    def cuda(self, f_base: int = 0, i_base: int = 0, fast: bool = False) -> str:
         """The mod as CUDA C: fl_mask_mod(b, h, q_idx, kv_idx, fl_mod_f, fl_mod_i) -> bool, or
         fl_score_mod(score, ...) -> float and fl_score_mod_grad(score, ...) -> float, after
         PRELUDE. fl_mod_f / fl_mod_i: float_data and int_data on the device, starting f_base
-        and i_base elements into the buffers (where another mod's data comes first)."""
+        and i_base elements into the buffers (where another mod's data comes first). fast: the
+        16-bit kernels' C, after emit.PRELUDE_FAST (emit.to_c's fast)."""
         offsets = {k: (buf, off + (f_base if buf == "f" else i_base))
                    for k, (buf, off) in self.offsets.items()}
         args = "int b, int h, int q_idx, int kv_idx, const float* fl_mod_f, const int* fl_mod_i"
@@ -126,11 +127,11 @@ class Mod:
                   "(void)fl_mod_i;\n")
         if self.kind == "mask":
             return (head + f"__device__ __forceinline__ bool fl_mask_mod({args}) {{\n{unused}"
-                    f"    return {to_c(self.tree, offsets)};\n}}\n")
+                    f"    return {to_c(self.tree, offsets, fast=fast)};\n}}\n")
         out = head
         for name, tree in (("fl_score_mod", self.tree), ("fl_score_mod_grad", self.d_tree)):
             out += (f"__device__ __forceinline__ float {name}(float score, {args}) {{\n"
-                    f"{unused}    (void)score;\n    return {to_c(tree, offsets)};\n}}\n")
+                    f"{unused}    (void)score;\n    return {to_c(tree, offsets, fast=fast)};\n}}\n")
         return out
 
     def __repr__(self):

@@ -141,7 +141,7 @@ def derivative(n: Node) -> Node:
 
 # ---------------------------------------------------------------- CUDA C
 
-PRELUDE = """\
+_INTS = """\
 /* flashlab.mods: Python's floor division and modulo on ints */
 __device__ __forceinline__ int fl_floordiv(int a, int b) {
     const int q = a / b;
@@ -151,15 +151,23 @@ __device__ __forceinline__ int fl_mod(int a, int b) {
     const int r = a % b;
     return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
+"""
+CALLS = """\
 /* exp, log and tanh as the mods call them: the C library's (fp32-accurate) */
 __device__ __forceinline__ float fl_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ float fl_exp(float x) { return expf(x); }
 __device__ __forceinline__ float fl_log(float x) { return logf(x); }
 """
+I2F = "__device__ __forceinline__ float fl_i2f(int v) { return (float)v; }\n"
+PRELUDE = _INTS + CALLS + I2F
 
-# PRELUDE with exp, log and tanh as one MUFU instruction each (about 2^-11 relative error), for
-# the 16-bit tensor-core kernels, whose S is rounded to 16 bits anyway (KernelVariant.source)
-PRELUDE_FAST = PRELUDE[:PRELUDE.index("/* exp, log")] + """\
+# The 16-bit tensor-core kernels' prelude (KernelVariant.source), whose S is rounded to 16 bits
+# anyway: exp, log and tanh as one MUFU instruction each (about 2^-11 relative error), and
+# fl_i2f, which converts the small index expressions to_c(fast=True) gives it (|v| < 2^22 where
+# every index is below INDEX_LIMIT), with an integer add and a float subtract, exactly, instead
+# of I2F, which shares the quarter-rate pipe with the softmax's exp2. PRELUDE_FAST_LONG keeps the
+# conversion, for longer sequences.
+FAST_CALLS = """\
 /* exp, log and tanh as the mods call them: one MUFU instruction each (2^-11 relative error) */
 __device__ __forceinline__ float fl_tanh(float x) {
     float y;
@@ -169,6 +177,45 @@ __device__ __forceinline__ float fl_tanh(float x) {
 __device__ __forceinline__ float fl_exp(float x) { return __expf(x); }
 __device__ __forceinline__ float fl_log(float x) { return __logf(x); }
 """
+I2F_FAST = """\
+/* int -> float for |v| < 2^22, exact: v added to the bits of 1.5 2^23 (whose ulp is 1) */
+__device__ __forceinline__ float fl_i2f(int v) {
+    return __int_as_float(0x4B400000 + v) - 12582912.0f;
+}
+"""
+PRELUDE_FAST = _INTS + FAST_CALLS + I2F_FAST
+PRELUDE_FAST_LONG = _INTS + FAST_CALLS + I2F
+INDEX_LIMIT = 1 << 20  # PRELUDE_FAST's fl_i2f is exact where every index is below this
+
+
+def _small_index(n: Node):
+    """(coefficient, constant) bounding an int expression made of q_idx, kv_idx, int constants,
+    + and - by coefficient * (largest index) + constant, or None for any other expression."""
+    if n.kind != "int":
+        return None
+    if n.op == "param" and n.value in ("q_idx", "kv_idx"):
+        return 1, 0
+    if n.op == "const":
+        return 0, abs(int(n.value))
+    if n.op == "neg":
+        return _small_index(n.args[0])
+    if n.op == "bin" and n.value in ("+", "-"):
+        a, b = _small_index(n.args[0]), _small_index(n.args[1])
+        if a is not None and b is not None:
+            return a[0] + b[0], a[1] + b[1]
+    return None
+
+
+def _fits_fl_i2f(n: Node) -> bool:
+    """n's value is below 2^22 in magnitude wherever the indices are below INDEX_LIMIT."""
+    bound = _small_index(n)
+    return bound is not None and bound[0] <= 2 and bound[1] < (1 << 21)
+
+
+def _constant(n: Node) -> bool:
+    """n reads no parameter and no array: a constant the C compiler folds."""
+    return n.op == "const" or (n.op not in ("param", "array") and all(_constant(x) for x in n.args))
+
 
 _C_CALL_F = {"abs": "fabsf", "min": "fminf", "max": "fmaxf", "exp": "fl_exp", "log": "fl_log",
              "tanh": "fl_tanh", "sqrt": "sqrtf"}
@@ -185,13 +232,22 @@ def _c_num(v, kind) -> str:
     return (r if ("e" in r or "." in r) else r + ".0") + "f"
 
 
-def to_c(n: Node, offsets: dict, fbuf: str = "fl_mod_f", ibuf: str = "fl_mod_i") -> str:
-    """n as a C expression; offsets: closed-over array name -> (buffer "f" or "i", offset)."""
+def to_c(n: Node, offsets: dict, fbuf: str = "fl_mod_f", ibuf: str = "fl_mod_i",
+         fast: bool = False) -> str:
+    """n as a C expression; offsets: closed-over array name -> (buffer "f" or "i", offset).
+    fast (the 16-bit kernels, after PRELUDE_FAST): a float division by a constant becomes a
+    product with its reciprocal (folded by the compiler), any other __fdividef, and small index
+    expressions convert to float through fl_i2f: the same values to within an ulp of S, which
+    the kernels round to 16 bits."""
     def f(x: Node) -> str:
-        return to_c(x, offsets, fbuf, ibuf)
+        return to_c(x, offsets, fbuf, ibuf, fast)
 
     def as_float(x: Node) -> str:
-        return f"((float){f(x)})" if x.kind != "float" else f(x)
+        if x.kind == "float":
+            return f(x)
+        if fast and _fits_fl_i2f(x):
+            return f"fl_i2f({f(x)})"
+        return f"((float){f(x)})"
 
     if n.op == "const":
         return _c_num(n.value, n.kind)
@@ -228,6 +284,10 @@ def to_c(n: Node, offsets: dict, fbuf: str = "fl_mod_f", ibuf: str = "fl_mod_i")
         if op == "**":
             return f"powf({as_float(a)}, {as_float(b)})"
         if n.kind == "float":
+            if op == "/" and fast:
+                if _constant(b):
+                    return f"({as_float(a)} * (1.0f / {as_float(b)}))"
+                return f"__fdividef({as_float(a)}, {as_float(b)})"
             return f"({as_float(a)} {op} {as_float(b)})"
         return f"({f(a)} {op} {f(b)})"
     if n.op == "call":

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import PRELUDE, Mod, and_masks, mask_mod, score_mod, sliding_window
 from .blocks import block_mask
-from .emit import PRELUDE_FAST
+from .emit import INDEX_LIMIT, PRELUDE_FAST, PRELUDE_FAST_LONG
 
 _NO_MASK = ("__device__ __forceinline__ bool fl_mask_mod(int, int, int, int, const float*, "
             "const int*) { return true; }\n")
@@ -52,18 +52,22 @@ class KernelVariant:
         i = np.concatenate([m.int_data for m in mods] + [np.zeros(1, np.int32)])
         return f.astype(np.float32), i.astype(np.int32)
 
-    def source(self, base, fast_math: bool = False):
+    def source(self, base, fast_math: bool = False, longest: int = 0):
         """`base` (a launch.sources.Source) with the variant's C in front and FL_MODS defined;
-        fast_math: the mods' exp, log and tanh as MUFU instructions (emit.PRELUDE_FAST, for the
-        16-bit kernels)."""
+        fast_math: the mods' exp, log and tanh as MUFU instructions, divisions and small index
+        conversions cheapened (emit.PRELUDE_FAST and to_c's fast, for the 16-bit kernels);
+        longest: the largest of Nq, Nk, which decides whether fl_i2f's add-and-subtract is exact
+        (below emit.INDEX_LIMIT) or the conversion stays."""
         from ..launch.sources import Source
 
         f0 = len(self.mask.float_data) if self.mask else 0
         i0 = len(self.mask.int_data) if self.mask else 0
+        prelude = PRELUDE if not fast_math else \
+            PRELUDE_FAST if longest <= INDEX_LIMIT else PRELUDE_FAST_LONG
         head = ["#define FL_MODS"] + (["#define FL_SCORE"] if self.score else []) + [
-                PRELUDE_FAST if fast_math else PRELUDE,
-                self.mask.cuda() if self.mask else _NO_MASK,
-                self.score.cuda(f0, i0) if self.score else _NO_SCORE]
+                prelude,
+                self.mask.cuda(fast=fast_math) if self.mask else _NO_MASK,
+                self.score.cuda(f0, i0, fast=fast_math) if self.score else _NO_SCORE]
         what = ", ".join(m.name for m in (self.mask, self.score) if m is not None)
         return Source(base.name, "\n".join(head) + '\n#line 1 "' + base.name + '"\n' + base.text,
                       base.variant, origin=f"{base.origin or base.name} with {what}")
