@@ -7,7 +7,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh host [BASE_DIR]  (flashlab.torch host time vs SDPA, before/after)
 #   OUT=/tmp/out bash scripts/gpu_check.sh gpt2             (GPT-2 small bf16 training, vs SDPA)
 #   OUT=/tmp/out bash scripts/gpu_check.sh torch [BASE_DIR] (host and gpt2)
-#   OUT=/tmp/out bash scripts/gpu_check.sh variants [args] (tc variants vs FlexAttention)
+#   OUT=/tmp/out bash scripts/gpu_check.sh variants [bench args] (tc variants vs FlexAttention, d 128 and 64)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -91,9 +91,13 @@ if [[ $what == torch || $what == gpt2 ]]; then
 fi
 
 if [[ $what == variants ]]; then
-  echo "== attention variants: tc against FlexAttention (scripts/variants_bench.py ${*:-})"
-  python3 scripts/variants_bench.py --out "$OUT/variants" "$@" 2>&1 | tee "$OUT/variants.txt" | tail -30
-  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  echo "== attention variants: tc against FlexAttention (flashlab bench --variant all --compare flex ${*:-})"
+  mkdir -p "$OUT/variants"
+  for d in ${VARIANT_DIMS:-128 64}; do
+    python3 -m flashlab bench --variant all --compare flex --head-dim $d --repeat ${VARIANT_REPEAT:-15} \
+      --json "$OUT/variants/variants_d$d.json" "$@" 2>&1 | tee "$OUT/variants_d$d.txt" | tail -12
+    [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  done
 fi
 
 if [[ $what == profile ]]; then

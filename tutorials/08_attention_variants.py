@@ -140,8 +140,8 @@ except RuntimeError as e:  # no GPU and no C++ compiler
 # ## On a GPU: the tensor-core kernel
 #
 # With float16 / bfloat16 CuPy arrays the same keywords run kernel `tc`
-# (`kernels/tc_mods.cuh`), forward and backward; `scripts/variants_bench.py` times it against
-# FlexAttention.
+# (`kernels/tc_mods.cuh`), forward and backward; `flashlab bench --variant all --compare flex`
+# times it against FlexAttention.
 
 # %%
 if gpu_available():

@@ -64,6 +64,12 @@ def _cmd_bench(args) -> int:
 
     if args.cpu_backend:
         return _cmd_cpu_backend(args)
+    unknown = [c for c in args.compare if c not in ("torch", "flex")]
+    if unknown:
+        raise UsageError(f"flashlab bench: --compare {unknown[0]}: choose torch (SDPA's "
+                         "backends) or flex (FlexAttention, on attention variants)")
+    if args.variant is not None or "flex" in args.compare:
+        return _cmd_variants(args)
 
     dtype = DTYPES.get(args.dtype, args.dtype)
     if dtype not in ("float32", "float16", "bfloat16"):
@@ -82,8 +88,6 @@ def _cmd_bench(args) -> int:
         raise UsageError(f"flashlab bench: --kernels {','.join(unknown)}: choose from {','.join(known)}")
     compare = []
     for c in args.compare:
-        if c != "torch":
-            raise UsageError(f"flashlab bench: --compare {c}: only 'torch' is known")
         compare = (["torch-flash", "torch-cudnn"] if low else
                    ["torch-math", "torch-efficient", "torch-flash", "torch-cudnn"])
     on_gpu = device.gpu_available()
@@ -146,6 +150,70 @@ def _cmd_bench(args) -> int:
             print(f"{what} written to {path}")
     wrong = [r for r in report.rows if r.check.startswith("WRONG")]
     return 1 if wrong else 0
+
+
+def _cmd_variants(args) -> int:
+    """--variant (and --compare flex): flashlab.bench.variants' table, on the GPU only."""
+    import json
+
+    from .. import bench
+    from ..bench import variants
+    from ..launch import device
+
+    try:
+        chosen = variants.parse(args.variant or "all")
+    except ValueError as e:
+        raise UsageError(f"flashlab bench: {e}") from None
+    if "torch" in args.compare:
+        raise UsageError("flashlab bench: --variant compares with --compare flex (FlexAttention "
+                         "runs the variants; SDPA has causal only, which the table gives too)")
+    if args.dtype not in ("float32", "bf16", "bfloat16") or args.backward or args.causal:
+        raise UsageError("flashlab bench --variant: the variants run in bfloat16, forward and "
+                         "backward, with their own masks: leave out --dtype, --backward and "
+                         "--causal")
+    for name in ("batch", "heads", "repeat"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"flashlab bench: --{name} must be >= 1, got {value}")
+    if args.csv or args.plot:
+        raise UsageError("flashlab bench --variant writes --json only")
+    _check_bench_outputs(args)
+    if not device.gpu_available():
+        from ..install import install_hint
+
+        print("flashlab bench --variant times the tensor-core kernel with each variant compiled "
+              "in, and FlexAttention beside it: it needs a CUDA GPU with CuPy and PyTorch "
+              f"({install_hint('cuda13')}). Without one, tutorial 8 (attention variants) runs "
+              "the same variants in the step-throughs.")
+        return 1
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise EnvironmentError("flashlab bench --variant needs PyTorch (pip install torch), "
+                               "which puts the inputs on the GPU and runs FlexAttention") from None
+    compare = ("flex",) if "flex" in args.compare else ()
+    rows = []
+    for n in args.seq or [4096]:
+        rows += variants.variant_bench(chosen, args.head_dim, seq=n, batch=args.batch or 4,
+                                       heads=args.heads or 16, repeat=args.repeat or 20,
+                                       compare=compare, progress=_progress)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": bench.device_header() | {"batch": args.batch or 4,
+                                                          "heads": args.heads or 16,
+                                                          "dtype": "bfloat16"},
+                       "rows": rows}, f, indent=1, default=str)
+    headers, table = variants.table(rows)
+    print(f"attention variants, bfloat16, d = {args.head_dim}, B = {args.batch or 4}, "
+          f"H = {args.heads or 16}, N = {','.join(str(n) for n in args.seq or [4096])}; ms, "
+          "median; bwd = forward + backward - forward; check: FlashAttention's rule on o and dQ "
+          "(worst error / bound)")
+    print(tabulate(table, headers=headers, disable_numparse=True))
+    if args.json:
+        print(f"JSON written to {args.json}")
+    return 1 if any(r["flashlab_fwd"] is None for r in rows) else 0
 
 
 def _check_bench_outputs(args):

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  flashlab bench\n  flashlab bench --seq 1k,4k --head-dim 128 --causal "
                "--backward --compare torch --json out.json\n"
+               "  flashlab bench --variant window=1024,alibi --head-dim 128 --compare flex\n"
                "  flashlab bench --dtype bf16 --batch 2 --heads 4   # CPU: the tc step-through\n"
                "Without a GPU the NumPy step-throughs are timed instead: --kernels picks them\n"
                f"({fp32} in float32; {cpu_low} in float16 / bfloat16), --batch, --heads\n"
@@ -78,8 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help=f"comma-separated (default {fp32.replace(' ', '')}; {low} "
                                       f"with --dtype float16/bfloat16, and "
                                       f"{cpu_low.replace(' ', '')} on the CPU)")
-    b.add_argument("--compare", action="append", default=[], metavar="torch",
-                   help="also time torch's scaled_dot_product_attention backends")
+    b.add_argument("--compare", action="append", default=[], metavar="torch|flex",
+                   help="also time torch's scaled_dot_product_attention backends (torch), or "
+                        "FlexAttention on the same attention variant (flex; --variant all "
+                        "unless --variant names some)")
+    b.add_argument("--variant", default=None, metavar="NAME[=V],...",
+                   help="instead: attention variants in the tensor-core kernel, bf16, at "
+                        "--head-dim, --seq (default 4096), --batch (4), --heads (16); names: "
+                        "causal, causal-mask, window[=1024], document, alibi, softcap[=30], "
+                        "gqa[=4], or all (GPU with torch)")
     b.add_argument("--repeat", type=int, default=None,
                    help="timed calls per entry, median (default 10; CPU: 3)")
     b.add_argument("--json", metavar="FILE", help="write the table and header as JSON")
