@@ -17,8 +17,10 @@
  *                  any mask; the launcher's flashlab.launch.variants.block_order).
  * Per element, on a tile that is not all visible or with a score_mod (F2:L5, G2:L5):
  *   S = score_mod(tau q.k, b, h, r, c) where visible, -inf (P = 0) where not; the backward's
- *   dS is multiplied by score_mod's derivative (G2:L6). A query row with no visible key gets
- *   O = 0 and L = -inf (TC_ROW_INV, TC_ROW_LSE).
+ *   dS is multiplied by score_mod's derivative (G2:L6). Edge tiles test each entry (f2_mod,
+ *   g2_mod_p); interior all-visible tiles of a score_mod only apply it (f2_interior,
+ *   g2_interior_p). A query row with no visible key gets O = 0 and L = -inf (TC_ROW_INV,
+ *   TC_ROW_LSE).
  *
  * The plain build has none of this: TcMod below is then an empty struct whose answers are
  * constants (every tile all visible, no score_mod), so the kernels compile as before. */
