@@ -123,12 +123,19 @@ def _check(q, k, v, do, o, dq, causal, kw, rows=128) -> float:
     return worst
 
 
+def _times(fwd, both, repeat) -> tuple[float, float]:
+    """(forward ms, forward + backward ms): time_gpu's medians."""
+    from .timing import time_gpu
+
+    return (time_gpu(fwd, [None], warmup=3, repeat=repeat)[0],
+            time_gpu(both, [None], warmup=3, repeat=repeat)[0])
+
+
 def _flashlab(q, k, v, do, causal, kw, repeat, check):
     import cupy as cp
 
     from .. import launch
     from ..mods.kernel import KernelVariant
-    from .timing import time_gpu
     from .torch_peers import _to_cupy
 
     cq, ck, cv, cdo = (_to_cupy(x) for x in (q, k, v, do))  # zero-copy
@@ -149,15 +156,12 @@ def _flashlab(q, k, v, do, causal, kw, repeat, check):
     worst = _check(q, k, v, do, out[0], grads[0], causal, kw) if check else None
     if worst is not None and not worst <= 1.0:
         return worst, None, None
-    return (worst, time_gpu(fwd, [None], warmup=3, repeat=repeat)[0],
-            time_gpu(both, [None], warmup=3, repeat=repeat)[0])
+    return (worst, *_times(fwd, both, repeat))
 
 
 def _flex(q, k, v, do, mask, score, repeat):
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from .timing import time_gpu
 
     B, H, N, d = q.shape
     bm = create_block_mask(mask, None, None, N, N, device="cuda")
@@ -173,16 +177,13 @@ def _flex(q, k, v, do, mask, score, repeat):
         o = flex(tq, tk, tv, score_mod=score, block_mask=bm, enable_gqa=gqa)
         torch.autograd.grad(o, (tq, tk, tv), do)
 
-    return (time_gpu(fwd, [None], warmup=3, repeat=repeat)[0],
-            time_gpu(both, [None], warmup=3, repeat=repeat)[0])
+    return _times(fwd, both, repeat)
 
 
 def _sdpa_flash(q, k, v, do, repeat):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-    from .timing import time_gpu
 
     tq, tk, tv = (x.detach().requires_grad_() for x in (q, k, v))
 
@@ -195,8 +196,7 @@ def _sdpa_flash(q, k, v, do, repeat):
             o = sdpa(tq, tk, tv, is_causal=True)
         torch.autograd.grad(o, (tq, tk, tv), do)
 
-    return (time_gpu(fwd, [None], warmup=3, repeat=repeat)[0],
-            time_gpu(both, [None], warmup=3, repeat=repeat)[0])
+    return _times(fwd, both, repeat)
 
 
 def variant_bench(variants, d: int, seq: int = 4096, batch: int = 4, heads: int = 16,

@@ -68,6 +68,10 @@ def _cmd_bench(args) -> int:
     if unknown:
         raise UsageError(f"flashlab bench: --compare {unknown[0]}: choose torch (SDPA's "
                          "backends) or flex (FlexAttention, on attention variants)")
+    for name in ("batch", "heads", "tokens", "repeat"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"flashlab bench: --{name} must be >= 1, got {value}")
     if args.variant is not None or "flex" in args.compare:
         return _cmd_variants(args)
 
@@ -78,10 +82,6 @@ def _cmd_bench(args) -> int:
                          f"({', '.join(registry.for_dtype('float32'))}) or float16 / bfloat16 "
                          f"({', '.join(lowk)}, the tensor-core kernel{'s' * (len(lowk) != 1)})")
     low = dtype != "float32"
-    for name in ("batch", "heads", "tokens", "repeat"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"flashlab bench: --{name} must be >= 1, got {value}")
     known = registry.names()
     unknown = [k for k in args.kernels or () if k not in known]
     if unknown:
@@ -171,10 +171,6 @@ def _cmd_variants(args) -> int:
         raise UsageError("flashlab bench --variant: the variants run in bfloat16, forward and "
                          "backward, with their own masks: leave out --dtype, --backward and "
                          "--causal")
-    for name in ("batch", "heads", "repeat"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"flashlab bench: --{name} must be >= 1, got {value}")
     if args.csv or args.plot:
         raise UsageError("flashlab bench --variant writes --json only")
     _check_bench_outputs(args)

@@ -152,14 +152,14 @@ __device__ __forceinline__ int fl_mod(int a, int b) {
     return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 """
-CALLS = """\
+_CALLS = """\
 /* exp, log and tanh as the mods call them: the C library's (fp32-accurate) */
 __device__ __forceinline__ float fl_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ float fl_exp(float x) { return expf(x); }
 __device__ __forceinline__ float fl_log(float x) { return logf(x); }
 """
 I2F = "__device__ __forceinline__ float fl_i2f(int v) { return (float)v; }\n"
-PRELUDE = _INTS + CALLS + I2F
+PRELUDE = _INTS + _CALLS + I2F
 
 # The 16-bit tensor-core kernels' prelude (KernelVariant.source), whose S is rounded to 16 bits
 # anyway: exp, log and tanh as one MUFU instruction each (about 2^-11 relative error), and
@@ -167,7 +167,7 @@ PRELUDE = _INTS + CALLS + I2F
 # every index is below INDEX_LIMIT), with an integer add and a float subtract, exactly, instead
 # of I2F, which shares the quarter-rate pipe with the softmax's exp2. PRELUDE_FAST_LONG keeps the
 # conversion, for longer sequences.
-FAST_CALLS = """\
+_FAST_CALLS = """\
 /* exp, log and tanh as the mods call them: one MUFU instruction each (2^-11 relative error) */
 __device__ __forceinline__ float fl_tanh(float x) {
     float y;
@@ -183,8 +183,8 @@ __device__ __forceinline__ float fl_i2f(int v) {
     return __int_as_float(0x4B400000 + v) - 12582912.0f;
 }
 """
-PRELUDE_FAST = _INTS + FAST_CALLS + I2F_FAST
-PRELUDE_FAST_LONG = _INTS + FAST_CALLS + I2F
+PRELUDE_FAST = _INTS + _FAST_CALLS + I2F_FAST
+PRELUDE_FAST_LONG = _INTS + _FAST_CALLS + I2F
 INDEX_LIMIT = 1 << 20  # PRELUDE_FAST's fl_i2f is exact where every index is below this
 
 
