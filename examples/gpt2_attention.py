@@ -12,6 +12,10 @@ of one packed qkv projection, so every implementation gets the same non-contiguo
 
     PYTHONPATH=. python3 examples/gpt2_attention.py --out out/gpt2 --steps 60 --batch 8
 
+--interleave K trains the variants side by side, K steps of each in turn, so a host whose
+speed drifts during the run (a shared machine) weighs on every variant alike: the way to
+compare step times that differ by a few percent.
+
 Writes <out>/gpt2.json, <out>/gpt2.md and (with matplotlib) <out>/gpt2_loss.png; exits 1 when
 every variant failed or a loss curve's 10-step moving average is off the first variant's by
 more than --tol. A CPU smoke
@@ -186,18 +190,72 @@ def run_variant(name, model, xs, ys, args, device) -> dict:
         losses, times = train(model, step_model, opt, xs, ys, device)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
         del opt, step_model
-        timed = times[args.warmup:]
-        result = {"variant": name, "ok": True, "ms_median": statistics.median(timed),
-                  "ms_mean": statistics.fmean(timed),
-                  "tokens_per_s": args.batch * args.seq / (statistics.median(timed) / 1e3),
-                  "peak_gib": peak, "final_loss": losses[-1], "losses": losses, "step_ms": times}
-        try:
+        return summary(name, model, losses, times, peak, args, device)
+
+
+def summary(name, model, losses, times, peak, args, device) -> dict:
+    """A variant's result from its losses and step times (the first --warmup left out), with
+    its attention call timed alone (held to the variant's SDPA backend)."""
+    timed = times[args.warmup:]
+    result = {"variant": name, "ok": True, "ms_median": statistics.median(timed),
+              "ms_mean": statistics.fmean(timed),
+              "tokens_per_s": args.batch * args.seq / (statistics.median(timed) / 1e3),
+              "peak_gib": peak, "final_loss": losses[-1], "losses": losses, "step_ms": times}
+    try:
+        with attention_context(name):
             result["attention_ms"] = time_attention(model.blocks[0].attn.attend, args.batch,
                                                     args.heads, args.seq,
                                                     args.width // args.heads, device)
-        except Exception:  # the training numbers stand; say why this one is missing
-            result["attention_ms"], result["attention_error"] = None, traceback.format_exc()
+    except Exception:  # the training numbers stand; say why this one is missing
+        result["attention_ms"], result["attention_error"] = None, traceback.format_exc()
     return result
+
+
+def run_interleaved(args, cfg: GPTConfig, xs, ys, device) -> tuple[list, int]:
+    """The variants trained side by side: every model built as run_all builds it (same seed,
+    initial weights checked) and kept on the device with its optimizer, then --interleave
+    steps of each in turn, so a host or GPU whose speed drifts during the run weighs on every
+    variant alike. Peak memory is then the run's (every model resident), not a variant's: left
+    out. A variant that raises is recorded with its traceback and leaves the rotation."""
+    runs, first_digest, n_params = [], None, 0
+    for name in args.variants:
+        torch.manual_seed(args.seed)
+        run = {"name": name, "losses": [], "times": [], "error": None}
+        try:
+            model = GPT(cfg, make_attention(name))
+        except Exception:
+            run["error"] = traceback.format_exc()
+            runs.append(run)
+            continue
+        n_params = sum(p.numel() for p in model.parameters())
+        digest = param_digest(model)
+        first_digest = first_digest or digest
+        assert digest == first_digest, f"{name}: initial weights differ from the first variant's"
+        model.to(device)
+        run.update(model=model, opt=make_optimizer(model, args.lr, device),
+                   step=torch.compile(model, fullgraph=True) if args.compile else model)
+        runs.append(run)
+    for i in range(0, args.steps, args.interleave):
+        for run in (r for r in runs if r["error"] is None):
+            try:
+                with attention_context(run["name"]):
+                    losses, times = train(run["model"], run["step"], run["opt"],
+                                          xs[i:i + args.interleave], ys[i:i + args.interleave],
+                                          device)
+            except Exception:
+                run["error"] = traceback.format_exc()
+                continue
+            run["losses"] += losses
+            run["times"] += times
+    results = []
+    for run in runs:
+        r = ({"variant": run["name"], "ok": False, "error": run["error"]} if run["error"] else
+             summary(run["name"], run["model"], run["losses"], run["times"], None, args, device))
+        results.append(r)
+        print(f"{run['name']}: " + (f"{r['ms_median']:.2f} ms/step, final loss "
+                                    f"{r['final_loss']:.4f}" if r["ok"] else "failed\n" +
+                                    r["error"]), flush=True)
+    return results, n_params
 
 
 SMOOTH = 10  # steps in the moving average the loss curves are compared by
@@ -287,7 +345,9 @@ def write_markdown(path: Path, env: dict, args, results: list, tol: float):
              f"- model: {args.layers} layers, {args.heads} heads, width {args.width}, "
              f"T={args.seq}, vocab {args.vocab}; batch {args.batch}, {args.steps} steps "
              f"(median and mean over the last {args.steps - args.warmup}), "
-             f"compile={args.compile}", "",
+             f"compile={args.compile}" + (f", interleaved {args.interleave} steps at a time "
+                                          "(peak memory is not per variant)"
+                                          if args.interleave else ""), "",
              format_table(results, "github"), "", f"{verdict(results, tol)}."]
     if errors(results):
         lines += [""] + [f"- {e}" for e in errors(results)]
@@ -324,12 +384,17 @@ def parse_args(argv=None):
     p.add_argument("--tol", type=float, default=0.05,
                    help="max |loss difference| against the first variant that counts as a match")
     p.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True)")
+    p.add_argument("--interleave", type=int, default=0, metavar="K",
+                   help="train the variants side by side, K steps of each in turn (0: one "
+                        "variant after another); peak memory is then not per variant")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.attention.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         p.error(f"--attention: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.interleave < 0:
+        p.error(f"--interleave {args.interleave} must be 0 or more")
     if args.steps <= args.warmup:
         p.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
     if args.width % args.heads:
@@ -381,8 +446,10 @@ def main(argv=None) -> int:
     cfg = GPTConfig(args.layers, args.heads, args.width, args.seq, args.vocab)
     xs, ys = make_batches(args.steps, args.batch, args.seq, args.seed, device)
     print(f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}: {cfg}, batch "
-          f"{args.batch}, {args.steps} steps, compile={args.compile}", flush=True)
-    results, n_params = run_all(args, cfg, xs, ys, device)
+          f"{args.batch}, {args.steps} steps, compile={args.compile}, "
+          f"interleave={args.interleave}", flush=True)
+    run = run_interleaved if args.interleave else run_all
+    results, n_params = run(args, cfg, xs, ys, device)
     compare(results, args.tol)
 
     out = Path(args.out)

@@ -16,10 +16,12 @@ traces a model that calls it without a graph break; eagerly the same kernels run
 autograd.Function (the custom op's Python dispatch costs more than a small kernel).
 
 16-bit calls where 'auto' picks tc are prepared once per shape and layout
-(flashlab.launch.prepared) and then launched with the tensors' data_ptr()s on torch's current
-stream, every buffer from torch's allocator: q, k, v may be strided views (a packed qkv
-projection) and a model step can be captured in a CUDA graph. float32 crosses to CuPy
-through DLPack (contiguous copies) and runs the CuPy API.
+(flashlab.launch.prepared) and then run in C++ (flashlab.native: an autograd node that
+allocates from torch's allocator and launches on torch's current stream), or, where that
+extension cannot be built, launched from Python with the tensors' data_ptr()s the same way:
+q, k, v may be strided views (a packed qkv projection), dq, dk, dv come back in their layout,
+and a model step can be captured in a CUDA graph. float32 crosses to CuPy through DLPack
+(contiguous copies) and runs the CuPy API.
 
 This module is named flashlab.torch; the real PyTorch is imported with
 importlib.import_module("torch"), never this file. Importing it needs PyTorch; using it needs
@@ -152,15 +154,14 @@ def _fast(q):
     where kernel='auto' picks one that takes strided operands (tc). Where None, the CuPy API's
     'auto' runs (float32: fa2 or fa1; 16-bit at another head dim or on an older GPU: float32
     copies, with its warning)."""
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    key = (index, q.dtype, q.shape[-1])
+    key = (q.get_device(), q.dtype, q.shape[-1])
     if key not in _kernel_for:
         name = None
         if q.dtype != torch.float32:
             from . import registry
             from .launch.device import device_limits
 
-            cc = int(device_limits(index)["compute_capability"])
+            cc = int(device_limits(key[0])["compute_capability"])
             fits = registry.for_auto(_DTYPES[q.dtype], q.shape[-1], cc)
             name = fits[0] if fits and registry.get(fits[0]).row_strides else None
         _kernel_for[key] = name
@@ -180,10 +181,11 @@ def _readable(x):
 
 
 def _out_like(q):
-    """The output for q's layout: contiguous (B, H, N, d) for a contiguous q, else heads inside
-    rows, (B, N, H, d) in memory seen as (B, H, N, d), as SDPA returns for the transposed views a
-    model passes, so that o.transpose(1, 2).reshape(B, N, H d) is free. The fake (meta)
-    implementation allocates the same way."""
+    """The output (or gradient) for q's layout: contiguous (B, H, N, d) for a contiguous q, else
+    heads inside rows, (B, N, H, d) in memory seen as (B, H, N, d), as SDPA returns for the
+    transposed views a model passes, so that o.transpose(1, 2).reshape(B, N, H d) is free and
+    the gradients of a packed qkv projection stack into it row by row. Decided by q's layout
+    alone (before any copy _readable makes), as the fake (meta) implementations decide it."""
     B, H, N, d = q.shape
     if q.is_contiguous():
         return q.new_empty((B, H, N, d))
@@ -227,41 +229,46 @@ def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
     """The forward per call: a cache hit (this layout, 16-byte aligned pointers) allocates o
     and lse and launches; a miss checks and prepares (launch.prepare_forward), copying an
     operand whose rows the kernel cannot read in place."""
-    index = q.device.index
+    index = q.get_device()
     qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    call = _calls.get(_forward_key(index, q, k, v, is_causal, scale))
+    key = _forward_key(index, q, k, v, is_causal, scale)
+    call = _calls.get(key)
+    o = _out_like(q)
     if call is None or (qp | kp | vp) & 15:
         from . import launch
 
+        given = (q, k, v)
         q, k, v = _readable(q), _readable(k), _readable(v)
         qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-        o = _out_like(q)
         call = launch.prepare_forward(kernel, _to_cupy(q, False), _to_cupy(k, False),
                                       _to_cupy(v, False), _to_cupy(o, False), causal=is_causal,
                                       softmax_scale=scale)
-        _store(_forward_key(index, q, k, v, is_causal, scale), call)
-    else:
-        o = _out_like(q)
+        if all(a is b for a, b in zip((q, k, v), given)):  # read in place: the key's layout
+            _store(key, call)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     _run(call, index, {"q": qp, "k": kp, "v": vp, "o": o.data_ptr(), "lse": lse.data_ptr()})
     return o, lse
 
 
 def _tc_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float):
-    """The backward per call, as _tc_forward: dq, dk, dv contiguous, one workspace."""
-    index = q.device.index
+    """The backward per call, as _tc_forward: dq, dk, dv laid out like q, k, v (_out_like), one
+    workspace."""
+    index = q.get_device()
     ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
-    call = _calls.get(_backward_key(index, do, q, k, v, o, is_causal, scale))
+    key = _backward_key(index, do, q, k, v, o, is_causal, scale)
+    call = _calls.get(key)
+    dq, dk, dv = _out_like(q), _out_like(k), _out_like(v)
     if call is None or (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]) & 15:
         from . import launch
 
-        do, q, k, v, o = (_readable(x) for x in (do, q, k, v, o))
+        given = (do, q, k, v, o)
+        do, q, k, v, o = (_readable(x) for x in given)
         ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
         call = launch.prepare_backward(kernel, *(_to_cupy(x, False) for x in (do, q, k, v, o)),
-                                       _to_cupy(lse), causal=is_causal, softmax_scale=scale)
-        _store(_backward_key(index, do, q, k, v, o, is_causal, scale), call)
-    dq = q.new_empty(q.shape)
-    dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
+                                       _to_cupy(lse), causal=is_causal, softmax_scale=scale,
+                                       grads=tuple(_to_cupy(g, False) for g in (dq, dk, dv)))
+        if all(a is b for a, b in zip((do, q, k, v, o), given)):  # as in _tc_forward
+            _store(key, call)
     work = q.new_empty((call.workspace_bytes,), dtype=torch.uint8)  # freed in stream order
     _run(call, index, {"do": ptrs[0], "q": ptrs[1], "k": ptrs[2], "v": ptrs[3], "o": ptrs[4],
                        "lse": lse.data_ptr(), "dq": dq.data_ptr(), "dk": dk.data_ptr(),
@@ -334,7 +341,9 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
 @attention_backward.register_fake
 def _(do, q, k, v, o, lse, is_causal, scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as run
+    if _fast(q) is not None:  # laid out as _tc_backward lays them out
+        return _out_like(q), _out_like(k), _out_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # the CuPy API's
 
 
 def _setup_context(ctx, inputs, output):
@@ -353,14 +362,64 @@ def _backward(ctx, do, dlse):
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ---------------------------------------------------------------- the C++ launch path
+
+# (dtypes, devices, shapes, strides of q, k, v, is_causal, scale as given) -> (the extension's
+# attention, forward plan, backward plan): a hit was checked when it was stored
+_native: dict = {}
+
+
+def _native_entry(kernel: str, q, k, v, is_causal: bool, scale: float):
+    """(attention, forward plan, backward plan) of flashlab.native for these operands, or None
+    (not built, or rows the kernels cannot read in place: the Python path copies them). The
+    backward is prepared for dO laid out as o (what a model's o.transpose(1, 2).reshape gives
+    back); another layout is copied into that one."""
+    from . import native
+
+    ext = native.module()
+    if ext is None or not (_rows_ok(q) and _rows_ok(k) and _rows_ok(v)):
+        return None
+    from . import launch
+
+    o = _out_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    cq, ck, cv, co = (_to_cupy(x, False) for x in (q, k, v, o))
+    fwd = launch.prepare_forward(kernel, cq, ck, cv, co, causal=is_causal, softmax_scale=scale)
+    grads = tuple(_to_cupy(_out_like(x), False) for x in (q, k, v))
+    bwd = launch.prepare_backward(kernel, co, cq, ck, cv, co, _to_cupy(lse), causal=is_causal,
+                                  softmax_scale=scale, grads=grads)
+    with torch.cuda.device(q.get_device()):  # the plans take q's device's (primary) context
+        return (ext.attention, native.plan(ext, fwd, native.FORWARD_BUFFERS),
+                native.plan(ext, bwd, native.BACKWARD_BUFFERS, o.stride()))
+
+
 def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None,
                     softmax_scale=None):
     """softmax(scale q k^T) v for torch CUDA tensors q (B, H, Nq, d), k, v (B, H, Nk, d) of one
     dtype (float16, bfloat16 or float32), differentiable, traceable by torch.compile. As
     torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=, scale=); `causal`
     and `softmax_scale` are the older names of the same arguments."""
-    is_causal = bool(is_causal if causal is None else causal)
-    scale = scale if softmax_scale is None else softmax_scale
+    if causal is not None:
+        is_causal = causal
+    if softmax_scale is not None:
+        scale = softmax_scale
+    key = None
+    if not torch.compiler.is_compiling():  # the per-call path: one lookup, then C++
+        try:
+            key = (q.dtype, k.dtype, v.dtype, q.get_device(), k.get_device(), v.get_device(),
+                   q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), is_causal, scale)
+        except AttributeError:  # not tensors: the checks below say so
+            key = None
+        hit = _native.get(key)
+        if hit is not None and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:
+            return hit[0](q, k, v, hit[1], hit[2])
+    return _checked(q, k, v, is_causal, scale, key)
+
+
+def _checked(q, k, v, is_causal, scale, key):
+    """flash_attention after its checks: the custom op under torch.compile; else the C++ path
+    (stored under `key` for the next call) where it is built, else the Python one."""
+    is_causal = bool(is_causal)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     if not (q.get_device() == k.get_device() == v.get_device()):
@@ -372,6 +431,15 @@ def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if torch.compiler.is_compiling():  # the custom op: traced without a graph break
         return attention_forward(q, k, v, is_causal, scale)[0]
+    kernel = _fast(q)
+    if kernel is not None and key is not None and not (q.data_ptr() | k.data_ptr() |
+                                                       v.data_ptr()) & 15:
+        entry = _native_entry(kernel, q, k, v, is_causal, scale)
+        if entry is not None:
+            if len(_native) >= _CALLS_MAX:  # shapes that keep changing: start over
+                _native.clear()
+            _native[key] = entry
+            return entry[0](q, k, v, entry[1], entry[2])
     if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
         return _forward(q, k, v, is_causal, scale)[0]  # nothing to differentiate: no autograd
     return _Eager.apply(q, k, v, is_causal, scale)

@@ -302,10 +302,11 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
               const float* __restrict__ L,   // (B, H, Nq) fp32 logsumexp from the forward
               const float* __restrict__ Dv,  // (B, H, Nq) fp32 rowsum(dO * O), tc_backward_dot
               float* __restrict__ dQacc,     // (B, H, Nq, D) fp32, zeroed by tc_backward_dot
-              u16* __restrict__ dK,          // (B, H, Nk, D)
-              u16* __restrict__ dV,          // (B, H, Nk, D)
+              u16* __restrict__ dK,          // (B, H, Nk, D), rows as dkr says
+              u16* __restrict__ dV,          // (B, H, Nk, D), rows as dvr says
               int Nq, int Nk, float tau, int causal, int group,
-              int H, Rows qr, Rows kr, Rows vr, Rows dor  // heads per batch; rows of Q, K, V, dO
+              int H, Rows qr, Rows kr, Rows vr, Rows dor,  // heads per batch; rows of Q, K, V, dO
+              Rows dkr, Rows dvr             // and of dK, dV
               TC_MOD_PARAMS,                 // a variant build's (tc_mods.cuh)
               float* tr_dQ,                  // (B, H, Tr, Tc, BR, D), FLASHLAB_TRACE builds only
               float* tr_dK,                  // (B, H, Tr, Tc, BC, D)
@@ -467,7 +468,6 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     cp_wait<0>();
 
     // G2:L10  write dK_j = tau dK~, dV_j = dV~ (keys with no visible query get zeros)
-    u16* dKh = dK + head_offset(bh, Nk, D);
-    u16* dVh = dV + head_offset(bh, Nk, D);
-    g2_write_kv<BF16, D>(dKh, dVh, j * BC + krow, 0, Nk, tau, frag(dk), frag(dv), g, t);
+    g2_write_kv<BF16>(dK + dkr.head(bh, H), dV + dvr.head(bh, H), dkr.n, dvr.n, j * BC + krow, 0,
+                      Nk, tau, frag(dk), frag(dv), g, t);
 }

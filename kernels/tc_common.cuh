@@ -431,11 +431,12 @@ __device__ __forceinline__ void g2_trace_kv(const G2Block<D, BR, BC>& blk, int i
 }
 
 /* G2:L10 for a slab of dK~, dV~ whose rows start at key c0 and columns at x0: dK = tau dK~,
- * dV = dV~ rounded to 16 bits into the head's dK, dV (Nk, D) (keys with no visible query get
- * zeros). */
-template <bool BF16, int D, int N>
-__device__ __forceinline__ void g2_write_kv(u16* dKh, u16* dVh, int c0, int x0, int Nk, float tau,
-                                            const Slab<N>& dk, const Slab<N>& dv, int g, int t) {
+ * dV = dV~ rounded to 16 bits into the head's dK, dV, whose rows are kn and vn elements apart
+ * (keys with no visible query get zeros). */
+template <bool BF16, int N>
+__device__ __forceinline__ void g2_write_kv(u16* dKh, u16* dVh, int kn, int vn, int c0, int x0,
+                                            int Nk, float tau, const Slab<N>& dk,
+                                            const Slab<N>& dv, int g, int t) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int c = c0 + g + 8 * h;
@@ -443,9 +444,9 @@ __device__ __forceinline__ void g2_write_kv(u16* dKh, u16* dVh, int c0, int x0, 
 #pragma unroll
         for (int n = 0; n < N; ++n) {
             const int x = x0 + n * 8 + 2 * t;
-            *reinterpret_cast<u32*>(dKh + (size_t)c * D + x) =
+            *reinterpret_cast<u32*>(dKh + (size_t)c * kn + x) =
                 pack2<BF16>(tau * dk[n][2 * h], tau * dk[n][2 * h + 1]);
-            *reinterpret_cast<u32*>(dVh + (size_t)c * D + x) = pack2<BF16>(dv[n][2 * h], dv[n][2 * h + 1]);
+            *reinterpret_cast<u32*>(dVh + (size_t)c * vn + x) = pack2<BF16>(dv[n][2 * h], dv[n][2 * h + 1]);
         }
     }
 }
@@ -476,12 +477,22 @@ tc_backward_dot(const u16* __restrict__ dO,   // (B, H, Nq, D), 16-bit, rows as 
                                              dQacc, row, d);
 }
 
-/* dQ = tau * dQacc, rounded to the input dtype (after every thread block of G2 has added in). */
+/* dQ = tau * dQacc, rounded to the input dtype (after every thread block of G2 has added in):
+ * grid (ceil(n8 / 256), B * H), eight columns per thread, two 16-byte loads and one 16-byte
+ * store into dQ's rows as dqr says (d is a multiple of 8, the rows on 16 bytes:
+ * launch.device.check_rows; Nq * d < 2^31: launch.device._check_sizes). */
 template <bool BF16>
 __global__ void __launch_bounds__(256)
-tc_backward_dq(const float* __restrict__ dQacc,  // (B, H, Nq, D) fp32
-               u16* __restrict__ dQ,             // (B, H, Nq, D) 16-bit
-               long long n, float tau) {
-    const long long x = (long long)blockIdx.x * 256 + threadIdx.x;
-    if (x < n) dQ[x] = from_f32<BF16>(tau * dQacc[x]);
+tc_backward_dq(const float* __restrict__ dQacc,  // (B, H, Nq, d) fp32 contiguous
+               u16* __restrict__ dQ,             // (B, H, Nq, d) 16-bit, rows as dqr says
+               int n8, int d, float tau,         // n8 = Nq * d / 8: a head's threads
+               Rows dqr, int H) {
+    const int x = blockIdx.x * 256 + threadIdx.x, bh = blockIdx.y;
+    if (x >= n8) return;
+    const int r = x * 8 / d, c = x * 8 - r * d;
+    const float4* src = reinterpret_cast<const float4*>(dQacc) + ((size_t)bh * n8 + x) * 2;
+    const float4 a = src[0], b = src[1];
+    const uint4 out = make_uint4(pack2<BF16>(tau * a.x, tau * a.y), pack2<BF16>(tau * a.z, tau * a.w),
+                                 pack2<BF16>(tau * b.x, tau * b.y), pack2<BF16>(tau * b.z, tau * b.w));
+    *reinterpret_cast<uint4*>(dQ + dqr.head(bh, H) + (long long)r * dqr.n + c) = out;
 }

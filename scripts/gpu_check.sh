@@ -7,6 +7,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh host [BASE_DIR]  (flashlab.torch host time vs SDPA, before/after)
 #   OUT=/tmp/out bash scripts/gpu_check.sh gpt2             (GPT-2 small bf16 training, vs SDPA)
 #   OUT=/tmp/out bash scripts/gpu_check.sh torch [BASE_DIR] (host and gpt2)
+#   OUT=/tmp/out bash scripts/gpu_check.sh timeline [args]  (torch.profiler: kernels, GPU busy vs wall)
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants [bench args] (tc variants vs FlexAttention, d 128 and 64)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
@@ -86,7 +87,15 @@ fi
 
 if [[ $what == torch || $what == gpt2 ]]; then
   echo "== GPT-2 small, bf16: flashlab against SDPA flash and cuDNN (examples/gpt2_attention.py)"
-  python3 examples/gpt2_attention.py --out "$OUT/gpt2" ${GPT2_ARGS:-} 2>&1 | tee "$OUT/gpt2.txt" | tail -30
+  # interleaved (10 steps of each variant in turn): host drift weighs on all; GPT2_ARGS can
+  # say --interleave 0 (one variant after another, peak memory per variant)
+  python3 examples/gpt2_attention.py --out "$OUT/gpt2" --interleave 10 ${GPT2_ARGS:-} 2>&1 | tee "$OUT/gpt2.txt" | tail -30
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == timeline ]]; then
+  echo "== torch.profiler: attention alone and GPT-2 steps, kernel time against wall (scripts/torch_profile.py)"
+  python3 scripts/torch_profile.py "$@" 2>&1 | tee "$OUT/timeline.txt"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 

@@ -66,6 +66,21 @@ for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) and no
     cp.cuda.runtime.deviceSynchronize()
     plans.tc_head_group = default_group
     print(f"tc ({src}) causal, head groups of 4 over 6 heads: ran", flush=True)
+    # flashlab.torch's layout: q, k, v views of a packed (B, N, 3, H, d) projection, dO and the
+    # prepared backward's dq, dk, dv with heads inside rows (B, N, H, d), both head dims
+    for d in TC.variants[variant].head_dims or TC.head_dims:
+        n, heads = 211, 3
+        (qkv, do_rows, *grads) = lowp.random_inputs(cp, [(1, n, 3, heads, d)] + [(1, n, heads, d)] * 4,
+                                                    "bfloat16")
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        do, dq, dk, dv = (x.transpose(0, 2, 1, 3) for x in [do_rows] + grads)
+        o, lse = launch.forward("tc", q, k, v, True)
+        call = launch.prepare_backward("tc", do, q, k, v, o, lse, True, grads=(dq, dk, dv))
+        work = cp.empty(call.workspace_bytes, cp.uint8)
+        call.run({"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": dq, "dk": dk,
+                  "dv": dv}, workspace=work.data.ptr)
+        cp.cuda.runtime.deviceSynchronize()
+    print(f"tc ({src}) packed qkv views, strided dO, dq, dk, dv: ran", flush=True)
 # attention variants compiled in (kernels/tc_mods.cuh, fa2.cu's FL_MODS): the block mask's
 # ranges and skipped tiles, per-element masks and score_mods, GQA (4 query heads on 2), and a
 # mask that hides every key (tc90.cu's one all-hidden tile)

@@ -79,4 +79,6 @@ def test_a_small_variant_bench_checks_and_times_every_row(tmp_path, capsys):
                                             "softcap=30", "gqa=2"]
     for r in rows:
         assert 0 <= r["check"] <= 1.0 and r["flashlab_fwd"] > 0, r
-        assert r["flashlab_fwdbwd"] > r["flashlab_fwd"] and r.get("flex_fwd", 0) > 0, r
+        # every time measured; no order between them asserted: at this size, with 2 repeats,
+        # a forward alone has timed slower than forward + backward (noise, not a defect)
+        assert r["flashlab_fwdbwd"] > 0 and r.get("flex_fwd", 0) > 0, r

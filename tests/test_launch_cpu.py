@@ -225,5 +225,5 @@ def test_a_variant_compiles_into_tcs_sources_with_its_ranges_and_gqa(gpu, monkey
     assert main["args"][7].shape == (B, H, N, d)  # GQA: dK per query head, summed after
     assert [(f.shape, out, n) for f, out, n in sums] == [((B, H, N, d), dk, Hkv),
                                                           ((B, H, N, d), dv, Hkv)]
-    assert int(main["args"][19]) == Hkv
-    assert main["args"][23].shape[2] == -(-N // 128)                 # a range per key block
+    assert int(main["args"][21]) == Hkv                              # after six Rows
+    assert main["args"][25].shape[2] == -(-N // 128)                 # a range per key block

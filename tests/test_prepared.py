@@ -64,9 +64,15 @@ def test_a_packed_qkv_view_runs_tc_in_place_with_its_strides(gpu):
     (main,) = _args_of(gpu, "tc90_backward")
     assert main[0] is q and main[3] is do
     main_rows = [tuple(int(r[f][0]) for f in "bhn") for r in main if isinstance(r, np.ndarray)]
-    assert main_rows == [packed] * 3 + [(N * H * d, d, H * d)]
+    contiguous = (H * N * d, N * d, d)  # the CuPy API's dk, dv (and dq) are fresh arrays
+    assert main_rows == [packed] * 3 + [(N * H * d, d, H * d)] + [contiguous] * 2
     (dot,) = _args_of(gpu, "tc_backward_dot")
     assert dot[0] is do and dot[1] is o
+    (rnd,) = _args_of(gpu, "tc_backward_dq")
+    assert int(rnd[2]) == N * d // 8 and int(rnd[3]) == d  # a head's threads, 8 columns each
+    assert tuple(int(rnd[5][f][0]) for f in "bhn") == contiguous and int(rnd[6]) == H
+    (launched,) = [r for r in gpu.launches if r["name"].startswith("tc_backward_dq")]
+    assert launched["grid"] == (-(-N * d // 8 // 256), B * H)
 
 
 @pytest.mark.parametrize("why,strides,offset", [
@@ -136,6 +142,33 @@ def test_a_prepared_call_runs_with_device_pointers_on_the_given_stream(gpu):
     dot, main, rnd = gpu.launches
     assert dot["args"][:4] == (bufs["do"], bufs["o"], 0x10000, 0x10000 + 1792)
     assert main["args"][5:7] == (0x10000, 0x10000 + 1792) and rnd["args"][1] == bufs["dq"]
+
+
+def test_a_prepared_backward_writes_gradients_with_the_strides_given(gpu):
+    # flashlab.torch's dq, dk, dv for a packed qkv projection: heads inside rows, as q's view
+    B, N, H, d = 2, 130, 3, 64
+    q, k, v = _packed(gpu, B, N, H, d)
+    do, o = (gpu.ndarray((B, H, N, d), BF16) for _ in range(2))
+    lse = gpu.ndarray((B, H, N), np.float32)
+    rows_of = [gpu.ndarray((B, N, H, d), BF16).view_of((B, H, N, d), (N * H * d * 2, d * 2,
+                                                                      H * d * 2, 2))
+               for _ in range(3)]
+    back = launch.prepare_backward("tc", do, q, k, v, o, lse, causal=True, grads=rows_of)
+    _, main, rnd = back.steps
+    heads_inside = (N * H * d, d, H * d)
+    dk_dv = [tuple(int(r[f][0]) for f in "bhn") for r in main.args if isinstance(r, np.ndarray)]
+    assert dk_dv[-2:] == [heads_inside] * 2
+    assert tuple(int(rnd.args[5][f][0]) for f in "bhn") == heads_inside
+    plain = launch.prepare_backward("tc", do, q, k, v, o, lse, causal=True)
+    assert plain is not back  # another layout of the gradients: another call
+    with pytest.raises(ValueError, match=r"dk must be a bfloat16 array of shape \(2, 3, 130, 64\)"):
+        launch.prepare_backward("tc", do, q, k, v, o, lse,
+                                grads=(rows_of[0], gpu.ndarray((B, H, N, 32), BF16), rows_of[2]))
+    odd = gpu.ndarray((B, H, N, d + 4), BF16).view_of((B, H, N, d), (H * N * (d + 4) * 2,
+                                                                     N * (d + 4) * 2,
+                                                                     (d + 4) * 2, 2))
+    with pytest.raises(ValueError, match=r"^dv \(shape .*cannot read in place"):
+        launch.prepare_backward("tc", do, q, k, v, o, lse, grads=(rows_of[0], rows_of[1], odd))
 
 
 def test_a_launchers_step_puts_its_buffers_first():

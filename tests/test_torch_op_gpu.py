@@ -13,6 +13,22 @@ def _torch():
     return pytest.importorskip("torch")
 
 
+@pytest.fixture(params=["native", "python"])
+def path(request, monkeypatch):
+    """Each test twice: through flashlab.native's C++ launch path (where it builds: it must on
+    the GPU machine) and through the Python one it falls back to."""
+    _torch()
+    import flashlab.torch as ft
+    from flashlab import native
+
+    monkeypatch.setattr(ft, "_native", {})
+    if request.param == "python":
+        monkeypatch.setattr(native, "_state", {"module": None, "why": "test: the Python path"})
+    else:
+        assert native.module() is not None, native.why_not()
+    return request.param
+
+
 def _sdpa(q, k, v, is_causal, backend=None):
     torch = _torch()
     import torch.nn.functional as F
@@ -27,7 +43,7 @@ def _sdpa(q, k, v, is_causal, backend=None):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("B,H,Nq,Nk,d", [(2, 3, 200, 200, 64), (1, 2, 130, 300, 128)])
-def test_16_bit_forward_and_gradients_within_fa_rule(dtype, is_causal, B, H, Nq, Nk, d):
+def test_16_bit_forward_and_gradients_within_fa_rule(dtype, is_causal, B, H, Nq, Nk, d, path):
     torch = _torch()
     import flashlab.torch as ft
 
@@ -108,7 +124,7 @@ def _packed_qkv(torch, B, N, H, d, dt, seed):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("d", [64, 128])
-def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_causal, d):
+def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_causal, d, path):
     torch = _torch()
     import flashlab.torch as ft
 
@@ -116,6 +132,8 @@ def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_ca
     dt = getattr(torch, dtype)
     qkv, q, k, v = _packed_qkv(torch, B, N, H, d, dt, seed=d)
     assert not q.is_contiguous() and q.stride() == (N * 3 * H * d, d, 3 * H * d, 1)
+    with torch.no_grad():  # the first call of a layout prepares it (and allocates to do so)
+        ft.flash_attention(q, k, v, is_causal=is_causal)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -129,12 +147,19 @@ def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_ca
     y = o.transpose(1, 2).reshape(B, N, H * d)
     g = torch.Generator(device="cuda").manual_seed(1)
     dy = torch.randn(y.shape, device="cuda", generator=g).to(dt)
+    strides = {}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        x.register_hook(lambda grad, name=name: strides.__setitem__(name, grad.stride()))
     y.backward(dy)  # dO arrives as a transposed view of dy: read in place as well
+    # dq, dk, dv come back with heads inside rows, as q, k, v's views: torch's stack of them
+    # into qkv.grad copies whole rows
+    assert strides == {n: (N * H * d, d, H * d, 1) for n in "qkv"}
 
     ref = [x.detach().contiguous().requires_grad_() for x in (q, k, v)]
     o_ref = ft.flash_attention(*ref, is_causal=is_causal)
     o_ref.backward(dy.view(B, N, H, d).transpose(1, 2).contiguous())
     assert torch.equal(o, o_ref)  # the same kernel on the same numbers, only addresses differ
+    assert all(x.grad.is_contiguous() for x in ref)  # contiguous inputs: contiguous gradients
     dq, dk, dv = (x.transpose(1, 2) for x in qkv.grad.view(B, N, 3, H, d).unbind(2))
     assert torch.equal(dk, ref[1].grad) and torch.equal(dv, ref[2].grad)
     # dQ sums over key blocks with atomic adds, in whatever order they land
@@ -142,7 +167,7 @@ def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_ca
         4 * float(ref[0].grad.float().abs().max()) * 2.0 ** -8
 
 
-def test_cuda_graph_capture_and_replay_match_eager():
+def test_cuda_graph_capture_and_replay_match_eager(path):
     torch = _torch()
     import flashlab.torch as ft
 
@@ -215,3 +240,28 @@ def test_the_cupy_api_reads_packed_views_in_place():
     o_ref = flashlab.flash_attention(*(cp.ascontiguousarray(x) for x in (q, k, v)), causal=True,
                                      kernel="tc")
     assert bool((o.view(cp.int16) == o_ref.view(cp.int16)).all())
+
+
+def test_a_view_the_kernel_cannot_read_is_copied_and_does_not_poison_the_call_cache(path):
+    torch = _torch()
+    import flashlab.torch as ft
+
+    B, H, N, d = 1, 2, 160, 64
+    g = torch.Generator(device="cuda").manual_seed(3)
+    base = torch.randn((B, H, N, d + 8), device="cuda", generator=g).to(torch.bfloat16)
+    base.requires_grad_()
+    q = base[..., 1:d + 1]  # rows 2 bytes off 16: copied before the launch
+    assert q.data_ptr() % 16 == 2
+    k, v = (torch.randn((B, H, N, d), device="cuda", generator=g).to(torch.bfloat16)
+            .requires_grad_() for _ in range(2))
+    o = ft.flash_attention(q, k, v, is_causal=True)
+    o.backward(torch.ones_like(o))
+    dq = base.grad[..., 1:d + 1]
+    assert float(base.grad[..., 0].abs().max()) == 0 and float(base.grad[..., d + 1:].abs().max()) == 0
+    ref = [x.detach().contiguous().requires_grad_() for x in (q, k, v)]
+    o_ref = ft.flash_attention(*ref, is_causal=True)  # then the same shapes, contiguous
+    o_ref.backward(torch.ones_like(o_ref))
+    assert torch.equal(o, o_ref)
+    assert torch.equal(k.grad, ref[1].grad) and torch.equal(v.grad, ref[2].grad)
+    assert float((dq.float() - ref[0].grad.float()).abs().max()) <= \
+        4 * float(ref[0].grad.float().abs().max()) * 2.0 ** -8

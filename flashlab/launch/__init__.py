@@ -133,18 +133,43 @@ def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None):
         return mod.prepare_forward(ctx, q.dtype, rows, p, targs=targs)
 
 
-def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None):
-    """prepare_forward for the backward: buffers do, q, k, v, o, lse, dq, dk, dv (dq, dk, dv
-    contiguous), and one workspace of .workspace_bytes that run(workspace=address) carves."""
+def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
+                     grads=None):
+    """prepare_forward for the backward: buffers do, q, k, v, o, lse, dq, dk, dv, and one
+    workspace of .workspace_bytes that run(workspace=address) carves. grads: CuPy arrays like
+    the dq, dk, dv a run writes (their strides are compiled into the call, checked as q's
+    are); None: contiguous (B, H, N, d)."""
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
     spec, mod = _prepared_launcher(kernel)
-    ctx = setup(spec, dims, {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}, False)
+    named = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
+    if grads is not None:
+        named.update(_grads(dims, q, grads))
+    ctx = setup(spec, dims, named, False)
     with ctx.cp.cuda.Device(ctx.device):
         p = mod.launch_plan(ctx.device, dims.d, "backward")
         _, targs = step_buffers(ctx, False, "backward", p, ())
         rows = {n: mod.element_strides(x)
                 for n, x in zip(("q", "k", "v", "do", "o"), (q, k, v, do, o))}
+        for n, shape in zip(("dq", "dk", "dv"), ((dims.Nq, dims.d), (dims.Nk, dims.d),
+                                                  (dims.Nk, dims.d))):
+            rows[n] = mod.element_strides(named[n]) if n in named else \
+                (dims.H * shape[0] * shape[1], shape[0] * shape[1], shape[1])
         return mod.prepare_backward(ctx, q.dtype, rows, p, targs=targs)
+
+
+def _grads(dims, q, grads) -> dict:
+    """name -> array of prepare_backward's grads (dq, dk, dv), each checked for its shape and
+    dtype (the strides are setup's check, as the operands')."""
+    if len(grads) != 3:
+        raise ValueError(f"grads must hold 3 arrays (dq, dk, dv), got {len(grads)}")
+    out = {}
+    for name, g, n in zip(("dq", "dk", "dv"), grads, (dims.Nq, dims.Nk, dims.Nk)):
+        want = (dims.B, dims.H, n, dims.d)
+        if tuple(g.shape) != want or g.dtype != q.dtype:
+            raise ValueError(f"{name} must be a {q.dtype} array of shape {want}, got "
+                             f"{g.dtype} {tuple(g.shape)}")
+        out[name] = g
+    return out
 
 
 def launch_plan(kernel: str, device: int, d: int, direction: str, config=None,

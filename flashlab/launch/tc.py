@@ -120,12 +120,13 @@ def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, sourc
                      targs=(), variant=None) -> Prepared:
     """G2 on tensor cores: the D pre-pass (which zeroes dQ's fp32 accumulator), the per-K/V-block
     kernel (atomic adds into dQ), dQ's rounding to the input dtype; rows: element strides of
-    q, k, v, do, o. Buffers: do, q, k, v, o, lse, dq, dk, dv; workspace: Dvec (BH, Nq) and
-    dq_acc (BH, Nq, d), float32. variant: as prepare_forward's; with GQA dk and dv are per
-    query head (B, H, Nk, d), which the caller sums per group."""
+    q, k, v, do, o and of the gradients dq, dk, dv (written in place with their strides).
+    Buffers: do, q, k, v, o, lse, dq, dk, dv; workspace: Dvec (BH, Nq) and dq_acc (BH, Nq, d),
+    float32. variant: as prepare_forward's; with GQA dk and dv are per query head (B, H, Nk,
+    d), which the caller sums per group."""
     dims = ctx.dims
-    key = ("backward", ctx.device, _dtype_name(dtype), dims,
-           tuple(rows[n] for n in ("q", "k", "v", "do", "o")), p["variant"],
+    key = ("backward", ctx.device, _dtype_name(dtype), dims, tuple(rows[n] for n in _BACK_ROWS),
+           p["variant"],
            _frozen(p["config"]), None if source is None else source.digest,
            None if variant is None else variant.key)
 
@@ -143,15 +144,19 @@ def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, sourc
                      (Slot("q"), Slot("k"), Slot("v"), Slot("do"), Slot("lse"), Slot("Dvec"),
                       Slot("dq_acc"), Slot("dk"), Slot("dv"), np.int32(Nq), np.int32(Nk),
                       ctx.tau, ctx.causal, np.int32(group), H,
-                      *(Rows(rows[x]) for x in ("q", "k", "v", "do")))
+                      *(Rows(rows[x]) for x in ("q", "k", "v", "do", "dk", "dv")))
                      + mods + tuple(targs), p["smem"])
-        m = n * d
-        rnd = _step(ctx, mod, names[3], (math.ceil(m / 256),), (256,),
-                    (Slot("dq_acc"), Slot("dq"), np.int64(m), ctx.tau), 0)
+        n8 = Nq * d // 8  # a head's threads: eight columns each (d is a multiple of 8)
+        rnd = _step(ctx, mod, names[3], (math.ceil(n8 / 256), BH), (256,),
+                    (Slot("dq_acc"), Slot("dq"), np.int32(n8), np.int32(d), ctx.tau,
+                     Rows(rows["dq"]), H), 0)
         return Prepared(ctx.spec.name, [dot, main, rnd], describe=ctx.desc,
                         workspace={"Dvec": BH * Nq * 4, "dq_acc": BH * Nq * d * 4})
 
     return build() if trace else _cached(key, build)
+
+
+_BACK_ROWS = ("q", "k", "v", "do", "o", "dq", "dk", "dv")  # the backward's strided operands
 
 
 def _frozen(config):
@@ -176,12 +181,12 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
     cp, dims = ctx.cp, ctx.dims
     p = launch_plan(ctx.device, dims.d, "backward", config, source)
     state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
-    rows = {n: element_strides(x) for n, x in zip(("q", "k", "v", "do", "o"), (q, k, v, do, o))}
-    call = prepare_backward(ctx, q.dtype, rows, p, trace, source, targs, variant)
-    work = cp.empty(call.workspace_bytes, cp.uint8)  # freed in stream order
     dk_out, dv_out = dk, dv
     if dims.kv_heads != dims.H:  # GQA: per query head first
         dk, dv = (cp.empty((dims.B, dims.H, dims.Nk, dims.d), dq.dtype) for _ in range(2))
+    rows = {n: element_strides(x) for n, x in zip(_BACK_ROWS, (q, k, v, do, o, dq, dk, dv))}
+    call = prepare_backward(ctx, q.dtype, rows, p, trace, source, targs, variant)
+    work = cp.empty(call.workspace_bytes, cp.uint8)  # freed in stream order
     call.run({"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": dq, "dk": dk,
               "dv": dv}, workspace=work.data.ptr)
     if dk is not dk_out:
