@@ -365,15 +365,16 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------- the C++ launch path
 
 # (dtypes, devices, shapes, strides of q, k, v, is_causal, scale as given) -> (the extension's
-# attention, forward plan, backward plan): a hit was checked when it was stored
+# attention, forward plan, backward plan, and the two Prepared calls they were made from): a hit
+# was checked when it was stored
 _native: dict = {}
 
 
 def _native_entry(kernel: str, q, k, v, is_causal: bool, scale: float):
-    """(attention, forward plan, backward plan) of flashlab.native for these operands, or None
-    (not built, or rows the kernels cannot read in place: the Python path copies them). The
-    backward is prepared for dO laid out as o (what a model's o.transpose(1, 2).reshape gives
-    back); another layout is copied into that one."""
+    """(attention, forward plan, backward plan, forward and backward Prepared) of
+    flashlab.native for these operands, or None (not built, or rows the kernels cannot read in
+    place: the Python path copies them). The backward is prepared for dO laid out as o (what a
+    model's o.transpose(1, 2).reshape gives back); another layout is copied into that one."""
     from . import native
 
     ext = native.module()
@@ -389,8 +390,10 @@ def _native_entry(kernel: str, q, k, v, is_causal: bool, scale: float):
     bwd = launch.prepare_backward(kernel, co, cq, ck, cv, co, _to_cupy(lse), causal=is_causal,
                                   softmax_scale=scale, grads=grads)
     with torch.cuda.device(q.get_device()):  # the plans take q's device's (primary) context
+        # the Prepared calls ride along: they hold the kernels whose handles the plans launch
+        # (compiler's module cache holds them too, for the process)
         return (ext.attention, native.plan(ext, fwd, native.FORWARD_BUFFERS),
-                native.plan(ext, bwd, native.BACKWARD_BUFFERS, o.stride()))
+                native.plan(ext, bwd, native.BACKWARD_BUFFERS, o.stride()), fwd, bwd)
 
 
 def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None,

@@ -39,3 +39,27 @@ def test_interleaved_training_gives_the_curves_of_one_variant_after_another(exam
 def test_a_negative_interleave_is_refused(example):
     with pytest.raises(SystemExit):
         example.parse_args(SMOKE + ["--interleave", "-1"])
+
+
+def test_a_variant_named_twice_measures_the_noise_floor(example, tmp_path):
+    # on the CPU fp32 repeats exactly: the floor is 0, so --tol is the bound
+    out = tmp_path / "rep"
+    assert example.main(SMOKE[:3] + ["sdpa-math,sdpa,sdpa-math"] + SMOKE[4:] +
+                        ["--interleave", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "gpt2.json").read_text())["results"]
+    assert [r["variant"] for r in results] == ["sdpa-math", "sdpa", "sdpa-math#2"]
+    assert results[2]["losses"] == results[0]["losses"]
+    assert all(r["noise_floor"] == 0.0 and r["match_bound"] == 0.05 for r in results)
+    assert "one implementation against itself: 0.0000" in (out / "gpt2.md").read_text()
+
+
+def test_the_noise_floor_widens_the_bound_only_past_tol(example):
+    base = [2.0 + 0.01 * i for i in range(30)]
+    runs = [{"variant": "a", "ok": True, "losses": base, "ms_median": 1.0},
+            {"variant": "b", "ok": True, "losses": [x + 0.08 for x in base], "ms_median": 1.0},
+            {"variant": "a#2", "ok": True, "losses": [x + 0.1 for x in base], "ms_median": 1.0}]
+    example.compare(runs, 0.05)
+    assert abs(runs[0]["noise_floor"] - 0.1) < 1e-12 and runs[1]["matches"]
+    runs[2]["losses"] = [x + 0.01 for x in base]
+    example.compare(runs, 0.05)
+    assert runs[0]["match_bound"] == 0.05 and not runs[1]["matches"]

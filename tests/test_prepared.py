@@ -4,6 +4,7 @@ as the kernels' struct Rows; views it cannot read are refused naming the argumen
 launches are resolved once per shape and layout, and run with device pointers on a given
 stream (what flashlab.torch does per call)."""
 import struct
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -176,3 +177,18 @@ def test_a_launchers_step_puts_its_buffers_first():
                                                 prepared.Slot("o")), "k<1>")
     with pytest.raises(ValueError, match="k<1>: buffer slots must come before the constants"):
         prepared.Prepared("tc", [step])
+
+
+def test_the_stand_in_holds_where_real_cupy_was_imported_first(gpu, monkeypatch):
+    # a GPU machine running the whole suite imports CuPy before these tests install their
+    # stand-in: its submodules stay in sys.modules and must not leak into the stand-in's calls
+    import types
+
+    real = types.ModuleType("cupy.cuda.function")
+    real.CPointer = real.CIntptr = lambda *a: pytest.fail("the real CuPy's argument types used")
+    monkeypatch.setitem(sys.modules, "cupy.cuda", types.SimpleNamespace(function=real))
+    monkeypatch.setitem(sys.modules, "cupy.cuda.function", real)
+    q, k, v = _packed(gpu)
+    launch.forward("tc", q, k, v, causal=True)
+    (args,) = _args_of(gpu, "tc90_forward")
+    assert sum(isinstance(a, np.ndarray) for a in args) == 4  # the Rows, as given

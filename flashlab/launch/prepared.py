@@ -14,6 +14,7 @@ address). `rows` packs one operand's strides as the kernels' `struct Rows` (tc_c
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -65,11 +66,21 @@ class Step:
 
 def _cupy_pointers():
     """(CPointer, CIntptr) of CuPy's kernel-argument module, or (None, None) without it (the
-    tests' stand-in)."""
-    try:
-        from cupy.cuda import function
-    except (ImportError, AttributeError):
-        return None, None
+    tests' stand-in). Read from the `cupy` module in use (sys.modules), not by importing
+    cupy.cuda.function: where real CuPy was imported before the tests' stand-in replaced it
+    (a GPU machine running the whole suite), that import would find the real submodule."""
+    cp = sys.modules.get("cupy")
+    if cp is None:
+        try:
+            import cupy as cp
+        except ImportError:
+            return None, None
+    function = getattr(getattr(cp, "cuda", None), "function", None)
+    if function is None and getattr(cp, "__file__", None):  # a real CuPy that did not expose it
+        try:
+            from cupy.cuda import function
+        except (ImportError, AttributeError):
+            return None, None
     return getattr(function, "CPointer", None), getattr(function, "CIntptr", None)
 
 
