@@ -52,9 +52,12 @@ def module():
             mod = _build()
         except Exception as e:  # no compiler or ninja, a header this torch lacks
             why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            from ..install import install_hint
+
             warnings.warn(f"flashlab.torch: the C++ launch path did not build ({why}); calls run "
-                          "from Python (more host time per call). FLASHLAB_TORCH_NATIVE=0 "
-                          "skips the build.", RuntimeWarning, stacklevel=3)
+                          "from Python (more host time per call). It needs a C++ compiler and "
+                          f"ninja ({install_hint('torch')}); FLASHLAB_TORCH_NATIVE=0 skips the "
+                          "build.", RuntimeWarning, stacklevel=3)
     _state["module"], _state["why"] = mod, why
     return mod
 
