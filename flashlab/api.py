@@ -274,7 +274,7 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     mask_mod(b, h, q_idx, kv_idx) -> bool and score_mod(score, b, h, q_idx, kv_idx), as
     FlexAttention's (flashlab.mods). A row no key is visible to gives 0 and lse -inf. NumPy
     arrays run them in the oracle (kernel 'auto' or the A0 baseline) or in fa2's step-through
-    (kernel='fa2'; its backward without score_mod); fa2 (float32, CuPy arrays or
+    (kernel='fa2', forward and backward); fa2 (float32, CuPy arrays or
     backend='cpu') and tc (float16 / bfloat16 CuPy arrays) compile window, mask_mod, score_mod
     and GQA in, forward and backward; the other kernels say so.
     """

@@ -58,7 +58,7 @@ def check_kernel(kernel: str, direction: str = "forward", B=1, H=2, Nq=256, Nk=N
     TC_UNITS units of roundoff). bug: a planted bug's name (flashlab.course.bugs). source: a .cu
     file to run instead of ours (same kernels, same signatures). window, mask_mod, score_mod:
     an attention variant, compiled into the kernel and run by the step-through (kernels whose
-    registry entry has trace_mods: fa2; its backward without score_mod).
+    registry entry has trace_mods: fa2, forward and backward).
     """
     backend = default_backend() if backend is None else backend
     if backend not in ("gpu", "cpu"):

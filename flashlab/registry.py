@@ -119,7 +119,7 @@ class KernelSpec:
     # score_mod, GQA; kernels/fa2.cu's FL_MODS, kernels/tc_mods.cuh)
     mods: bool = False
     # its step-through (steps / reference) takes them too (flashlab/reference/fa2.py: forward
-    # window, mask_mod, score_mod, GQA, backward without score_mod; reference/tc.py: all)
+    # and backward: window, mask_mod, score_mod, GQA; reference/tc.py likewise)
     step_mods: bool = False
     # and its trace build with a variant is held to that step-through (kernel_check)
     trace_mods: bool = False

@@ -15,8 +15,8 @@ Every tile below is shaped (B, H, rows[, cols]): one step does tile (i, j) for a
 Attention variants (flash_attention's keywords window=, mask_mod=, score_mod=, and k, v with
 fewer heads: GQA) change S_ij as the kernels do (tiles.TileVariant: score_mod where visible,
 -inf where hidden), and a tile no head sees any entry of is skipped; a row with no visible key
-gives O = 0 and lse -inf. The backward takes the masks and GQA; score_mod's derivative is not in
-its step yet (the oracle, flashlab.reference.variants, and the kernels have it).
+gives O = 0 and lse -inf. The backward takes them all: P from the modified scores, and dS
+multiplied by score_mod's derivative at the unmodified score (G2:L6), as kernels/fa2.cu does.
 """
 from __future__ import annotations
 
@@ -109,15 +109,10 @@ def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
 
     Each step records dQ_ij = tau dS K_j, the contribution this (i, j) adds to dQ_i (G2:L7): on
     the GPU several thread blocks add into dQ_i in no fixed order, but each contribution is fixed.
-    window, mask_mod and GQA (as the forward's): the module docstring (dk, dv then have k's
-    heads).
+    window, mask_mod, score_mod and GQA (as the forward's): the module docstring (dk, dv then
+    have k's heads); with a score_mod, dS_ij carries its derivative.
     """
-    if score_mod is not None:
-        raise ValueError("score_mod: fa2's backward step-through takes masks (window, mask_mod) "
-                         "and GQA, not yet score_mod's derivative; the oracle "
-                         "(flashlab.reference.variant_attention_backward) and the kernels fa2 "
-                         "and tc have it")
-    tv = TileVariant.of(window, mask_mod)
+    tv = TileVariant.of(window, mask_mod, score_mod)
     scores = tv.scores if tv is not None else tiles.scores  # S_ij (G2:L5), with the variant's
     dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale, gqa=gqa or tv is not None)
     k, v = full_heads(dims, k, v)
@@ -168,6 +163,8 @@ def fa2_backward_steps(do, q, k, v, o, lse, causal=False, softmax_scale=None, Br
             dV_tilde = dV_tilde + np.swapaxes(P_ij, -1, -2) @ dO_i  # G2:L6  (B, H, bc, d)
             dP_ij = dO_i @ np.swapaxes(V_j, -1, -2)  # (B, H, br, bc)
             dS_ij = P_ij * (dP_ij - D_i[..., None])
+            if tv is not None and tv.score is not None:  # d score_mod / d score (G2:L6)
+                dS_ij = dS_ij * tv.score_grad(Q_i, K_j, tau, dims.causal, r, c)
             dQ_ij = tau * (dS_ij @ K_j)  # G2:L7  (B, H, br, d)
             dK_tilde = dK_tilde + tau * (np.swapaxes(dS_ij, -1, -2) @ Q_i)  # G2:L8  (B, H, bc, d)
             # END EXERCISE

@@ -141,6 +141,17 @@ class TileVariant:
                 S = np.where(np.isneginf(S), S, self.score.score(S, *self.index(S.shape, r, c)))
         return np.where(self.visible(S.shape, r, c), S, S.dtype.type(-np.inf)).astype(S.dtype)
 
+    def score_grad(self, Q_i, K_j, tau, causal, r: slice, c: slice):
+        """d score_mod / d score at each visible entry's unmodified score tau q.k (G2:L6
+        multiplies dS by it), 0 where the entry is hidden; 1 everywhere without a score_mod."""
+        S0 = scores(Q_i, K_j, tau, causal, r, c)
+        if self.score is None:
+            return S0.dtype.type(1)
+        with np.errstate(all="ignore"):  # the causal -inf entries' derivative is dropped
+            g = self.score.grad(S0, *self.index(S0.shape, r, c))
+        seen = self.visible(S0.shape, r, c) & ~np.isneginf(S0)
+        return np.where(seen, g, 0).astype(S0.dtype)
+
 
 def full_heads(dims, *xs):
     """k, v (or dK, dV) with each key/value head repeated for its group of query heads (GQA:
