@@ -24,108 +24,20 @@ and a model step can be captured in a CUDA graph. float32 crosses to CuPy throug
 (contiguous copies) and runs the CuPy API.
 
 This module is named flashlab.torch; the real PyTorch is imported with
-importlib.import_module("torch"), never this file. Importing it needs PyTorch; using it needs
+importlib.import_module("torch") (flashlab.torch_bridge), never this file. Importing it needs PyTorch; using it needs
 CuPy and a CUDA GPU.
 """
 from __future__ import annotations
 
-import importlib
-
-import numpy as np
-
 from .api import flash_attention as _flash_attention
 from .api import flash_attention_backward as _flash_attention_backward
-
-try:
-    torch = importlib.import_module("torch")
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("flashlab.torch needs PyTorch (pip install torch); flashlab itself does "
-                      "not") from e
-
-_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-
-
-def _check(name: str, x) -> None:
-    if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype in _DTYPES and x.dim() == 4:
-        return
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"flashlab.torch.flash_attention: {name} must be a torch.Tensor, got "
-                        f"{type(x).__name__}")
-    if x.device.type != "cuda":
-        raise ValueError(f"flashlab.torch.flash_attention: {name} is on {x.device}; the kernels "
-                         f"run on CUDA tensors: pass {name}.cuda()")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"flashlab.torch.flash_attention: {name} has dtype {x.dtype}; the kernels "
-                        f"take float16, bfloat16 (tensor cores) or float32: pass "
-                        f"{name}.to(torch.bfloat16)")
-    if x.dim() != 4:
-        raise ValueError(f"flashlab.torch.flash_attention: {name} must be (B, H, N, d), got shape "
-                         f"{tuple(x.shape)}")
-
-
-def _to_cupy(x, contiguous: bool = True):
-    """A CuPy view of a torch CUDA tensor's buffer (DLPack), made contiguous first unless
-    `contiguous` is False (then with the tensor's strides). 16-bit tensors cross as int16 and
-    are reinterpreted, so no DLPack dtype support is needed."""
-    import cupy
-
-    x = x.detach()
-    if contiguous:
-        x = x.contiguous()
-    if x.dtype == torch.float32:
-        return cupy.from_dlpack(x)
-    import ml_dtypes
-
-    view = cupy.from_dlpack(x.view(torch.int16))
-    return view.view(ml_dtypes.bfloat16 if x.dtype == torch.bfloat16 else np.float16)
-
-
-def _to_torch(a, dtype):
-    """The torch tensor sharing CuPy array `a`'s buffer, as `dtype`."""
-    if dtype == torch.float32 or a.dtype == np.float32:
-        return torch.from_dlpack(a)
-    import cupy
-
-    return torch.from_dlpack(a.view(cupy.int16)).view(dtype)
-
-
-def _external(cupy, ptr: int, index: int):
-    """CuPy's view of torch's stream `ptr`: Stream.from_external (CuPy 14, which deprecates
-    ExternalStream) given an object with the CUDA stream protocol, else ExternalStream."""
-    class _Handle:
-        def __cuda_stream__(self):
-            return (0, ptr)
-
-    if hasattr(cupy.cuda.Stream, "from_external"):
-        try:
-            return cupy.cuda.Stream.from_external(_Handle())
-        except (TypeError, ValueError, AttributeError):
-            pass
-    return cupy.cuda.ExternalStream(ptr, index)
-
-
-class _Stream:
-    """Run CuPy (and so flashlab's kernels) on torch's current stream, on the tensor's device."""
-
-    def __init__(self, device):
-        import cupy
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self.device = cupy.cuda.Device(index)
-        ptr = torch.cuda.current_stream(index).cuda_stream
-        # torch's default stream is the legacy default stream (handle 0): CuPy's null stream
-        self.stream = cupy.cuda.Stream.null if ptr == 0 else _external(cupy, ptr, index)
-
-    def __enter__(self):
-        self.device.__enter__()
-        self.stream.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.stream.__exit__(*exc)
-        self.device.__exit__(*exc)
-        return False
-
+from .torch_bridge import DTYPES as _DTYPES
+from .torch_bridge import TorchStream as _Stream
+from .torch_bridge import check as _check
+from .torch_bridge import rows_ok as _rows_ok
+from .torch_bridge import to_cupy as _to_cupy
+from .torch_bridge import to_torch as _to_torch
+from .torch_bridge import torch
 
 # ---------------------------------------------------------------- the 16-bit path, per call
 
@@ -166,14 +78,6 @@ def _fast(q):
             name = fits[0] if fits and registry.get(fits[0]).row_strides else None
         _kernel_for[key] = name
     return _kernel_for[key]
-
-
-def _rows_ok(x) -> bool:
-    """x's rows can be read in place by the tensor-core kernels: last dim contiguous, strides
-    and address on 16 bytes (launch.device.check_rows says the same of CuPy arrays)."""
-    st = x.stride()
-    return st[3] == 1 and st[0] % 8 == 0 and st[1] % 8 == 0 and st[2] % 8 == 0 \
-        and x.data_ptr() % 16 == 0
 
 
 def _readable(x):
@@ -396,16 +300,25 @@ def _native_entry(kernel: str, q, k, v, is_causal: bool, scale: float):
                 native.plan(ext, bwd, native.BACKWARD_BUFFERS, o.stride()), fwd, bwd)
 
 
-def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None,
-                    softmax_scale=None):
+def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, enable_gqa=False,
+                    window=None, mask_mod=None, score_mod=None, causal=None, softmax_scale=None):
     """softmax(scale q k^T) v for torch CUDA tensors q (B, H, Nq, d), k, v (B, H, Nk, d) of one
     dtype (float16, bfloat16 or float32), differentiable, traceable by torch.compile. As
-    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=, scale=); `causal`
-    and `softmax_scale` are the older names of the same arguments."""
+    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=, scale=,
+    enable_gqa=); `causal` and `softmax_scale` are the older names of the same arguments.
+
+    Variants (flashlab.torch_variants): enable_gqa=True lets k, v have H_kv heads dividing H;
+    window=(left, right), mask_mod(b, h, q_idx, kv_idx) and score_mod(score, b, h, q_idx,
+    kv_idx) as flashlab.flash_attention takes them (flashlab.mods). They run eagerly: under
+    torch.compile such a call is a graph break (fullgraph=True refuses it)."""
     if causal is not None:
         is_causal = causal
     if softmax_scale is not None:
         scale = softmax_scale
+    if enable_gqa or window is not None or mask_mod is not None or score_mod is not None:
+        return _with_variant(q, k, v, is_causal, scale, enable_gqa,
+                             {n: x for n, x in (("window", window), ("mask_mod", mask_mod),
+                                                ("score_mod", score_mod)) if x is not None})
     key = None
     if not torch.compiler.is_compiling():  # the per-call path: one lookup, then C++
         try:
@@ -419,10 +332,9 @@ def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, causal=None
     return _checked(q, k, v, is_causal, scale, key)
 
 
-def _checked(q, k, v, is_causal, scale, key):
-    """flash_attention after its checks: the custom op under torch.compile; else the C++ path
-    (stored under `key` for the next call) where it is built, else the Python one."""
-    is_causal = bool(is_causal)
+def _operands(q, k, v, gqa: bool) -> None:
+    """Each operand a 4-d CUDA tensor of a dtype the kernels take, all on one device, of one
+    dtype, and k, v with q's heads unless GQA is asked for (SDPA's enable_gqa)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     if not (q.get_device() == k.get_device() == v.get_device()):
@@ -431,6 +343,28 @@ def _checked(q, k, v, is_causal, scale, key):
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"flashlab.torch.flash_attention: q, k, v must share one dtype; got "
                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if not gqa and (k.shape[1] != q.shape[1] or v.shape[1] != q.shape[1]):
+        raise ValueError(f"flashlab.torch.flash_attention: k and v have {k.shape[1]} and "
+                         f"{v.shape[1]} heads, q {q.shape[1]}: pass enable_gqa=True for "
+                         f"grouped-query attention (as SDPA takes it)")
+
+
+@torch.compiler.disable  # a mod is a Python function: eager, a graph break under torch.compile
+def _with_variant(q, k, v, is_causal, scale, enable_gqa, variant: dict):
+    """flash_attention with enable_gqa or a variant keyword: checked here, run by
+    flashlab.torch_variants (the CuPy API's variant builds)."""
+    from . import torch_variants
+
+    _operands(q, k, v, gqa=bool(enable_gqa))
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    return torch_variants.attention(q, k, v, bool(is_causal), scale, variant)
+
+
+def _checked(q, k, v, is_causal, scale, key):
+    """flash_attention after its checks: the custom op under torch.compile; else the C++ path
+    (stored under `key` for the next call) where it is built, else the Python one."""
+    is_causal = bool(is_causal)
+    _operands(q, k, v, gqa=False)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if torch.compiler.is_compiling():  # the custom op: traced without a graph break
         return attention_forward(q, k, v, is_causal, scale)[0]
