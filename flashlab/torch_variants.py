@@ -11,14 +11,16 @@ autograd.Function: float16 and bfloat16 on tc (rows read in place where the kern
 packed projection's views), float32 on fa2, each variant compiled in once (cached by its text
 and captured values). Eager only for now: a mod is a Python function, which torch.library's
 schema cannot carry, so flashlab.torch marks the call torch.compiler.disable: a graph break
-under torch.compile, refused with fullgraph=True (FlexAttention is torch's compiled answer). Not yet through flashlab.native's C++ path: the outputs come from CuPy's memory pool,
-so a step with a variant cannot be captured in a CUDA graph.
+under torch.compile, refused with fullgraph=True (FlexAttention is torch's compiled answer).
+Not yet through flashlab.native's C++ path: the outputs come from CuPy's memory pool, so a step
+with a variant cannot be captured in a CUDA graph.
 """
 from __future__ import annotations
 
 from .api import flash_attention as _flash_attention
 from .api import flash_attention_backward as _flash_attention_backward
 from .torch_bridge import TorchStream, rows_ok, to_cupy, to_torch, torch
+
 
 def _in(x):
     """x for the CuPy API: a view of its buffer where the 16-bit kernel reads its rows in

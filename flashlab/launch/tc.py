@@ -116,6 +116,9 @@ def prepare_forward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source
     return build() if trace else _cached(key, build)
 
 
+_BACK_ROWS = ("q", "k", "v", "do", "o", "dq", "dk", "dv")  # the backward's strided operands
+
+
 def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source=None,
                      targs=(), variant=None) -> Prepared:
     """G2 on tensor cores: the D pre-pass (which zeroes dQ's fp32 accumulator), the per-K/V-block
@@ -154,9 +157,6 @@ def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, sourc
                         workspace={"Dvec": BH * Nq * 4, "dq_acc": BH * Nq * d * 4})
 
     return build() if trace else _cached(key, build)
-
-
-_BACK_ROWS = ("q", "k", "v", "do", "o", "dq", "dk", "dv")  # the backward's strided operands
 
 
 def _frozen(config):

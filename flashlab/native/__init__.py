@@ -11,9 +11,9 @@ The extension is compiled once per source and torch version (torch.utils.cpp_ext
 load_inline, cached under torch's extensions directory; about a minute the first time). It
 needs a C++ compiler and ninja, not the CUDA toolkit: kernels are launched by handle, and the
 driver functions' addresses (cuLaunchKernel, cuCtxGetCurrent, cuCtxSetCurrent) come from the
-driver library Python loads. `module()` returns None
-where it cannot be built (the reason in `why_not()`); flashlab.torch then runs the same calls
-from Python. FLASHLAB_TORCH_NATIVE=0 turns it off.
+driver library Python loads. `module()` returns None where it cannot be built (the reason in
+`why_not()`); flashlab.torch then runs the same calls from Python. FLASHLAB_TORCH_NATIVE=0
+turns it off.
 """
 from __future__ import annotations
 
@@ -93,12 +93,10 @@ def _build():
 
 
 def const_bytes(c) -> bytes:
-    """The bytes a kernel receives for a prepared call's constant argument `c`."""
-    if isinstance(c, (np.generic, np.ndarray)) and np.size(c) == 1:  # a scalar, a Rows record
+    """The bytes a kernel receives for a prepared call's constant argument `c`: a NumPy scalar
+    or a Rows record (the plain build's constants; a variant build's arrays do not come here)."""
+    if isinstance(c, (np.generic, np.ndarray)) and np.size(c) == 1:
         return np.asarray(c).tobytes()
-    data = getattr(c, "data", None)
-    if data is not None and isinstance(getattr(data, "ptr", None), int):  # a CuPy array
-        return np.uint64(data.ptr).tobytes()
     raise TypeError(f"flashlab native: a constant argument of type {type(c).__name__}")
 
 
