@@ -15,13 +15,14 @@ implementations and a registered autograd formula, so torch.compile(model, fullg
 traces a model that calls it without a graph break; eagerly the same kernels run through an
 autograd.Function (the custom op's Python dispatch costs more than a small kernel).
 
-16-bit calls where 'auto' picks tc are prepared once per shape and layout
-(flashlab.launch.prepared) and then run in C++ (flashlab.native: an autograd node that
-allocates from torch's allocator and launches on torch's current stream), or, where that
-extension cannot be built, launched from Python with the tensors' data_ptr()s the same way:
-q, k, v may be strided views (a packed qkv projection), dq, dk, dv come back in their layout,
-and a model step can be captured in a CUDA graph. float32 crosses to CuPy through DLPack
-(contiguous copies) and runs the CuPy API.
+Calls where 'auto' picks a kernel with prepared calls (tc for 16-bit, fa2 for float32) are
+prepared once per shape and layout (flashlab.launch.prepared) and then run in C++
+(flashlab.native: an autograd node that allocates from torch's allocator and launches on
+torch's current stream), or, where that extension cannot be built, launched from Python with
+the tensors' data_ptr()s the same way, so a model step can be captured in a CUDA graph. For tc,
+q, k, v may be strided views (a packed qkv projection) and dq, dk, dv come back in their
+layout; fa2 takes contiguous operands (others are copied). Other calls (fa1's head dims; 16-bit
+on an older GPU) cross to CuPy through DLPack and run the CuPy API.
 
 This module is named flashlab.torch; the real PyTorch is imported with
 importlib.import_module("torch") (flashlab.torch_bridge), never this file. Importing it needs PyTorch; using it needs
@@ -39,7 +40,7 @@ from .torch_bridge import to_cupy as _to_cupy
 from .torch_bridge import to_torch as _to_torch
 from .torch_bridge import torch
 
-# ---------------------------------------------------------------- the 16-bit path, per call
+# ---------------------------------------------------------------- the prepared path, per call
 
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 _get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
@@ -59,39 +60,62 @@ def _stream_ptr(index: int):
 
 
 _kernel_for: dict = {}  # (device, dtype, head dim) -> the prepared-call kernel, or None
+_strided: dict = {}  # kernel -> whether it reads strided rows (registry row_strides)
 
 
 def _fast(q):
-    """The kernel q runs through prepared calls, or None: 16-bit, on a GPU and at a head dim
-    where kernel='auto' picks one that takes strided operands (tc). Where None, the CuPy API's
-    'auto' runs (float32: fa2 or fa1; 16-bit at another head dim or on an older GPU: float32
-    copies, with its warning)."""
+    """The kernel q runs through prepared calls, or None: on a GPU, the kernel kernel='auto'
+    picks for q's dtype and head dim where its launcher prepares calls (tc for 16-bit, fa2 for
+    float32). Where None, the CuPy API's 'auto' runs (fa1's head dims; 16-bit at another head
+    dim or on an older GPU: float32 copies, with its warning)."""
     key = (q.get_device(), q.dtype, q.shape[-1])
     if key not in _kernel_for:
-        name = None
-        if q.dtype != torch.float32:
-            from . import registry
-            from .launch.device import device_limits
+        from . import registry
+        from .launch.device import device_limits
 
-            cc = int(device_limits(key[0])["compute_capability"])
-            fits = registry.for_auto(_DTYPES[q.dtype], q.shape[-1], cc)
-            name = fits[0] if fits and registry.get(fits[0]).row_strides else None
+        cc = int(device_limits(key[0])["compute_capability"])
+        fits = registry.for_auto(_DTYPES[q.dtype], q.shape[-1], cc)
+        spec = registry.get(fits[0]) if fits else None
+        name = None
+        if spec is not None and _DTYPES[q.dtype] in spec.dtypes \
+                and hasattr(spec.launch_module(), "prepare_forward"):
+            name = spec.name
+            _strided[name] = spec.row_strides
         _kernel_for[key] = name
     return _kernel_for[key]
 
 
-def _readable(x):
-    return x if _rows_ok(x) else x.contiguous()
+def _in_place(kernel: str, x) -> bool:
+    """`kernel` reads x without a copy: rows on 16 bytes (tc), else contiguous and 16-byte
+    aligned (fa2's float4 loads)."""
+    if _strided[kernel]:
+        return _rows_ok(x)
+    return x.is_contiguous() and x.data_ptr() % 16 == 0
 
 
-def _out_like(q):
-    """The output (or gradient) for q's layout: contiguous (B, H, N, d) for a contiguous q, else
-    heads inside rows, (B, N, H, d) in memory seen as (B, H, N, d), as SDPA returns for the
-    transposed views a model passes, so that o.transpose(1, 2).reshape(B, N, H d) is free and
-    the gradients of a packed qkv projection stack into it row by row. Decided by q's layout
-    alone (before any copy _readable makes), as the fake (meta) implementations decide it."""
+def _writes_strided(q) -> bool:
+    """o and the gradients of a call like q come back in q's layout (_out_like): the prepared
+    path of a kernel with row strides; else contiguous (fa2's prepared calls, the CuPy API)."""
+    kernel = _fast(q)
+    return kernel is not None and _strided[kernel]
+
+
+def _readable(kernel: str, x):
+    """x, or a copy `kernel` reads in place (a fresh allocation: contiguous and aligned)."""
+    if _in_place(kernel, x):
+        return x
+    return x.clone(memory_format=torch.contiguous_format) if x.is_contiguous() else x.contiguous()
+
+
+def _out_like(q, strided: bool = True):
+    """The output (or gradient) for q's layout: contiguous (B, H, N, d) for a contiguous q or
+    a kernel that writes contiguous arrays only (strided False), else heads inside rows,
+    (B, N, H, d) in memory seen as (B, H, N, d), as SDPA returns for the transposed views a
+    model passes, so that o.transpose(1, 2).reshape(B, N, H d) is free and the gradients of a
+    packed qkv projection stack into it row by row. Decided by q's layout alone (before any
+    copy _readable makes), as the fake (meta) implementations decide it."""
     B, H, N, d = q.shape
-    if q.is_contiguous():
+    if q.is_contiguous() or not strided:
         return q.new_empty((B, H, N, d))
     return torch.empty_strided((B, H, N, d), (N * H * d, d, H * d, 1), dtype=q.dtype,
                                device=q.device)
@@ -129,7 +153,7 @@ def _backward_key(index, do, q, k, v, o, is_causal, scale) -> tuple:
             v.stride(), o.stride(), is_causal, scale)
 
 
-def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
+def _prepared_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
     """The forward per call: a cache hit (this layout, 16-byte aligned pointers) allocates o
     and lse and launches; a miss checks and prepares (launch.prepare_forward), copying an
     operand whose rows the kernel cannot read in place."""
@@ -137,12 +161,12 @@ def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
     qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
     key = _forward_key(index, q, k, v, is_causal, scale)
     call = _calls.get(key)
-    o = _out_like(q)
+    o = _out_like(q, _strided[kernel])
     if call is None or (qp | kp | vp) & 15:
         from . import launch
 
         given = (q, k, v)
-        q, k, v = _readable(q), _readable(k), _readable(v)
+        q, k, v = (_readable(kernel, x) for x in given)
         qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
         call = launch.prepare_forward(kernel, _to_cupy(q, False), _to_cupy(k, False),
                                       _to_cupy(v, False), _to_cupy(o, False), causal=is_causal,
@@ -154,24 +178,24 @@ def _tc_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
     return o, lse
 
 
-def _tc_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float):
-    """The backward per call, as _tc_forward: dq, dk, dv laid out like q, k, v (_out_like), one
-    workspace."""
+def _prepared_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float):
+    """The backward per call, as _prepared_forward: dq, dk, dv laid out like q, k, v
+    (_out_like), one workspace."""
     index = q.get_device()
     ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
     key = _backward_key(index, do, q, k, v, o, is_causal, scale)
     call = _calls.get(key)
-    dq, dk, dv = _out_like(q), _out_like(k), _out_like(v)
+    dq, dk, dv = (_out_like(x, _strided[kernel]) for x in (q, k, v))
     if call is None or (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]) & 15:
         from . import launch
 
         given = (do, q, k, v, o)
-        do, q, k, v, o = (_readable(x) for x in given)
+        do, q, k, v, o = (_readable(kernel, x) for x in given)
         ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
         call = launch.prepare_backward(kernel, *(_to_cupy(x, False) for x in (do, q, k, v, o)),
                                        _to_cupy(lse), causal=is_causal, softmax_scale=scale,
                                        grads=tuple(_to_cupy(g, False) for g in (dq, dk, dv)))
-        if all(a is b for a, b in zip((do, q, k, v, o), given)):  # as in _tc_forward
+        if all(a is b for a, b in zip((do, q, k, v, o), given)):  # as in _prepared_forward
             _store(key, call)
     work = q.new_empty((call.workspace_bytes,), dtype=torch.uint8)  # freed in stream order
     _run(call, index, {"do": ptrs[0], "q": ptrs[1], "k": ptrs[2], "v": ptrs[3], "o": ptrs[4],
@@ -180,14 +204,14 @@ def _tc_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float
     return dq, dk, dv
 
 
-# ---------------------------------------------------------------- dispatch: tc, else the CuPy API
+# ------------------------------------------------------- dispatch: prepared, else the CuPy API
 
 def _forward(q, k, v, is_causal: bool, scale: float):
-    """(o, lse): o like q (_out_like on the tensor-core path, else contiguous), lse (B, H, Nq)
+    """(o, lse): o like q (_out_like on the prepared path, else contiguous), lse (B, H, Nq)
     float32, the logsumexp the backward takes."""
     kernel = _fast(q)
     if kernel is not None:
-        return _tc_forward(kernel, q, k, v, is_causal, scale)
+        return _prepared_forward(kernel, q, k, v, is_causal, scale)
     with _Stream(q.device):
         o, lse = _flash_attention(_to_cupy(q), _to_cupy(k), _to_cupy(v), causal=is_causal,
                                   softmax_scale=scale, return_lse=True)
@@ -197,7 +221,7 @@ def _forward(q, k, v, is_causal: bool, scale: float):
 def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float):
     kernel = _fast(q)
     if kernel is not None:
-        return _tc_backward(kernel, do, q, k, v, o, lse, is_causal, scale)
+        return _prepared_backward(kernel, do, q, k, v, o, lse, is_causal, scale)
     with _Stream(q.device):
         dq, dk, dv = _flash_attention_backward(
             _to_cupy(do), _to_cupy(q), _to_cupy(k), _to_cupy(v), _to_cupy(o), _to_cupy(lse),
@@ -232,8 +256,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_caus
 
 @attention_forward.register_fake
 def _(q, k, v, is_causal, scale):
-    o = _out_like(q) if _fast(q) is not None else q.new_empty(q.shape)
-    return o, q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _out_like(q, _writes_strided(q)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("flashlab::attention_backward", mutates_args=())
@@ -245,9 +268,8 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
 @attention_backward.register_fake
 def _(do, q, k, v, o, lse, is_causal, scale):
-    if _fast(q) is not None:  # laid out as _tc_backward lays them out
-        return _out_like(q), _out_like(k), _out_like(v)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # the CuPy API's
+    strided = _writes_strided(q)  # laid out as _prepared_backward (or the CuPy API) lays them out
+    return _out_like(q, strided), _out_like(k, strided), _out_like(v, strided)
 
 
 def _setup_context(ctx, inputs, output):
@@ -282,15 +304,15 @@ def _native_entry(kernel: str, q, k, v, is_causal: bool, scale: float):
     from . import native
 
     ext = native.module()
-    if ext is None or not (_rows_ok(q) and _rows_ok(k) and _rows_ok(v)):
+    if ext is None or not (_in_place(kernel, q) and _in_place(kernel, k) and _in_place(kernel, v)):
         return None
     from . import launch
 
-    o = _out_like(q)
+    o = _out_like(q, _strided[kernel])  # as the extension lays it out (contiguous for fa2's q)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     cq, ck, cv, co = (_to_cupy(x, False) for x in (q, k, v, o))
     fwd = launch.prepare_forward(kernel, cq, ck, cv, co, causal=is_causal, softmax_scale=scale)
-    grads = tuple(_to_cupy(_out_like(x), False) for x in (q, k, v))
+    grads = tuple(_to_cupy(_out_like(x, _strided[kernel]), False) for x in (q, k, v))
     bwd = launch.prepare_backward(kernel, co, cq, ck, cv, co, _to_cupy(lse), causal=is_causal,
                                   softmax_scale=scale, grads=grads)
     with torch.cuda.device(q.get_device()):  # the plans take q's device's (primary) context

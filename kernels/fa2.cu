@@ -10,7 +10,8 @@
  *            ty*RM .. ty*RM+RM-1 and columns tx, tx+16, ... of every tile. Templates
  *            <D, BR, BC>: head dim and tile sizes are compile-time (D a multiple of 16; BR, BC
  *            in {16, 32, 64}); the launcher picks the largest tiles the opt-in shared memory allows.
- *            fa2_backward_dot (before fa2_backward): one warp per row, 8 rows per 256-thread block.
+ *            fa2_backward_dot (before fa2_backward; it also zeroes dQ): one warp per row, 8 rows
+ *            per 256-thread block.
  * Shared:    forward  BR(D+4) + BC(D+4) + BC D + BR(BC + 16/RM) floats   (66 KB at D=64, 64x64)
  *            backward 2 BC(D+4) + 2 BR(D+4) + 2 BR(BC + 16/RM) + 2 BR floats
  *            Pitches: D+4 for Q, K (and V, dO backward): the S = Q K^T loops read 16 bytes of a
@@ -249,13 +250,15 @@ fa2_forward(const float* __restrict__ Q,  // (B, H, Nq, d)
     }
 }
 
-/* G2:L0  D = rowsum(dO * O): one warp per row of the (B*H*Nq, d) matrices (backward_dot.cuh) */
+/* G2:L0  D = rowsum(dO * O): one warp per row of the (B*H*Nq, d) matrices (backward_dot.cuh);
+ * the same pass zeroes dQ, which fa2_backward's atomic adds (G2:L7) then accumulate into */
 extern "C" __global__ void __launch_bounds__(256)
 fa2_backward_dot(const float* __restrict__ dO,  // (B, H, Nq, d) = (rows, d)
                  const float* __restrict__ O,   // (B, H, Nq, d)
                  float* __restrict__ Dv,        // (B, H, Nq) = (rows)
+                 float* __restrict__ dQ,        // (B, H, Nq, d): set to 0
                  long long rows, int d) {
-    backward_dot<Fp32Elem, false>(dO, O, Dv, nullptr, rows, d);
+    backward_dot<Fp32Elem, true>(dO, O, Dv, dQ, rows, d);
 }
 
 template <int D, int BR, int BC>
@@ -266,7 +269,7 @@ fa2_backward(const float* __restrict__ Q,   // (B, H, Nq, d)
              const float* __restrict__ dO,  // (B, H, Nq, d)
              const float* __restrict__ L,   // (B, H, Nq) logsumexp from the forward
              const float* __restrict__ Dv,  // (B, H, Nq) rowsum(dO * O), fa2_backward_dot
-             float* __restrict__ dQ,        // (B, H, Nq, d), zeroed by the launcher (atomic adds)
+             float* __restrict__ dQ,        // (B, H, Nq, d), zeroed by fa2_backward_dot (atomic adds)
              float* __restrict__ dK,        // (B, H, Nk, d)
              float* __restrict__ dV,        // (B, H, Nk, d)
              int Nq, int Nk, float tau, int causal FL_MOD_PARAMS,

@@ -143,7 +143,7 @@ def _module(cc: str, smem_optin: int, l2: int):
 
 
 def install(monkeypatch, cc="90", smem_optin=227 * 1024, l2=50 * 2**20):
-    from flashlab.launch import buffers, compiler, device, tc, variants
+    from flashlab.launch import buffers, compiler, device, fa2, tc, variants
 
     fake = _module(cc, smem_optin, l2)
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -154,6 +154,7 @@ def install(monkeypatch, cc="90", smem_optin=227 * 1024, l2=50 * 2**20):
     monkeypatch.setattr(compiler, "_smem_allowed", {})
     monkeypatch.setattr(buffers, "_dummies", {})
     monkeypatch.setattr(tc, "_cache", {})
+    monkeypatch.setattr(fa2, "_cache", {})
     monkeypatch.setattr(variants, "_cache", {})
 
     class ArchModule(fake.RawModule):  # sm_90a: what _ArchModule would load from its cubin

@@ -97,8 +97,50 @@ def test_the_fp32_kernels_still_take_contiguous_arrays_only(gpu):
     k, v = (gpu.ndarray((1, 2, 130, 64)) for _ in range(2))
     with pytest.raises(ValueError, match=r"q is not contiguous .*cupy.ascontiguousarray\(q\)"):
         launch.forward("fa2", q, k, v)
-    with pytest.raises(ValueError, match=r"kernel 'fa2' has no prepared calls"):
+    with pytest.raises(ValueError, match=r"q is not contiguous .*cupy.ascontiguousarray\(q\)"):
         launch.prepare_forward("fa2", q, k, v, gpu.ndarray((1, 2, 130, 64)))
+    with pytest.raises(ValueError, match=r"kernel 'fa1' has no prepared calls \(kernels that "
+                                         r"have: fa2, tc\)"):
+        launch.prepare_forward("fa1", k, k, v, gpu.ndarray((1, 2, 130, 64)))
+
+
+def _same_constants(a, b):
+    return len(a) == len(b) and all(x is y or (isinstance(x, np.generic) and x == y)
+                                    for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa2s_prepared_calls_launch_what_the_cupy_api_launches(gpu, causal):
+    # flashlab.torch's float32 path: the same kernels, grids and constants as launch.forward
+    # and launch.backward, the buffers by name, D's vector in the workspace
+    B, H, N, d = 2, 3, 130, 64
+    q, k, v, o, do = (gpu.ndarray((B, H, N, d)) for _ in range(5))
+    lse = gpu.ndarray((B, H, N))
+    launch.forward("fa2", q, k, v, causal=causal)
+    launch.backward("fa2", do, q, k, v, o, lse, causal=causal)
+    api = list(gpu.launches)
+    gpu.launches.clear()
+    fwd = launch.prepare_forward("fa2", q, k, v, o, causal=causal)
+    back = launch.prepare_backward("fa2", do, q, k, v, o, lse, causal=causal)
+    assert launch.prepare_forward("fa2", q, k, v, o, causal=causal) is fwd  # once per shape
+    assert back.workspace_bytes == 256 * -(-B * H * N * 4 // 256)
+    dq, dk, dv = (gpu.ndarray((B, H, N, d)) for _ in range(3))
+    fwd.run({"q": q, "k": k, "v": v, "o": o, "lse": lse})
+    back.run({"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": dq, "dk": dk,
+              "dv": dv}, workspace=0x10000)
+    ran = gpu.launches
+    assert [(x["name"], x["grid"], x["block"], x["smem"]) for x in ran] == \
+        [(x["name"], x["grid"], x["block"], x["smem"]) for x in api]
+    assert [x["name"] for x in ran] == ["fa2_forward<64, 64, 64>", "fa2_backward_dot",
+                                        "fa2_backward<64, 64, 64>"]
+    (f_api, dot_api, main_api), (f, dot, main) = api, ran
+    assert f["args"][:5] == (q, k, v, o, lse) and _same_constants(f["args"][5:], f_api["args"][5:])
+    assert dot["args"][:4] == (do, o, 0x10000, dq)  # the pre-pass zeroes dq (no fill)
+    assert _same_constants(dot["args"][4:], dot_api["args"][4:])
+    assert main["args"][:9] == (q, k, v, do, lse, 0x10000, dq, dk, dv)
+    assert _same_constants(main["args"][9:], main_api["args"][9:])
+    assert main_api["args"][6] is dot_api["args"][3]
+    assert np.isnan(main_api["args"][6].filled)  # as allocated: no fill(0), the pre-pass zeroes
 
 
 def test_a_call_is_prepared_once_per_shape_and_layout(gpu):
@@ -192,3 +234,26 @@ def test_the_stand_in_holds_where_real_cupy_was_imported_first(gpu, monkeypatch)
     launch.forward("tc", q, k, v, causal=True)
     (args,) = _args_of(gpu, "tc90_forward")
     assert sum(isinstance(a, np.ndarray) for a in args) == 4  # the Rows, as given
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_constant_of_a_tc_call_is_one_the_native_plan_can_pass(gpu, causal):
+    # flashlab.native packs each prepared step's constants as bytes: NumPy scalars and Rows
+    # records as themselves, the untraced build's trace stand-ins (CuPy arrays) as addresses
+    from flashlab import native
+
+    q, k, v = _packed(gpu, 2, 130, 3, 64)
+    o = gpu.ndarray((2, 3, 130, 64), BF16)
+    lse = gpu.ndarray((2, 3, 130), np.float32)
+    fwd = launch.prepare_forward("tc", q, k, v, o, causal=causal)
+    back = launch.prepare_backward("tc", o, q, k, v, o, lse, causal=causal)
+    seen = 0
+    for step in fwd.steps + back.steps:
+        for c in step.split()[1]:
+            b = native.const_bytes(c)
+            if isinstance(c, fake_cupy.ndarray):
+                assert b == np.uint64(c.data.ptr).tobytes()
+                seen += 1
+            else:
+                assert b == np.asarray(c).tobytes()
+    assert seen > 0  # the trace stand-ins are among them

@@ -83,9 +83,12 @@ def test_sdpa_argument_names_and_the_old_ones_agree():
     assert not torch.equal(a, c)  # the scale is honoured (default 1 / sqrt(d))
 
 
-def test_torch_compile_fullgraph_traces_the_op_and_matches_eager():
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_torch_compile_fullgraph_traces_the_op_and_matches_eager(dtype):
     torch = _torch()
     import flashlab.torch as ft
+
+    dt = getattr(torch, dtype)
 
     class Attn(torch.nn.Module):
         def __init__(self):
@@ -98,8 +101,8 @@ def test_torch_compile_fullgraph_traces_the_op_and_matches_eager():
             return ft.flash_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, 256)
 
     torch.manual_seed(0)
-    model = Attn().cuda().to(torch.bfloat16)
-    x = torch.randn(2, 128, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    model = Attn().cuda().to(dt)
+    x = torch.randn(2, 128, 256, device="cuda", dtype=dt, requires_grad=True)
     eager = model(x)
     eager.sum().backward()
     grad_eager = x.grad.clone()
@@ -167,9 +170,12 @@ def test_packed_qkv_views_run_in_place_and_match_the_contiguous_run(dtype, is_ca
         4 * float(ref[0].grad.float().abs().max()) * 2.0 ** -8
 
 
-def test_cuda_graph_capture_and_replay_match_eager(path):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_cuda_graph_capture_and_replay_match_eager(path, dtype):
     torch = _torch()
     import flashlab.torch as ft
+
+    dt = getattr(torch, dtype)
 
     class Block(torch.nn.Module):
         def __init__(self, C=256, H=4):
@@ -186,8 +192,8 @@ def test_cuda_graph_capture_and_replay_match_eager(path):
             return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     torch.manual_seed(0)
-    model = Block().cuda().to(torch.bfloat16)
-    static_x = torch.randn(2, 192, 256, device="cuda", dtype=torch.bfloat16)
+    model = Block().cuda().to(dt)
+    static_x = torch.randn(2, 192, 256, device="cuda", dtype=dt)
 
     def step(x):
         y = model(x)
@@ -208,7 +214,7 @@ def test_cuda_graph_capture_and_replay_match_eager(path):
     static_grads = [p.grad for p in model.parameters()]  # the graph writes these on replay
 
     for seed in (1, 2):  # new inputs each replay: the graph reads the static buffer anew
-        x = torch.randn(static_x.shape, device="cuda", dtype=torch.bfloat16,
+        x = torch.randn(static_x.shape, device="cuda", dtype=dt,
                         generator=torch.Generator(device="cuda").manual_seed(seed))
         static_x.copy_(x)
         graph.replay()
@@ -265,3 +271,40 @@ def test_a_view_the_kernel_cannot_read_is_copied_and_does_not_poison_the_call_ca
     assert torch.equal(k.grad, ref[1].grad) and torch.equal(v.grad, ref[2].grad)
     assert float((dq.float() - ref[0].grad.float()).abs().max()) <= \
         4 * float(ref[0].grad.float().abs().max()) * 2.0 ** -8
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_float32_runs_fa2s_prepared_calls_within_its_rule(is_causal, packed, path):
+    # float32: fa2 prepared once per shape (the C++ path where it builds), contiguous operands
+    # read in place, a packed projection's views copied; forward and gradients against float64
+    torch = _torch()
+    import torch.nn.functional as F
+
+    import flashlab.torch as ft
+
+    B, H, N, d = 2, 3, 200, 64
+    g = torch.Generator(device="cuda").manual_seed(11)
+    if packed:
+        qkv, q, k, v = _packed_qkv(torch, B, N, H, d, torch.float32, 11)
+        leaves = (qkv,)
+    else:
+        q, k, v = (torch.randn((B, H, N, d), device="cuda", generator=g).requires_grad_()
+                   for _ in range(3))
+        leaves = (q, k, v)
+    do = torch.randn((B, H, N, d), device="cuda", generator=g)
+    o = ft.flash_attention(q, k, v, is_causal=is_causal)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    assert o.is_contiguous() and all(x.is_contiguous() for x in grads)
+    stored = len(ft._native)
+    assert stored == (1 if path == "native" and not packed else 0)  # in place only
+    assert ft._fast(q) == "fa2"
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    o64 = F.scaled_dot_product_attention(*ref, is_causal=is_causal)
+    r64 = torch.autograd.grad(o64, ref, do.double())
+    for label, a, b in (("o", o, o64),) + tuple(zip(("dq", "dk", "dv"), grads, r64)):
+        err = float((a.double() - b).abs().max() / b.abs().max())
+        assert err < 1e-4, (label, err)
+    again = ft.flash_attention(q, k, v, is_causal=is_causal)  # the stored call, same numbers
+    assert torch.equal(again, o) and len(ft._native) == stored
+    assert all(x.grad is None for x in leaves)

@@ -110,15 +110,22 @@ def backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
 
 def _prepared_launcher(kernel: str):
     spec = registry.get(kernel)
-    if not spec.row_strides:
-        strided = ", ".join(n for n, s in registry.KERNELS.items() if s.row_strides)
-        raise ValueError(f"kernel {kernel!r} has no prepared calls (only kernels with strided "
-                         f"operands: {strided})")
-    return spec, spec.launch_module()
+    mod = spec.launch_module()
+    if not hasattr(mod, "prepare_forward"):
+        have = ", ".join(n for n, s in registry.KERNELS.items()
+                         if hasattr(s.launch_module(), "prepare_forward"))
+        raise ValueError(f"kernel {kernel!r} has no prepared calls (kernels that have: {have})")
+    return spec, mod
+
+
+def _rows(spec, mod, named: dict):
+    """name -> (batch, head, row) element strides of each array, for a kernel with row_strides
+    (strides compiled into its calls); None for one that takes contiguous arrays only."""
+    return {n: mod.element_strides(x) for n, x in named.items()} if spec.row_strides else None
 
 
 def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None):
-    """The forward launches of `kernel` ('tc') for CuPy arrays like q, k, v and output o
+    """The forward launches of `kernel` ('tc', 'fa2') for CuPy arrays like q, k, v and output o
     (shapes, dtype, strides, device; what they hold is not read), checked as forward() checks
     them and resolved without running: a flashlab.launch.prepared.Prepared, cached per key,
     whose run({"q", "k", "v", "o", "lse": arrays or device pointers}, stream) launches. This
@@ -129,7 +136,7 @@ def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None):
     with ctx.cp.cuda.Device(ctx.device):
         p = mod.launch_plan(ctx.device, dims.d, "forward")
         _, targs = step_buffers(ctx, False, "forward", p, ())
-        rows = {n: mod.element_strides(x) for n, x in zip("qkvo", (q, k, v, o))}
+        rows = _rows(spec, mod, dict(zip("qkvo", (q, k, v, o))))
         return mod.prepare_forward(ctx, q.dtype, rows, p, targs=targs)
 
 
@@ -148,12 +155,12 @@ def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_sca
     with ctx.cp.cuda.Device(ctx.device):
         p = mod.launch_plan(ctx.device, dims.d, "backward")
         _, targs = step_buffers(ctx, False, "backward", p, ())
-        rows = {n: mod.element_strides(x)
-                for n, x in zip(("q", "k", "v", "do", "o"), (q, k, v, do, o))}
+        rows = _rows(spec, mod, {n: named[n] for n in ("q", "k", "v", "do", "o")})
         for n, shape in zip(("dq", "dk", "dv"), ((dims.Nq, dims.d), (dims.Nk, dims.d),
                                                   (dims.Nk, dims.d))):
-            rows[n] = mod.element_strides(named[n]) if n in named else \
-                (dims.H * shape[0] * shape[1], shape[0] * shape[1], shape[1])
+            if rows is not None:
+                rows[n] = mod.element_strides(named[n]) if n in named else \
+                    (dims.H * shape[0] * shape[1], shape[0] * shape[1], shape[1])
         return mod.prepare_backward(ctx, q.dtype, rows, p, targs=targs)
 
 

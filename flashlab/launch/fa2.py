@@ -1,6 +1,9 @@
 """Kernel 'fa2' (kernels/fa2.cu): FlashAttention-2's loop order with register tiles in fp32 (F2
 forward, G2 backward). Templates fa2_forward / fa2_backward<D, BR, BC>, one instance per head
-dim and tile (plans.fa2_blocks); grid (Nq / Br, B*H) forward, (Nk / Bc, B*H) backward."""
+dim and tile (plans.fa2_blocks); grid (Nq / Br, B*H) forward, (Nk / Bc, B*H) backward.
+Operands contiguous. Untraced plain calls on a GPU are also prepared once per shape
+(prepare_forward, prepare_backward: flashlab.torch's float32 path), from the same argument
+lists the CuPy API's launches use."""
 from __future__ import annotations
 
 import math
@@ -9,10 +12,14 @@ import numpy as np
 
 from .buffers import finish, step_buffers
 from .compiler import function, get_module, launch
-from .device import Launch
+from .device import Launch, device_limits
 from .plans import plan
+from .prepared import Prepared, Slot, cached, kernel_step
 from .sources import ours
 from .variants import device_args, sum_groups
+
+NAME = "fa2"  # this launcher's registry entry
+_cache: dict = {}  # key -> Prepared: untraced plain calls, per device and sizes
 
 
 def _module(ctx: Launch, trace, name, source):
@@ -20,24 +27,77 @@ def _module(ctx: Launch, trace, name, source):
                       backend=ctx.backend)
 
 
+def launch_plan(device: int, d: int, direction: str, config=None, source=None) -> dict:
+    """plans.plan for GPU `device` (one tile table: config and source change nothing)."""
+    return plan(NAME, d, direction, device_limits(device)["smem_optin"])
+
+
+def _forward_launch(ctx: Launch, p: dict, bufs: tuple, extra: tuple):
+    """(instance name, grid, arguments) of F2's launch with buffers q, k, v, o, lse."""
+    dims = ctx.dims
+    name = f"fa2_forward<{dims.d}, {p['Br']}, {p['Bc']}>"
+    return name, (math.ceil(dims.Nq / p["Br"]), dims.B * dims.H), \
+        tuple(bufs) + (np.int32(dims.Nq), np.int32(dims.Nk), ctx.tau, ctx.causal) + extra
+
+
+def _backward_launches(ctx: Launch, p: dict, bufs: dict, extra: tuple):
+    """((dot grid, dot arguments), (instance name, grid, arguments)) of G2's two launches: the
+    D pre-pass, which also zeroes dQ (G2:L7 accumulates into it with atomic adds), and the
+    per-K/V-block kernel; bufs: do, q, k, v, o, lse, Dvec, dq, dk, dv."""
+    dims = ctx.dims
+    rows = dims.B * dims.H * dims.Nq
+    dot = ((math.ceil(rows / 8),), (bufs["do"], bufs["o"], bufs["Dvec"], bufs["dq"],
+                                    np.int64(rows), np.int32(dims.d)))                # G2:L0
+    name = f"fa2_backward<{dims.d}, {p['Br']}, {p['Bc']}>"
+    main = (name, (math.ceil(dims.Nk / p["Bc"]), dims.B * dims.H),
+            tuple(bufs[n] for n in ("q", "k", "v", "do", "lse", "Dvec", "dq", "dk", "dv")) +
+            (np.int32(dims.Nq), np.int32(dims.Nk), ctx.tau, ctx.causal) + extra)
+    return dot, main
+
+
 def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
             variant=None):
     """F2 (fa2_forward); variant: a flashlab.mods.kernel.KernelVariant compiled in (FL_MODS)."""
-    dims, spec = ctx.dims, ctx.spec
-    Nq, Nk, d = dims.Nq, dims.Nk, dims.d
-    BH = dims.B * dims.H
-    p = plan(spec.name, d, "forward", ctx.limits["smem_optin"])
-    Br, Bc = p["Br"], p["Bc"]
+    spec = ctx.spec
+    p = plan(spec.name, ctx.dims.d, "forward", ctx.limits["smem_optin"])
     state, targs = step_buffers(ctx, trace, "forward", p, ("m_i", "l_i", "O~"))
-    name = f"fa2_forward<{d}, {Br}, {Bc}>"
     extra = ()
     if variant is not None:
-        source, extra = _variant_args(ctx, variant, source, Br, Bc)
+        source, extra = _variant_args(ctx, variant, source, p["Br"], p["Bc"])
+    name, grid, args = _forward_launch(ctx, p, (q, k, v, o, lse), extra + targs)
     mod = _module(ctx, trace, name, source)
-    launch(spec.name, function(mod, name), (math.ceil(Nq / Br), BH), (256,),
-           (q, k, v, o, lse, np.int32(Nq), np.int32(Nk), ctx.tau, ctx.causal) + extra + targs,
-           p["smem"], ctx.desc)
+    launch(spec.name, function(mod, name), grid, (256,), args, p["smem"], ctx.desc)
     return finish(ctx, state, "forward", o, lse)
+
+
+def prepare_forward(ctx: Launch, dtype, rows, p: dict, targs=()) -> Prepared:
+    """F2 for these sizes on ctx's GPU, resolved once: buffers q, k, v, o, lse (contiguous;
+    rows, the strided kernels' operand strides, is None here)."""
+    def build():
+        name, grid, args = _forward_launch(ctx, p, tuple(map(Slot, ("q", "k", "v", "o", "lse"))),
+                                           tuple(targs))
+        mod = _module(ctx, False, name, None)
+        return Prepared(NAME, [kernel_step(mod, name, grid, (256,), args, p["smem"])],
+                        describe=ctx.desc)
+
+    return cached(_cache, ("forward", ctx.device, ctx.dims, p["Br"], p["Bc"]), build)
+
+
+def prepare_backward(ctx: Launch, dtype, rows, p: dict, targs=()) -> Prepared:
+    """G2 as prepare_forward: buffers do, q, k, v, o, lse, dq, dk, dv; workspace Dvec (B*H, Nq)
+    float32."""
+    def build():
+        names = ("do", "q", "k", "v", "o", "lse", "Dvec", "dq", "dk", "dv")
+        (dot_grid, dot_args), (name, grid, args) = _backward_launches(
+            ctx, p, {n: Slot(n) for n in names}, tuple(targs))
+        mod = _module(ctx, False, name, None)
+        steps = [kernel_step(mod, "fa2_backward_dot", dot_grid, (256,), dot_args, 0),
+                 kernel_step(mod, name, grid, (256,), args, p["smem"])]
+        dims = ctx.dims
+        return Prepared(NAME, steps, describe=ctx.desc,
+                        workspace={"Dvec": dims.B * dims.H * dims.Nq * 4})
+
+    return cached(_cache, ("backward", ctx.device, ctx.dims, p["Br"], p["Bc"]), build)
 
 
 def _variant_args(ctx: Launch, variant, source, Br: int, Bc: int):
@@ -52,29 +112,23 @@ def backward(ctx: Launch, do, q, k, v, o, lse, dq, dk, dv, trace=False, source=N
              config=None, variant=None):
     """G2 (fa2_backward_dot, fa2_backward); variant: as forward's."""
     cp, dims, spec = ctx.cp, ctx.dims, ctx.spec
-    Nq, Nk, d = dims.Nq, dims.Nk, dims.d
-    BH = dims.B * dims.H
-    p = plan(spec.name, d, "backward", ctx.limits["smem_optin"])
-    Br, Bc = p["Br"], p["Bc"]
+    p = plan(spec.name, dims.d, "backward", ctx.limits["smem_optin"])
     state, targs = step_buffers(ctx, trace, "backward", p, ("dQ_ij", "dK~", "dV~"))
-    lse32 = lse.astype(cp.float32, copy=False)
-    name = f"fa2_backward<{d}, {Br}, {Bc}>"
     extra = ()
     if variant is not None:
-        source, extra = _variant_args(ctx, variant, source, Br, Bc)
+        source, extra = _variant_args(ctx, variant, source, p["Br"], p["Bc"])
     groups = dims.H // dims.kv_heads
     if groups > 1:  # GQA: dK, dV per query head, each group summed below
         dk_out, dv_out = dk, dv
-        dk, dv = (cp.empty((dims.B, dims.H, Nk, d), cp.float32) for _ in range(2))
+        dk, dv = (cp.empty((dims.B, dims.H, dims.Nk, dims.d), cp.float32) for _ in range(2))
+    bufs = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse.astype(cp.float32, copy=False),
+            "Dvec": cp.empty((dims.B * dims.H, dims.Nq), cp.float32), "dq": dq, "dk": dk,
+            "dv": dv}
+    (dot_grid, dot_args), (name, grid, args) = _backward_launches(ctx, p, bufs, extra + targs)
     mod = _module(ctx, trace, name, source)
-    Dvec = cp.empty((BH, Nq), cp.float32)
-    rows = BH * Nq
-    launch(spec.name, function(mod, "fa2_backward_dot"), (math.ceil(rows / 8),), (256,),
-           (do, o, Dvec, np.int64(rows), np.int32(d)), 0, ctx.desc)                 # G2:L0
-    dq.fill(0)  # G2:L7 accumulates into dQ with atomic adds
-    launch(spec.name, function(mod, name), (math.ceil(Nk / Bc), BH), (256,),
-           (q, k, v, do, lse32, Dvec, dq, dk, dv, np.int32(Nq), np.int32(Nk), ctx.tau,
-            ctx.causal) + extra + targs, p["smem"], ctx.desc)
+    launch(spec.name, function(mod, "fa2_backward_dot"), dot_grid, (256,), dot_args, 0,
+           ctx.desc)                                                                 # G2:L0
+    launch(spec.name, function(mod, name), grid, (256,), args, p["smem"], ctx.desc)
     if groups > 1:
         for full, out in ((dk, dk_out), (dv, dv_out)):
             sum_groups(full, out, dims.kv_heads)

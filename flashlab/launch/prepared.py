@@ -20,6 +20,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from .compiler import function, set_smem
 from .errors import KernelLaunchError
 
 # kernels/tc_common.cuh's struct Rows { long long b, h; int n; }: 24 bytes, 8-aligned
@@ -27,6 +28,7 @@ ROWS_DTYPE = np.dtype({"names": ["b", "h", "n"], "formats": [np.int64, np.int64,
                       align=True)
 assert ROWS_DTYPE.itemsize == 24
 WORKSPACE_ALIGN = 256  # bytes between workspace parts, as cudaMalloc aligns
+CACHE_MAX = 512  # prepared calls a launcher keeps (shapes that keep changing: start over)
 
 
 def rows(strides) -> np.ndarray:
@@ -62,6 +64,24 @@ class Step:
         if any(isinstance(a, Slot) for a in self.args[n:]):
             raise ValueError(f"{self.label}: buffer slots must come before the constants")
         return tuple(str(a) for a in self.args[:n]), self.args[n:]
+
+
+def cached(cache: dict, key, build) -> "Prepared":
+    """cache[key], made by build() on a miss; a full cache starts over, never grows."""
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        hit = cache[key] = build()
+    return hit
+
+
+def kernel_step(mod, name: str, grid, block, args, smem: int) -> Step:
+    """A Step of kernel `name` of compiled module `mod`: its function on the current device,
+    opted in to `smem` bytes of dynamic shared memory."""
+    raw = function(mod, name)
+    set_smem(raw, smem)
+    return Step(raw.kernel, grid, block, smem, args, name)
 
 
 def _cupy_pointers():

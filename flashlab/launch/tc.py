@@ -15,9 +15,9 @@ import numpy as np
 from .. import registry
 from . import plans
 from .buffers import finish, step_buffers
-from .compiler import function, get_module, set_smem
+from .compiler import get_module
 from .device import Launch, _dtype_name, device_limits
-from .prepared import Prepared, Slot, Step
+from .prepared import Prepared, Slot, cached, kernel_step
 from .prepared import rows as Rows
 from .sources import Source, ours, variant_of
 from .variants import device_args, order_args, sum_groups
@@ -54,23 +54,6 @@ def element_strides(x) -> tuple:
 
 
 _cache: dict = {}  # key -> Prepared: untraced calls, per device, sizes, dtype, strides, config
-_CACHE_MAX = 512
-
-
-def _cached(key, build) -> Prepared:
-    hit = _cache.get(key)
-    if hit is None:
-        if len(_cache) >= _CACHE_MAX:  # shapes that keep changing: start over, never grow
-            _cache.clear()
-        hit = _cache[key] = build()
-    return hit
-
-
-def _step(ctx: Launch, mod, name, grid, block, args, smem) -> Step:
-    """A Step of `name`: its RawKernel's function on this device, opted in to `smem` bytes."""
-    raw = function(mod, name)
-    set_smem(raw, smem)
-    return Step(raw.kernel, grid, block, smem, args, name)
 
 
 def _with_variant(ctx: Launch, variant, source, p: dict, direction: str):
@@ -109,11 +92,11 @@ def prepare_forward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, source
         args = (Slot("q"), Slot("k"), Slot("v"), Slot("o"), Slot("lse"), np.int32(Nq),
                 np.int32(Nk), ctx.tau, ctx.causal, np.int32(group), np.int32(dims.H),
                 *(Rows(rows[n]) for n in "qkvo")) + mods + tuple(targs)
-        step = _step(ctx, mod, names[0], (math.ceil(Nq / p["Br"]), BH), (p["threads"],), args,
+        step = kernel_step(mod, names[0], (math.ceil(Nq / p["Br"]), BH), (p["threads"],), args,
                      p["smem"])
         return Prepared(ctx.spec.name, [step], describe=ctx.desc)
 
-    return build() if trace else _cached(key, build)
+    return build() if trace else cached(_cache, key, build)
 
 
 _BACK_ROWS = ("q", "k", "v", "do", "o", "dq", "dk", "dv")  # the backward's strided operands
@@ -139,24 +122,24 @@ def prepare_backward(ctx: Launch, dtype, rows: dict, p: dict, trace=False, sourc
         mod, names = _module(ctx, dtype, d, trace, src, p, bwd=p["config"])
         n = BH * Nq
         H = np.int32(dims.H)
-        dot = _step(ctx, mod, names[2], (math.ceil(n / 8),), (256,),
+        dot = kernel_step(mod, names[2], (math.ceil(n / 8),), (256,),
                     (Slot("do"), Slot("o"), Slot("Dvec"), Slot("dq_acc"), np.int64(n),
                      np.int32(d), Rows(rows["do"]), Rows(rows["o"]), np.int32(Nq), H), 0)  # G2:L0
         group = plans.tc_head_group(ctx.limits["l2_bytes"], Nq, d, BH) if ctx.causal else 1
-        main = _step(ctx, mod, names[1], (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
+        main = kernel_step(mod, names[1], (math.ceil(Nk / p["Bc"]), BH), (p["threads"],),
                      (Slot("q"), Slot("k"), Slot("v"), Slot("do"), Slot("lse"), Slot("Dvec"),
                       Slot("dq_acc"), Slot("dk"), Slot("dv"), np.int32(Nq), np.int32(Nk),
                       ctx.tau, ctx.causal, np.int32(group), H,
                       *(Rows(rows[x]) for x in ("q", "k", "v", "do", "dk", "dv")))
                      + mods + tuple(targs), p["smem"])
         n8 = Nq * d // 8  # a head's threads: eight columns each (d is a multiple of 8)
-        rnd = _step(ctx, mod, names[3], (math.ceil(n8 / 256), BH), (256,),
+        rnd = kernel_step(mod, names[3], (math.ceil(n8 / 256), BH), (256,),
                     (Slot("dq_acc"), Slot("dq"), np.int32(n8), np.int32(d), ctx.tau,
                      Rows(rows["dq"]), H), 0)
         return Prepared(ctx.spec.name, [dot, main, rnd], describe=ctx.desc,
                         workspace={"Dvec": BH * Nq * 4, "dq_acc": BH * Nq * d * 4})
 
-    return build() if trace else _cached(key, build)
+    return build() if trace else cached(_cache, key, build)
 
 
 def _frozen(config):

@@ -94,9 +94,13 @@ def _build():
 
 def const_bytes(c) -> bytes:
     """The bytes a kernel receives for a prepared call's constant argument `c`: a NumPy scalar
-    or a Rows record (the plain build's constants; a variant build's arrays do not come here)."""
+    or a Rows record, its bytes; a CuPy array (the trace slots' one-element stand-ins,
+    launch/buffers.py, which the prepared call keeps alive), its device address."""
     if isinstance(c, (np.generic, np.ndarray)) and np.size(c) == 1:
         return np.asarray(c).tobytes()
+    data = getattr(c, "data", None)
+    if data is not None and isinstance(getattr(data, "ptr", None), int):  # a CuPy array
+        return np.uint64(data.ptr).tobytes()
     raise TypeError(f"flashlab native: a constant argument of type {type(c).__name__}")
 
 
