@@ -259,7 +259,7 @@ def flash_attention(q, k, v, causal=False, softmax_scale=None, kernel="auto", re
     """Attention softmax(tau q k^T) v over (B, H, N, d) arrays.
 
     kernel: "naive" (A0), "fa1" (A1), "fa2" (F2), "tc" (F2 on tensor cores: float16 or
-    bfloat16 inputs, sm_80+, head dims 32, 64, 128) or "auto" (see the module docstring). CuPy
+    bfloat16 inputs, sm_80+, head dims 32, 64, 96, 128, 256) or "auto" (see the module docstring). CuPy
     arrays run the CUDA kernel; NumPy arrays run the matching reference in their own dtype.
     softmax_scale: tau, None for 1/sqrt(d), else a finite real number > 0. Returns o (q's dtype),
     or (o, lse) with return_lse=True: lse (B, H, Nq), what flash_attention_backward needs, is

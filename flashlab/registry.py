@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 #             grids of WS (S^T, dP^T), WKV (dK~, dV~) and WQ (dQ) warps along the first dimension;
 #             QS stages of Q_i, dO_i in shared memory (2: double-buffered)
 # docs/PERFORMANCE.md records how these were chosen.
+# d = 96 and 256 (first tables, chosen from ptxas' register report, not yet tuned): every warp's
+# columns of dK~, dV~ and dQ start on a multiple of 64 elements or at 0 (SwzAddr's bases), so at
+# d = 96 a warp holds all 96 columns (4 warps); at 256 with 128 threads a row loads in two halves.
 TC_FORWARD = {32: dict(BC=128, NW=4, WM=2, BK=64), 64: dict(BC=128, NW=4, WM=2, BK=64),
-              128: dict(BC=64, NW=4, WM=2, BK=32)}
+              96: dict(BC=64, NW=4, WM=2, BK=32), 128: dict(BC=64, NW=4, WM=2, BK=32),
+              256: dict(BC=32, NW=4, WM=1, BK=32)}
 TC_BACKWARD = {32: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2),
                64: dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=3),
-               128: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3)}
+               96: dict(BR=64, BC=64, NW=4, WS=2, WKV=4, WQ=4, QS=3),
+               128: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3),
+               256: dict(BR=32, BC=64, NW=8, WS=4, WKV=4, WQ=2, QS=2)}
 # kernels/tc90.cu (sm_90a, wgmma) tile shapes per head dim:
 #   forward:  BC keys per K/V tile (two stages), NWG warpgroups of 64 query rows (Br = 64 NWG)
 #   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
@@ -215,7 +221,7 @@ FP32 = ("float32",)
 LOWP = ("float16", "bfloat16")
 FA2_HEAD_DIMS = (16, 32, 64, 96, 128)  # D must be a multiple of 16 (16 x 16 thread grid)
 FA1_MAX_HEAD_DIM = 256
-TC_HEAD_DIMS = (32, 64, 128)  # rows of 64 or 128 bytes...: the swizzle in kernels/tc.cu
+TC_HEAD_DIMS = (32, 64, 96, 128, 256)  # the row widths kernels/tc.cu swizzles (swz)
 TC90_HEAD_DIMS = (64, 128)
 
 KERNELS: dict[str, KernelSpec] = {s.name: s for s in [

@@ -134,7 +134,7 @@ def test_trace_catches_coarse_rounding_of_p(rng, monkeypatch):
 
 # ----------------------------------------------------------------------------- the warps
 
-@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 256])
 def test_forward_warps_own_16_row_slabs(rng, d):
     WM, NW = TC_FORWARD[d]["WM"], TC_FORWARD[d]["NW"]
     Br = 16 * WM * NW
@@ -203,7 +203,7 @@ def test_backward_warps_split_each_product_as_a_grid(rng):
 
 def test_default_tiles_are_the_kernel_launch():
     from flashlab.launch.plans import tc_plan
-    for d in (32, 64, 128):
+    for d in (32, 64, 96, 128, 256):
         for direction in ("forward", "backward"):
             p = tc_plan(d, direction)
             assert tc_blocks(d, direction) == (p["Br"], p["Bc"], p["threads"] // 32)

@@ -29,6 +29,8 @@ SHAPES = [
     (1, 2, 200, 77, 32, True), (1, 1, 77, 200, 128, True), (2, 2, 257, 129, 128, False),
     (1, 2, 300, 300, 64, True), (1, 1, 65, 65, 128, False), (1, 2, 333, 1000, 64, True),
     (1, 1, 1000, 333, 128, True), (2, 1, 513, 513, 32, False),
+    (1, 2, 200, 77, 96, True), (2, 1, 129, 300, 96, False), (1, 1, 1, 5, 96, False),
+    (1, 2, 150, 150, 256, True), (1, 1, 77, 200, 256, False), (2, 1, 300, 129, 256, True),
 ]
 
 
@@ -52,6 +54,14 @@ def source(request, monkeypatch):
     else:
         monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")
     return request.param
+
+
+def _only_where_the_source_has(source, d):
+    """kernels/tc90.cu has fewer head dims than tc.cu: at the others 'tc' runs tc.cu, which the
+    "mma" run of the same test covers."""
+    dims = TC.variants[source].head_dims
+    if dims is not None and d not in dims:
+        pytest.skip(f"kernels/{TC.variants[source].source} has no head dim {d}")
 
 
 def _inputs(B, H, Nq, Nk, d, name, seed=0):
@@ -87,6 +97,8 @@ def _run(q, k, v, do, causal, scale=None):
                          ids=[f"{'x'.join(map(str, s[:5]))}-{'causal' if s[5] else 'full'}" for s in SHAPES])
 def test_tc_within_fa_rule_and_writes_every_element(source, name, B, H, Nq, Nk, d, causal):
     import cupy as cp
+
+    _only_where_the_source_has(source, d)
 
     q, k, v, do = _inputs(B, H, Nq, Nk, d, name)
     o, lse, (dq, dk, dv) = _run(q, k, v, do, causal)
@@ -151,8 +163,10 @@ def test_tc_causal_block_order_gives_the_same_bits_in_any_head_grouping(source, 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("name", DTYPES)
-@pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 300, 64), (300, 300, 128), (600, 470, 64)])
+@pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 300, 64), (300, 300, 128), (600, 470, 64),
+                                     (130, 200, 96), (97, 150, 256)])
 def test_tc_trace_matches_its_step_through(source, direction, causal, name, Nq, Nk, d):
+    _only_where_the_source_has(source, d)
     div, actual, expected = check_kernel("tc", direction, 1, 2, Nq, Nk, d, causal,
                                                dtype=name)
     assert div is None, str(div)
@@ -201,9 +215,9 @@ def test_auto_routes_16_bit_inputs_to_tc_and_float32_to_fa2():
 
 
 def test_auto_without_a_tc_head_dim_runs_fa2_on_float32_copies_and_says_so_once(monkeypatch):
-    q, k, v, do = _inputs(1, 2, 70, 70, 96, "float16")  # fa2 has d=96, tc does not
+    q, k, v, do = _inputs(1, 2, 70, 70, 16, "float16")  # fa2 has d=16, tc does not
     monkeypatch.setattr(flashlab.api, "_warned_fallback", False)
-    with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies .*no head dim 96"):
+    with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies .*no head dim 16"):
         o, lse = flashlab.flash_attention(q, k, v, return_lse=True)
     assert o.dtype.name == "float16" and lse.dtype == np.float32
     o64 = lowp.attention_oracle(q, k, v, do)[0]
@@ -230,13 +244,13 @@ def test_tc_bad_inputs_name_the_argument():
         launch.backward("tc", lowp.from_float32(lowp.to_float32(do), "float16"), q, k, v,
                         *launch.forward("tc", q, k, v))
     q48 = _inputs(1, 1, 64, 64, 48, "bfloat16")[0]
-    with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: 32, 64, 128\)"):
+    with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' \(supported: 32, 64, 96, 128, 256\)"):
         launch.forward("tc", q48, q48, q48)
     with pytest.raises(ValueError, match=r"head_dim 48 is not supported by kernel 'tc' .* kernel='auto'"):
         flashlab.flash_attention(q48, q48, q48, kernel="tc")
     o, lse = launch.forward("tc", q, k, v)
-    for kernel in ("auto", "tc"):  # auto at d = 96 is the fallback: checked before it warns
-        x = (q, k, v) if kernel == "tc" else _inputs(1, 1, 64, 64, 96, "bfloat16")[:3]
+    for kernel in ("auto", "tc"):  # auto at d = 16 is the fallback: checked before it warns
+        x = (q, k, v) if kernel == "tc" else _inputs(1, 1, 64, 64, 16, "bfloat16")[:3]
         with pytest.raises(TypeError, match=r"v must be a NumPy or CuPy array .* got list"):
             flashlab.flash_attention(*x[:2], x[2].get().tolist(), kernel=kernel)
         with pytest.raises(TypeError, match=r"softmax_scale must be a real number"):
