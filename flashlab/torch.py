@@ -85,12 +85,12 @@ def _fast(q):
     return _kernel_for[key]
 
 
-def _in_place(kernel: str, x) -> bool:
+def _in_place(kernel: str, x, address: bool = True) -> bool:
     """`kernel` reads x without a copy: rows on 16 bytes (tc), else contiguous and 16-byte
-    aligned (fa2's float4 loads)."""
+    aligned (fa2's float4 loads). address=False: its strides alone."""
     if _strided[kernel]:
-        return _rows_ok(x)
-    return x.is_contiguous() and x.data_ptr() % 16 == 0
+        return _rows_ok(x, address)
+    return x.is_contiguous() and (not address or x.data_ptr() % 16 == 0)
 
 
 def _writes_strided(q) -> bool:
@@ -153,28 +153,42 @@ def _backward_key(index, do, q, k, v, o, is_causal, scale) -> tuple:
             v.stride(), o.stride(), is_causal, scale)
 
 
+def _resolved(kernel: str, key, given: tuple, prepare):
+    """(the operands `kernel` reads: `given`, with a fresh copy of each one whose layout it
+    cannot read in place; the prepared call for them). A call is stored under `key` (the given
+    layouts) with which operands it copies, where every copy was made for the operand's strides
+    rather than its address: the next call with this key makes the same copies and runs without
+    preparing, so nothing crosses to CuPy (DLPack) after the first call, as a CUDA-graph
+    capture needs (a packed qkv view in float32 is copied on every call, in torch)."""
+    hit = _calls.get(key)
+    if hit is not None:
+        call, copied = hit
+        ops = tuple(_readable(kernel, x) if c else x for x, c in zip(given, copied))
+        if not any(x.data_ptr() & 15 for x, c in zip(ops, copied) if not c):
+            return ops, call
+    from . import launch
+
+    layout_ok = tuple(_in_place(kernel, x, address=False) for x in given)
+    ops = tuple(_readable(kernel, x) for x in given)
+    call = prepare(launch, ops)
+    if all(a is b or not ok for a, b, ok in zip(ops, given, layout_ok)):
+        _store(key, (call, tuple(not ok for ok in layout_ok)))
+    return ops, call
+
+
 def _prepared_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
     """The forward per call: a cache hit (this layout, 16-byte aligned pointers) allocates o
-    and lse and launches; a miss checks and prepares (launch.prepare_forward), copying an
-    operand whose rows the kernel cannot read in place."""
+    and lse and launches; a miss checks and prepares (launch.prepare_forward). Operands whose
+    rows the kernel cannot read in place are copied (_resolved)."""
     index = q.get_device()
-    qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
     key = _forward_key(index, q, k, v, is_causal, scale)
-    call = _calls.get(key)
     o = _out_like(q, _strided[kernel])
-    if call is None or (qp | kp | vp) & 15:
-        from . import launch
-
-        given = (q, k, v)
-        q, k, v = (_readable(kernel, x) for x in given)
-        qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-        call = launch.prepare_forward(kernel, _to_cupy(q, False), _to_cupy(k, False),
-                                      _to_cupy(v, False), _to_cupy(o, False), causal=is_causal,
-                                      softmax_scale=scale)
-        if all(a is b for a, b in zip((q, k, v), given)):  # read in place: the key's layout
-            _store(key, call)
+    (q, k, v), call = _resolved(kernel, key, (q, k, v), lambda launch, ops: launch.prepare_forward(
+        kernel, *(_to_cupy(x, False) for x in ops), _to_cupy(o, False), causal=is_causal,
+        softmax_scale=scale))
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-    _run(call, index, {"q": qp, "k": kp, "v": vp, "o": o.data_ptr(), "lse": lse.data_ptr()})
+    _run(call, index, {"q": q.data_ptr(), "k": k.data_ptr(), "v": v.data_ptr(),
+                       "o": o.data_ptr(), "lse": lse.data_ptr()})
     return o, lse
 
 
@@ -182,21 +196,13 @@ def _prepared_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale:
     """The backward per call, as _prepared_forward: dq, dk, dv laid out like q, k, v
     (_out_like), one workspace."""
     index = q.get_device()
-    ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
     key = _backward_key(index, do, q, k, v, o, is_causal, scale)
-    call = _calls.get(key)
     dq, dk, dv = (_out_like(x, _strided[kernel]) for x in (q, k, v))
-    if call is None or (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]) & 15:
-        from . import launch
-
-        given = (do, q, k, v, o)
-        do, q, k, v, o = (_readable(kernel, x) for x in given)
-        ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
-        call = launch.prepare_backward(kernel, *(_to_cupy(x, False) for x in (do, q, k, v, o)),
-                                       _to_cupy(lse), causal=is_causal, softmax_scale=scale,
-                                       grads=tuple(_to_cupy(g, False) for g in (dq, dk, dv)))
-        if all(a is b for a, b in zip((do, q, k, v, o), given)):  # as in _prepared_forward
-            _store(key, call)
+    (do, q, k, v, o), call = _resolved(
+        kernel, key, (do, q, k, v, o), lambda launch, ops: launch.prepare_backward(
+            kernel, *(_to_cupy(x, False) for x in ops), _to_cupy(lse), causal=is_causal,
+            softmax_scale=scale, grads=tuple(_to_cupy(g, False) for g in (dq, dk, dv))))
+    ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
     work = q.new_empty((call.workspace_bytes,), dtype=torch.uint8)  # freed in stream order
     _run(call, index, {"do": ptrs[0], "q": ptrs[1], "k": ptrs[2], "v": ptrs[3], "o": ptrs[4],
                        "lse": lse.data_ptr(), "dq": dq.data_ptr(), "dk": dk.data_ptr(),

@@ -101,9 +101,10 @@ class TorchStream:
         return False
 
 
-def rows_ok(x) -> bool:
+def rows_ok(x, address: bool = True) -> bool:
     """x's rows can be read in place by the tensor-core kernels: last dim contiguous, strides
-    and address on 16 bytes (launch.device.check_rows says the same of CuPy arrays)."""
+    and address on 16 bytes (launch.device.check_rows says the same of CuPy arrays; address
+    False: the strides alone)."""
     st = x.stride()
     return st[3] == 1 and st[0] % 8 == 0 and st[1] % 8 == 0 and st[2] % 8 == 0 \
-        and x.data_ptr() % 16 == 0
+        and (not address or x.data_ptr() % 16 == 0)
