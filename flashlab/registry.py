@@ -34,6 +34,17 @@ TC_BACKWARD = {32: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2),
                96: dict(BR=64, BC=64, NW=4, WS=2, WKV=4, WQ=4, QS=3),
                128: dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=3),
                256: dict(BR=32, BC=64, NW=8, WS=4, WKV=4, WQ=2, QS=2)}
+# kernels/tc.cu backward tiles for GPUs with less opt-in shared memory than the table's take (an
+# A100's 163 KB, sm_86 / sm_89's 99 KB), tried in order (plans.tc_plan_fitting): fewer Q_i, dO_i
+# stages, then smaller blocks. Registers from ptxas (sm_80): d = 64 255 and 218; d = 96 253;
+# d = 128 255, then 128 with 4 bytes spilled. d = 256's backward (137 KB) has none for 99 KB.
+TC_BACKWARD_SMALLER = {
+    64: (dict(BR=128, BC=128, NW=8, WS=2, WKV=4, WQ=4, QS=2),     # 162 KB
+         dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=4, QS=2)),     # 97 KB
+    96: (dict(BR=64, BC=64, NW=4, WS=2, WKV=4, WQ=4, QS=2),),      # 89 KB
+    128: (dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=2),     # 161 KB
+          dict(BR=32, BC=64, NW=8, WS=4, WKV=4, WQ=2, QS=2)),      # 72.5 KB
+}
 # kernels/tc90.cu (sm_90a, wgmma) tile shapes per head dim:
 #   forward:  BC keys per K/V tile (two stages), NWG warpgroups of 64 query rows (Br = 64 NWG)
 #   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
@@ -121,6 +132,9 @@ class KernelSpec:
     # it takes strided operands whose rows are contiguous (q, k, v, do, o: struct Rows, as
     # flashlab.launch.prepared packs them); the others take contiguous arrays only
     row_strides: bool = False
+    # bytes the addresses of q, k, v, do must be a multiple of (fa2: float4 global loads); 0:
+    # any float's. (row_strides kernels check their rows' alignment: launch.device.check_rows)
+    align: int = 0
     # its forward and backward compile an attention variant in (flashlab.mods: window, mask_mod,
     # score_mod, GQA; kernels/fa2.cu's FL_MODS, kernels/tc_mods.cuh)
     mods: bool = False
@@ -251,7 +265,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         reference=("flashlab.reference:fa2_forward", "flashlab.reference:fa2_backward"),
         steps=("flashlab.reference:fa2_forward_steps", "flashlab.reference:fa2_backward_steps"),
         tolerance=Tolerance("rel", 1e-4), exercises=True, mods=True, step_mods=True,
-        trace_mods=True,
+        trace_mods=True, align=16,
         planner="flashlab.launch.plans:fa2_plan", instances="flashlab.launch.plans:fa2_instances"),
     KernelSpec(
         name="tc", title="F2 and G2 on tensor cores, fp16 / bf16 (mma.sync; wgmma on sm_90a)",

@@ -104,6 +104,20 @@ def test_the_fp32_kernels_still_take_contiguous_arrays_only(gpu):
         launch.prepare_forward("fa1", k, k, v, gpu.ndarray((1, 2, 130, 64)))
 
 
+def test_fa2_refuses_an_input_off_its_16_byte_loads_naming_it(gpu):
+    # fa2 reads q, k, v, dO four floats at a time: a contiguous view 4 bytes into another array
+    # would fault on the GPU; it is refused first, naming the argument and the fix
+    base = gpu.ndarray((1 * 2 * 130 * 64 + 1,))
+    k = gpu.ndarray((1, 2, 130, 64), ptr=base.data.ptr + 4)
+    q, v = (gpu.ndarray((1, 2, 130, 64)) for _ in range(2))
+    for call in (lambda: launch.forward("fa2", q, k, v),
+                 lambda: launch.prepare_forward("fa2", q, k, v, gpu.ndarray((1, 2, 130, 64)))):
+        with pytest.raises(ValueError, match=r"^k starts 4 bytes past a 16-byte boundary .*kernel "
+                                             r"'fa2' reads rows 16 bytes at a time: pass k.copy\(\)"):
+            call()
+    launch.forward("fa1", q, k, v)  # fa1 reads floats one at a time: taken
+
+
 def _same_constants(a, b):
     return len(a) == len(b) and all(x is y or (isinstance(x, np.generic) and x == y)
                                     for x, y in zip(a, b))
@@ -257,3 +271,37 @@ def test_every_constant_of_a_tc_call_is_one_the_native_plan_can_pass(gpu, causal
             else:
                 assert b == np.asarray(c).tobytes()
     assert seen > 0  # the trace stand-ins are among them
+
+
+@pytest.mark.parametrize("cc,limit,d,qs", [("80", 166912, 64, 2), ("80", 166912, 128, 2),
+                                           ("86", 101376, 64, 2), ("86", 101376, 96, 2),
+                                           ("86", 101376, 128, 2), ("90", 232448, 64, 3)])
+def test_tc_backward_takes_smaller_tiles_where_the_gpu_has_less_shared_memory(monkeypatch, cc,
+                                                                              limit, d, qs):
+    # an A100 (163 KB opt-in) and sm_86 / sm_89 (99 KB) against the table made on the H200
+    from flashlab.launch import plans
+
+    monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")  # kernels/tc.cu, the source these GPUs run
+    fake = fake_cupy.install(monkeypatch, cc=cc, smem_optin=limit)
+    try:
+        q, k, v, do, o = (fake.ndarray((1, 2, 200, d), BF16) for _ in range(5))
+        launch.backward("tc", do, q, k, v, o, fake.ndarray((1, 2, 200), np.float32), causal=True)
+        (main,) = [x for x in fake.launches if x["name"].startswith("tc_backward<")]
+        assert main["smem"] <= limit and main["name"].endswith(f", {qs}>")
+        table = plans.tc_plan(d, "backward", variant="mma")
+        assert (main["smem"] == table["smem"]) == (limit == 232448)
+    finally:
+        fake_cupy.uninstall()
+
+
+def test_tc_where_no_tile_fits_says_what_to_do(monkeypatch):
+    fake = fake_cupy.install(monkeypatch, cc="86", smem_optin=101376)
+    try:
+        x = [fake.ndarray((1, 2, 200, 256), BF16) for _ in range(5)]
+        launch.forward("tc", *x[:3])  # d = 256 forward: 96 KB fits
+        with pytest.raises(ValueError, match=r"kernel 'tc' at head_dim 256 needs 139776 bytes of "
+                                             r"shared memory per block; this GPU allows 101376: "
+                                             r"use kernel='fa2' or 'fa1' on float32 inputs"):
+            launch.backward("tc", *x, fake.ndarray((1, 2, 200), np.float32))
+    finally:
+        fake_cupy.uninstall()

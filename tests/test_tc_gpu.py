@@ -119,6 +119,26 @@ def test_tc_within_fa_rule_and_writes_every_element(source, name, B, H, Nq, Nk, 
     assert float(cp.abs(lse - lse64).max()) < 1e-3 * max(1.0, float(cp.abs(lse64).max()))
 
 
+@pytest.mark.parametrize("limit", [166912, 101376])  # an A100's and an sm_86 / sm_89's opt-in
+@pytest.mark.parametrize("d", [64, 96, 128])
+def test_tc_backward_on_less_shared_memory_runs_the_smaller_tiles(monkeypatch, limit, d):
+    # kernels/tc.cu's backward as those GPUs run it (registry TC_BACKWARD_SMALLER), here
+    from flashlab.launch import tc
+
+    real = tc.device_limits
+    monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")
+    monkeypatch.setattr(tc, "device_limits", lambda dev: {**real(dev), "smem_optin": limit})
+    p = tc.launch_plan(0, d, "backward")
+    assert p["smem"] <= limit < plans.tc_plan(d, "backward", variant="mma")["smem"]
+    q, k, v, do = _inputs(1, 3, 300, 250, d, "bfloat16", seed=d)
+    o, lse, grads = _run(q, k, v, do, True)
+    _, _, dq64, dk64, dv64 = lowp.attention_oracle(q, k, v, do, True)
+    naive_grads = lowp.naive_lowp_backward(do, q, k, v, True)
+    for label, out, ref, naive in zip(("dq", "dk", "dv"), grads, (dq64, dk64, dv64), naive_grads):
+        ok, err, bound = lowp.within_fa_rule(out, ref, naive)
+        assert ok, f"{label}: error {err:.3g} > bound {bound:.3g}"
+
+
 @pytest.mark.parametrize("name", DTYPES)
 def test_tc_long_sequence_and_softmax_scale(source, name):
     q, k, v, do = _inputs(1, 2, 2048, 2048, 128, name, seed=3)

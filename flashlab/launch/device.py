@@ -107,6 +107,11 @@ def check_device_inputs(kernel: str, names_arrays: dict, dtypes=None) -> int:
         elif not x.flags.c_contiguous:
             raise ValueError(f"{name} is not contiguous (shape {x.shape}, strides {x.strides}); "
                              f"pass cupy.ascontiguousarray({name})")
+        elif spec.align and name in ("q", "k", "v", "do") and x.data.ptr % spec.align:
+            raise ValueError(f"{name} starts {x.data.ptr % spec.align} bytes past a "
+                             f"{spec.align}-byte boundary (a view at an offset into another "
+                             f"array); kernel {kernel!r} reads rows {spec.align} bytes at a time: "
+                             f"pass {name}.copy()")
     return device
 
 

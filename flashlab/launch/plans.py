@@ -140,9 +140,14 @@ def tc_names(bf16: bool, d: int, fwd: dict | None = None, bwd: dict | None = Non
 
 
 def tc_instances(variant: str) -> tuple:
-    """Every default instance of one tensor-core source, both dtypes, all its head dims."""
+    """Every default instance of one tensor-core source, both dtypes, all its head dims, and
+    (kernels/tc.cu) the backward's smaller tiles for GPUs with less shared memory."""
     dims = sorted(_tiles(variant, "forward"))
-    return tuple(n for bf16 in (False, True) for d in dims for n in tc_names(bf16, d, variant=variant))
+    names = [n for bf16 in (False, True) for d in dims for n in tc_names(bf16, d, variant=variant)]
+    if variant == "mma":
+        names += [tc_names(bf16, d, bwd=c)[1] for bf16 in (False, True)
+                  for d, cs in sorted(registry.TC_BACKWARD_SMALLER.items()) for c in cs]
+    return tuple(names)
 
 
 def tc_head_group(l2_bytes: int, N: int, d: int, BH: int, itemsize: int = 2) -> int:
@@ -203,13 +208,34 @@ def tc_plan(d: int, direction: str, config: dict | None = None, variant: str = "
             "variant": variant, "warps": c["NW"], "grid": (c["WS"], c["WKV"], c["WQ"])}
 
 
+def tc_plan_fitting(d: int, direction: str, variant: str, smem_bytes: int) -> dict:
+    """tc_plan with the table's tiles, or where they take more than `smem_bytes` of shared
+    memory the first of kernels/tc.cu's smaller ones that fits (registry TC_BACKWARD_SMALLER);
+    the table's where none does (the launch then refuses it, saying what to do)."""
+    p = tc_plan(d, direction, variant=variant)
+    if p["smem"] <= smem_bytes or variant != "mma" or direction != "backward":
+        return p
+    for c in registry.TC_BACKWARD_SMALLER.get(d, ()):
+        smaller = tc_plan(d, direction, c, variant)
+        if smaller["smem"] <= smem_bytes:
+            return smaller
+    return p
+
+
 def tc_plan_for(d: int, direction: str, smem_bytes: int, variant: str | None = None) -> dict:
-    """plan() of kernel 'tc': tc_plan, refused where the device's shared memory is too small."""
-    p = tc_plan(d, direction, variant=variant or registry.get(_TC).portable_variant())
+    """plan() of kernel 'tc': tc_plan_fitting, refused where the device's shared memory is too
+    small for every tile it has."""
+    p = tc_plan_fitting(d, direction, variant or registry.get(_TC).portable_variant(), smem_bytes)
+    refuse_too_large(p, d, smem_bytes)
+    return p
+
+
+def refuse_too_large(p: dict, d: int, smem_bytes: int) -> None:
+    """A ValueError saying what to do where tc plan p needs more shared memory than the GPU's
+    `smem_bytes`."""
     if p["smem"] > smem_bytes:
         fallbacks = registry.for_auto("float32")
         raise ValueError(f"kernel {_TC!r} at head_dim {d} needs {p['smem']} bytes of shared "
                          f"memory per block; this GPU allows {smem_bytes}: use kernel="
                          + " or ".join(repr(n) for n in fallbacks)
                          + " on float32 inputs (x.astype(cupy.float32))")
-    return p

@@ -30,10 +30,14 @@ def launch_plan(device: int, d: int, direction: str, config: dict | None = None,
     """tc_plan for the variant that runs: the one `config` names, else the one a user's
     `source` is a copy of (Source.variant, decided from the kernels it defines), else the
     device's (plans.variant)."""
-    cc = int(device_limits(device)["compute_capability"])
-    variant = plans.variant(NAME, cc, d)
+    limits = device_limits(device)
+    variant = plans.variant(NAME, int(limits["compute_capability"]), d)
     if source is not None and config is None:
         variant = source.variant or variant_of(registry.get(NAME), source.text)
+    if config is None:  # the table's tiles, or smaller ones where this GPU has less memory
+        p = plans.tc_plan_fitting(d, direction, variant, limits["smem_optin"])
+        plans.refuse_too_large(p, d, limits["smem_optin"])
+        return p
     return plans.tc_plan(d, direction, config, variant)
 
 
