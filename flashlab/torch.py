@@ -15,6 +15,10 @@ implementations and a registered autograd formula, so torch.compile(model, fullg
 traces a model that calls it without a graph break; eagerly the same kernels run through an
 autograd.Function (the custom op's Python dispatch costs more than a small kernel).
 
+k, v may have fewer heads than q (enable_gqa=True, as SDPA) and window=(left, right) limits the
+keys a query sees; both are compiled into the kernels (flashlab.mods) and take the path below.
+mask_mod= and score_mod= run eagerly (flashlab.torch_variants).
+
 Calls where 'auto' picks a kernel with prepared calls (tc for 16-bit, fa2 for float32) are
 prepared once per shape and layout (flashlab.launch.prepared) and then run in C++
 (flashlab.native: an autograd node that allocates from torch's allocator and launches on
@@ -143,14 +147,30 @@ def _run(call, index: int, bufs: dict, workspace=None) -> None:
         call.run(bufs, _stream_ptr(index), workspace, pointers=True)
 
 
-def _forward_key(index, q, k, v, is_causal, scale) -> tuple:
+def _forward_key(index, q, k, v, is_causal, scale, window) -> tuple:
     return ("f", index, q.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(),
-            is_causal, scale)
+            is_causal, scale, window)
 
 
-def _backward_key(index, do, q, k, v, o, is_causal, scale) -> tuple:
+def _backward_key(index, do, q, k, v, o, is_causal, scale, window) -> tuple:
     return ("b", index, q.dtype, q.shape, k.shape, do.stride(), q.stride(), k.stride(),
-            v.stride(), o.stride(), is_causal, scale)
+            v.stride(), o.stride(), is_causal, scale, window)
+
+
+_variants: dict = {}  # window -> the KernelVariant of window= (and GQA) in prepared calls
+
+
+def _variant(q, k, window):
+    """The flashlab.mods.kernel.KernelVariant the kernels compile in for `window` ((left,
+    right) or None) and GQA (k with fewer heads than q), or None for plain attention."""
+    if window is None and k.shape[1] == q.shape[1]:
+        return None
+    hit = _variants.get(window)
+    if hit is None:
+        from .mods.kernel import KernelVariant
+
+        hit = _variants[window] = KernelVariant.of(window=window)
+    return hit
 
 
 def _resolved(kernel: str, key, given: tuple, prepare):
@@ -176,62 +196,72 @@ def _resolved(kernel: str, key, given: tuple, prepare):
     return ops, call
 
 
-def _prepared_forward(kernel: str, q, k, v, is_causal: bool, scale: float):
+def _prepared_forward(kernel: str, q, k, v, is_causal: bool, scale: float, window=None):
     """The forward per call: a cache hit (this layout, 16-byte aligned pointers) allocates o
     and lse and launches; a miss checks and prepares (launch.prepare_forward). Operands whose
     rows the kernel cannot read in place are copied (_resolved)."""
     index = q.get_device()
-    key = _forward_key(index, q, k, v, is_causal, scale)
+    key = _forward_key(index, q, k, v, is_causal, scale, window)
     o = _out_like(q, _strided[kernel])
     (q, k, v), call = _resolved(kernel, key, (q, k, v), lambda launch, ops: launch.prepare_forward(
         kernel, *(_to_cupy(x, False) for x in ops), _to_cupy(o, False), causal=is_causal,
-        softmax_scale=scale))
+        softmax_scale=scale, variant=_variant(q, k, window)))
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     _run(call, index, {"q": q.data_ptr(), "k": k.data_ptr(), "v": v.data_ptr(),
                        "o": o.data_ptr(), "lse": lse.data_ptr()})
     return o, lse
 
 
-def _prepared_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float):
+def _prepared_backward(kernel: str, do, q, k, v, o, lse, is_causal: bool, scale: float,
+                       window=None):
     """The backward per call, as _prepared_forward: dq, dk, dv laid out like q, k, v
-    (_out_like), one workspace."""
+    (_out_like), one workspace. With GQA the kernels write dk and dv per query head, summed
+    here over each group (in torch, so a graph capture takes it too)."""
     index = q.get_device()
-    key = _backward_key(index, do, q, k, v, o, is_causal, scale)
+    key = _backward_key(index, do, q, k, v, o, is_causal, scale, window)
     dq, dk, dv = (_out_like(x, _strided[kernel]) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    dk_h, dv_h = (dk, dv) if group == 1 else (q.new_empty(q.shape[:2] + k.shape[2:])
+                                              for _ in range(2))
     (do, q, k, v, o), call = _resolved(
         kernel, key, (do, q, k, v, o), lambda launch, ops: launch.prepare_backward(
             kernel, *(_to_cupy(x, False) for x in ops), _to_cupy(lse), causal=is_causal,
-            softmax_scale=scale, grads=tuple(_to_cupy(g, False) for g in (dq, dk, dv))))
+            softmax_scale=scale, grads=tuple(_to_cupy(g, False) for g in (dq, dk_h, dv_h)),
+            variant=_variant(q, k, window)))
     ptrs = [x.data_ptr() for x in (do, q, k, v, o)]
     work = q.new_empty((call.workspace_bytes,), dtype=torch.uint8)  # freed in stream order
     _run(call, index, {"do": ptrs[0], "q": ptrs[1], "k": ptrs[2], "v": ptrs[3], "o": ptrs[4],
-                       "lse": lse.data_ptr(), "dq": dq.data_ptr(), "dk": dk.data_ptr(),
-                       "dv": dv.data_ptr()}, work.data_ptr())
+                       "lse": lse.data_ptr(), "dq": dq.data_ptr(), "dk": dk_h.data_ptr(),
+                       "dv": dv_h.data_ptr()}, work.data_ptr())
+    if group > 1:  # query heads h * group .. h * group + group - 1 read key/value head h
+        for per_head, out in ((dk_h, dk), (dv_h, dv)):
+            torch.sum(per_head.unflatten(1, (k.shape[1], group)), dim=2, out=out)
     return dq, dk, dv
 
 
 # ------------------------------------------------------- dispatch: prepared, else the CuPy API
 
-def _forward(q, k, v, is_causal: bool, scale: float):
+def _forward(q, k, v, is_causal: bool, scale: float, window=None):
     """(o, lse): o like q (_out_like on the prepared path, else contiguous), lse (B, H, Nq)
-    float32, the logsumexp the backward takes."""
+    float32, the logsumexp the backward takes. window: None or (left, right); k, v may have
+    fewer heads than q (GQA, checked by the caller)."""
     kernel = _fast(q)
     if kernel is not None:
-        return _prepared_forward(kernel, q, k, v, is_causal, scale)
+        return _prepared_forward(kernel, q, k, v, is_causal, scale, window)
     with _Stream(q.device):
         o, lse = _flash_attention(_to_cupy(q), _to_cupy(k), _to_cupy(v), causal=is_causal,
-                                  softmax_scale=scale, return_lse=True)
+                                  softmax_scale=scale, return_lse=True, window=window)
         return _to_torch(o, q.dtype), _to_torch(lse, torch.float32)
 
 
-def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float):
+def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float, window=None):
     kernel = _fast(q)
     if kernel is not None:
-        return _prepared_backward(kernel, do, q, k, v, o, lse, is_causal, scale)
+        return _prepared_backward(kernel, do, q, k, v, o, lse, is_causal, scale, window)
     with _Stream(q.device):
         dq, dk, dv = _flash_attention_backward(
             _to_cupy(do), _to_cupy(q), _to_cupy(k), _to_cupy(v), _to_cupy(o), _to_cupy(lse),
-            causal=is_causal, softmax_scale=scale)
+            causal=is_causal, softmax_scale=scale, window=window)
         return tuple(_to_torch(g, q.dtype) for g in (dq, dk, dv))
 
 
@@ -241,54 +271,64 @@ class _Eager(torch.autograd.Function):
     kernels run through a plain autograd.Function."""
 
     @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale):
-        o, lse = _forward(q, k, v, is_causal, scale)
+    def forward(ctx, q, k, v, is_causal, scale, window):
+        o, lse = _forward(q, k, v, is_causal, scale, window)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.is_causal, ctx.scale = is_causal, scale
+        ctx.is_causal, ctx.scale, ctx.window = is_causal, scale, window
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        return _backward_kernels(do, q, k, v, o, lse, ctx.is_causal, ctx.scale) + (None, None)
+        return _backward_kernels(do, q, k, v, o, lse, ctx.is_causal, ctx.scale,
+                                 ctx.window) + (None, None, None)
+
+
+def _window(window_left: int, window_right: int):
+    """The custom ops' window arguments as the kernels take them: (-1, -1) is no window."""
+    return None if (window_left, window_right) == (-1, -1) else (window_left, window_right)
 
 
 @torch.library.custom_op("flashlab::attention_forward", mutates_args=())
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o, lse): o like q, lse (B, H, Nq) float32, the logsumexp the backward takes."""
-    return _forward(q, k, v, is_causal, scale)
+                      scale: float, window_left: int,
+                      window_right: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse): o like q, lse (B, H, Nq) float32, the logsumexp the backward takes; k, v
+    may have fewer heads (GQA); window (-1, -1): none."""
+    return _forward(q, k, v, is_causal, scale, _window(window_left, window_right))
 
 
 @attention_forward.register_fake
-def _(q, k, v, is_causal, scale):
+def _(q, k, v, is_causal, scale, window_left, window_right):
     return _out_like(q, _writes_strided(q)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("flashlab::attention_backward", mutates_args=())
 def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       o: torch.Tensor, lse: torch.Tensor, is_causal: bool,
-                       scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_kernels(do, q, k, v, o, lse, is_causal, scale)
+                       o: torch.Tensor, lse: torch.Tensor, is_causal: bool, scale: float,
+                       window_left: int,
+                       window_right: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_kernels(do, q, k, v, o, lse, is_causal, scale,
+                             _window(window_left, window_right))
 
 
 @attention_backward.register_fake
-def _(do, q, k, v, o, lse, is_causal, scale):
+def _(do, q, k, v, o, lse, is_causal, scale, window_left, window_right):
     strided = _writes_strided(q)  # laid out as _prepared_backward (or the CuPy API) lays them out
     return _out_like(q, strided), _out_like(k, strided), _out_like(v, strided)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, is_causal, scale = inputs
+    q, k, v, is_causal, scale, window_left, window_right = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
-    ctx.is_causal, ctx.scale = is_causal, scale
+    ctx.is_causal, ctx.scale, ctx.window = is_causal, scale, (window_left, window_right)
 
 
 def _backward(ctx, do, dlse):
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.is_causal, ctx.scale)
-    return dq, dk, dv, None, None
+    dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.is_causal, ctx.scale, *ctx.window)
+    return dq, dk, dv, None, None, None, None
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -335,20 +375,22 @@ def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, enable_gqa=
     torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=, scale=,
     enable_gqa=); `causal` and `softmax_scale` are the older names of the same arguments.
 
-    Variants (flashlab.torch_variants): enable_gqa=True lets k, v have H_kv heads dividing H;
-    window=(left, right), mask_mod(b, h, q_idx, kv_idx) and score_mod(score, b, h, q_idx,
-    kv_idx) as flashlab.flash_attention takes them (flashlab.mods). They run eagerly: under
-    torch.compile such a call is a graph break (fullgraph=True refuses it)."""
+    enable_gqa=True lets k, v have H_kv heads dividing H, and window=(left, right) lets query i
+    see keys i - left .. i + right (-1: unbounded; flashlab.flash_attention's window=). Both
+    take the same path as plain calls (prepared once per shape, a custom op under torch.compile,
+    capturable in a CUDA graph), with the variant compiled into the kernels. mask_mod(b, h,
+    q_idx, kv_idx) and score_mod(score, b, h, q_idx, kv_idx) (flashlab.mods) run eagerly
+    (flashlab.torch_variants): under torch.compile such a call is a graph break."""
     if causal is not None:
         is_causal = causal
     if softmax_scale is not None:
         scale = softmax_scale
-    if enable_gqa or window is not None or mask_mod is not None or score_mod is not None:
+    if mask_mod is not None or score_mod is not None:
         return _with_variant(q, k, v, is_causal, scale, enable_gqa,
                              {n: x for n, x in (("window", window), ("mask_mod", mask_mod),
                                                 ("score_mod", score_mod)) if x is not None})
     key = None
-    if not torch.compiler.is_compiling():  # the per-call path: one lookup, then C++
+    if window is None and not torch.compiler.is_compiling():  # one lookup, then C++
         try:
             key = (q.dtype, k.dtype, v.dtype, q.get_device(), k.get_device(), v.get_device(),
                    q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), is_causal, scale)
@@ -357,7 +399,19 @@ def flash_attention(q, k, v, is_causal: bool = False, scale=None, *, enable_gqa=
         hit = _native.get(key)
         if hit is not None and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:
             return hit[0](q, k, v, hit[1], hit[2])
-    return _checked(q, k, v, is_causal, scale, key)
+    return _checked(q, k, v, is_causal, scale, key, bool(enable_gqa), _window_arg(window))
+
+
+def _window_arg(window):
+    """window= as (left, right) ints >= -1, or None; else a ValueError naming it."""
+    if window is None:
+        return None
+    ok = isinstance(window, (tuple, list)) and len(window) == 2 and all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)
+    if not ok:
+        raise ValueError(f"flashlab.torch.flash_attention: window must be (left, right), two "
+                         f"ints >= -1 (-1: unbounded on that side), got {window!r}")
+    return None if tuple(window) == (-1, -1) else (int(window[0]), int(window[1]))
 
 
 def _operands(q, k, v, gqa: bool) -> None:
@@ -375,11 +429,15 @@ def _operands(q, k, v, gqa: bool) -> None:
         raise ValueError(f"flashlab.torch.flash_attention: k and v have {k.shape[1]} and "
                          f"{v.shape[1]} heads, q {q.shape[1]}: pass enable_gqa=True for "
                          f"grouped-query attention (as SDPA takes it)")
+    if k.shape[1] != v.shape[1] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"flashlab.torch.flash_attention: k and v have {k.shape[1]} and "
+                         f"{v.shape[1]} heads, q {q.shape[1]}: with enable_gqa=True k and v "
+                         f"need one number of heads that divides q's")
 
 
 @torch.compiler.disable  # a mod is a Python function: eager, a graph break under torch.compile
 def _with_variant(q, k, v, is_causal, scale, enable_gqa, variant: dict):
-    """flash_attention with enable_gqa or a variant keyword: checked here, run by
+    """flash_attention with mask_mod or score_mod (and any window, GQA): checked here, run by
     flashlab.torch_variants (the CuPy API's variant builds)."""
     from . import torch_variants
 
@@ -388,17 +446,19 @@ def _with_variant(q, k, v, is_causal, scale, enable_gqa, variant: dict):
     return torch_variants.attention(q, k, v, bool(is_causal), scale, variant)
 
 
-def _checked(q, k, v, is_causal, scale, key):
+def _checked(q, k, v, is_causal, scale, key, gqa: bool = False, window=None):
     """flash_attention after its checks: the custom op under torch.compile; else the C++ path
-    (stored under `key` for the next call) where it is built, else the Python one."""
+    (stored under `key` for the next call) where it is built (plain attention), else the
+    Python one."""
     is_causal = bool(is_causal)
-    _operands(q, k, v, gqa=False)
+    _operands(q, k, v, gqa=gqa)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if torch.compiler.is_compiling():  # the custom op: traced without a graph break
-        return attention_forward(q, k, v, is_causal, scale)[0]
+        return attention_forward(q, k, v, is_causal, scale, *(window or (-1, -1)))[0]
     kernel = _fast(q)
-    if kernel is not None and key is not None and not (q.data_ptr() | k.data_ptr() |
-                                                       v.data_ptr()) & 15:
+    plain = window is None and k.shape[1] == q.shape[1]
+    if plain and kernel is not None and key is not None and not (q.data_ptr() | k.data_ptr() |
+                                                                 v.data_ptr()) & 15:
         entry = _native_entry(kernel, q, k, v, is_causal, scale)
         if entry is not None:
             if len(_native) >= _CALLS_MAX:  # shapes that keep changing: start over
@@ -406,5 +466,5 @@ def _checked(q, k, v, is_causal, scale, key):
             _native[key] = entry
             return entry[0](q, k, v, entry[1], entry[2])
     if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        return _forward(q, k, v, is_causal, scale)[0]  # nothing to differentiate: no autograd
-    return _Eager.apply(q, k, v, is_causal, scale)
+        return _forward(q, k, v, is_causal, scale, window)[0]  # nothing to differentiate
+    return _Eager.apply(q, k, v, is_causal, scale, window)

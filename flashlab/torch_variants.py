@@ -1,6 +1,7 @@
-"""flashlab.torch.flash_attention's attention variants: `enable_gqa=` (k, v with fewer heads, as
-SDPA's keyword), `window=`, `mask_mod=` and `score_mod=` (flashlab.mods, FlexAttention's
-signatures), compiled into the kernels as the CuPy API compiles them.
+"""flashlab.torch.flash_attention's calls with `mask_mod=` or `score_mod=` (flashlab.mods,
+FlexAttention's signatures; with any `window=` and `enable_gqa=` beside them), compiled into
+the kernels as the CuPy API compiles them. (window= and enable_gqa= alone take flashlab.torch's
+own path: prepared calls, the custom op, CUDA graphs.)
 
     o = flashlab.torch.flash_attention(q, k, v, is_causal=True, window=(1024, 0),
                                        score_mod=flashlab.mods.softcap(30.0))

@@ -305,3 +305,46 @@ def test_tc_where_no_tile_fits_says_what_to_do(monkeypatch):
             launch.backward("tc", *x, fake.ndarray((1, 2, 200), np.float32))
     finally:
         fake_cupy.uninstall()
+
+
+@pytest.mark.parametrize("kernel,dtype", [("tc", BF16), ("fa2", np.float32)])
+def test_a_variant_with_gqa_prepares_what_the_cupy_api_launches(gpu, monkeypatch, kernel,
+                                                                 dtype):
+    # flashlab.torch's window= and enable_gqa=: the variant's build and arguments (its arrays
+    # by address in a native plan), k and v with fewer heads; the backward's dk, dv per query
+    # head, summed by the caller
+    from flashlab.launch import fa2
+    from flashlab.mods.kernel import KernelVariant
+
+    for launcher in (tc, fa2):  # the CuPy API's group sums (a CuPy kernel the stand-in lacks)
+        monkeypatch.setattr(launcher, "sum_groups", lambda full, out, kv_heads: None)
+
+    variant = KernelVariant.of(window=(40, 0))
+    B, H, Hkv, N, d = 1, 4, 2, 130, 64
+    q, o, do = (gpu.ndarray((B, H, N, d), dtype) for _ in range(3))
+    k, v = (gpu.ndarray((B, Hkv, N, d), dtype) for _ in range(2))
+    lse = gpu.ndarray((B, H, N), np.float32)
+    launch.forward(kernel, q, k, v, causal=True, variant=variant)
+    launch.backward(kernel, do, q, k, v, o, lse, causal=True, variant=variant)
+    api = list(gpu.launches)
+    gpu.launches.clear()
+    with pytest.raises(ValueError, match="heads"):  # fewer heads need the variant
+        launch.prepare_forward(kernel, q, k, v, o, causal=True)
+    fwd = launch.prepare_forward(kernel, q, k, v, o, causal=True, variant=variant)
+    per_head = [gpu.ndarray((B, H, N, d), dtype) for _ in range(3)]
+    back = launch.prepare_backward(kernel, do, q, k, v, o, lse, causal=True, variant=variant,
+                                   grads=per_head)
+    fwd.run({"q": q, "k": k, "v": v, "o": o, "lse": lse})
+    back.run({"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": per_head[0],
+              "dk": per_head[1], "dv": per_head[2]}, workspace=0x10000)
+    ran = gpu.launches
+    assert [x["name"] for x in ran] == [x["name"] for x in api]
+    main = next(x for x in ran if x["name"].split("<")[0].endswith("_forward"))
+    main_api = next(x for x in api if x["name"].split("<")[0].endswith("_forward"))
+    arrays = [a for a in main["args"] if isinstance(a, fake_cupy.ndarray)]
+    assert main["args"][:5] == (q, k, v, o, lse)
+    assert arrays[5:] == [a for a in main_api["args"] if isinstance(a, fake_cupy.ndarray)][5:]
+    assert any(a.dtype == np.uint8 for a in arrays[5:])  # the block mask, one byte per tile
+    assert any("#define FL_MODS" in (c["code"] or "") for c in gpu.compiles)
+    bwd = next(x for x in ran if x["name"].split("<")[0].endswith("_backward"))
+    assert all(any(a is g for a in bwd["args"]) for g in per_head[1:])  # dk, dv per query head

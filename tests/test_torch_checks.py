@@ -25,3 +25,51 @@ def test_fewer_kv_heads_need_enable_gqa(monkeypatch, kw):
     with pytest.raises(ValueError, match=r"k and v have 2 and 2 heads, q 4: pass "
                                          r"enable_gqa=True"):
         ft.flash_attention(q, kv, kv, **kw)
+
+
+@pytest.mark.parametrize("window", [(3,), (2, -2), (1.5, 0), (True, 0), "left"])
+def test_a_window_that_is_not_two_ints_from_minus_one_is_refused_naming_it(monkeypatch, window):
+    monkeypatch.setattr(ft, "_check", lambda name, x: None)  # as if on a GPU
+    q = torch.randn(1, 2, 8, 64)
+    with pytest.raises(ValueError, match=r"window must be \(left, right\), two ints >= -1 "
+                                         r"\(-1: unbounded on that side\), got "):
+        ft.flash_attention(q, q, q, window=window)
+
+
+def test_gqa_heads_must_divide_and_match(monkeypatch):
+    monkeypatch.setattr(ft, "_check", lambda name, x: None)
+    q = torch.randn(1, 6, 8, 64)
+    for k, v in ((torch.randn(1, 4, 8, 64),) * 2, (torch.randn(1, 3, 8, 64), torch.randn(1, 2, 8, 64))):
+        with pytest.raises(ValueError, match=r"with enable_gqa=True k and v need one number of "
+                                             r"heads that divides q's"):
+            ft.flash_attention(q, k, v, enable_gqa=True)
+
+
+def test_the_custom_ops_trace_on_fake_tensors_with_gqa_and_a_window(monkeypatch):
+    # what torch.compile traces, on any machine: the ops' schemas, fake implementations and
+    # autograd formula, with k, v on fewer heads and a window (fake CUDA tensors need no GPU;
+    # torch's engine does, so the formula is called by hand as the engine would)
+    import types
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setitem(ft._kernel_for, (0, torch.bfloat16, 64), "tc")  # as on an sm_80+ GPU
+    monkeypatch.setitem(ft._strided, "tc", True)
+    with FakeTensorMode():
+        q = torch.empty(2, 200, 8, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k, v = (torch.empty(2, 200, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+                for _ in range(2))
+        graph = make_fx(lambda q, k, v: ft.attention_forward(q, k, v, True, 0.125, 64, 0),
+                        tracing_mode="fake")(q, k, v)
+        o, lse = ft.attention_forward(q, k, v, True, 0.125, 64, 0)
+        saved = []
+        ctx = types.SimpleNamespace(save_for_backward=lambda *t: saved.extend(t))
+        ft._setup_context(ctx, (q, k, v, True, 0.125, 64, 0), (o, lse))
+        ctx.saved_tensors = tuple(saved)
+        grads = ft._backward(ctx, torch.empty_like(o), None)
+    (node,) = [n for n in graph.graph.nodes if n.target == torch.ops.flashlab.attention_forward.default]
+    assert node.args[-2:] == (64, 0)  # the window reaches the op
+    assert o.stride() == (200 * 8 * 64, 64, 8 * 64, 1)  # heads inside rows, as SDPA returns
+    assert ctx.window == (64, 0) and len(grads) == 7 and grads[3:] == (None,) * 4
+    assert [g.shape for g in grads[:3]] == [q.shape, k.shape, v.shape]

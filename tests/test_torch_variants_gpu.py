@@ -1,12 +1,14 @@
 """GPU: flashlab.torch.flash_attention's attention variants (flashlab.torch_variants): GQA with
 enable_gqa=True, window=, mask_mod=, score_mod=, forward and gradients within FlashAttention's
 rule against the float64 oracle (the yardstick: the same variant unfused in the dtype); errors
-that name the argument; under torch.compile a graph break that runs eagerly."""
+that name the argument; GQA and window= through the custom op under torch.compile(fullgraph=True)
+and in a CUDA graph; mask_mod / score_mod under torch.compile a graph break that runs eagerly."""
 import numpy as np
 import pytest
 
 from flashlab import lowp, mods
 from flashlab.reference.variants import variant_attention, variant_attention_backward
+from graph_replay import check_replay_matches_eager
 
 pytestmark = pytest.mark.gpu
 
@@ -101,3 +103,51 @@ def test_a_variant_under_torch_compile_is_a_graph_break_that_runs_eagerly():
 
     torch.compiler.reset()
     assert torch.equal(torch.compile(f)(q, k, v), f(q, k, v))
+
+
+def _gqa_block(torch, ft, C=256, H=8, Hkv=2, window=(64, 0)):
+    """A Llama-style attention block: 8 query heads on 2 key/value heads, a sliding window."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = C // H
+            self.q = torch.nn.Linear(C, C)
+            self.kv = torch.nn.Linear(C, 2 * Hkv * self.d)
+            self.proj = torch.nn.Linear(C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q = self.q(x).view(B, T, H, self.d).transpose(1, 2)
+            k, v = (t.transpose(1, 2) for t in self.kv(x).view(B, T, 2, Hkv, self.d).unbind(2))
+            y = ft.flash_attention(q, k, v, is_causal=True, enable_gqa=True, window=window)
+            return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    return Block()
+
+
+def test_gqa_and_a_window_compile_with_fullgraph_and_match_eager():
+    torch = _torch()
+    import flashlab.torch as ft
+
+    torch.manual_seed(0)
+    model = _gqa_block(torch, ft).cuda().to(torch.bfloat16)
+    x = torch.randn(2, 200, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    eager = model(x)
+    eager.float().pow(2).mean().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    torch.compiler.reset()
+    out = torch.compile(model, fullgraph=True)(x)  # a graph break would raise here
+    out.float().pow(2).mean().backward()
+    assert torch.equal(out, eager)
+    assert float((x.grad - grad).abs().max()) <= 1e-2 * float(grad.abs().max())
+
+
+def test_gqa_and_a_window_capture_in_a_cuda_graph_and_replay_like_eager():
+    torch = _torch()
+    import flashlab.torch as ft
+
+    torch.manual_seed(0)
+    check_replay_matches_eager(torch, _gqa_block(torch, ft).cuda().to(torch.bfloat16),
+                               (2, 200, 256), torch.bfloat16)

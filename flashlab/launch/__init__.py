@@ -124,30 +124,35 @@ def _rows(spec, mod, named: dict):
     return {n: mod.element_strides(x) for n, x in named.items()} if spec.row_strides else None
 
 
-def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None):
+def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None, variant=None):
     """The forward launches of `kernel` ('tc', 'fa2') for CuPy arrays like q, k, v and output o
     (shapes, dtype, strides, device; what they hold is not read), checked as forward() checks
     them and resolved without running: a flashlab.launch.prepared.Prepared, cached per key,
     whose run({"q", "k", "v", "o", "lse": arrays or device pointers}, stream) launches. This
-    is what flashlab.torch calls once per shape and then runs with torch's pointers."""
-    dims = check_qkv(q, k, v, causal, softmax_scale)
+    is what flashlab.torch calls once per shape and then runs with torch's pointers. variant:
+    a flashlab.mods.kernel.KernelVariant compiled in, as forward() takes it (k, v may then have
+    fewer heads than q)."""
+    dims = check_qkv(q, k, v, causal, softmax_scale, gqa=variant is not None)
     spec, mod = _prepared_launcher(kernel)
+    _variant(spec, variant, False)
     ctx = setup(spec, dims, {"q": q, "k": k, "v": v, "o": o}, False)
     with ctx.cp.cuda.Device(ctx.device):
         p = mod.launch_plan(ctx.device, dims.d, "forward")
         _, targs = step_buffers(ctx, False, "forward", p, ())
         rows = _rows(spec, mod, dict(zip("qkvo", (q, k, v, o))))
-        return mod.prepare_forward(ctx, q.dtype, rows, p, targs=targs)
+        return mod.prepare_forward(ctx, q.dtype, rows, p, targs=targs, variant=variant)
 
 
 def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_scale=None,
-                     grads=None):
+                     grads=None, variant=None):
     """prepare_forward for the backward: buffers do, q, k, v, o, lse, dq, dk, dv, and one
     workspace of .workspace_bytes that run(workspace=address) carves. grads: CuPy arrays like
     the dq, dk, dv a run writes (their strides are compiled into the call, checked as q's
-    are); None: contiguous (B, H, N, d)."""
-    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale)
+    are); None: contiguous (B, H, N, d). variant: as prepare_forward's; with GQA the call
+    writes dk and dv per query head, (B, H, Nk, d), which the caller sums over each group."""
+    dims = check_backward(do, q, k, v, o, lse, causal, softmax_scale, gqa=variant is not None)
     spec, mod = _prepared_launcher(kernel)
+    _variant(spec, variant, False)
     named = {"do": do, "q": q, "k": k, "v": v, "o": o, "lse": lse}
     if grads is not None:
         named.update(_grads(dims, q, grads))
@@ -161,7 +166,7 @@ def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_sca
             if rows is not None:
                 rows[n] = mod.element_strides(named[n]) if n in named else \
                     (dims.H * shape[0] * shape[1], shape[0] * shape[1], shape[1])
-        return mod.prepare_backward(ctx, q.dtype, rows, p, targs=targs)
+        return mod.prepare_backward(ctx, q.dtype, rows, p, targs=targs, variant=variant)
 
 
 def _grads(dims, q, grads) -> dict:

@@ -70,34 +70,46 @@ def forward(ctx: Launch, q, k, v, o, lse, trace=False, source=None, config=None,
     return finish(ctx, state, "forward", o, lse)
 
 
-def prepare_forward(ctx: Launch, dtype, rows, p: dict, targs=()) -> Prepared:
+def _prepared_variant(ctx: Launch, variant, p: dict):
+    """(the source, the kernel's variant arguments) of a prepared call: (None, ()) without one."""
+    if variant is None:
+        return None, ()
+    return _variant_args(ctx, variant, None, p["Br"], p["Bc"])
+
+
+def prepare_forward(ctx: Launch, dtype, rows, p: dict, targs=(), variant=None) -> Prepared:
     """F2 for these sizes on ctx's GPU, resolved once: buffers q, k, v, o, lse (contiguous;
-    rows, the strided kernels' operand strides, is None here)."""
+    rows, the strided kernels' operand strides, is None here). variant: as forward's."""
     def build():
+        source, extra = _prepared_variant(ctx, variant, p)
         name, grid, args = _forward_launch(ctx, p, tuple(map(Slot, ("q", "k", "v", "o", "lse"))),
-                                           tuple(targs))
-        mod = _module(ctx, False, name, None)
+                                           extra + tuple(targs))
+        mod = _module(ctx, False, name, source)
         return Prepared(NAME, [kernel_step(mod, name, grid, (256,), args, p["smem"])],
                         describe=ctx.desc)
 
-    return cached(_cache, ("forward", ctx.device, ctx.dims, p["Br"], p["Bc"]), build)
+    return cached(_cache, ("forward", ctx.device, ctx.dims, p["Br"], p["Bc"],
+                           None if variant is None else variant.key), build)
 
 
-def prepare_backward(ctx: Launch, dtype, rows, p: dict, targs=()) -> Prepared:
+def prepare_backward(ctx: Launch, dtype, rows, p: dict, targs=(), variant=None) -> Prepared:
     """G2 as prepare_forward: buffers do, q, k, v, o, lse, dq, dk, dv; workspace Dvec (B*H, Nq)
-    float32."""
+    float32. With GQA (a variant's) dk and dv are per query head, (B, H, Nk, d): the caller
+    sums each group."""
     def build():
+        source, extra = _prepared_variant(ctx, variant, p)
         names = ("do", "q", "k", "v", "o", "lse", "Dvec", "dq", "dk", "dv")
         (dot_grid, dot_args), (name, grid, args) = _backward_launches(
-            ctx, p, {n: Slot(n) for n in names}, tuple(targs))
-        mod = _module(ctx, False, name, None)
+            ctx, p, {n: Slot(n) for n in names}, extra + tuple(targs))
+        mod = _module(ctx, False, name, source)
         steps = [kernel_step(mod, "fa2_backward_dot", dot_grid, (256,), dot_args, 0),
                  kernel_step(mod, name, grid, (256,), args, p["smem"])]
         dims = ctx.dims
         return Prepared(NAME, steps, describe=ctx.desc,
                         workspace={"Dvec": dims.B * dims.H * dims.Nq * 4})
 
-    return cached(_cache, ("backward", ctx.device, ctx.dims, p["Br"], p["Bc"]), build)
+    return cached(_cache, ("backward", ctx.device, ctx.dims, p["Br"], p["Bc"],
+                           None if variant is None else variant.key), build)
 
 
 def _variant_args(ctx: Launch, variant, source, Br: int, Bc: int):
