@@ -1,4 +1,6 @@
-/* tc.cu: F2 and G2 on tensor cores. fp16 or bf16 Q, K, V, dO; fp32 accumulation. sm_80 and newer.
+/* tc.cu: F2 and G2 on tensor cores. fp16 or bf16 Q, K, V, dO; fp32 accumulation. sm_80 and newer;
+ * its float16 instances also build for sm_75 (Turing: TC_SM75 in tc_common.cuh, each m16n8k16
+ * product as two m16n8k8, copies through registers; not yet a registry variant or run on a GPU).
  *
  * The same algorithms as fa2.cu (docs/ALGORITHMS.md F2, G2), rewritten for mma.sync.m16n8k16:
  *
@@ -36,8 +38,8 @@
  */
 #include "tc_common.cuh"
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "kernels/tc.cu needs sm_80 or newer (bf16 mma.sync, cp.async); kernel='auto' falls back to fa2"
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#error "kernels/tc.cu needs sm_75 or newer (mma.sync, ldmatrix); kernel='auto' falls back to fa2"
 #endif
 
 /* ---------------------------------------------------------------- mma.sync and ldmatrix */
@@ -60,6 +62,15 @@ __device__ __forceinline__ void ldsm4t(u32 (&r)[4], u32 addr) {
  *   C: c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)                                  */
 template <bool BF16>
 __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if TC_SM75  // float16 only: the k = 0..7 half ({a0, a1}, b0), then k = 8..15 ({a2, a3}, b1)
+    static_assert(!BF16, "bfloat16 mma.sync needs sm_80: the sm_75 build is float16 only");
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(b0));
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[2]), "r"(a[3]), "r"(b1));
+#else
     if (BF16)
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -70,6 +81,7 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b
             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 /* ---------------------------------------------------------------- swizzled tiles */

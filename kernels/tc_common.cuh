@@ -33,25 +33,53 @@ typedef unsigned int u32;
 #define TC_LOG2E 1.4426950408889634f
 #define TC_LN2 0.6931471805599453f
 
+/* Turing (sm_75: T4): no cp.async, no bf16, no f16x2 conversion; tc.cu's float16 build there
+ * copies through registers and splits each m16n8k16 product in two m16n8k8 (the wrappers below
+ * and tc.cu's mma16816). Not yet a registry variant: kernel 'tc' runs on sm_80+. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define TC_SM75 1
+#else
+#define TC_SM75 0
+#endif
+
 /* ---------------------------------------------------------------- PTX wrappers */
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     return static_cast<u32>(__cvta_generic_to_shared(p));
 }
 
-/* 16 bytes HBM -> shared without a register stop; pred false writes 16 zero bytes instead. */
+/* 16 bytes HBM -> shared without a register stop; pred false writes 16 zero bytes instead.
+ * (sm_75: through a register, the copy done when the store is; commit and wait are empty, and
+ * the kernels' barrier after the wait publishes the tile as before.) */
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool pred) {
+#if TC_SM75
+    uint4 v = pred ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
+                 :: "r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                  :: "r"(dst), "l"(src), "r"(pred ? 16 : 0));
+#endif
 }
 __device__ __forceinline__ void cp_async4(u32 dst, const void* src, bool pred) {
+#if TC_SM75
+    const u32 v = pred ? *reinterpret_cast<const u32*>(src) : 0u;
+    asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(dst), "r"(v) : "memory");
+#else
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
                  :: "r"(dst), "l"(src), "r"(pred ? 4 : 0));
+#endif
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_commit() {
+#if !TC_SM75
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_wait() {
+#if !TC_SM75
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+#endif
 }
 
 /* The copy passes of a tile loader (tc.cu's load_tile, tc90.cu's load_panels): this thread's
@@ -75,8 +103,16 @@ __device__ __forceinline__ void copy_passes(u32 dst, u32 dpass, const u16* src, 
 template <bool BF16>
 __device__ __forceinline__ u32 pack2(float lo, float hi) {
     u32 r;
+#if TC_SM75
+    static_assert(!BF16, "bfloat16 needs sm_80: the sm_75 build of the tensor-core kernels is float16 only");
+    unsigned short l, h;
+    asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(l) : "f"(lo));
+    asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(h) : "f"(hi));
+    r = (u32)l | ((u32)h << 16);
+#else
     if (BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     else      asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
     return r;
 }
 /* 2^x in one MUFU instruction (2^-inf = 0). */
