@@ -111,8 +111,8 @@ __device__ __forceinline__ int swz(int r, int c) {
 template <int W>
 struct SwzAddr {
     static constexpr int NB = W == 32 ? 2 : 4;
-    static constexpr int NT = W == 96 ? 2 : 1;  // W = 96: the tail group's bases
-    u32 b[NB], tail[NT];
+    static constexpr int NTAIL = W == 96 ? 2 : 1;  // W = 96: the tail group's bases
+    u32 b[NB], tail[NTAIL];
     __device__ __forceinline__ SwzAddr(const uint4* tile, int r, int x) {
         const int y = x ^ (W == 32 ? (r >> 1) & 3 : r & 7);
         const u32 row = smem_addr(tile) + 16u * (u32)(r * (W / 8));
@@ -120,7 +120,7 @@ struct SwzAddr {
         for (int m = 0; m < NB; ++m) b[m] = row + 16u * (u32)((2 * m) ^ y);
         const int y4 = x ^ ((r >> 1) & 3);
 #pragma unroll
-        for (int m = 0; m < NT; ++m) tail[m] = row + 16u * (u32)(8 + ((2 * m) ^ y4));
+        for (int m = 0; m < NTAIL; ++m) tail[m] = row + 16u * (u32)(8 + ((2 * m) ^ y4));
     }
     __device__ __forceinline__ u32 at(int R, int cc) const {
         if (W == 96 && cc >= 8) return tail[((cc - 8) >> 1) & 1] + 16u * (u32)(R * 12);

@@ -119,8 +119,9 @@ def test_tc_within_fa_rule_and_writes_every_element(source, name, B, H, Nq, Nk, 
     assert float(cp.abs(lse - lse64).max()) < 1e-3 * max(1.0, float(cp.abs(lse64).max()))
 
 
-@pytest.mark.parametrize("limit", [166912, 101376])  # an A100's and an sm_86 / sm_89's opt-in
-@pytest.mark.parametrize("d", [64, 96, 128])
+# an A100's opt-in shared memory and an sm_86 / sm_89's, at the head dims whose table needs more
+@pytest.mark.parametrize("limit,d", [(166912, 64), (166912, 128), (101376, 64), (101376, 96),
+                                     (101376, 128)])
 def test_tc_backward_on_less_shared_memory_runs_the_smaller_tiles(monkeypatch, limit, d):
     # kernels/tc.cu's backward as those GPUs run it (registry TC_BACKWARD_SMALLER), here
     from flashlab.launch import tc
