@@ -13,6 +13,7 @@ so every module may import the registry without a cycle.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------------- tensor-core tiles
@@ -45,6 +46,12 @@ TC_BACKWARD_SMALLER = {
     128: (dict(BR=64, BC=128, NW=8, WS=4, WKV=4, WQ=2, QS=2),     # 161 KB
           dict(BR=32, BC=64, NW=8, WS=4, WKV=4, WQ=2, QS=2)),      # 72.5 KB
 }
+# kernels/tc.cu built for Turing (variant "turing": compute_75 PTX, float16; a T4 has 64 KB of
+# shared memory a block). ptxas sm_75: forward 190 / 255 registers, backward 168 / 185.
+TC75_FORWARD = {64: dict(BC=64, NW=4, WM=2, BK=64), 128: dict(BC=32, NW=4, WM=2, BK=32)}
+TC75_BACKWARD = {64: dict(BR=32, BC=64, NW=4, WS=2, WKV=2, WQ=2, QS=2),
+                 128: dict(BR=32, BC=32, NW=4, WS=2, WKV=2, WQ=2, QS=2)}
+TURING_OPT_IN = "FLASHLAB_TC_TURING"  # =1: the turing variant runs (on any sm_75+ GPU)
 # kernels/tc90.cu (sm_90a, wgmma) tile shapes per head dim:
 #   forward:  BC keys per K/V tile (two stages), NWG warpgroups of 64 query rows (Br = 64 NWG)
 #   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
@@ -65,12 +72,22 @@ class Variant:
     source: str  # file name in kernels/, e.g. "tc90.cu"
     min_cc: int  # lowest compute capability (x10) it runs on
     max_cc: int | None = None  # highest (x10), for arch-specific builds (sm_90a: exactly 90)
-    arch: str | None = None  # an arch-specific compile target ("sm_90a"), else the device's own
+    # a compile target of its own: arch-specific ("sm_90a") or a virtual one whose PTX the driver
+    # compiles for the GPU ("compute_75"); None: the device's own
+    arch: str | None = None
     head_dims: tuple | None = None  # where it has fewer head dims than the kernel
+    dtypes: tuple | None = None  # where it takes fewer input dtypes than the kernel
+    # an environment variable that must be "1" for it to run (a variant not yet the default:
+    # it then runs wherever its compute capability allows, before the others)
+    opt_in: str | None = None
     tiles: dict = field(default_factory=dict)  # direction -> {head dim: config}
     # the __global__ functions its launcher looks up by name, per pass (forward, backward):
     # extern "C" names, or templates (by their plain names) whose instances it compiles
     kernels: tuple = ((), ())
+
+    def available(self) -> bool:
+        """Not behind an opt-in, or opted in."""
+        return self.opt_in is None or os.environ.get(self.opt_in) == "1"
 
     def required(self, direction: str | None = None) -> tuple:
         """The kernels this source must define for one pass ("forward", "backward") or both."""
@@ -153,15 +170,31 @@ class KernelSpec:
             return d in self.head_dims
         return self.max_head_dim is None or d <= self.max_head_dim
 
+    def runs(self, dtype: str, d: int | None, compute_capability: int) -> bool:
+        """Some available variant takes `dtype` at head dim d on this compute capability (x10)."""
+        return self.takes_dtype(dtype) and any(
+            v.available() and v.min_cc <= compute_capability
+            and (v.max_cc is None or compute_capability <= v.max_cc or v.arch is not None
+                 and v.arch.startswith("compute_"))
+            and (d is None or v.head_dims is None or d in v.head_dims)
+            and (v.dtypes is None or dtype in v.dtypes) for v in self.variants.values())
+
     @property
     def min_cc(self) -> int:
-        return min(v.min_cc for v in self.variants.values())
+        return min(v.min_cc for v in self.variants.values() if v.available())
 
     def variant_for(self, compute_capability: int, d: int | None = None,
                     arch_specific: bool = True) -> str:
         """The variant that runs on this compute capability (x10) at head dim d; arch_specific
-        False leaves out the variants built for one arch-specific target (sm_90a)."""
+        False leaves out the variants built for one arch-specific target (sm_90a). An opted-in
+        variant (Variant.opt_in) comes first, wherever it fits."""
         for name, v in self.variants.items():
+            if v.opt_in is not None and v.available() and v.min_cc <= compute_capability \
+                    and (d is None or v.head_dims is None or d in v.head_dims):
+                return name
+        for name, v in self.variants.items():
+            if not v.available():
+                continue
             fits = v.min_cc <= compute_capability and (v.max_cc is None
                                                        or compute_capability <= v.max_cc)
             if not arch_specific and v.arch is not None:
@@ -195,8 +228,8 @@ class KernelSpec:
         return f"{self.name!r}" + (f" ({self.hardware})" if self.hardware else "")
 
     def sources(self) -> tuple:
-        """Every kernels/ file this kernel compiles (one per variant)."""
-        return tuple(v.source for v in self.variants.values())
+        """Every kernels/ file this kernel compiles (variants may share one)."""
+        return tuple(dict.fromkeys(v.source for v in self.variants.values()))
 
     # -- who runs it, and what checks it (resolved on use, so importing the registry is free)
     def launch_module(self):
@@ -280,6 +313,12 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
                            tiles={"forward": TC_FORWARD, "backward": TC_BACKWARD},
                            kernels=(("tc_forward",), ("tc_backward", "tc_backward_dot",
                                                       "tc_backward_dq"))),
+            # not yet the default on sm_75: its GPU tests have not run (FLASHLAB_TC_TURING=1)
+            "turing": Variant("tc.cu", min_cc=75, arch="compute_75", head_dims=(64, 128),
+                              dtypes=("float16",), opt_in=TURING_OPT_IN,
+                              tiles={"forward": TC75_FORWARD, "backward": TC75_BACKWARD},
+                              kernels=(("tc_forward",), ("tc_backward", "tc_backward_dot",
+                                                         "tc_backward_dq"))),
         },
         dtypes=LOWP, head_dims=TC_HEAD_DIMS, max_head_dim=max(TC_HEAD_DIMS),
         launcher="flashlab.launch.tc",
@@ -322,7 +361,7 @@ def for_auto(dtype: str, d: int | None = None, compute_capability: int | None = 
     of this compute capability), fastest first: the ladder read backwards, the baseline left out."""
     return tuple(n for n, s in reversed(KERNELS.items())
                  if not s.baseline and s.takes_dtype(dtype) and (d is None or s.takes_head_dim(d))
-                 and (compute_capability is None or s.min_cc <= compute_capability))
+                 and (compute_capability is None or s.runs(dtype, d, compute_capability)))
 
 
 def for_cpu() -> tuple:

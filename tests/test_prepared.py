@@ -348,3 +348,33 @@ def test_a_variant_with_gqa_prepares_what_the_cupy_api_launches(gpu, monkeypatch
     assert any("#define FL_MODS" in (c["code"] or "") for c in gpu.compiles)
     bwd = next(x for x in ran if x["name"].split("<")[0].endswith("_backward"))
     assert all(any(a is g for a in bwd["args"]) for g in per_head[1:])  # dk, dv per query head
+
+
+def test_the_turing_build_runs_where_opted_in_as_compute_75_ptx_in_float16(monkeypatch):
+    # FLASHLAB_TC_TURING=1 on a T4 (64 KB of shared memory): tc.cu's float16 build for
+    # compute_75, its tiles; bfloat16 refused naming what to pass; without the opt-in a T4 has
+    # no tc at all ('auto' runs fa2)
+    from flashlab import registry
+
+    fake = fake_cupy.install(monkeypatch, cc="75", smem_optin=65536)
+    try:
+        x = [fake.ndarray((1, 2, 200, 64), np.float16) for _ in range(5)]
+        with pytest.raises(RuntimeError, match=r"needs a GPU of compute capability 8.0"):
+            launch.forward("tc", *x[:3])
+        assert registry.for_auto("float16", 64, 75) == ()
+        monkeypatch.setenv(registry.TURING_OPT_IN, "1")
+        assert registry.for_auto("float16", 64, 75) == ("tc",)
+        assert registry.for_auto("bfloat16", 64, 75) == ()  # auto: fa2 on float32 copies
+        launch.forward("tc", *x[:3], causal=True)
+        launch.backward("tc", *x, fake.ndarray((1, 2, 200), np.float32), causal=True)
+        assert all("--gpu-architecture=compute_75" in c["options"] for c in fake.compiles)
+        names = [r["name"] for r in fake.launches]
+        assert "tc_forward<false, 64, 64, 4, 2, 64>" in names
+        assert "tc_backward<false, 64, 32, 64, 4, 2, 2, 2, 2>" in names
+        assert all(r["smem"] <= 65536 for r in fake.launches)
+        b = [fake.ndarray((1, 2, 200, 64), BF16) for _ in range(3)]
+        with pytest.raises(ValueError, match=r"variant 'turing' here, which takes float16 only, "
+                                             r"not bfloat16: pass float16 inputs"):
+            launch.forward("tc", *b)
+    finally:
+        fake_cupy.uninstall()

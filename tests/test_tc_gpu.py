@@ -42,12 +42,17 @@ def _sm80():
         pytest.skip("kernel 'tc' needs compute capability 8.0+")
 
 
-@pytest.fixture(params=["wgmma", "mma"])
+@pytest.fixture(params=["wgmma", "mma", "turing"])
 def source(request, monkeypatch):
-    """The variant that runs: kernels/tc90.cu ("wgmma", compute capability 9.0) or kernels/tc.cu."""
+    """The variant that runs: kernels/tc90.cu ("wgmma", compute capability 9.0), kernels/tc.cu,
+    or tc.cu's float16 Turing build ("turing": compute_75 PTX, which the driver compiles for
+    this GPU; behind FLASHLAB_TC_TURING=1 until these tests have passed on a GPU)."""
     import cupy as cp
 
-    if request.param == "wgmma":
+    monkeypatch.delenv(registry.TURING_OPT_IN, raising=False)
+    if request.param == "turing":
+        monkeypatch.setenv(registry.TURING_OPT_IN, "1")
+    elif request.param == "wgmma":
         if int(cp.cuda.Device().compute_capability) != TC.variants["wgmma"].min_cc:
             pytest.skip("kernels/tc90.cu (wgmma) runs on compute capability 9.0 only")
         monkeypatch.setenv("FLASHLAB_TC_WGMMA", "1")
@@ -56,12 +61,15 @@ def source(request, monkeypatch):
     return request.param
 
 
-def _only_where_the_source_has(source, d):
-    """kernels/tc90.cu has fewer head dims than tc.cu: at the others 'tc' runs tc.cu, which the
-    "mma" run of the same test covers."""
-    dims = TC.variants[source].head_dims
-    if dims is not None and d not in dims:
-        pytest.skip(f"kernels/{TC.variants[source].source} has no head dim {d}")
+def _only_where_the_source_has(source, d, dtype="float16"):
+    """kernels/tc90.cu and the Turing build have fewer head dims than tc.cu (at the others 'tc'
+    runs tc.cu, which the "mma" run of the same test covers), and the Turing build takes float16
+    only."""
+    v = TC.variants[source]
+    if v.head_dims is not None and d not in v.head_dims:
+        pytest.skip(f"variant {source!r} (kernels/{v.source}) has no head dim {d}")
+    if v.dtypes is not None and dtype not in v.dtypes:
+        pytest.skip(f"variant {source!r} takes {', '.join(v.dtypes)} only")
 
 
 def _inputs(B, H, Nq, Nk, d, name, seed=0):
@@ -98,7 +106,7 @@ def _run(q, k, v, do, causal, scale=None):
 def test_tc_within_fa_rule_and_writes_every_element(source, name, B, H, Nq, Nk, d, causal):
     import cupy as cp
 
-    _only_where_the_source_has(source, d)
+    _only_where_the_source_has(source, d, name)
 
     q, k, v, do = _inputs(B, H, Nq, Nk, d, name)
     o, lse, (dq, dk, dv) = _run(q, k, v, do, causal)
@@ -142,6 +150,7 @@ def test_tc_backward_on_less_shared_memory_runs_the_smaller_tiles(monkeypatch, l
 
 @pytest.mark.parametrize("name", DTYPES)
 def test_tc_long_sequence_and_softmax_scale(source, name):
+    _only_where_the_source_has(source, 128, name)
     q, k, v, do = _inputs(1, 2, 2048, 2048, 128, name, seed=3)
     for causal, scale in ((True, None), (False, 0.3)):
         o, lse, grads = _run(q, k, v, do, causal, scale)
@@ -161,7 +170,8 @@ def test_tc_causal_block_order_gives_the_same_bits_in_any_head_grouping(source, 
     adds may land in another order, so dQ is held to the rule, not to the bits)."""
     import cupy as cp
 
-    q, k, v, do = _inputs(2, 5, 700, 700, 64, "bfloat16", seed=11)
+    dtype = "float16" if source == "turing" else "bfloat16"
+    q, k, v, do = _inputs(2, 5, 700, 700, 64, dtype, seed=11)
     o64, _, dq64, dk64, dv64 = lowp.attention_oracle(q, k, v, do, True)
     naive = (lowp.naive_lowp_forward(q, k, v, True)[0], *lowp.naive_lowp_backward(do, q, k, v, True))
     first = None
@@ -187,7 +197,7 @@ def test_tc_causal_block_order_gives_the_same_bits_in_any_head_grouping(source, 
 @pytest.mark.parametrize("Nq,Nk,d", [(150, 97, 32), (97, 300, 64), (300, 300, 128), (600, 470, 64),
                                      (130, 200, 96), (97, 150, 256)])
 def test_tc_trace_matches_its_step_through(source, direction, causal, name, Nq, Nk, d):
-    _only_where_the_source_has(source, d)
+    _only_where_the_source_has(source, d, name)
     div, actual, expected = check_kernel("tc", direction, 1, 2, Nq, Nk, d, causal,
                                                dtype=name)
     assert div is None, str(div)
@@ -200,19 +210,21 @@ def test_tc_trace_pinpoints_a_broken_rescale(tmp_path, source):
     src = sources.ours("tc", source).text
     # the rescale's call in the kernel (the body is tc_common.cuh's f2_rescale_row, inlined into
     # the source text: both kernels share it, so each drops its own call)
-    old = {"mma": "f2_rescale_row(o[a], h, alpha);",
+    old = {"mma": "f2_rescale_row(o[a], h, alpha);", "turing": "f2_rescale_row(o[a], h, alpha);",
            "wgmma": "for (int h = 0; h < 2; ++h) f2_rescale_row(frag(o), h, alpha[h]);"}[source]
     assert src.count(old) == 1
     (tmp_path / "tc_bug.cu").write_text(src.replace(old, ";"))
     div, _, _ = check_kernel("tc", "forward", 1, 1, 200, 300, 64, False,
-                                   source=tmp_path / "tc_bug.cu")
+                                   source=tmp_path / "tc_bug.cu",
+                                   **({"dtype": "float16"} if source == "turing" else {}))
     assert div is not None and div.line == "F2:L7" and div.quantity == "O~", str(div)
     if source == "mma":
         # d = 64 takes 128-key tiles as two 64-key sub-steps: the second sub-step of tile 0 is
         # the first place a rescale matters, so the trace (one entry per tile) diverges at (0, 0)
         assert div.i == 0 and div.j == 0
     else:
-        # tc90 takes a whole 128-key tile at once: the first rescale is at tile j = 1
+        # tc90 (and the Turing build, 64-key tiles) take a whole tile at once: the first
+        # rescale is at tile j = 1
         assert div.i == 0 and div.j == 1
 
 

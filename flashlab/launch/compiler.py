@@ -59,11 +59,13 @@ class CupyBackend:
 
 
 class _ArchModule:
-    """A RawModule compiled for an arch-specific target; get_function takes the C++ name
-    expression (as RawModule does with name_expressions). Cubins are cached on disk next to
-    CuPy's, keyed by source, options, target and NVRTC version. (CuPy's RawModule always
-    compiles for the plain target of the current device, so these are compiled with NVRTC here
-    and the cubin loaded with RawModule(path=...).)"""
+    """A RawModule compiled for a target of its own: an arch-specific one (sm_90a: a cubin) or
+    a virtual one (compute_75: PTX, which the driver compiles for the GPU at load, so a Turing
+    build runs on any newer GPU); get_function takes the C++ name expression (as RawModule does
+    with name_expressions). Cubins and PTX are cached on disk next to CuPy's, keyed by source,
+    options, target and NVRTC version. (CuPy's RawModule always compiles for the plain target of
+    the current device, so these are compiled with NVRTC here and loaded with
+    RawModule(path=...).)"""
 
     def __init__(self, src: str, options: tuple, names: tuple, arch: str, program="tc90.cu"):
         cp = _cupy()
@@ -73,7 +75,8 @@ class _ArchModule:
         opts = tuple(options) + (f"--gpu-architecture={arch}",)
         key = hashlib.sha256(repr((src, opts, names, version)).encode()).hexdigest()[:32]
         cache = Path(os.environ.get("CUPY_CACHE_DIR", Path.home() / ".cupy" / "kernel_cache"))
-        cubin_path = cache / f"flashlab_{key}.cubin"
+        ptx = arch.startswith("compute_")
+        cubin_path = cache / f"flashlab_{key}.{'ptx' if ptx else 'cubin'}"
         names_path = cache / f"flashlab_{key}.names"
         if cubin_path.exists() and names_path.exists():
             lowered = names_path.read_text().split("\n")
@@ -86,7 +89,7 @@ class _ArchModule:
                     nvrtc.compileProgram(prog, opts)
                 except Exception as e:
                     raise RuntimeError(f"{e}\n{nvrtc.getProgramLog(prog)}") from e
-                cubin = nvrtc.getCUBIN(prog)
+                cubin = nvrtc.getPTX(prog).rstrip(b"\0") if ptx else nvrtc.getCUBIN(prog)
                 lowered = [nvrtc.getLoweredName(prog, n) for n in names]
             finally:
                 nvrtc.destroyProgram(prog)
@@ -206,6 +209,7 @@ def nvrtc_compile(source: Source, arch: str, trace: bool = False,
     if name_expressions is None:
         name_expressions = instantiations(kernel, source.variant) if kernel else ()
     label = kernel or source.name
+    target = arch if arch.startswith("compute_") else f"compute_{arch.removeprefix('sm_')}"
     try:
         err, prog = nvrtc.nvrtcCreateProgram(source.text.encode(), source.name.encode(), 0, [], [])
     except Exception as e:  # cuda-bindings without the library: DynamicLibNotFoundError
@@ -221,7 +225,7 @@ def nvrtc_compile(source: Source, arch: str, trace: bool = False,
         for name in name_expressions:
             nvrtc.nvrtcAddNameExpression(prog, name.encode())
         opts = [o.encode() for o in compile_options(trace)]
-        opts.append(f"--gpu-architecture=compute_{arch.removeprefix('sm_')}".encode())
+        opts.append(f"--gpu-architecture={target}".encode())
         (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
         log = b" " * size

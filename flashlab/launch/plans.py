@@ -43,8 +43,9 @@ def instantiations(kernel: str, variant: str | None = None) -> tuple:
 def variant(kernel: str, compute_capability, d: int) -> str:
     """Which of `kernel`'s sources runs on this compute capability at head dim d (registry
     spec.variant_for): for 'tc', "wgmma" (kernels/tc90.cu) on compute capability 9.0 at its head
-    dims, else "mma" (kernels/tc.cu). FLASHLAB_TC_WGMMA=0 leaves out the arch-specific ones
-    (for comparisons); a GPU none fits gets the portable one (its launch then says why)."""
+    dims, else "mma" (kernels/tc.cu); FLASHLAB_TC_TURING=1: "turing" (tc.cu as compute_75 PTX,
+    float16) wherever it fits. FLASHLAB_TC_WGMMA=0 leaves out the arch-specific ones (for
+    comparisons); a GPU none fits gets the portable one (its launch then says why)."""
     spec = registry.get(kernel)
     arch_specific = os.environ.get("FLASHLAB_TC_WGMMA", "1") != "0"
     try:
@@ -143,7 +144,9 @@ def tc_instances(variant: str) -> tuple:
     """Every default instance of one tensor-core source, both dtypes, all its head dims, and
     (kernels/tc.cu) the backward's smaller tiles for GPUs with less shared memory."""
     dims = sorted(_tiles(variant, "forward"))
-    names = [n for bf16 in (False, True) for d in dims for n in tc_names(bf16, d, variant=variant)]
+    takes = registry.get(_TC).variants[variant].dtypes or registry.get(_TC).dtypes
+    flags = [flag for flag, dt in ((False, "float16"), (True, "bfloat16")) if dt in takes]
+    names = [n for bf16 in flags for d in dims for n in tc_names(bf16, d, variant=variant)]
     if variant == "mma":
         names += [tc_names(bf16, d, bwd=c)[1] for bf16 in (False, True)
                   for d, cs in sorted(registry.TC_BACKWARD_SMALLER.items()) for c in cs]

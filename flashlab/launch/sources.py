@@ -169,7 +169,7 @@ def variant_of(spec, text: str) -> str:
         have = len(v.required()) - len(_missing(v.required(), text))
         return (-have, v.min_cc)
 
-    return min(spec.variants.items(), key=score)[0]
+    return min(((n, v) for n, v in spec.variants.items() if v.available()), key=score)[0]
 
 
 # ----------------------------------------------------------------------------- what a source defines

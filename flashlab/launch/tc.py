@@ -44,10 +44,15 @@ def launch_plan(device: int, d: int, direction: str, config: dict | None = None,
 def _module(ctx: Launch, q_dtype, d, trace, source, p, fwd=None, bwd=None):
     """The module with this dtype's and head dim's instances, and their names (forward,
     backward, the D pre-pass, dQ's rounding)."""
-    bf16 = _dtype_name(q_dtype) == "bfloat16"
-    names = plans.tc_names(bf16, d, fwd, bwd, p["variant"])
+    name = _dtype_name(q_dtype)
+    v = ctx.spec.variants[p["variant"]]
+    if v.dtypes is not None and name not in v.dtypes:
+        raise ValueError(f"kernel {NAME!r} runs kernels/{v.source} as variant {p['variant']!r} "
+                         f"here, which takes {' or '.join(v.dtypes)} only, not {name}: pass "
+                         f"float16 inputs, or kernel='fa2' on float32")
+    names = plans.tc_names(name == "bfloat16", d, fwd, bwd, p["variant"])
     src = source if source is not None else ours(ctx.spec.name, p["variant"])
-    arch = ctx.spec.variants[p["variant"]].arch
+    arch = v.arch
     return get_module(src, trace, names, arch=arch, kernel=ctx.spec.name), names
 
 
