@@ -35,20 +35,34 @@ for kernel in registry.for_dtype("float32"):
             cp.cuda.runtime.deviceSynchronize()
             print(f"{kernel} d={d} causal={causal}: ran", flush=True)
 cc = int(cp.cuda.Device().compute_capability)
-# kernel 'tc' is two sources on compute capability 9.0: tc90.cu (variant "wgmma", the default
-# there) and tc.cu ("mma", FLASHLAB_TC_WGMMA=0); every variant this GPU runs is checked
+# kernel 'tc' is three builds on compute capability 9.0: tc90.cu (variant "wgmma", the default
+# there), tc.cu ("mma", FLASHLAB_TC_WGMMA=0) and tc.cu's float16 Turing build ("turing",
+# compute_75 PTX, FLASHLAB_TC_TURING=1); every variant this GPU runs is checked
 TC = registry.get("tc")
 variants = [n for n, v in TC.variants.items() if v.min_cc <= cc <= (v.max_cc or cc)]
-for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) and not variants_only else []:
-    src = TC.variants[variant].source
-    os.environ["FLASHLAB_TC_WGMMA"] = "1" if TC.variants[variant].arch else "0"
+
+
+def use(variant):
+    """Make `variant` the one kernel 'tc' runs; its dtypes."""
+    v = TC.variants[variant]
+    os.environ["FLASHLAB_TC_WGMMA"] = "1" if v.arch and not v.opt_in else "0"
+    os.environ.pop(registry.TURING_OPT_IN, None)
+    if v.opt_in:
+        os.environ[v.opt_in] = "1"
+    return v.dtypes or lowp.LOWP_DTYPES
+
+
+for variant in variants if (not only or "tc" in only) and not variants_only else []:
+    src = TC.variants[variant].source + (f" as {variant}" if TC.variants[variant].opt_in else "")
+    dtypes = use(variant)
+    one = dtypes[-1]  # bfloat16 where the build takes it
     # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128), the two
     # K/V stages of the forward and the QS (up to 3) Q/dO stages of the backward going round
     # (Nq > 3 Br at every head dim: bf16 only, since races and bounds do not depend on the dtype)
-    for name in lowp.LOWP_DTYPES:
+    for name in dtypes:
         for d in TC.variants[variant].head_dims or TC.head_dims:
             for causal in (False, True):
-                for nq, nk in ((Nq, Nk), (211, 150)) + (((530, 290),) if name == "bfloat16" else ()):
+                for nq, nk in ((Nq, Nk), (211, 150)) + (((530, 290),) if name == one else ()):
                     q, k, v, do = lowp.random_inputs(cp, [(B, H, nq, d), (B, H, nk, d), (B, H, nk, d),
                                                           (B, H, nq, d)], name)
                     o, lse = launch.forward("tc", q, k, v, causal)
@@ -60,7 +74,7 @@ for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) and no
     # the causal block order (block_order) with a last head group of fewer heads: 6 heads, 4 a group
     default_group, plans.tc_head_group = plans.tc_head_group, (lambda *args: 4)
     q, k, v, do = lowp.random_inputs(cp, [(2, 3, 211, 64), (2, 3, 150, 64), (2, 3, 150, 64),
-                                          (2, 3, 211, 64)], "bfloat16")
+                                          (2, 3, 211, 64)], one)
     o, lse = launch.forward("tc", q, k, v, True)
     launch.backward("tc", do, q, k, v, o, lse, True)
     cp.cuda.runtime.deviceSynchronize()
@@ -71,7 +85,7 @@ for variant in variants if cc >= TC.min_cc and (not only or "tc" in only) and no
     for d in TC.variants[variant].head_dims or TC.head_dims:
         n, heads = 211, 3
         (qkv, do_rows, *grads) = lowp.random_inputs(cp, [(1, n, 3, heads, d)] + [(1, n, heads, d)] * 4,
-                                                    "bfloat16")
+                                                    one)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
         do, dq, dk, dv = (x.transpose(0, 2, 1, 3) for x in [do_rows] + grads)
         o, lse = launch.forward("tc", q, k, v, True)
@@ -90,12 +104,11 @@ from flashlab.mods.kernel import KernelVariant  # noqa: E402
 VARIANTS = [KernelVariant.of((40, 0), mods.document(np.arange(Nq) // 30), mods.softcap(3.0)),
             KernelVariant.of(None, mods.prefix_lm(20), mods.alibi([0.5, 0.25, 0.1, 0.3])),
             KernelVariant.of(None, lambda b, h, q_idx, kv_idx: q_idx < 0, None)]
-for kernel, names in (("fa2", ("float32",)), ("tc", ("bfloat16",))):
-    if (only and kernel not in only) or (kernel == "tc" and cc < TC.min_cc):
+for kernel in ("fa2", "tc"):
+    if (only and kernel not in only) or (kernel == "tc" and not variants):
         continue
     for variant in ([""] if kernel == "fa2" else variants):
-        if variant:
-            os.environ["FLASHLAB_TC_WGMMA"] = "1" if TC.variants[variant].arch else "0"
+        names = ("float32",) if not variant else use(variant)[-1:]
         for kv in VARIANTS:
             for name in names:
                 shapes = [(B, 4, Nq, 64), (B, 2, Nq, 64), (B, 2, Nq, 64), (B, 4, Nq, 64)]
