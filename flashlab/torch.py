@@ -38,6 +38,7 @@ from .api import flash_attention as _flash_attention
 from .api import flash_attention_backward as _flash_attention_backward
 from .torch_bridge import DTYPES as _DTYPES
 from .torch_bridge import TorchStream as _Stream
+from .torch_bridge import attention as _attention
 from .torch_bridge import check as _check
 from .torch_bridge import rows_ok as _rows_ok
 from .torch_bridge import to_cupy as _to_cupy
@@ -265,25 +266,6 @@ def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float, window
         return tuple(_to_torch(g, q.dtype) for g in (dq, dk, dv))
 
 
-class _Eager(torch.autograd.Function):
-    """The eager path: torch.library's Python dispatch costs about 0.35 ms a call (measured on
-    the H200), several times the kernel at small shapes, so outside torch.compile the same
-    kernels run through a plain autograd.Function."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale, window):
-        o, lse = _forward(q, k, v, is_causal, scale, window)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.is_causal, ctx.scale, ctx.window = is_causal, scale, window
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        return _backward_kernels(do, q, k, v, o, lse, ctx.is_causal, ctx.scale,
-                                 ctx.window) + (None, None, None)
-
-
 def _window(window_left: int, window_right: int):
     """The custom ops' window arguments as the kernels take them: (-1, -1) is no window."""
     return None if (window_left, window_right) == (-1, -1) else (window_left, window_right)
@@ -465,6 +447,7 @@ def _checked(q, k, v, is_causal, scale, key, gqa: bool = False, window=None):
                 _native.clear()
             _native[key] = entry
             return entry[0](q, k, v, entry[1], entry[2])
-    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        return _forward(q, k, v, is_causal, scale, window)[0]  # nothing to differentiate
-    return _Eager.apply(q, k, v, is_causal, scale, window)
+    # the Python path: torch.library's Python dispatch costs about 0.35 ms a call (measured on
+    # the H200), several times the kernel at small shapes, so outside torch.compile the same
+    # kernels run through a plain autograd.Function (torch_bridge.attention)
+    return _attention((_forward, _backward_kernels), q, k, v, is_causal, scale, window)

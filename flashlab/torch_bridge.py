@@ -108,3 +108,31 @@ def rows_ok(x, address: bool = True) -> bool:
     st = x.stride()
     return st[3] == 1 and st[0] % 8 == 0 and st[1] % 8 == 0 and st[2] % 8 == 0 \
         and (not address or x.data_ptr() % 16 == 0)
+
+
+class _Attention(torch.autograd.Function):
+    """One differentiable attention call of flashlab.torch's eager paths: `run` is its (forward,
+    backward) pair, forward(q, k, v, is_causal, scale, extra) -> (o, lse) and backward(do, q, k,
+    v, o, lse, is_causal, scale, extra) -> (dq, dk, dv); `extra` (a window, a variant's
+    keywords) rides on ctx as it is."""
+
+    @staticmethod
+    def forward(ctx, run, q, k, v, is_causal, scale, extra):
+        o, lse = run[0](q, k, v, is_causal, scale, extra)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.run, ctx.is_causal, ctx.scale, ctx.extra = run, is_causal, scale, extra
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        grads = ctx.run[1](do, q, k, v, o, lse, ctx.is_causal, ctx.scale, ctx.extra)
+        return (None, *grads, None, None, None)
+
+
+def attention(run, q, k, v, is_causal: bool, scale: float, extra):
+    """o of `run` (_Attention's pair) for checked operands: through autograd where a gradient is
+    asked for, else the forward alone (no node)."""
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return run[0](q, k, v, is_causal, scale, extra)[0]
+    return _Attention.apply(run, q, k, v, is_causal, scale, extra)

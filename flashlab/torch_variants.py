@@ -21,6 +21,7 @@ from __future__ import annotations
 from .api import flash_attention as _flash_attention
 from .api import flash_attention_backward as _flash_attention_backward
 from .torch_bridge import TorchStream, rows_ok, to_cupy, to_torch, torch
+from .torch_bridge import attention as _attention
 
 
 def _in(x):
@@ -44,27 +45,8 @@ def _backward(do, q, k, v, o, lse, is_causal: bool, scale: float, variant: dict)
         return tuple(to_torch(g, q.dtype) for g in grads)
 
 
-class _Variant(torch.autograd.Function):
-    """The variant's forward and backward kernels as one differentiable call; the mods ride on
-    ctx (they are Python functions, not tensors)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale, variant):
-        o, lse = _forward(q, k, v, is_causal, scale, variant)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.is_causal, ctx.scale, ctx.variant = is_causal, scale, variant
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.is_causal, ctx.scale, ctx.variant)
-        return dq, dk, dv, None, None, None
-
-
 def attention(q, k, v, is_causal: bool, scale: float, variant: dict):
     """flash_attention with a variant, q, k, v already checked (flashlab.torch): GQA where k,
-    v have fewer heads (flashlab.torch checked enable_gqa=True), the keywords in `variant`."""
-    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        return _forward(q, k, v, is_causal, scale, variant)[0]
-    return _Variant.apply(q, k, v, is_causal, scale, variant)
+    v have fewer heads (flashlab.torch checked enable_gqa=True), the keywords in `variant` (the
+    mods ride on autograd's ctx: they are Python functions, not tensors)."""
+    return _attention((_forward, _backward), q, k, v, is_causal, scale, variant)

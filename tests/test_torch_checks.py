@@ -73,3 +73,26 @@ def test_the_custom_ops_trace_on_fake_tensors_with_gqa_and_a_window(monkeypatch)
     assert o.stride() == (200 * 8 * 64, 64, 8 * 64, 1)  # heads inside rows, as SDPA returns
     assert ctx.window == (64, 0) and len(grads) == 7 and grads[3:] == (None,) * 4
     assert [g.shape for g in grads[:3]] == [q.shape, k.shape, v.shape]
+
+
+def test_the_eager_autograd_function_runs_its_pair_and_passes_the_extra_through():
+    # torch_bridge.attention, flashlab.torch's and torch_variants' Python path, on CPU tensors
+    from flashlab import torch_bridge
+
+    seen = []
+
+    def fwd(q, k, v, is_causal, scale, extra):
+        seen.append(("f", is_causal, scale, extra))
+        return q * scale + k + v, q.new_zeros(q.shape[:3])
+
+    def bwd(do, q, k, v, o, lse, is_causal, scale, extra):
+        seen.append(("b", is_causal, scale, extra))
+        return do * scale, do * 2, do * 3
+
+    q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))
+    o = torch_bridge.attention((fwd, bwd), q, k, v, True, 0.5, (8, 0))
+    o.sum().backward()
+    assert seen == [("f", True, 0.5, (8, 0)), ("b", True, 0.5, (8, 0))]
+    assert torch.equal(q.grad, torch.full_like(q, 0.5)) and torch.equal(v.grad, torch.full_like(v, 3))
+    with torch.no_grad():  # no gradient asked for: the forward alone, no node
+        assert torch_bridge.attention((fwd, bwd), q, k, v, False, 1.0, None).grad_fn is None
