@@ -158,20 +158,15 @@ def _backward_key(index, do, q, k, v, o, is_causal, scale, window) -> tuple:
             v.stride(), o.stride(), is_causal, scale, window)
 
 
-_variants: dict = {}  # window -> the KernelVariant of window= (and GQA) in prepared calls
-
-
 def _variant(q, k, window):
     """The flashlab.mods.kernel.KernelVariant the kernels compile in for `window` ((left,
-    right) or None) and GQA (k with fewer heads than q), or None for plain attention."""
+    right) or None) and GQA (k with fewer heads than q), or None for plain attention (made on a
+    prepared call's miss only)."""
     if window is None and k.shape[1] == q.shape[1]:
         return None
-    hit = _variants.get(window)
-    if hit is None:
-        from .mods.kernel import KernelVariant
+    from .mods.kernel import KernelVariant
 
-        hit = _variants[window] = KernelVariant.of(window=window)
-    return hit
+    return KernelVariant.of(window=window)
 
 
 def _resolved(kernel: str, key, given: tuple, prepare):

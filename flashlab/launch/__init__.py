@@ -137,7 +137,7 @@ def prepare_forward(kernel: str, q, k, v, o, causal=False, softmax_scale=None, v
     _variant(spec, variant, False)
     ctx = setup(spec, dims, {"q": q, "k": k, "v": v, "o": o}, False)
     with ctx.cp.cuda.Device(ctx.device):
-        p = mod.launch_plan(ctx.device, dims.d, "forward")
+        p = launch_plan(kernel, ctx.device, dims.d, "forward")
         _, targs = step_buffers(ctx, False, "forward", p, ())
         rows = _rows(spec, mod, dict(zip("qkvo", (q, k, v, o))))
         return mod.prepare_forward(ctx, q.dtype, rows, p, targs=targs, variant=variant)
@@ -158,7 +158,7 @@ def prepare_backward(kernel: str, do, q, k, v, o, lse, causal=False, softmax_sca
         named.update(_grads(dims, q, grads))
     ctx = setup(spec, dims, named, False)
     with ctx.cp.cuda.Device(ctx.device):
-        p = mod.launch_plan(ctx.device, dims.d, "backward")
+        p = launch_plan(kernel, ctx.device, dims.d, "backward")
         _, targs = step_buffers(ctx, False, "backward", p, ())
         rows = _rows(spec, mod, {n: named[n] for n in ("q", "k", "v", "do", "o")})
         for n, shape in zip(("dq", "dk", "dv"), ((dims.Nq, dims.d), (dims.Nk, dims.d),

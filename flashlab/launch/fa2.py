@@ -12,7 +12,7 @@ import numpy as np
 
 from .buffers import finish, step_buffers
 from .compiler import function, get_module, launch
-from .device import Launch, device_limits
+from .device import Launch
 from .plans import plan
 from .prepared import Prepared, Slot, cached, kernel_step
 from .sources import ours
@@ -25,11 +25,6 @@ _cache: dict = {}  # key -> Prepared: untraced plain calls, per device and sizes
 def _module(ctx: Launch, trace, name, source):
     return get_module(source or ours(ctx.spec.name), trace, (name,), kernel=ctx.spec.name,
                       backend=ctx.backend)
-
-
-def launch_plan(device: int, d: int, direction: str, config=None, source=None) -> dict:
-    """plans.plan for GPU `device` (one tile table: config and source change nothing)."""
-    return plan(NAME, d, direction, device_limits(device)["smem_optin"])
 
 
 def _forward_launch(ctx: Launch, p: dict, bufs: tuple, extra: tuple):

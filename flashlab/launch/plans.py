@@ -229,16 +229,10 @@ def tc_plan_for(d: int, direction: str, smem_bytes: int, variant: str | None = N
     """plan() of kernel 'tc': tc_plan_fitting, refused where the device's shared memory is too
     small for every tile it has."""
     p = tc_plan_fitting(d, direction, variant or registry.get(_TC).portable_variant(), smem_bytes)
-    refuse_too_large(p, d, smem_bytes)
-    return p
-
-
-def refuse_too_large(p: dict, d: int, smem_bytes: int) -> None:
-    """A ValueError saying what to do where tc plan p needs more shared memory than the GPU's
-    `smem_bytes`."""
     if p["smem"] > smem_bytes:
         fallbacks = registry.for_auto("float32")
         raise ValueError(f"kernel {_TC!r} at head_dim {d} needs {p['smem']} bytes of shared "
                          f"memory per block; this GPU allows {smem_bytes}: use kernel="
                          + " or ".join(repr(n) for n in fallbacks)
                          + " on float32 inputs (x.astype(cupy.float32))")
+    return p

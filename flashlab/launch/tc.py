@@ -35,9 +35,7 @@ def launch_plan(device: int, d: int, direction: str, config: dict | None = None,
     if source is not None and config is None:
         variant = source.variant or variant_of(registry.get(NAME), source.text)
     if config is None:  # the table's tiles, or smaller ones where this GPU has less memory
-        p = plans.tc_plan_fitting(d, direction, variant, limits["smem_optin"])
-        plans.refuse_too_large(p, d, limits["smem_optin"])
-        return p
+        return plans.tc_plan_for(d, direction, limits["smem_optin"], variant)
     return plans.tc_plan(d, direction, config, variant)
 
 
