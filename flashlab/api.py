@@ -10,7 +10,7 @@ fa2 in float32) or "gpu" (CuPy arrays only). Which kernels
 exist, what they take and which reference matches each is flashlab.registry's.
 
 kernel="auto" picks, for CuPy arrays: "tc" (tensor cores) for float16 / bfloat16 on a GPU of
-compute capability 8.0 or newer and a head dim it has; "fa2" for float32 (or "fa1" where fa2 has
+compute capability 8.0 or newer and a head dim it has (7.5: float16 at 64 and 128); "fa2" for float32 (or "fa1" where fa2 has
 no tile for the head dim). float16 / bfloat16 on an older GPU run fa2 on float32 copies, with a
 warning the first time. For NumPy arrays "auto" is tc's step-through for float16 / bfloat16 at
 tc's head dims, else fa2's (in the inputs' dtype).
@@ -136,8 +136,9 @@ def _lowp_kernel(q, compute_capability=None):
 def resolve_kernel(kernel: str, q) -> str:
     """"auto" -> the fastest correct kernel for q (CuPy: this GPU, q's dtype and head dim).
 
-    float16 / bfloat16: "tc" where it runs (compute capability >= 8.0, head dim in
-    TC_HEAD_DIMS), else the float32 kernel (the caller upcasts). float32: "fa2", else "fa1".
+    float16 / bfloat16: "tc" where it runs (compute capability 8.0+ at a head dim in
+    TC_HEAD_DIMS; 7.5, a T4: float16 at head dims 64 and 128), else the float32 kernel (the
+    caller upcasts, and warns once saying why). float32: "fa2", else "fa1".
     """
     _check_kernel(kernel)
     check_array_type("q", q)
@@ -156,19 +157,14 @@ def _resolve(kernel: str, q) -> str:
     return _lowp_kernel(q, cc) or _fp32_kernel(q)
 
 
-def _fallback(kernel: str, q, why_cc: bool) -> None:
+def _fallback(kernel: str, q) -> None:
     """Say once per process that 16-bit inputs run a float32 kernel on upcast copies."""
     global _warned_fallback
     if _warned_fallback:
         return
     _warned_fallback = True
-    spec = _lowp_spec(q)
-    cc = spec.min_cc
-    reason = (f"this GPU has compute capability "
-              f"{device.device_limits(q.device.id)['compute_capability']} ({spec.name} needs "
-              f"{cc // 10}.{cc % 10}+)" if why_cc
-              else f"kernel {spec.name!r} has no head dim {q.shape[-1]} (it has "
-                   f"{', '.join(map(str, spec.head_dims))})")
+    cc = int(device.device_limits(q.device.id)["compute_capability"])
+    reason = _lowp_spec(q).why_not(q.dtype.name, q.shape[-1], cc)
     warnings.warn(f"flash_attention(kernel='auto'): {q.dtype.name} inputs run kernel {kernel!r} "
                   f"on float32 copies because {reason}; outputs are cast back to {q.dtype.name}",
                   stacklevel=3)
@@ -188,8 +184,7 @@ def _gpu_lowp_fallback(kernel: str, q) -> bool:
     """True when 'auto' sent 16-bit CuPy inputs to a float32 kernel (and warns, once)."""
     if q.dtype.name not in LOWP or _runs_natively(kernel, q):
         return False
-    cc = int(device.device_limits(q.device.id)["compute_capability"])
-    _fallback(kernel, q, why_cc=cc < _lowp_spec(q).min_cc)
+    _fallback(kernel, q)
     return True
 
 

@@ -51,7 +51,8 @@ TC_BACKWARD_SMALLER = {
 TC75_FORWARD = {64: dict(BC=64, NW=4, WM=2, BK=64), 128: dict(BC=32, NW=4, WM=2, BK=32)}
 TC75_BACKWARD = {64: dict(BR=32, BC=64, NW=4, WS=2, WKV=2, WQ=2, QS=2),
                  128: dict(BR=32, BC=32, NW=4, WS=2, WKV=2, WQ=2, QS=2)}
-TURING_OPT_IN = "FLASHLAB_TC_TURING"  # =1: the turing variant runs (on any sm_75+ GPU)
+# =1: the turing variant runs first on any GPU of compute capability 7.5+ (the default on 7.5)
+TURING_FORCE = "FLASHLAB_TC_TURING"
 # kernels/tc90.cu (sm_90a, wgmma) tile shapes per head dim:
 #   forward:  BC keys per K/V tile (two stages), NWG warpgroups of 64 query rows (Br = 64 NWG)
 #   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
@@ -77,17 +78,28 @@ class Variant:
     arch: str | None = None
     head_dims: tuple | None = None  # where it has fewer head dims than the kernel
     dtypes: tuple | None = None  # where it takes fewer input dtypes than the kernel
-    # an environment variable that must be "1" for it to run (a variant not yet the default:
-    # it then runs wherever its compute capability allows, before the others)
-    opt_in: str | None = None
+    # an environment variable that, set to "1", puts it before the others wherever min_cc
+    # allows, past max_cc: a build for older GPUs run on a newer one (the H200 runs the Turing
+    # build's compute_75 PTX through the driver's JIT this way, for its tests and timings)
+    force: str | None = None
     tiles: dict = field(default_factory=dict)  # direction -> {head dim: config}
     # the __global__ functions its launcher looks up by name, per pass (forward, backward):
     # extern "C" names, or templates (by their plain names) whose instances it compiles
     kernels: tuple = ((), ())
 
-    def available(self) -> bool:
-        """Not behind an opt-in, or opted in."""
-        return self.opt_in is None or os.environ.get(self.opt_in) == "1"
+    def forced(self) -> bool:
+        """Its `force` variable is set: it runs first wherever min_cc allows."""
+        return self.force is not None and os.environ.get(self.force) == "1"
+
+    def fits(self, compute_capability: int) -> bool:
+        """It runs on this compute capability (x10): min_cc .. max_cc, or past max_cc forced."""
+        return self.min_cc <= compute_capability and (
+            self.max_cc is None or compute_capability <= self.max_cc or self.forced())
+
+    def takes(self, dtype: str, d: int | None) -> bool:
+        """It has this input dtype and head dim (None: any)."""
+        return (self.dtypes is None or dtype in self.dtypes) and (
+            d is None or self.head_dims is None or d in self.head_dims)
 
     def required(self, direction: str | None = None) -> tuple:
         """The kernels this source must define for one pass ("forward", "backward") or both."""
@@ -171,38 +183,46 @@ class KernelSpec:
         return self.max_head_dim is None or d <= self.max_head_dim
 
     def runs(self, dtype: str, d: int | None, compute_capability: int) -> bool:
-        """Some available variant takes `dtype` at head dim d on this compute capability (x10)."""
-        return self.takes_dtype(dtype) and any(
-            v.available() and v.min_cc <= compute_capability
-            and (v.max_cc is None or compute_capability <= v.max_cc or v.arch is not None
-                 and v.arch.startswith("compute_"))
-            and (d is None or v.head_dims is None or d in v.head_dims)
-            and (v.dtypes is None or dtype in v.dtypes) for v in self.variants.values())
+        """Some variant takes `dtype` at head dim d on this compute capability (x10)."""
+        return self.takes_dtype(dtype) and (d is None or self.takes_head_dim(d)) and any(
+            v.fits(compute_capability) and v.takes(dtype, d) for v in self.variants.values())
+
+    def why_not(self, dtype: str, d: int | None, compute_capability: int) -> str:
+        """Why no variant runs `dtype` at head dim d on this compute capability (x10), in words
+        for kernel='auto''s fallback warning; "" where one does."""
+        if self.runs(dtype, d, compute_capability):
+            return ""
+        cc = _cc(compute_capability)
+        if d is not None and not self.takes_head_dim(d):
+            return (f"kernel {self.name!r} has no head dim {d} (it has "
+                    f"{', '.join(map(str, self.head_dims))})")
+        here = [v for v in self.variants.values() if v.fits(compute_capability)]
+        if not here:
+            return f"this GPU has compute capability {cc} ({self.name} needs {_cc(self.min_cc)}+)"
+        takes = "; ".join(f"{', '.join(v.dtypes or self.dtypes)} at head dims "
+                          f"{', '.join(map(str, v.head_dims or self.head_dims))}" for v in here)
+        newer = [v.min_cc for v in self.variants.values() if v.min_cc > compute_capability]
+        return (f"on compute capability {cc} kernel {self.name!r} takes {takes} only"
+                + (f" (the others need {_cc(min(newer))}+)" if newer else ""))
 
     @property
     def min_cc(self) -> int:
-        return min(v.min_cc for v in self.variants.values() if v.available())
+        return min(v.min_cc for v in self.variants.values())
 
     def variant_for(self, compute_capability: int, d: int | None = None,
                     arch_specific: bool = True) -> str:
         """The variant that runs on this compute capability (x10) at head dim d; arch_specific
-        False leaves out the variants built for one arch-specific target (sm_90a). An opted-in
-        variant (Variant.opt_in) comes first, wherever it fits."""
-        for name, v in self.variants.items():
-            if v.opt_in is not None and v.available() and v.min_cc <= compute_capability \
-                    and (d is None or v.head_dims is None or d in v.head_dims):
-                return name
-        for name, v in self.variants.items():
-            if not v.available():
+        False leaves out the variants built for one arch-specific target (sm_90a). A forced
+        variant (Variant.force) comes first, wherever min_cc allows."""
+        order = sorted(self.variants.items(), key=lambda item: not item[1].forced())
+        for name, v in order:
+            if not arch_specific and v.arch is not None and not v.arch.startswith("compute_"):
                 continue
-            fits = v.min_cc <= compute_capability and (v.max_cc is None
-                                                       or compute_capability <= v.max_cc)
-            if not arch_specific and v.arch is not None:
-                continue
-            if fits and (d is None or v.head_dims is None or d in v.head_dims):
+            if v.fits(compute_capability) and (d is None or v.head_dims is None
+                                                 or d in v.head_dims):
                 return name
         raise ValueError(f"kernel {self.name!r} has no source for compute capability "
-                         f"{compute_capability // 10}.{compute_capability % 10}"
+                         f"{_cc(compute_capability)}"
                          + (f" at head dim {d}" if d is not None else ""))
 
     def portable_variant(self) -> str:
@@ -251,6 +271,11 @@ class KernelSpec:
     def step_plan(self, direction: str) -> tuple:
         """The launch-plan keys the step-through of `direction` takes as keywords."""
         return self.step_plan_keys[_index(direction)]
+
+
+def _cc(compute_capability: int) -> str:
+    """75 -> "7.5"."""
+    return f"{compute_capability // 10}.{compute_capability % 10}"
 
 
 def _index(direction: str) -> int:
@@ -313,9 +338,9 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
                            tiles={"forward": TC_FORWARD, "backward": TC_BACKWARD},
                            kernels=(("tc_forward",), ("tc_backward", "tc_backward_dot",
                                                       "tc_backward_dq"))),
-            # not yet the default on sm_75: its GPU tests have not run (FLASHLAB_TC_TURING=1)
-            "turing": Variant("tc.cu", min_cc=75, arch="compute_75", head_dims=(64, 128),
-                              dtypes=("float16",), opt_in=TURING_OPT_IN,
+            # compute capability 7.5 (T4); newer GPUs run it with FLASHLAB_TC_TURING=1
+            "turing": Variant("tc.cu", min_cc=75, max_cc=75, arch="compute_75",
+                              head_dims=(64, 128), dtypes=("float16",), force=TURING_FORCE,
                               tiles={"forward": TC75_FORWARD, "backward": TC75_BACKWARD},
                               kernels=(("tc_forward",), ("tc_backward", "tc_backward_dot",
                                                          "tc_backward_dq"))),
@@ -327,7 +352,7 @@ KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
         tolerance=Tolerance("fa_rule", units=TC_UNITS),
         step_plan_keys=(("warps", "Bk"), ("warps", "grid")),
         planner="flashlab.launch.plans:tc_plan_for", instances="flashlab.launch.plans:tc_instances",
-        hardware="tensor cores", min_cc_why="mma.sync bf16, cp.async", cpu=False, row_strides=True,
+        hardware="tensor cores", min_cc_why="mma.sync m16n8k8, ldmatrix", cpu=False, row_strides=True,
         mods=True, step_mods=True,
         cpu_why="inline PTX (mma.sync, ldmatrix, cp.async, wgmma) and 16-bit types"),
 ]}

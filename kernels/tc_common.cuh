@@ -35,7 +35,7 @@ typedef unsigned int u32;
 
 /* Turing (sm_75: T4): no cp.async, no bf16, no f16x2 conversion; tc.cu's float16 build there
  * copies through registers and splits each m16n8k16 product in two m16n8k8 (the wrappers below
- * and tc.cu's mma16816). Not yet a registry variant: kernel 'tc' runs on sm_80+. */
+ * and tc.cu's mma16816). The registry's variant "turing" (compute_75 PTX, float16). */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #define TC_SM75 1
 #else

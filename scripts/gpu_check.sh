@@ -9,6 +9,8 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh torch [BASE_DIR] (host and gpt2)
 #   OUT=/tmp/out bash scripts/gpu_check.sh timeline [args]  (torch.profiler: kernels, GPU busy vs wall)
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants [bench args] (tc variants vs FlexAttention, d 128 and 64)
+#   OUT=/tmp/out bash scripts/gpu_check.sh turing [BASE_DIR] (tc.cu's compute_75 build: its GPU tests,
+#       the sanitizer, fp16 against SDPA; with a base tree, an interleaved A/B of the build)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
 # pytest, hypothesis, tabulate, torch there), with PYTHONPATH=. instead of an install.
 set -uo pipefail
@@ -109,6 +111,40 @@ if [[ $what == variants ]]; then
       --json "$OUT/variants/variants_d$d.json" "$@" 2>&1 | tee "$OUT/variants_d$d.txt" | tail -12
     [[ ${PIPESTATUS[0]} == 0 ]] || status=1
   done
+fi
+
+if [[ $what == turing ]]; then
+  # the H200 runs the Turing build's PTX through the driver's JIT (FLASHLAB_TC_TURING=1): its
+  # timings are the H200's, not a T4's
+  export FLASHLAB_TC_TURING=1
+  echo "== GPU tests of the Turing build"
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_tc_gpu.py tests/test_tc_variants_gpu.py \
+    -k turing 2>&1 | tee "$OUT/pytest_turing.log" | tail -4
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  for tool in memcheck racecheck synccheck; do
+    echo "== compute-sanitizer --tool $tool (tc, every variant)"
+    SANITIZE_KERNELS=tc timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool $tool --error-exitcode 99 \
+      python3 scripts/sanitize_kernels.py > "$OUT/sanitizer_turing_$tool.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_turing_$tool.log" | tail -1
+    [[ $rc == 0 ]] || { echo "compute-sanitizer $tool: exit $rc"; status=1; }
+  done
+  mkdir -p "$OUT/turing"
+  for d in 64 128; do
+    for causal in "" --causal; do
+      tag=turing_float16_d${d}${causal:+_causal}
+      python3 -m flashlab bench --dtype float16 --head-dim $d $causal --backward --compare torch \
+        --seq ${TURING_SEQ:-1024,4096,16384} --repeat ${TC_REPEAT:-10} --json "$OUT/turing/$tag.json" \
+        > "$OUT/turing/$tag.txt" 2>&1 || status=1
+      tail -n 24 "$OUT/turing/$tag.txt" | grep -E "^ *[0-9]+ " | awk '{print "'$tag'", $0}'
+    done
+  done
+  if [[ -n ${1:-} ]]; then
+    echo "== interleaved A/B of the Turing build: $1 (A) against this tree (B)"
+    python3 scripts/tc_ab.py "$1" --dtype float16 --out "$OUT/turing_ab" --repeat ${TC_REPEAT:-10} \
+      --seq ${AB_SEQ:-4096} 2>&1 | tee "$OUT/turing_ab.txt" | tail -12
+    [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  fi
 fi
 
 if [[ $what == profile ]]; then

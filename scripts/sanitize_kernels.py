@@ -37,23 +37,24 @@ for kernel in registry.for_dtype("float32"):
 cc = int(cp.cuda.Device().compute_capability)
 # kernel 'tc' is three builds on compute capability 9.0: tc90.cu (variant "wgmma", the default
 # there), tc.cu ("mma", FLASHLAB_TC_WGMMA=0) and tc.cu's float16 Turing build ("turing",
-# compute_75 PTX, FLASHLAB_TC_TURING=1); every variant this GPU runs is checked
+# compute_75 PTX, run here with FLASHLAB_TC_TURING=1); every variant this GPU runs is checked
 TC = registry.get("tc")
-variants = [n for n, v in TC.variants.items() if v.min_cc <= cc <= (v.max_cc or cc)]
+variants = [n for n, v in TC.variants.items()
+            if v.min_cc <= cc and (v.max_cc is None or cc <= v.max_cc or v.force)]
 
 
 def use(variant):
     """Make `variant` the one kernel 'tc' runs; its dtypes."""
     v = TC.variants[variant]
-    os.environ["FLASHLAB_TC_WGMMA"] = "1" if v.arch and not v.opt_in else "0"
-    os.environ.pop(registry.TURING_OPT_IN, None)
-    if v.opt_in:
-        os.environ[v.opt_in] = "1"
+    os.environ["FLASHLAB_TC_WGMMA"] = "1" if v.arch and not v.force else "0"
+    os.environ.pop(registry.TURING_FORCE, None)
+    if v.force:
+        os.environ[v.force] = "1"
     return v.dtypes or lowp.LOWP_DTYPES
 
 
 for variant in variants if (not only or "tc" in only) and not variants_only else []:
-    src = TC.variants[variant].source + (f" as {variant}" if TC.variants[variant].opt_in else "")
+    src = TC.variants[variant].source + (f" as {variant}" if TC.variants[variant].force else "")
     dtypes = use(variant)
     one = dtypes[-1]  # bfloat16 where the build takes it
     # tensor cores: every head dim, both dtypes; Nq, Nk ragged against Br, Bc (64, 128), the two

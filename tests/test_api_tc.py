@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import flashlab
-from flashlab import api, lowp
+from flashlab import api, lowp, registry
 from flashlab.launch import device, plans
 from flashlab.reference import fa2_forward, tc_forward
 
@@ -43,21 +43,40 @@ class _FakeCupy:
 
 @pytest.mark.parametrize("cc,d,dtype,want", [
     ("90", 64, ml_dtypes.bfloat16, "tc"), ("80", 128, np.float16, "tc"),
-    ("75", 64, np.float16, "fa2"), ("90", 96, ml_dtypes.bfloat16, "tc"),
+    ("75", 64, np.float16, "tc"), ("75", 128, np.float16, "tc"),  # the Turing build
+    ("75", 64, ml_dtypes.bfloat16, "fa2"), ("75", 96, np.float16, "fa2"),
+    ("70", 64, np.float16, "fa2"), ("90", 96, ml_dtypes.bfloat16, "tc"),
     ("80", 256, np.float16, "tc"), ("90", 16, ml_dtypes.bfloat16, "fa2"),
     ("90", 40, np.float16, "fa1"), ("90", 64, np.float32, "fa2"), ("75", 64, np.float32, "fa2"),
 ])
 def test_auto_picks_tc_only_where_it_runs(monkeypatch, cc, d, dtype, want):
+    monkeypatch.delenv(registry.TURING_FORCE, raising=False)
     monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": cc})
     assert api.resolve_kernel("auto", _FakeCupy(dtype, d)) == want
 
 
-def test_the_fallback_warning_says_why_and_comes_once(monkeypatch):
-    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": "75"})
+@pytest.mark.parametrize("cc,dtype,d,why", [
+    ("70", np.float16, 64, r"because this GPU has compute capability 7.0 \(tc needs 7.5\+\)"),
+    ("75", ml_dtypes.bfloat16, 64, r"because on compute capability 7.5 kernel 'tc' takes float16 "
+                                   r"at head dims 64, 128 only \(the others need 8.0\+\)"),
+    ("75", np.float16, 96, r"because on compute capability 7.5 kernel 'tc' takes float16 at "
+                           r"head dims 64, 128 only"),
+    ("90", np.float16, 40, r"because kernel 'tc' has no head dim 40 \(it has 32, 64, 96, 128"),
+])
+def test_the_fallback_warning_says_why(monkeypatch, cc, dtype, d, why):
+    monkeypatch.delenv(registry.TURING_FORCE, raising=False)
+    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": cc})
+    monkeypatch.setattr(api, "_warned_fallback", False)
+    with pytest.warns(UserWarning, match=f"{np.dtype(dtype).name} inputs run kernel 'fa2' on "
+                                         f"float32 copies {why}"):
+        assert api._gpu_lowp_fallback("fa2", _FakeCupy(dtype, d))
+
+
+def test_the_fallback_warning_comes_once(monkeypatch):
+    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": "70"})
     monkeypatch.setattr(api, "_warned_fallback", False)
     q = _FakeCupy(np.float16, 64)
-    with pytest.warns(UserWarning, match=r"float16 inputs run kernel 'fa2' on float32 copies "
-                                         r"because this GPU has compute capability 75 \(tc needs 8.0\+\)"):
+    with pytest.warns(UserWarning, match=r"because this GPU has compute capability 7.0"):
         assert api._gpu_lowp_fallback("fa2", q)
     import warnings
 

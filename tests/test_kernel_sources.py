@@ -19,8 +19,8 @@ def test_every_kernel_is_registered():
         sorted(f for s in registry.KERNELS.values() for f in s.sources())
 
 
-# kernels/tc.cu runs on sm_80+ (bf16 mma.sync, cp.async); on sm_75 'auto' falls back to fa2
-# unless FLASHLAB_TC_TURING=1 (variant "turing": tc.cu's float16 build as compute_75 PTX).
+# kernels/tc.cu runs on sm_80+ (bf16 mma.sync, cp.async); on sm_75 its float16 build as
+# compute_75 PTX (variant "turing"; FLASHLAB_TC_TURING=1 runs it on newer GPUs too).
 # kernels/tc90.cu (wgmma) needs the arch-specific target sm_90a: each variant compiles for the
 # targets its compute capabilities allow.
 TARGETS = [(k, name, a) for k, name, v in VARIANTS
@@ -55,7 +55,7 @@ def test_a_bug_names_its_kernel():
 
 
 def test_tcs_turing_build_is_float16_only_and_its_tiles_fit_a_t4():
-    # kernels/tc.cu as compute_75 PTX (variant "turing", behind FLASHLAB_TC_TURING=1): its
+    # kernels/tc.cu as compute_75 PTX (variant "turing", compute capability 7.5): its
     # float16 instances compile in the targets test above; bfloat16 is refused there, naming why
     with pytest.raises(KernelCompileError, match=r"bfloat16 mma.sync needs sm_80: the sm_75 "
                                                  r"build is float16 only"):
@@ -133,16 +133,16 @@ def test_cached_source_is_rechecked_after_the_grace_period(tmp_path, monkeypatch
 def test_a_users_copy_is_the_variant_whose_kernels_it_defines(tmp_path, monkeypatch, kernel,
                                                              variant, v):
     # decided from what the registry says each variant launches, not by searching for one name;
-    # a variant behind an opt-in (tc's turing, tc.cu as compute_75) only where it is opted in
-    if v.opt_in is not None:
-        monkeypatch.setenv(v.opt_in, "1")
+    # tc.cu is two variants (mma, and turing: compute_75 PTX, a build for older GPUs that a
+    # copy is taken for only where forced); the launcher runs such a copy as the device's
     (tmp_path / f"my_{v.source}").write_text(sources.ours(kernel, variant).text)
     mine = sources.user_file(tmp_path / f"my_{v.source}", kernel)
-    assert mine.variant == variant and mine.name == f"my_{v.source}"
+    same = [n for n, w in registry.get(kernel).variants.items() if w.source == v.source]
+    assert mine.variant in same and mine.name == f"my_{v.source}"
     assert not sources.missing_kernels(kernel, mine.text, variant=variant)
     (tmp_path / "empty.cu").write_text("// nothing yet\n")  # defines none: the portable one
     assert sources.user_file(tmp_path / "empty.cu", kernel).variant == \
-        (variant if v.opt_in else registry.get(kernel).portable_variant())  # (or the opted-in)
+        registry.get(kernel).portable_variant()
 
 
 T4, A100, H100 = 64 * 1024, 163 * 1024, 227 * 1024

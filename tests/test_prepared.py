@@ -12,7 +12,7 @@ import pytest
 
 import fake_cupy
 from flashlab import launch
-from flashlab.launch import prepared, tc
+from flashlab.launch import plans, prepared, tc
 
 BF16 = ml_dtypes.bfloat16
 
@@ -350,21 +350,21 @@ def test_a_variant_with_gqa_prepares_what_the_cupy_api_launches(gpu, monkeypatch
     assert all(any(a is g for a in bwd["args"]) for g in per_head[1:])  # dk, dv per query head
 
 
-def test_the_turing_build_runs_where_opted_in_as_compute_75_ptx_in_float16(monkeypatch):
-    # FLASHLAB_TC_TURING=1 on a T4 (64 KB of shared memory): tc.cu's float16 build for
-    # compute_75, its tiles; bfloat16 refused naming what to pass; without the opt-in a T4 has
-    # no tc at all ('auto' runs fa2)
+def test_a_t4_runs_the_turing_build_as_compute_75_ptx_in_float16(monkeypatch):
+    # a T4 (compute capability 7.5, 64 KB of shared memory): tc.cu's float16 build for
+    # compute_75 with its tiles, no switch needed; bfloat16 and the other head dims are not
+    # there ('auto' runs fa2 on float32 copies), and tc refuses bfloat16 naming what to pass
     from flashlab import registry
 
+    monkeypatch.delenv(registry.TURING_FORCE, raising=False)
     fake = fake_cupy.install(monkeypatch, cc="75", smem_optin=65536)
     try:
         x = [fake.ndarray((1, 2, 200, 64), np.float16) for _ in range(5)]
-        with pytest.raises(RuntimeError, match=r"needs a GPU of compute capability 8.0"):
-            launch.forward("tc", *x[:3])
-        assert registry.for_auto("float16", 64, 75) == ()
-        monkeypatch.setenv(registry.TURING_OPT_IN, "1")
         assert registry.for_auto("float16", 64, 75) == ("tc",)
+        assert registry.for_auto("float16", 128, 75) == ("tc",)
         assert registry.for_auto("bfloat16", 64, 75) == ()  # auto: fa2 on float32 copies
+        assert registry.for_auto("float16", 96, 75) == ()
+        assert plans.variant("tc", 75, 64) == "turing"
         launch.forward("tc", *x[:3], causal=True)
         launch.backward("tc", *x, fake.ndarray((1, 2, 200), np.float32), causal=True)
         assert all("--gpu-architecture=compute_75" in c["options"] for c in fake.compiles)
@@ -372,6 +372,31 @@ def test_the_turing_build_runs_where_opted_in_as_compute_75_ptx_in_float16(monke
         assert "tc_forward<false, 64, 64, 4, 2, 64>" in names
         assert "tc_backward<false, 64, 32, 64, 4, 2, 2, 2, 2>" in names
         assert all(r["smem"] <= 65536 for r in fake.launches)
+        b = [fake.ndarray((1, 2, 200, 64), BF16) for _ in range(3)]
+        with pytest.raises(RuntimeError, match=r"kernel 'tc' does not run bfloat16 at head dim "
+                                               r"64 on this GPU: on compute capability 7.5 "
+                                               r"kernel 'tc' takes float16 at head dims 64, 128 "
+                                               r"only \(the others need 8.0\+\); use "
+                                               r"kernel='auto'"):
+            launch.forward("tc", *b)
+        with pytest.raises(RuntimeError, match=r"does not run float16 at head dim 96"):
+            launch.forward("tc", *[fake.ndarray((1, 2, 200, 96), np.float16) for _ in range(3)])
+    finally:
+        fake_cupy.uninstall()
+
+
+def test_newer_gpus_run_the_turing_build_only_when_forced(monkeypatch):
+    # FLASHLAB_TC_TURING=1 puts it first wherever it fits (how the H200 tests it); float16
+    # at 64 and 128 only, so d = 96 keeps the GPU's own; bfloat16 is refused by the launcher
+    from flashlab import registry
+
+    monkeypatch.delenv(registry.TURING_FORCE, raising=False)
+    assert (plans.variant("tc", 86, 64), plans.variant("tc", 90, 64)) == ("mma", "wgmma")
+    monkeypatch.setenv(registry.TURING_FORCE, "1")
+    assert (plans.variant("tc", 86, 64), plans.variant("tc", 90, 128)) == ("turing", "turing")
+    assert plans.variant("tc", 90, 96) == "mma"
+    fake = fake_cupy.install(monkeypatch, cc="90")
+    try:
         b = [fake.ndarray((1, 2, 200, 64), BF16) for _ in range(3)]
         with pytest.raises(ValueError, match=r"variant 'turing' here, which takes float16 only, "
                                              r"not bfloat16: pass float16 inputs"):

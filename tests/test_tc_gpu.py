@@ -46,12 +46,12 @@ def _sm80():
 def source(request, monkeypatch):
     """The variant that runs: kernels/tc90.cu ("wgmma", compute capability 9.0), kernels/tc.cu,
     or tc.cu's float16 Turing build ("turing": compute_75 PTX, which the driver compiles for
-    this GPU; behind FLASHLAB_TC_TURING=1 until these tests have passed on a GPU)."""
+    this GPU; a T4's default, forced here with FLASHLAB_TC_TURING=1)."""
     import cupy as cp
 
-    monkeypatch.delenv(registry.TURING_OPT_IN, raising=False)
+    monkeypatch.delenv(registry.TURING_FORCE, raising=False)
     if request.param == "turing":
-        monkeypatch.setenv(registry.TURING_OPT_IN, "1")
+        monkeypatch.setenv(registry.TURING_FORCE, "1")
     elif request.param == "wgmma":
         if int(cp.cuda.Device().compute_capability) != TC.variants["wgmma"].min_cc:
             pytest.skip("kernels/tc90.cu (wgmma) runs on compute capability 9.0 only")

@@ -196,6 +196,11 @@ def setup(spec, dims: Dims, arrays: dict, trace: bool) -> Launch:
                                f"{spec.min_cc // 10}.{spec.min_cc % 10} or newer{why}; this one is "
                                f"{cc // 10}.{cc % 10}: use kernel='auto' (falls back to "
                                f"{_fp32_fallback()} in float32)")
+        short = spec.why_not(first, dims.d, cc) if first in spec.dtypes else ""
+        if short:  # a variant runs here, not at this dtype / head dim (tc on a T4: float16)
+            raise RuntimeError(f"kernel {spec.name!r} does not run {first} at head dim "
+                               f"{dims.d} on this GPU: {short}; use kernel='auto' (falls back "
+                               f"to {_fp32_fallback()} in float32)")
     _check_sizes(spec.name, dims)
     if trace:
         spec.check_traceable()

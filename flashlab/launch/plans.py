@@ -43,8 +43,8 @@ def instantiations(kernel: str, variant: str | None = None) -> tuple:
 def variant(kernel: str, compute_capability, d: int) -> str:
     """Which of `kernel`'s sources runs on this compute capability at head dim d (registry
     spec.variant_for): for 'tc', "wgmma" (kernels/tc90.cu) on compute capability 9.0 at its head
-    dims, else "mma" (kernels/tc.cu); FLASHLAB_TC_TURING=1: "turing" (tc.cu as compute_75 PTX,
-    float16) wherever it fits. FLASHLAB_TC_WGMMA=0 leaves out the arch-specific ones (for
+    dims, else "mma" (kernels/tc.cu); on 7.5 "turing" (tc.cu as compute_75 PTX, float16), which
+    FLASHLAB_TC_TURING=1 runs on newer GPUs too. FLASHLAB_TC_WGMMA=0 leaves out the arch-specific ones (for
     comparisons); a GPU none fits gets the portable one (its launch then says why)."""
     spec = registry.get(kernel)
     arch_specific = os.environ.get("FLASHLAB_TC_WGMMA", "1") != "0"

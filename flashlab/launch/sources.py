@@ -163,13 +163,15 @@ def user_file(path, kernel: str) -> Source:
 def variant_of(spec, text: str) -> str:
     """The variant of `spec` a source is a copy of: the one whose launched kernels (the
     registry's Variant.kernels) it defines most of; ties go to the one that runs on the most
-    GPUs (the lowest compute capability)."""
+    GPUs (the lowest compute capability), a build for older GPUs (Variant.force: tc.cu as
+    compute_75) only where forced. (Several variants may build one file: the launcher runs a
+    copy of it as the one of those that runs on its GPU.)"""
     def score(item):
         name, v = item
         have = len(v.required()) - len(_missing(v.required(), text))
-        return (-have, v.min_cc)
+        return (-have, v.force is not None and not v.forced(), v.min_cc)
 
-    return min(((n, v) for n, v in spec.variants.items() if v.available()), key=score)[0]
+    return min(spec.variants.items(), key=score)[0]
 
 
 # ----------------------------------------------------------------------------- what a source defines

@@ -28,12 +28,16 @@ NAME = "tc"  # this launcher's registry entry
 def launch_plan(device: int, d: int, direction: str, config: dict | None = None,
                 source: Source | None = None) -> dict:
     """tc_plan for the variant that runs: the one `config` names, else the one a user's
-    `source` is a copy of (Source.variant, decided from the kernels it defines), else the
-    device's (plans.variant)."""
+    `source` is a copy of (Source.variant, decided from the kernels it defines; of the
+    variants that build the same file, the device's: a copy of tc.cu runs as "turing" on a
+    T4), else the device's (plans.variant)."""
     limits = device_limits(device)
     variant = plans.variant(NAME, int(limits["compute_capability"]), d)
     if source is not None and config is None:
-        variant = source.variant or variant_of(registry.get(NAME), source.text)
+        spec = registry.get(NAME)
+        mine = source.variant or variant_of(spec, source.text)
+        if spec.variants[mine].source != spec.variants[variant].source:
+            variant = mine
     if config is None:  # the table's tiles, or smaller ones where this GPU has less memory
         return plans.tc_plan_for(d, direction, limits["smem_optin"], variant)
     return plans.tc_plan(d, direction, config, variant)
