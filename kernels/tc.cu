@@ -166,12 +166,46 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u16* src, int strid
     }
 }
 
+#if TC_SM75
+/* Turing has no cp.async, so a copy HBM -> shared stops its warp at the shared store until the
+ * data arrives. A tile copied during the previous one goes through registers in two halves
+ * instead: fetch issues the global loads of rows [row0, row0 + R) (the chunks load_chunks
+ * copies, rows past N zeros) and returns at once; store, a tile of arithmetic later, writes them
+ * to shared memory, by when they have landed. R / RS uint4 a thread (W = 64 or 128, 128
+ * threads: 4, 16 registers a tile). */
+template <int W, int R, int NT>
+struct RegTile {
+    static constexpr int CW = W / 8, RS = NT / CW;
+    static_assert(CW * 8 <= NT && NT % CW == 0 && RS % 8 == 0 && R % RS == 0,
+                  "RegTile copies whole rows, 8 or more a pass");
+    uint4 v[R / RS];
+    __device__ __forceinline__ void fetch(const u16* src, int stride, int row0, int N) {
+        const int r = threadIdx.x / CW, left = N - row0 - r;
+        const u16* g = src + (long long)(row0 + r) * stride + (threadIdx.x % CW) * 8;
+#pragma unroll
+        for (int k = 0; k < R / RS; ++k) {
+            v[k] = k * RS < left ? *reinterpret_cast<const uint4*>(g) : make_uint4(0u, 0u, 0u, 0u);
+            g += (long long)RS * stride;
+        }
+    }
+    __device__ __forceinline__ void store(uint4* tile) const {
+        const u32 dst = smem_addr(tile + swz<W>(threadIdx.x / CW, threadIdx.x % CW));
+#pragma unroll
+        for (int k = 0; k < R / RS; ++k)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
+                         :: "r"(dst + (u32)k * 16u * RS * CW), "r"(v[k].x), "r"(v[k].y),
+                            "r"(v[k].z), "r"(v[k].w) : "memory");
+    }
+};
+#endif
+
 /* ---------------------------------------------------------------- F2 forward */
 
 /* One thread block per (Q block i, head); NW warps, each owning WM slabs of 16 query rows:
  * warp w holds rows w*16*WM .. w*16*WM + 16*WM - 1 of the block. BR = 16 * WM * NW.
  * K_j and V_j arrive BC keys at a time into two stages of shared memory (the copy of tile j+1
- * runs during all of tile j: one barrier per tile). The arithmetic takes each tile BK keys at a
+ * runs during all of tile j: one barrier per tile; on Turing its loads are issued before tile j
+ * and stored after it, RegTile). The arithmetic takes each tile BK keys at a
  * time: S = Q_i K^T for BK keys, the online softmax, O~ += P~ V for those keys, then the next BK.
  * That is F2 with Bc = BK as far as the numbers go; BK < BC keeps fewer S registers alive (32
  * rows x BK), so a warp can own two slabs at D = 128 without spilling. */
@@ -228,13 +262,35 @@ tc_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     constexpr u32 STAGE = 2u * BC * CH * 16u;  // bytes from stage 0 to stage 1
 
     int fl_next = md.flag(i, blk.j0);  // a variant's tile flags, each read a tile before its use
+#if TC_SM75
+    // Turing: K_{j+1}, V_{j+1} between their loads and their stores, where the registers allow
+    // (ptxas sm_75: D = 64 with 2 slabs 246 registers; D = 128 with 2 slabs would spill 64 bytes
+    // at 255, so it copies as before)
+    constexpr bool PF = D * WM <= 128;
+    RegTile<D, BC, NT> rk, rv;
+#endif
     for (int j = blk.j0; j < blk.jend; ++j) {                        // F2:L3
         cp_wait<0>();     // K_j, V_j (and at j = j0 Q_i) have landed ...
+#if TC_SM75
+        if (PF && j > blk.j0) {  // K_j, V_j, loaded during tile j-1, into stage j % 2 (tile
+            uint4* cur = sKV + (j & 1) * 2 * BC * CH;  // j-2's, which every warp finished)
+            rk.store(cur);
+            rv.store(cur + BC * CH);
+        }
+#endif
         __syncthreads();  // ... for every thread's copies, and every warp is done with tile j-1
         if (j + 1 < blk.jend) {                                      // F2:L4 for j+1, during tile j
-            uint4* nxt = sKV + ((j + 1) & 1) * 2 * BC * CH;
-            load_tile<D, BC, NT>(nxt, blk.Kh, blk.kn, (j + 1) * BC, Nk);
-            load_tile<D, BC, NT>(nxt + BC * CH, blk.Vh, blk.vn, (j + 1) * BC, Nk);
+#if TC_SM75
+            if constexpr (PF) {
+                rk.fetch(blk.Kh, blk.kn, (j + 1) * BC, Nk);
+                rv.fetch(blk.Vh, blk.vn, (j + 1) * BC, Nk);
+            } else
+#endif
+            {
+                uint4* nxt = sKV + ((j + 1) & 1) * 2 * BC * CH;
+                load_tile<D, BC, NT>(nxt, blk.Kh, blk.kn, (j + 1) * BC, Nk);
+                load_tile<D, BC, NT>(nxt + BC * CH, blk.Vh, blk.vn, (j + 1) * BC, Nk);
+            }
         }
         cp_commit();
         const u32 so = (j & 1) * STAGE;
@@ -420,6 +476,11 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         g2_load_ld<BR, NT>(ld, blk.Lh, blk.Dh, i, Nq);
     };
     g2_first_stages<QS>(load_i, i0, iend);                               // G2:L4, stages i0 ..
+#if TC_SM75
+    // Turing (no cp.async): Q and dO of step i + QS - 1 are loaded into registers during step i
+    // and stored at the top of step i + 1 (RegTile); L and D, a few floats, copy as before
+    RegTile<D, BR, NT> rq, rdo;
+#endif
 
     float dk[MK][NDK][4], dv[MK][NDK][4];
 #pragma unroll
@@ -436,8 +497,24 @@ tc_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         const float* sL = sLD2 + st * 2 * BR;
         const float* sD = sL + BR;
         cp_wait<QS - 2>();  // stage i has landed (with QS = 3, stage i+1 may still be in flight) ...
+#if TC_SM75
+        if (i > i0 && i + QS - 2 < iend) {  // step i + QS - 2's Q, dO, fetched during step i-1,
+            uint4* q = smem + OQ + ((i + QS - 2 - i0) % QS) * STG;  // into the stage step i-2
+            rq.store(q);                                            // used (every warp is done)
+            rdo.store(q + ODO);
+        }
+#endif
         __syncthreads();    // ... for every thread's copies; every warp is done with step i-1
-        if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4, into the stage step i-1 used
+        if (i + QS - 1 < iend) {  // G2:L4, into the stage step i-1 used
+#if TC_SM75
+            rq.fetch(blk.Qh, blk.qn, (i + QS - 1) * BR, Nq);
+            rdo.fetch(blk.dOh, blk.don, (i + QS - 1) * BR, Nq);
+            g2_load_ld<BR, NT>(sLD2 + ((i + QS - 1 - i0) % QS) * 2 * BR, blk.Lh, blk.Dh,
+                               i + QS - 1, Nq);
+#else
+            load_i(i + QS - 1);
+#endif
+        }
         cp_commit();
         const int fl = md.step_flag(fl_next, i + 1 < iend, i + 1, j);  // 0 none visible, 1 some, 2 all
         if (fl == 0) continue;
