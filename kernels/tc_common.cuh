@@ -274,19 +274,6 @@ struct G2Block {
 template <int N>
 using Slab = float[N][4];
 
-#include "tc_mods.cuh"  // a variant's mask and score_mod (TcMod), empty in the plain build
-
-/* A variant's TcMod (tc_mods.cuh) for F2's thread block, whose key tiles it narrows to the
- * block mask's range (F2:L3 for any mask); the plain build's does nothing. */
-template <int D, int BR, int BC>
-__device__ __forceinline__ TcMod f2_variant(F2Block<D, BR, BC>& blk, const TcMod& md) {
-    md.visit(blk.i, blk.j0, blk.jend);
-    return md;
-}
-
-
-/* ---------------------------------------------------------------- F2 pieces */
-
 /* F2:L5 on a slab of S whose rows start at query row0 and columns at key k0, in a tile that needs
  * the mask: S * sl2 (base-2 units), -inf for keys past Nk and, causal, keys after the query. (An
  * interior tile only scales: each kernel writes that loop itself.) */
@@ -302,6 +289,19 @@ __device__ __forceinline__ void f2_mask(Slab<N>& s, int row0, int k0, int Nk, in
             s[n][e] = (c >= Nk || masked(causal, r, c)) ? FL_NEG_INF : s[n][e] * sl2;
         }
 }
+
+#include "tc_mods.cuh"  // a variant's mask and score_mod (TcMod), empty in the plain build
+
+/* A variant's TcMod (tc_mods.cuh) for F2's thread block, whose key tiles it narrows to the
+ * block mask's range (F2:L3 for any mask); the plain build's does nothing. */
+template <int D, int BR, int BC>
+__device__ __forceinline__ TcMod f2_variant(F2Block<D, BR, BC>& blk, const TcMod& md) {
+    md.visit(blk.i, blk.j0, blk.jend);
+    return md;
+}
+
+
+/* ---------------------------------------------------------------- F2 pieces */
 
 /* F2:L6 on row half h of a slab of S (base-2 units), with that row's m and l:
  * m_new = max(m, rowmax S) over the row's 4 lanes, P~ = 2^(S - m_new) in place of S,

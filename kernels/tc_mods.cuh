@@ -136,6 +136,23 @@ template <int N>
 __device__ __forceinline__ void f2_mod(Slab<N>& s, const TcMod& md, int fl, int row0, int k0,
                                        int Nq, int Nk, int causal, float tau, float sl2, int g,
                                        int t) {
+    if (!TcMod::SCORE) {  // a mask only: the tile's flag and place pick a loop (uniform branches)
+        if (fl == 2) {    // the mask hides nothing here: the plain build's edge (Nk, causal)
+            f2_mask(s, row0, k0, Nk, causal, sl2, g, t);
+            return;
+        }
+        if (fl == 0 || (!causal && k0 + 8 * N <= Nk && row0 + 16 <= Nq)) {
+            // nothing visible, or the warp's slab inside the matrix: only the mask's own test
+            // per entry (a causal-shaped mask costs what built-in causal's f2_mask does)
+#pragma unroll
+            for (int n = 0; n < N; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[n][e] = fl != 0 && md.mask(row0 + g + (e >> 1) * 8, k0 + n * 8 + 2 * t + (e & 1))
+                                  ? s[n][e] * sl2 : FL_NEG_INF;
+            return;
+        }
+    }
 #pragma unroll
     for (int n = 0; n < N; ++n)
 #pragma unroll

@@ -9,6 +9,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh torch [BASE_DIR] (host and gpt2)
 #   OUT=/tmp/out bash scripts/gpu_check.sh timeline [args]  (torch.profiler: kernels, GPU busy vs wall)
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants [bench args] (tc variants vs FlexAttention, d 128 and 64)
+#   OUT=/tmp/out bash scripts/gpu_check.sh variants-ab BASE_DIR (variant builds, interleaved A/B)
 #   OUT=/tmp/out bash scripts/gpu_check.sh turing [BASE_DIR] (tc.cu's compute_75 build: its GPU tests,
 #       the sanitizer, fp16 against SDPA; with a base tree, an interleaved A/B of the build)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
@@ -111,6 +112,14 @@ if [[ $what == variants ]]; then
       --json "$OUT/variants/variants_d$d.json" "$@" 2>&1 | tee "$OUT/variants_d$d.txt" | tail -12
     [[ ${PIPESTATUS[0]} == 0 ]] || status=1
   done
+fi
+
+if [[ $what == variants-ab ]]; then
+  spec=${VARIANT_AB:-causal,causal-mask,window,document}
+  echo "== attention variants, interleaved A/B: ${1:?BASE_DIR} (A) against this tree (B): $spec"
+  python3 scripts/tc_ab.py "$1" --variant "$spec" --out "$OUT/variants_ab" \
+    --repeat ${VARIANT_REPEAT:-20} 2>&1 | tee "$OUT/variants_ab.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 
 if [[ $what == turing ]]; then

@@ -97,28 +97,30 @@ for variant in variants if (not only or "tc" in only) and not variants_only else
         cp.cuda.runtime.deviceSynchronize()
     print(f"tc ({src}) packed qkv views, strided dO, dq, dk, dv: ran", flush=True)
 # attention variants compiled in (kernels/tc_mods.cuh, fa2.cu's FL_MODS): the block mask's
-# ranges and skipped tiles, per-element masks and score_mods, GQA (4 query heads on 2), and a
-# mask that hides every key (tc90.cu's one all-hidden tile)
+# ranges and skipped tiles, per-element masks and score_mods, GQA (4 query heads on 2), a mask
+# that hides every key (tc90.cu's one all-hidden tile) and masks alone at N = 300 (whole tiles
+# inside the matrix: f2_mod's mask-only loops)
 from flashlab import mods  # noqa: E402
 from flashlab.mods.kernel import KernelVariant  # noqa: E402
 
-VARIANTS = [KernelVariant.of((40, 0), mods.document(np.arange(Nq) // 30), mods.softcap(3.0)),
-            KernelVariant.of(None, mods.prefix_lm(20), mods.alibi([0.5, 0.25, 0.1, 0.3])),
-            KernelVariant.of(None, lambda b, h, q_idx, kv_idx: q_idx < 0, None)]
+VARIANTS = [(KernelVariant.of((40, 0), mods.document(np.arange(Nq) // 30), mods.softcap(3.0)), Nq),
+            (KernelVariant.of(None, mods.prefix_lm(20), mods.alibi([0.5, 0.25, 0.1, 0.3])), Nq),
+            (KernelVariant.of(None, lambda b, h, q_idx, kv_idx: q_idx < 0, None), Nq),
+            (KernelVariant.of((40, 0), mods.document(np.arange(300) // 30), None), 300)]
 for kernel in ("fa2", "tc"):
     if (only and kernel not in only) or (kernel == "tc" and not variants):
         continue
     for variant in ([""] if kernel == "fa2" else variants):
         names = ("float32",) if not variant else use(variant)[-1:]
-        for kv in VARIANTS:
+        for kv, n in VARIANTS:  # n = 300: whole 128-row tiles, both directions
             for name in names:
-                shapes = [(B, 4, Nq, 64), (B, 2, Nq, 64), (B, 2, Nq, 64), (B, 4, Nq, 64)]
+                shapes = [(B, 4, n, 64), (B, 2, n, 64), (B, 2, n, 64), (B, 4, n, 64)]
                 q, k, v, do = (lowp.random_inputs(cp, shapes, name) if name != "float32" else
                                [cp.asarray(rng.standard_normal(s), cp.float32) for s in shapes])
                 o, lse = launch.forward(kernel, q, k, v, False, variant=kv)
                 launch.backward(kernel, do, q, k, v, o, lse, False, variant=kv)
                 cp.cuda.runtime.deviceSynchronize()
         print(f"{kernel} {variant} variants (window + document + softcap, prefix_lm + alibi, "
-              f"all hidden), GQA 4 on 2: ran", flush=True)
+              f"all hidden, window + document), GQA 4 on 2: ran", flush=True)
 print("sanitize workload done")
 sys.exit(0)

@@ -1,12 +1,15 @@
 """Interleaved A/B of kernel 'tc' between two trees: is B (this tree) slower than A (a base)?
 
     python3 scripts/tc_ab.py BASE_DIR [--out DIR] [--repeat 20] [--seq 2048,16384] [--dtype float16]
+    python3 scripts/tc_ab.py BASE_DIR --variant causal,causal-mask,window,document
 
 BASE_DIR holds the base commit's files (`git archive BASE | tar -x -C BASE_DIR`). For each
 configuration (bf16 unless --dtype says, d = 64 and 128, causal and not) it runs `flashlab bench --kernels tc
 --backward` in the order A B B A (so drift over the run cancels), each in a fresh process with
 its own tree on PYTHONPATH, and reports per cell the median-of-medians ratio B/A of the time
 (above 1: B slower) and the worst cell. The redesign's promise: no cell more than 3% slower.
+With --variant SPEC the runs are `flashlab bench --variant SPEC` instead (attention variants
+compiled in, bf16, B = 4, H = 16, N = 4096; no Flex), one cell per variant, head dim and pass.
 """
 import argparse
 import json
@@ -33,6 +36,23 @@ def bench(tree: Path, d: int, causal: bool, seqs: str, repeat: int, out: Path,
     return {(row["N"], row["direction"]): row["ms"] for row in rows if row["kernel"] == "tc"}
 
 
+def bench_variants(tree: Path, d: int, spec: str, repeat: int, out: Path) -> dict:
+    """(variant, pass) -> ms of one `flashlab bench --variant` run from `tree` (backward: forward
+    + backward less forward)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    args = [sys.executable, "-m", "flashlab", "bench", "--variant", spec, "--head-dim", str(d),
+            "--repeat", str(repeat), "--json", str(out)]
+    r = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise SystemExit(f"{tree}: {' '.join(args)} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    rows = json.loads(out.read_text())["rows"]
+    if any(row["flashlab_fwd"] is None for row in rows):
+        raise SystemExit(f"{tree}: a variant failed its check: {rows}")
+    return {k: v for row in rows for k, v in (
+        ((row["variant"], "forward"), row["flashlab_fwd"]),
+        ((row["variant"], "backward"), row["flashlab_fwdbwd"] - row["flashlab_fwd"]))}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("base", type=Path)
@@ -40,11 +60,28 @@ def main():
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--seq", default="2048,16384")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    p.add_argument("--variant", default=None, help="flashlab bench --variant's SPEC")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     lines = ["| d | causal | N | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|---|"]
     worst = (0.0, None)
+    if a.variant:
+        lines = ["| d | variant | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|"]
     for d in (64, 128):
+        if a.variant:
+            runs = {"A": [], "B": []}
+            for k, who in enumerate("ABBA"):
+                tree = a.base.resolve() if who == "A" else HERE
+                runs[who].append(bench_variants(tree, d, a.variant, a.repeat,
+                                                a.out / f"{who}{k}_variants_d{d}.json"))
+            for key in runs["A"][0]:
+                ms_a = statistics.median(r[key] for r in runs["A"])
+                ms_b = statistics.median(r[key] for r in runs["B"])
+                worst = max(worst, (ms_b / ms_a, (d,) + key))
+                lines.append(f"| {d} | {key[0]} | {key[1]} | {ms_a:.3f} | {ms_b:.3f} | "
+                             f"{ms_b / ms_a:.3f} |")
+            print("\n".join(lines[-len(runs['A'][0]):]), flush=True)
+            continue
         for causal in (False, True):
             runs = {"A": [], "B": []}
             for k, who in enumerate("ABBA"):
@@ -60,7 +97,8 @@ def main():
                 lines.append(f"| {d} | {'yes' if causal else 'no'} | {key[0]} | {key[1]} | "
                              f"{ms_a:.3f} | {ms_b:.3f} | {ratio:.3f} |")
             print("\n".join(lines[-len(runs['A'][0]):]), flush=True)
-    lines.append(f"\nworst cell: B/A = {worst[0]:.3f} at d, causal, N, pass = {worst[1]}")
+    what = "d, variant, pass" if a.variant else "d, causal, N, pass"
+    lines.append(f"\nworst cell: B/A = {worst[0]:.3f} at {what} = {worst[1]}")
     (a.out / "tc_ab.md").write_text("\n".join(lines) + "\n")
     print(lines[-1])
 

@@ -57,8 +57,6 @@ def _cmd_cpu_backend(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    import json
-
     from .. import bench
     from ..launch import device
 
@@ -75,7 +73,9 @@ def _cmd_bench(args) -> int:
     if args.variant is not None or "flex" in args.compare:
         return _cmd_variants(args)
 
-    dtype = DTYPES.get(args.dtype, args.dtype)
+    if args.dtype is None and not args.kernels and not args.compare and device.gpu_available():
+        return _cmd_ladder(args)
+    dtype = DTYPES.get(args.dtype or "float32", args.dtype or "float32")
     if dtype not in ("float32", "float16", "bfloat16"):
         lowk = _lowp_kernels()
         raise UsageError(f"flashlab bench: --dtype {args.dtype}: choose float32 "
@@ -123,6 +123,25 @@ def _cmd_bench(args) -> int:
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr)
     # the files first, then the table: `flashlab bench --json x.json | head` still writes x.json
+    _write_outputs(report, args)
+    _print_report(report, args)
+    if not on_gpu:
+        print()
+        print("HBM traffic the GPU versions of these algorithms would make, per head "
+              f"(M = {hbm.DEFAULT_SRAM} floats):")
+        print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
+                       floatfmt=".3g"))
+    for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
+        if path:
+            print(f"{what} written to {path}")
+    wrong = [r for r in report.rows if r.check.startswith("WRONG")]
+    return 1 if wrong else 0
+
+
+def _write_outputs(report, args) -> None:
+    """--plot, --json and --csv of a report (before its table is printed)."""
+    import json
+
     if args.plot:
         from ..viz import bench_plot
 
@@ -138,18 +157,28 @@ def _cmd_bench(args) -> int:
             w.writerow(list(report.rows[0].__dataclass_fields__) if report.rows else [])
             for r in report.rows:
                 w.writerow(list(vars(r).values()))
+
+
+def _cmd_ladder(args) -> int:
+    """`flashlab bench` on a GPU with no dtype, kernels or peers named: bench.ladder's table."""
+    from ..bench import ladder
+
+    _check_bench_outputs(args)
+    seqs = args.seq or [1024, 4096, 16384]
+    report = ladder.ladder_bench(seqs, args.head_dim, args.causal, args.backward, args.batch,
+                                 args.heads, args.tokens or 16384, repeat=args.repeat or 10,
+                                 progress=_progress)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    _write_outputs(report, args)
+    print("The ladder: standard attention, FlashAttention (fa1), FlashAttention-2 (fa2) in "
+          "float32, then tensor cores (tc) in bfloat16; --dtype float32 or bfloat16 for one rung "
+          "set, --compare torch for all of SDPA's backends there.")
     _print_report(report, args)
-    if not on_gpu:
-        print()
-        print("HBM traffic the GPU versions of these algorithms would make, per head "
-              f"(M = {hbm.DEFAULT_SRAM} floats):")
-        print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
-                       floatfmt=".3g"))
     for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
         if path:
             print(f"{what} written to {path}")
-    wrong = [r for r in report.rows if r.check.startswith("WRONG")]
-    return 1 if wrong else 0
+    return 1 if any(r.check.startswith("WRONG") for r in report.rows) else 0
 
 
 def _cmd_variants(args) -> int:
@@ -167,7 +196,7 @@ def _cmd_variants(args) -> int:
     if "torch" in args.compare:
         raise UsageError("flashlab bench: --variant compares with --compare flex (FlexAttention "
                          "runs the variants; SDPA has causal only, which the table gives too)")
-    if args.dtype not in ("float32", "bf16", "bfloat16") or args.backward or args.causal:
+    if args.dtype not in (None, "float32", "bf16", "bfloat16") or args.backward or args.causal:
         raise UsageError("flashlab bench --variant: the variants run in bfloat16, forward and "
                          "backward, with their own masks: leave out --dtype, --backward and "
                          "--causal")

@@ -70,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=None,
                    help="B * N when --batch is not given (GPU default 16384)")
     b.add_argument("--head-dim", type=int, default=64, help="head dim d (default 64)")
-    b.add_argument("--dtype", default="float32",
-                   help=f"float32 ({fp32}; default) or float16 / bfloat16 ({low}, against "
-                        "torch's flash and cuDNN backends with --compare torch)")
+    b.add_argument("--dtype", default=None,
+                   help=f"float32 ({fp32}) or float16 / bfloat16 ({low}, against torch's flash "
+                        "and cuDNN backends with --compare torch). Default on a GPU, with no "
+                        "--kernels or --compare either: the ladder, every kernel in one table "
+                        "(float32 and bfloat16, SDPA beside them where torch imports); on the "
+                        "CPU float32")
     b.add_argument("--causal", action="store_true")
     b.add_argument("--backward", action="store_true", help="time the backward pass too")
     b.add_argument("--kernels", type=lambda t: list(dict.fromkeys(k.strip() for k in t.split(","))),
