@@ -23,7 +23,10 @@ Those numbers measure Python and NumPy, not IO; the HBM traffic table beside the
 Which kernels run, in which dtype, against which baseline, are flashlab.registry's. Modules:
 report (Row, Report, HEADERS, attention_flops, traffic_rows), timing (time_gpu, device_header),
 accuracy (the check before the timing), gpu (gpu_bench), torch_peers (torch's SDPA backends),
-cpu (cpu_bench), variants (attention variants against FlexAttention: flashlab bench --variant).
+cpu (cpu_bench), variants (attention variants against FlexAttention: flashlab bench --variant),
+ladder (every kernel in one table, float32 and bfloat16: flashlab bench's default on a GPU),
+poster (the seed poster's training figure: flash against standard attention in flashlab.autodiff,
+by sequence length; scripts/poster_figures.py).
 """
 from .. import registry as _registry
 from .accuracy import _check, _check_lowp, _rows_reference  # noqa: F401
