@@ -145,8 +145,9 @@ def resolve_kernel(kernel: str, q) -> str:
     return _resolve(kernel, q)
 
 
-def _resolve(kernel: str, q) -> str:
-    """resolve_kernel for checked arguments."""
+def _resolve(kernel: str, q, direction: str = "forward") -> str:
+    """resolve_kernel for checked arguments; direction: the pass about to run, whose tiles must
+    fit this GPU's shared memory (tc's backward at d = 256 does not in 99 KB)."""
     if kernel != "auto":
         return kernel
     if not _is_cupy(q):  # the references: tc's twin where the kernel would run, else fa2's
@@ -154,17 +155,32 @@ def _resolve(kernel: str, q) -> str:
     if q.dtype.name not in LOWP:
         return _fp32_kernel(q)
     cc = int(device.device_limits(q.device.id)["compute_capability"])
-    return _lowp_kernel(q, cc) or _fp32_kernel(q)
+    name = _lowp_kernel(q, cc)
+    if name is not None and _no_room(name, q, direction):
+        name = None
+    return name or _fp32_kernel(q)
 
 
-def _fallback(kernel: str, q) -> None:
+def _no_room(name: str, q, direction: str) -> str:
+    """Why kernel `name`'s tiles for this pass do not fit q's GPU ("" where they do): the
+    launcher's plan refuses them (ValueError naming the bytes)."""
+    try:
+        launch.launch_plan(name, q.device.id, _head_dim(q), direction)
+    except ValueError as e:
+        return str(e).split(": use kernel=")[0]
+    return ""
+
+
+def _fallback(kernel: str, q, direction: str = "forward") -> None:
     """Say once per process that 16-bit inputs run a float32 kernel on upcast copies."""
     global _warned_fallback
     if _warned_fallback:
         return
     _warned_fallback = True
     cc = int(device.device_limits(q.device.id)["compute_capability"])
-    reason = _lowp_spec(q).why_not(q.dtype.name, q.shape[-1], cc)
+    spec = _lowp_spec(q)
+    reason = spec.why_not(q.dtype.name, q.shape[-1], cc) or \
+        f"the {direction} of {_no_room(spec.name, q, direction)}"
     warnings.warn(f"flash_attention(kernel='auto'): {q.dtype.name} inputs run kernel {kernel!r} "
                   f"on float32 copies because {reason}; outputs are cast back to {q.dtype.name}",
                   stacklevel=3)
@@ -180,11 +196,11 @@ def _runs_natively(kernel: str, q) -> bool:
     return registry.get(kernel).takes_dtype(q.dtype.name)
 
 
-def _gpu_lowp_fallback(kernel: str, q) -> bool:
+def _gpu_lowp_fallback(kernel: str, q, direction: str = "forward") -> bool:
     """True when 'auto' sent 16-bit CuPy inputs to a float32 kernel (and warns, once)."""
     if q.dtype.name not in LOWP or _runs_natively(kernel, q):
         return False
-    _fallback(kernel, q)
+    _fallback(kernel, q, direction)
     return True
 
 
@@ -363,10 +379,10 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, softmax_scale=No
                                 softmax_scale)  # lse: float32 as the kernels take it
         return tuple(g.astype(q.dtype, copy=False) for g in grads)
     if where == "gpu":
-        name = _resolve(kernel, q)
+        name = _resolve(kernel, q, "backward")
         if kernel == "auto" and not _runs_natively(name, q) and q.dtype.name in LOWP:
             check_backward(do, q, k, v, o, lse, causal, softmax_scale)
-            _gpu_lowp_fallback(name, q)
+            _gpu_lowp_fallback(name, q, "backward")
             f32 = [lowp.to_float32(x) for x in (do, q, k, v, o)]
             grads = launch.backward(name, *f32, lse, causal, softmax_scale)
             return tuple(lowp.from_float32(g, q.dtype.name) for g in grads)

@@ -41,6 +41,20 @@ class _FakeCupy:
         self.device = type("Dev", (), {"id": 0})()
 
 
+#: opt-in shared memory per block of a GPU of each compute capability (an H100 / H200, an
+#: A100, an RTX 30xx / 40xx, a T4)
+SMEM = {"90": 232448, "80": 166912, "86": 101376, "75": 65536, "70": 98304}
+
+
+def _gpu(monkeypatch, cc, smem=None):
+    """device_limits of a GPU of compute capability cc, for the API and tc's launcher."""
+    from flashlab.launch import tc
+
+    limits = {"compute_capability": cc, "smem_optin": smem or SMEM[cc]}
+    monkeypatch.setattr(device, "device_limits", lambda dev: limits)
+    monkeypatch.setattr(tc, "device_limits", lambda dev: limits)
+
+
 @pytest.mark.parametrize("cc,d,dtype,want", [
     ("90", 64, ml_dtypes.bfloat16, "tc"), ("80", 128, np.float16, "tc"),
     ("75", 64, np.float16, "tc"), ("75", 128, np.float16, "tc"),  # the Turing build
@@ -51,8 +65,28 @@ class _FakeCupy:
 ])
 def test_auto_picks_tc_only_where_it_runs(monkeypatch, cc, d, dtype, want):
     monkeypatch.delenv(registry.TURING_FORCE, raising=False)
-    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": cc})
+    _gpu(monkeypatch, cc)
     assert api.resolve_kernel("auto", _FakeCupy(dtype, d)) == want
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_auto_falls_back_where_tcs_tiles_do_not_fit_the_gpu(monkeypatch, dtype):
+    # an RTX 30xx / 40xx (99 KB a block): tc's forward at d = 256 fits (96 KB), its backward
+    # (136.5 KB, no smaller tiles at d = 256) does not, so the backward of kernel='auto' runs
+    # fa1 (fa2 has no d = 256) on float32 copies, and says why, once
+    monkeypatch.delenv(registry.TURING_FORCE, raising=False)
+    monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")
+    _gpu(monkeypatch, "86")
+    monkeypatch.setattr(api, "_warned_fallback", False)
+    q = _FakeCupy(dtype, 256)
+    assert api._resolve("auto", q, "forward") == "tc"
+    assert api._resolve("auto", q, "backward") == "fa1"
+    with pytest.warns(UserWarning, match=r"on float32 copies because the backward of kernel 'tc' "
+                                         r"at head_dim 256 needs 139776 bytes of shared memory "
+                                         r"per block; this GPU allows 101376; outputs are cast"):
+        assert api._gpu_lowp_fallback("fa1", q, "backward")
+    _gpu(monkeypatch, "80")  # an A100's 163 KB: both fit
+    assert api._resolve("auto", q, "backward") == "tc"
 
 
 @pytest.mark.parametrize("cc,dtype,d,why", [
@@ -65,7 +99,7 @@ def test_auto_picks_tc_only_where_it_runs(monkeypatch, cc, d, dtype, want):
 ])
 def test_the_fallback_warning_says_why(monkeypatch, cc, dtype, d, why):
     monkeypatch.delenv(registry.TURING_FORCE, raising=False)
-    monkeypatch.setattr(device, "device_limits", lambda dev: {"compute_capability": cc})
+    _gpu(monkeypatch, cc)
     monkeypatch.setattr(api, "_warned_fallback", False)
     with pytest.warns(UserWarning, match=f"{np.dtype(dtype).name} inputs run kernel 'fa2' on "
                                          f"float32 copies {why}"):
