@@ -65,6 +65,7 @@ def _fake_gpu(monkeypatch):
         return _two()[dtype]
 
     monkeypatch.setattr(device, "gpu_available", lambda: True)
+    monkeypatch.setattr(ladder, "compute_capability", lambda: 90)
     monkeypatch.setattr(bench, "gpu_bench", fake_gpu_bench)
     monkeypatch.setattr("flashlab.bench.gpu.gpu_bench", fake_gpu_bench)
     return calls
@@ -86,3 +87,24 @@ def test_a_named_dtype_or_kernel_list_runs_one_rung_set(monkeypatch, capsys):
     assert main(["bench", "--seq", "1024", "--kernels", "fa2"]) == 0
     assert [c[0] for c in calls] == ["float32", "float32"]
     assert "The ladder" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cc,d,want", [(90, 64, "bfloat16"), (80, 128, "bfloat16"),
+                                       (75, 64, "float16"), (75, 96, None), (70, 64, None)])
+def test_the_16_bit_rung_is_the_dtype_this_gpu_runs(cc, d, want):
+    # a T4 (7.5) runs tc's Turing build in float16 only; a V100 (7.0) has no 16-bit kernel
+    assert ladder.lowp_dtype(d, cc) == want
+
+
+def test_a_t4_gets_a_float16_rung_and_only_kernels_that_run(monkeypatch, capsys):
+    calls = _fake_gpu(monkeypatch)
+    monkeypatch.setattr(ladder, "compute_capability", lambda: 75)
+    two = _two()
+    monkeypatch.setattr("flashlab.bench.gpu.gpu_bench", lambda seqs, kernels, *a, dtype="float32",
+                        **kw: calls.append((dtype, list(kernels))) or two.get(dtype, two["bfloat16"]))
+    assert main(["bench", "--seq", "1024", "--head-dim", "256"]) == 0
+    assert calls == [("float32", ["naive", "fa1"])]  # fa2 has no d = 256, tc none on a T4
+    assert "no 16-bit kernel runs at head dim 256 on compute capability 7.5" in capsys.readouterr().out
+    calls.clear()
+    assert main(["bench", "--seq", "1024"]) == 0
+    assert calls == [("float32", ["naive", "fa1", "fa2"]), ("float16", ["tc"])]

@@ -172,7 +172,7 @@ def _cmd_ladder(args) -> int:
         print("\r\033[K", end="", file=sys.stderr)
     _write_outputs(report, args)
     print("The ladder: standard attention, FlashAttention (fa1), FlashAttention-2 (fa2) in "
-          "float32, then tensor cores (tc) in bfloat16; --dtype float32 or bfloat16 for one rung "
+          "float32, then tensor cores (tc) in 16 bits; --dtype float32 or bfloat16 for one rung "
           "set, --compare torch for all of SDPA's backends there.")
     _print_report(report, args)
     for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
