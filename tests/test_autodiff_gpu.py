@@ -95,6 +95,17 @@ def test_flash_and_standard_train_alike_on_gpu_and_like_the_cpu():
     np.testing.assert_allclose(flash, cpu, rtol=1e-3)  # (1e-7 apart when simulated on a CPU)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_attention_runs_tc_and_trains_like_float32_on_gpu(dtype):
+    # flashlab train --dtype: the flash op on 16-bit copies (head dim 64: tc), the rest float32
+    cfg = dict(TINY, steps=10, layers=2, heads=2, dim=128)
+    full = train(TrainConfig(attention="flash", device="gpu", **cfg)).losses
+    mixed = train(TrainConfig(attention="flash", device="gpu", attention_dtype=dtype,
+                              **cfg)).losses
+    assert np.isfinite(mixed).all() and mixed != full
+    np.testing.assert_allclose(mixed, full, rtol=2e-2)
+
+
 def test_cli_train_on_gpu(capsys):
     from flashlab.cli import main
 

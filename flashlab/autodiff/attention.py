@@ -64,27 +64,42 @@ class FlashAttention(Function):
 
     The kernels want contiguous float32 arrays; q, k, v arriving from a permute are views, so
     they are made contiguous here (a copy only when needed).
+
+    dtype "bfloat16" / "float16" (mixed precision): the op runs on 16-bit copies of q, k, v, so on
+    CuPy arrays the tensor-core kernel (tc) runs; O and the gradients come back in the inputs'
+    dtype, the rest of the model untouched. The 16-bit copies are what is saved.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal=False):
+    def forward(ctx, q, k, v, causal=False, dtype=None):
+        from .. import lowp
         from ..api import flash_attention
 
         xp = array_module(q)
         q, k, v = (xp.ascontiguousarray(x) for x in (q, k, v))  # (B, H, N, d) each
+        ctx.out_dtype = q.dtype
+        if dtype is not None:  # mixed precision: 16-bit copies in, O back in q's dtype
+            q, k, v = (lowp.from_float32(x.astype(np.float32, copy=False), dtype)
+                       for x in (q, k, v))
         o, lse = flash_attention(q, k, v, causal=causal, return_lse=True)  # (B,H,Nq,d), (B,H,Nq)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal
-        return o
+        return o if dtype is None else lowp.to_float32(o).astype(ctx.out_dtype, copy=False)
 
     @staticmethod
     def backward(ctx, grad):
         from ..api import flash_attention_backward
 
+        from .. import lowp
+
         q, k, v, o, lse = ctx.saved_values
-        do = array_module(grad).ascontiguousarray(grad, dtype=q.dtype)  # (B, H, Nq, d)
-        dq, dk, dv = flash_attention_backward(do, q, k, v, o, lse, causal=ctx.causal)
-        return dq, dk, dv
+        xp = array_module(grad)
+        if q.dtype == ctx.out_dtype:
+            do = xp.ascontiguousarray(grad, dtype=q.dtype)  # (B, H, Nq, d)
+            return flash_attention_backward(do, q, k, v, o, lse, causal=ctx.causal)
+        do = lowp.from_float32(xp.ascontiguousarray(grad, dtype=np.float32), q.dtype.name)
+        grads = flash_attention_backward(do, q, k, v, o, lse, causal=ctx.causal)
+        return tuple(lowp.to_float32(g).astype(ctx.out_dtype, copy=False) for g in grads)
 
 
 def causal_mask(xp, Nq: int, Nk: int, dtype):

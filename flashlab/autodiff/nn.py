@@ -145,18 +145,25 @@ class MultiHeadAttention(Module):
 
     x (B, N, C) -> q, k, v each (B, N, C) -> split into heads (B, H, N, d) -> attention ->
     merge heads (B, N, C) -> output projection. `attention` picks the op: "flash" (one
-    FlashAttention node) or "standard" (built from matmul and softmax).
+    FlashAttention node) or "standard" (built from matmul and softmax); attention_dtype
+    "bfloat16" / "float16" runs the flash node in 16 bits (mixed precision).
     """
 
     def __init__(self, init: Init, dim: int, heads: int, attention: str = "flash",
-                 causal: bool = True, dropout: float = 0.0, generator=None):
+                 causal: bool = True, dropout: float = 0.0, generator=None,
+                 attention_dtype: str | None = None):
         super().__init__()
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
         if dim % heads:
             raise ValueError(f"dim {dim} must be a multiple of heads {heads} "
                              "(head dim = dim / heads)")
+        if attention_dtype is not None and (attention != "flash" or attention_dtype not in
+                                            ("bfloat16", "float16")):
+            raise ValueError(f"attention_dtype {attention_dtype!r}: bfloat16 or float16, with "
+                             f"attention='flash' (got attention={attention!r})")
         self.heads, self.attention, self.causal = heads, attention, causal
+        self.attention_dtype = attention_dtype
         self.q, self.k, self.v = (Linear(init, dim, dim) for _ in range(3))
         self.proj = Linear(init, dim, dim)
         self.drop = Dropout(dropout, generator)
@@ -169,7 +176,7 @@ class MultiHeadAttention(Module):
         B, N, C = x.shape  # (B, N, C)
         q, k, v = (self.split_heads(f(x)) for f in (self.q, self.k, self.v))  # (B, H, N, d)
         if self.attention == "flash":
-            o = q.flash_attention(k, v, causal=self.causal)  # (B, H, N, d)
+            o = q.flash_attention(k, v, causal=self.causal, dtype=self.attention_dtype)
         else:
             o = q.standard_attention(k, v, causal=self.causal)  # (B, H, N, d)
         o = o.permute(0, 2, 1, 3).reshape(B, N, C)  # (B, N, C)
@@ -192,10 +199,11 @@ class Block(Module):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
     def __init__(self, init: Init, dim: int, heads: int, attention: str = "flash",
-                 dropout: float = 0.0, generator=None):
+                 dropout: float = 0.0, generator=None, attention_dtype: str | None = None):
         super().__init__()
         self.ln1, self.ln2 = LayerNorm(init, dim), LayerNorm(init, dim)
-        self.attn = MultiHeadAttention(init, dim, heads, attention, True, dropout, generator)
+        self.attn = MultiHeadAttention(init, dim, heads, attention, True, dropout, generator,
+                                       attention_dtype)
         self.mlp = MLP(init, dim, dropout, generator)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -213,14 +221,14 @@ class Decoder(Module):
 
     def __init__(self, vocab: int, seq: int, dim: int = 64, layers: int = 2, heads: int = 4,
                  attention: str = "flash", dropout: float = 0.0, seed: int = 0,
-                 device: str = "cpu", dtype=np.float64):
+                 device: str = "cpu", dtype=np.float64, attention_dtype: str | None = None):
         super().__init__()
         init = Init(seed, device, dtype)
         generator = np.random.default_rng(seed + 1)  # dropout masks
         self.vocab, self.seq, self.device, self.dtype = vocab, seq, device, np.dtype(dtype)
         self.tok = Embedding(init, vocab, dim)
         self.pos = Embedding(init, seq, dim)
-        self.blocks = [Block(init, dim, heads, attention, dropout, generator)
+        self.blocks = [Block(init, dim, heads, attention, dropout, generator, attention_dtype)
                        for _ in range(layers)]
         self.ln_f = LayerNorm(init, dim)
         self.head = Linear(init, dim, vocab, std=0.02)

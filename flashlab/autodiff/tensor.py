@@ -377,13 +377,15 @@ class Tensor:
         """Rows of this (V, C) table picked by integer `ids` (...): shape (..., C)."""
         return tf.Embedding.apply(self, ids)
 
-    def flash_attention(self, k, v, causal=False):
+    def flash_attention(self, k, v, causal=False, dtype=None):
         """FlashAttention with self as q (B, H, Nq, d) and k, v (B, H, Nk, d).
 
         One node in the graph; it saves O and the logsumexp (O(N) per head), never the N x N
-        matrix. On GPU (CuPy float32) a CUDA kernel runs; on CPU the NumPy reference.
+        matrix. On GPU (CuPy float32) a CUDA kernel runs; on CPU the NumPy reference. dtype
+        "bfloat16" / "float16": the op in 16 bits (the tensor-core kernel on a GPU), O and the
+        gradients in self's dtype.
         """
-        return tf.FlashAttention.apply(self, k, v, causal=causal)
+        return tf.FlashAttention.apply(self, k, v, causal=causal, dtype=dtype)
 
     def standard_attention(self, k, v, causal=False):
         """softmax(tau q k^T) v built from matmul, softmax and matmul, for comparison: the graph

@@ -39,6 +39,7 @@ class TrainConfig:
     device: str = "cpu"
     sample: int = 200
     dropout: float = 0.0
+    attention_dtype: str | None = None  # "bfloat16" / "float16": the flash op in 16 bits
 
     @property
     def dtype(self):
@@ -131,7 +132,7 @@ def train(config: TrainConfig, text: str | None = None, on_step=None) -> TrainRe
     with _Memory(config.device) as mem:
         model = Decoder(tok.vocab_size, config.seq, config.dim, config.layers, config.heads,
                         config.attention, config.dropout, config.seed, config.device,
-                        config.dtype)
+                        config.dtype, attention_dtype=config.attention_dtype)
         result.parameters = sum(p.size for p in model.parameters())
         opt = Adam(model.parameters(), lr=config.lr)
         for step in range(1, config.steps + 1):

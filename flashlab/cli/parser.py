@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  flashlab train --attention flash --steps 200\n"
                "  flashlab train --compare --steps 10    # flash and standard, same seed\n"
-               "  flashlab train --device gpu --steps 500 --dim 128 --layers 4\n")
+               "  flashlab train --device gpu --steps 500 --dim 128 --layers 4\n"
+               "  flashlab train --device gpu --dtype bfloat16 --compare --seq 1024 --dim 256\n")
     tr.add_argument("--attention", default="flash", choices=("flash", "standard"),
                     help="flash: one FlashAttention node; standard: matmul-softmax-matmul")
     tr.add_argument("--compare", action="store_true",
@@ -186,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dim", type=int, default=64, help="model width C (default 64)")
     tr.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--dtype", default=None, choices=("bfloat16", "float16"),
+                    help="mixed precision: the flash attention op in 16 bits (on a GPU the "
+                         "tensor-core kernel); the rest of the model, and standard attention "
+                         "under --compare, stay float32 (float64 on the CPU)")
     tr.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                     help="cpu: float64 NumPy; gpu: float32 CuPy and the CUDA kernels")
     tr.add_argument("--sample", type=int, default=200, metavar="N",

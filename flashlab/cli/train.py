@@ -28,12 +28,18 @@ def _cmd_train(args) -> int:
             raise EnvironmentError("flashlab train --device gpu needs CuPy and a CUDA GPU, and "
                                    f"none was found ({install_hint('cuda13')}); use --device cpu")
     kinds = ["flash", "standard"] if args.compare else [args.attention]
+    if args.dtype is not None and "flash" not in kinds:
+        raise UsageError(f"flashlab train: --dtype {args.dtype} runs the flash attention op in 16 "
+                         "bits; with --attention standard there is none (use --attention flash "
+                         "or --compare)")
     config = dict(steps=args.steps, batch=args.batch, seq=args.seq, layers=args.layers,
                   heads=args.heads, dim=args.dim, lr=args.lr, seed=args.seed, device=args.device)
     text = data_mod.load_text()
     every = args.log_every or max(1, args.steps // 10)
     dtype = "float32" if args.device == "gpu" else "float64"
     where = ("CUDA kernels" if args.device == "gpu" else "the NumPy reference") + " for flash"
+    if args.dtype:
+        where += f", flash attention in {args.dtype}" + (" (tc)" if args.device == "gpu" else "")
     print(f"flashlab train: {' vs '.join(kinds)} attention on {args.device} ({dtype}; {where}), "
           f"{args.layers} layers, {args.heads} heads, dim {args.dim} (head dim "
           f"{args.dim // args.heads}), seq {args.seq}, batch {args.batch}, lr {args.lr}, "
@@ -53,7 +59,9 @@ def _cmd_train(args) -> int:
                 print(f"step {step:>5}/{args.steps}  loss {loss:.4f}", flush=True)
 
         sample = args.sample if kind == kinds[0] else 0
-        results[kind] = train(TrainConfig(attention=kind, sample=sample, **config), text, on_step)
+        lowp = args.dtype if kind == "flash" else None
+        results[kind] = train(TrainConfig(attention=kind, sample=sample, attention_dtype=lowp,
+                                          **config), text, on_step)
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
 
