@@ -88,9 +88,8 @@ class FlashAttention(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from ..api import flash_attention_backward
-
         from .. import lowp
+        from ..api import flash_attention_backward
 
         q, k, v, o, lse = ctx.saved_values
         xp = array_module(grad)
