@@ -10,6 +10,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh timeline [args]  (torch.profiler: kernels, GPU busy vs wall)
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants [bench args] (tc variants vs FlexAttention, d 128 and 64)
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants-ab BASE_DIR (variant builds, interleaved A/B)
+#   OUT=/tmp/out bash scripts/gpu_check.sh poster [args]  (the seed poster's two figures, measured)
 #   OUT=/tmp/out bash scripts/gpu_check.sh turing [BASE_DIR] (tc.cu's compute_75 build: its GPU tests,
 #       the sanitizer, fp16 against SDPA; with a base tree, an interleaved A/B of the build)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
@@ -119,6 +120,12 @@ if [[ $what == variants-ab ]]; then
   echo "== attention variants, interleaved A/B: ${1:?BASE_DIR} (A) against this tree (B): $spec"
   python3 scripts/tc_ab.py "$1" --variant "$spec" --out "$OUT/variants_ab" \
     --repeat ${VARIANT_REPEAT:-20} 2>&1 | tee "$OUT/variants_ab.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == poster ]]; then
+  echo "== the seed poster's figures: the ladder by N, and flash against standard attention in training"
+  python3 scripts/poster_figures.py --out "$OUT/poster" "$@" 2>&1 | tee "$OUT/poster.txt" | tail -25
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 
