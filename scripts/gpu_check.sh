@@ -11,6 +11,7 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants [bench args] (tc variants vs FlexAttention, d 128 and 64)
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants-ab BASE_DIR (variant builds, interleaved A/B)
 #   OUT=/tmp/out bash scripts/gpu_check.sh poster [args]  (the seed poster's two figures, measured)
+#   OUT=/tmp/out bash scripts/gpu_check.sh tma      (issue 22's first probe: a TMA tensor map in a CuPy launch)
 #   OUT=/tmp/out bash scripts/gpu_check.sh turing [BASE_DIR] (tc.cu's compute_75 build: its GPU tests,
 #       the sanitizer, fp16 against SDPA; with a base tree, an interleaved A/B of the build)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
@@ -120,6 +121,12 @@ if [[ $what == variants-ab ]]; then
   echo "== attention variants, interleaved A/B: ${1:?BASE_DIR} (A) against this tree (B): $spec"
   python3 scripts/tc_ab.py "$1" --variant "$spec" --out "$OUT/variants_ab" \
     --repeat ${VARIANT_REPEAT:-20} 2>&1 | tee "$OUT/variants_ab.txt"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+
+if [[ $what == tma ]]; then
+  echo "== probe: cp.async.bulk.tensor with a __grid_constant__ CUtensorMap from cuda-bindings"
+  python3 scripts/probe_tma.py 2>&1 | tee "$OUT/tma.txt"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 
