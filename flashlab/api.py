@@ -33,6 +33,7 @@ import numpy as np
 from . import launch, lowp, registry
 from .checks import check_array_type, check_backward, check_flag, check_qkv
 from .launch import device
+from .launch.plans import NoTileFits
 
 KERNEL_NAMES = ("auto",) + registry.names()
 BACKENDS = ("auto", "reference", "cpu", "gpu")
@@ -163,11 +164,11 @@ def _resolve(kernel: str, q, direction: str = "forward") -> str:
 
 def _no_room(name: str, q, direction: str) -> str:
     """Why kernel `name`'s tiles for this pass do not fit q's GPU ("" where they do): the
-    launcher's plan refuses them (ValueError naming the bytes)."""
+    launcher's plan refuses them (plans.NoTileFits, naming the bytes)."""
     try:
         launch.launch_plan(name, q.device.id, _head_dim(q), direction)
-    except ValueError as e:
-        return str(e).split(": use kernel=")[0]
+    except NoTileFits as e:
+        return e.why
     return ""
 
 

@@ -22,35 +22,45 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
-def bench(tree: Path, d: int, causal: bool, seqs: str, repeat: int, out: Path,
-          dtype: str = "bfloat16") -> dict:
-    """(N, direction) -> ms of one `flashlab bench` run from `tree`."""
+def _flashlab_bench(tree: Path, args: list, out: Path) -> list:
+    """The rows of one `flashlab bench ARGS --json OUT` run from `tree`, in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    args = [sys.executable, "-m", "flashlab", "bench", "--dtype", dtype, "--head-dim", str(d),
-            "--kernels", "tc", "--backward", "--seq", seqs, "--repeat", str(repeat),
-            "--json", str(out)] + (["--causal"] if causal else [])
+    args = [sys.executable, "-m", "flashlab", "bench", *args, "--json", str(out)]
     r = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise SystemExit(f"{tree}: {' '.join(args)} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
-    rows = json.loads(out.read_text())["rows"]
+    return json.loads(out.read_text())["rows"]
+
+
+def bench(tree: Path, d: int, causal: bool, seqs: str, repeat: int, out: Path,
+          dtype: str = "bfloat16") -> dict:
+    """(N, direction) -> ms of one `flashlab bench` run from `tree`."""
+    rows = _flashlab_bench(tree, ["--dtype", dtype, "--head-dim", str(d), "--kernels", "tc",
+                                  "--backward", "--seq", seqs, "--repeat", str(repeat)]
+                           + (["--causal"] if causal else []), out)
     return {(row["N"], row["direction"]): row["ms"] for row in rows if row["kernel"] == "tc"}
 
 
 def bench_variants(tree: Path, d: int, spec: str, repeat: int, out: Path) -> dict:
     """(variant, pass) -> ms of one `flashlab bench --variant` run from `tree` (backward: forward
     + backward less forward)."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    args = [sys.executable, "-m", "flashlab", "bench", "--variant", spec, "--head-dim", str(d),
-            "--repeat", str(repeat), "--json", str(out)]
-    r = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        raise SystemExit(f"{tree}: {' '.join(args)} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
-    rows = json.loads(out.read_text())["rows"]
+    rows = _flashlab_bench(tree, ["--variant", spec, "--head-dim", str(d), "--repeat",
+                                  str(repeat)], out)
     if any(row["flashlab_fwd"] is None for row in rows):
         raise SystemExit(f"{tree}: a variant failed its check: {rows}")
     return {k: v for row in rows for k, v in (
         ((row["variant"], "forward"), row["flashlab_fwd"]),
         ((row["variant"], "backward"), row["flashlab_fwdbwd"] - row["flashlab_fwd"]))}
+
+
+def abba(base: Path, measure) -> list:
+    """measure(tree, run) -> {cell: ms}, run as A B B A (A: base, B: this tree; run names the
+    run, "A0" .. "A3"); per cell (cell, median A ms, median B ms)."""
+    runs = {"A": [], "B": []}
+    for k, who in enumerate("ABBA"):
+        runs[who].append(measure(base.resolve() if who == "A" else HERE, f"{who}{k}"))
+    return [(key, statistics.median(r[key] for r in runs["A"]),
+             statistics.median(r[key] for r in runs["B"])) for key in runs["A"][0]]
 
 
 def main():
@@ -63,41 +73,27 @@ def main():
     p.add_argument("--variant", default=None, help="flashlab bench --variant's SPEC")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    lines = ["| d | causal | N | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|---|"]
-    worst = (0.0, None)
-    if a.variant:
+    if a.variant:  # (the cells' leading columns, measure) per configuration
+        what = "d, variant, pass"
         lines = ["| d | variant | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|"]
-    for d in (64, 128):
-        if a.variant:
-            runs = {"A": [], "B": []}
-            for k, who in enumerate("ABBA"):
-                tree = a.base.resolve() if who == "A" else HERE
-                runs[who].append(bench_variants(tree, d, a.variant, a.repeat,
-                                                a.out / f"{who}{k}_variants_d{d}.json"))
-            for key in runs["A"][0]:
-                ms_a = statistics.median(r[key] for r in runs["A"])
-                ms_b = statistics.median(r[key] for r in runs["B"])
-                worst = max(worst, (ms_b / ms_a, (d,) + key))
-                lines.append(f"| {d} | {key[0]} | {key[1]} | {ms_a:.3f} | {ms_b:.3f} | "
-                             f"{ms_b / ms_a:.3f} |")
-            print("\n".join(lines[-len(runs['A'][0]):]), flush=True)
-            continue
-        for causal in (False, True):
-            runs = {"A": [], "B": []}
-            for k, who in enumerate("ABBA"):
-                tree = a.base.resolve() if who == "A" else HERE
-                runs[who].append(bench(tree, d, causal, a.seq, a.repeat,
-                                       a.out / f"{who}{k}_d{d}{'_causal' if causal else ''}.json",
-                                       a.dtype))
-            for key in sorted(runs["A"][0]):
-                ms_a = statistics.median(r[key] for r in runs["A"])
-                ms_b = statistics.median(r[key] for r in runs["B"])
-                ratio = ms_b / ms_a
-                worst = max(worst, (ratio, (d, causal) + key))
-                lines.append(f"| {d} | {'yes' if causal else 'no'} | {key[0]} | {key[1]} | "
-                             f"{ms_a:.3f} | {ms_b:.3f} | {ratio:.3f} |")
-            print("\n".join(lines[-len(runs['A'][0]):]), flush=True)
-    what = "d, variant, pass" if a.variant else "d, causal, N, pass"
+        configs = [((d,), lambda tree, run, d=d: bench_variants(
+                       tree, d, a.variant, a.repeat, a.out / f"{run}_variants_d{d}.json"))
+                   for d in (64, 128)]
+    else:
+        what = "d, causal, N, pass"
+        lines = ["| d | causal | N | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|---|"]
+        configs = [((d, "yes" if causal else "no"), lambda tree, run, d=d, causal=causal: bench(
+                       tree, d, causal, a.seq, a.repeat,
+                       a.out / f"{run}_d{d}{'_causal' if causal else ''}.json", a.dtype))
+                   for d in (64, 128) for causal in (False, True)]
+    worst = (0.0, None)
+    for prefix, measure in configs:
+        cells = abba(a.base, measure)
+        for key, ms_a, ms_b in cells:
+            worst = max(worst, (ms_b / ms_a, prefix + key))
+            lines.append("| " + " | ".join(map(str, prefix + key)) + f" | {ms_a:.3f} | "
+                         f"{ms_b:.3f} | {ms_b / ms_a:.3f} |")
+        print("\n".join(lines[-len(cells):]), flush=True)
     lines.append(f"\nworst cell: B/A = {worst[0]:.3f} at {what} = {worst[1]}")
     (a.out / "tc_ab.md").write_text("\n".join(lines) + "\n")
     print(lines[-1])

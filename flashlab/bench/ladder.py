@@ -44,7 +44,7 @@ def merge(reports: dict) -> Report:
     header = {k: v for k, v in first.header.items() if k not in ("dtype", "baseline", "check")}
     header["dtype"] = " and ".join(reports)
     header["baseline"] = f"{BASELINE} {SHORT['float32']}"
-    header["check"] = ("float32: max error against the float64 oracle; bfloat16: FlashAttention's "
+    header["check"] = ("float32: max error against the float64 oracle; 16 bits: FlashAttention's "
                        "2x rule (ratio of the bound)")
     out = Report(header)
     order = {}

@@ -131,11 +131,15 @@ def _cmd_bench(args) -> int:
               f"(M = {hbm.DEFAULT_SRAM} floats):")
         print(tabulate(bench.traffic_rows(seqs, args.head_dim, args.causal), headers="keys",
                        floatfmt=".3g"))
+    return _written_and_status(report, args)
+
+
+def _written_and_status(report, args) -> int:
+    """Say which files were written; the exit status: 1 where a row failed its check."""
     for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
         if path:
             print(f"{what} written to {path}")
-    wrong = [r for r in report.rows if r.check.startswith("WRONG")]
-    return 1 if wrong else 0
+    return 1 if any(r.check.startswith("WRONG") for r in report.rows) else 0
 
 
 def _write_outputs(report, args) -> None:
@@ -175,10 +179,7 @@ def _cmd_ladder(args) -> int:
           "float32, then tensor cores (tc) in 16 bits; --dtype float32 or bfloat16 for one rung "
           "set, --compare torch for all of SDPA's backends there.")
     _print_report(report, args)
-    for what, path in (("plot", args.plot), ("JSON", args.json), ("CSV", args.csv)):
-        if path:
-            print(f"{what} written to {path}")
-    return 1 if any(r.check.startswith("WRONG") for r in report.rows) else 0
+    return _written_and_status(report, args)
 
 
 def _cmd_variants(args) -> int:

@@ -225,14 +225,23 @@ def tc_plan_fitting(d: int, direction: str, variant: str, smem_bytes: int) -> di
     return p
 
 
+class NoTileFits(ValueError):
+    """A kernel's tiles need more shared memory per block than the GPU allows. `why` says so in
+    bytes; the message adds what to run instead."""
+
+    def __init__(self, why: str, instead: str):
+        super().__init__(f"{why}: {instead}")
+        self.why = why
+
+
 def tc_plan_for(d: int, direction: str, smem_bytes: int, variant: str | None = None) -> dict:
     """plan() of kernel 'tc': tc_plan_fitting, refused where the device's shared memory is too
     small for every tile it has."""
     p = tc_plan_fitting(d, direction, variant or registry.get(_TC).portable_variant(), smem_bytes)
     if p["smem"] > smem_bytes:
         fallbacks = registry.for_auto("float32")
-        raise ValueError(f"kernel {_TC!r} at head_dim {d} needs {p['smem']} bytes of shared "
-                         f"memory per block; this GPU allows {smem_bytes}: use kernel="
-                         + " or ".join(repr(n) for n in fallbacks)
+        raise NoTileFits(f"kernel {_TC!r} at head_dim {d} needs {p['smem']} bytes of shared "
+                         f"memory per block; this GPU allows {smem_bytes}",
+                         "use kernel=" + " or ".join(repr(n) for n in fallbacks)
                          + " on float32 inputs (x.astype(cupy.float32))")
     return p
