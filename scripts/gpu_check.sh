@@ -3,6 +3,8 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh [tests|sanitize|tutorials|tc-table|bench|all] [extra bench args]
 #   OUT=/tmp/out bash scripts/gpu_check.sh tune [scripts/tc_tune.py args]   (tile search, not in all)
 #   OUT=/tmp/out bash scripts/gpu_check.sh profile [d N --causal --torch]  (ncu of tc, not in all)
+#   OUT=/tmp/out bash scripts/gpu_check.sh profile-sass [d N --causal]  (ncu stalls per SASS line of
+#       PROFILE_KERNEL, default tc90_backward; not in all)
 #   OUT=/tmp/out bash scripts/gpu_check.sh ab BASE_DIR     (interleaved tc A/B against a base tree)
 #   OUT=/tmp/out bash scripts/gpu_check.sh host [BASE_DIR]  (flashlab.torch host time vs SDPA, before/after)
 #   OUT=/tmp/out bash scripts/gpu_check.sh gpt2             (GPT-2 small bf16 training, vs SDPA)
@@ -178,6 +180,20 @@ if [[ $what == profile ]]; then
     python3 scripts/tc_profile.py "$@" > "$OUT/ncu_tc.txt" 2>&1 || status=1
   grep -E "tc_|Duration|Compute \(SM\) Throughput|Memory Throughput|Shared|Achieved Occupancy|Registers|Stall|Issue Slots|Pipe" \
     "$OUT/ncu_tc.txt" | head -80
+fi
+
+if [[ $what == profile-sass ]]; then
+  # where one kernel's warps stall, per SASS instruction (ncu's source page, sampled stalls)
+  kern=${PROFILE_KERNEL:-tc90_backward}
+  echo "== Nsight Compute, per SASS instruction: $kern (scripts/tc_profile.py ${*:-128 4096})"
+  ncu -k "regex:$kern" --launch-count 1 --clock-control none --section WarpStateStats \
+    --section SourceCounters --section SpeedOfLight -o "$OUT/sass_rep" -f \
+    python3 scripts/tc_profile.py "$@" > "$OUT/ncu_sass_run.txt" 2>&1 || status=1
+  ncu -i "$OUT/sass_rep.ncu-rep" --page details > "$OUT/ncu_sass_details.txt" 2>&1 || status=1
+  ncu -i "$OUT/sass_rep.ncu-rep" --page source --csv --print-source sass \
+    > "$OUT/ncu_sass.csv" 2>&1 || status=1
+  rm -f "$OUT/sass_rep.ncu-rep"; gzip -f "$OUT/ncu_sass.csv"
+  grep -E "Duration|Throughput|Stall|Issue|Warp Cycles" "$OUT/ncu_sass_details.txt" | head -40
 fi
 
 if [[ $what == all || $what == bench ]]; then

@@ -2,6 +2,7 @@
 
     python3 scripts/tc_ab.py BASE_DIR [--out DIR] [--repeat 20] [--seq 2048,16384] [--dtype float16]
     python3 scripts/tc_ab.py BASE_DIR --variant causal,causal-mask,window,document
+    python3 scripts/tc_ab.py BASE_DIR --also TREE_C,TREE_D   (more candidates, A B C D D C B A)
 
 BASE_DIR holds the base commit's files (`git archive BASE | tar -x -C BASE_DIR`). For each
 configuration (bf16 unless --dtype says, d = 64 and 128, causal and not) it runs `flashlab bench --kernels tc
@@ -53,14 +54,17 @@ def bench_variants(tree: Path, d: int, spec: str, repeat: int, out: Path) -> dic
         ((row["variant"], "backward"), row["flashlab_fwdbwd"] - row["flashlab_fwd"]))}
 
 
-def abba(base: Path, measure) -> list:
+def abba(base: Path, measure, also: tuple = ()) -> list:
     """measure(tree, run) -> {cell: ms}, run as A B B A (A: base, B: this tree; run names the
-    run, "A0" .. "A3"); per cell (cell, median A ms, median B ms)."""
-    runs = {"A": [], "B": []}
-    for k, who in enumerate("ABBA"):
-        runs[who].append(measure(base.resolve() if who == "A" else HERE, f"{who}{k}"))
-    return [(key, statistics.median(r[key] for r in runs["A"]),
-             statistics.median(r[key] for r in runs["B"])) for key in runs["A"][0]]
+    run, "A0" .. "A3"); with `also` (more candidate trees C, D, ...) as A B C .. C B A. Per cell
+    (cell, median A ms, median B ms, median ms of each of `also`)."""
+    trees = [base.resolve(), HERE, *(t.resolve() for t in also)]
+    order = list(range(len(trees))) + list(reversed(range(len(trees))))
+    runs = [[] for _ in trees]
+    for k, who in enumerate(order):
+        runs[who].append(measure(trees[who], f"{chr(65 + who)}{k}"))
+    return [(key, *(statistics.median(r[key] for r in tree_runs) for tree_runs in runs))
+            for key in runs[0][0]]
 
 
 def main():
@@ -71,28 +75,34 @@ def main():
     p.add_argument("--seq", default="2048,16384")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--variant", default=None, help="flashlab bench --variant's SPEC")
+    p.add_argument("--also", default="", help="more candidate trees (C, D, ..., comma-separated), "
+                   "each against A in the same interleaved run")
     a = p.parse_args()
+    also = tuple(Path(t) for t in a.also.split(",") if t)
+    extra = "".join(f" {chr(67 + k)} ms | {chr(67 + k)}/A |" for k in range(len(also)))
+    rule = "---|---|" * len(also)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.variant:  # (the cells' leading columns, measure) per configuration
         what = "d, variant, pass"
-        lines = ["| d | variant | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|"]
+        lines = ["| d | variant | pass | A ms | B ms | B/A |" + extra, "|---|---|---|---|---|---|" + rule]
         configs = [((d,), lambda tree, run, d=d: bench_variants(
                        tree, d, a.variant, a.repeat, a.out / f"{run}_variants_d{d}.json"))
                    for d in (64, 128)]
     else:
         what = "d, causal, N, pass"
-        lines = ["| d | causal | N | pass | A ms | B ms | B/A |", "|---|---|---|---|---|---|---|"]
+        lines = ["| d | causal | N | pass | A ms | B ms | B/A |" + extra,
+                 "|---|---|---|---|---|---|---|" + rule]
         configs = [((d, "yes" if causal else "no"), lambda tree, run, d=d, causal=causal: bench(
                        tree, d, causal, a.seq, a.repeat,
                        a.out / f"{run}_d{d}{'_causal' if causal else ''}.json", a.dtype))
                    for d in (64, 128) for causal in (False, True)]
     worst = (0.0, None)
     for prefix, measure in configs:
-        cells = abba(a.base, measure)
-        for key, ms_a, ms_b in cells:
-            worst = max(worst, (ms_b / ms_a, prefix + key))
-            lines.append("| " + " | ".join(map(str, prefix + key)) + f" | {ms_a:.3f} | "
-                         f"{ms_b:.3f} | {ms_b / ms_a:.3f} |")
+        cells = abba(a.base, measure, also)
+        for key, ms_a, *ms_rest in cells:
+            worst = max(worst, (ms_rest[0] / ms_a, prefix + key))
+            lines.append("| " + " | ".join(map(str, prefix + key)) + f" | {ms_a:.3f} |" +
+                         "".join(f" {ms:.3f} | {ms / ms_a:.3f} |" for ms in ms_rest))
         print("\n".join(lines[-len(cells):]), flush=True)
     lines.append(f"\nworst cell: B/A = {worst[0]:.3f} at {what} = {worst[1]}")
     (a.out / "tc_ab.md").write_text("\n".join(lines) + "\n")
