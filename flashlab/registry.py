@@ -58,8 +58,10 @@ TURING_FORCE = "FLASHLAB_TC_TURING"
 #   backward: BR queries per step, BC keys per thread block (BC / 64 warpgroups), QS stages of
 #             Q_i, dO_i
 #   both:     MINB thread blocks per multiprocessor the compiler must fit in registers
-TC90_FORWARD = {64: dict(BC=64, NWG=2, MINB=2), 128: dict(BC=64, NWG=1, MINB=2)}
-TC90_BACKWARD = {64: dict(BR=128, BC=128, QS=2, MINB=1), 128: dict(BR=64, BC=128, QS=2, MINB=1)}
+TC90_FORWARD = {32: dict(BC=64, NWG=2, MINB=2), 64: dict(BC=64, NWG=2, MINB=2),
+                128: dict(BC=64, NWG=1, MINB=2)}
+TC90_BACKWARD = {32: dict(BR=128, BC=128, QS=2, MINB=1), 64: dict(BR=128, BC=128, QS=2, MINB=1),
+                 128: dict(BR=64, BC=128, QS=2, MINB=1)}
 
 # 16-bit unit roundoff (2^-11, 2^-8): kernel 'tc' is compared with its twin at TC_UNITS of it.
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -294,7 +296,7 @@ LOWP = ("float16", "bfloat16")
 FA2_HEAD_DIMS = (16, 32, 64, 96, 128)  # D must be a multiple of 16 (16 x 16 thread grid)
 FA1_MAX_HEAD_DIM = 256
 TC_HEAD_DIMS = (32, 64, 96, 128, 256)  # the row widths kernels/tc.cu swizzles (swz)
-TC90_HEAD_DIMS = (64, 128)
+TC90_HEAD_DIMS = (32, 64, 128)  # 32: one panel in the 64-byte swizzle
 
 KERNELS: dict[str, KernelSpec] = {s.name: s for s in [
     KernelSpec(

@@ -16,7 +16,9 @@
  *   - shared-memory tiles use wgmma's 128-byte swizzle: a (R x W) tile is stored as W / 64 panels
  *     of (R x 64), each row 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8). A descriptor
  *     names a panel's start, the distance between 8-row groups (SBO = 1024 bytes) and, where a
- *     product spans two panels along its N or M side, the distance between panels (LBO).
+ *     product spans two panels along its N or M side, the distance between panels (LBO). A matrix
+ *     32 columns wide (head dim 32) is one panel of 64-byte rows in the 64-byte swizzle: chunk c of
+ *     row r at c ^ ((r / 2) % 4), SBO 512 bytes (Panel<W> below).
  *
  * Reference: flashlab/reference/tc.py with the launch's tile shape (tc_plan in flashlab/launch/plans.py):
  *   forward  Br = 64 NWG rows (warp w owns rows 16 w .. 16 w + 15), Bk = Bc;
@@ -44,11 +46,27 @@ __device__ __forceinline__ void fence_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-/* A wgmma shared-memory descriptor: start address, LBO and SBO in 16-byte units, swizzle mode 1
- * (128 bytes). Adding (bytes >> 4) to it moves the start address. */
-__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
+/* The panel layout of a tile W columns wide: panels of 64 columns in the 128-byte swizzle (W a
+ * multiple of 64), or one panel of 32 columns in the 64-byte swizzle (W = 32). */
+template <int W>
+struct Panel {
+    static_assert(W == 32 || W % 64 == 0, "panel tiles are 32 or a multiple of 64 columns wide");
+    static constexpr int COLS = W == 32 ? 32 : 64;  // columns of one panel
+    static constexpr u32 ROWB = COLS * 2;            // bytes of a panel row
+    static constexpr u32 SBO = 8 * ROWB;             // bytes between 8-row groups
+    static constexpr u64 MODE = W == 32 ? 2 : 1;     // the descriptor's swizzle: 64 or 128 bytes
+    // where 16-byte chunk c (< COLS / 8) of row r lies in the row
+    static __device__ __forceinline__ u32 chunk(int c, int r) {
+        return W == 32 ? (u32)(c ^ ((r >> 1) & 3)) : (u32)(c ^ (r & 7));
+    }
+};
+
+/* A wgmma shared-memory descriptor of a panel tile W columns wide: start address, LBO and SBO in
+ * 16-byte units, Panel<W>'s swizzle. Adding (bytes >> 4) to it moves the start address. */
+template <int W>
+__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo = Panel<W>::SBO) {
     return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) |
-           (1ull << 62);
+           (Panel<W>::MODE << 62);
 }
 
 /* rows [row0, row0 + R) of an (N, W) 16-bit matrix, rows `stride` elements apart -> a panel tile at
@@ -57,11 +75,12 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
  * offsets (copy_passes, tc_common.cuh, moves the global address). */
 template <int W, int R, int NT>
 __device__ __forceinline__ void load_panels(u32 tile, const u16* src, int stride, int row0, int N) {
-    constexpr int CH = W / 8, RS = NT / CH;
-    static_assert(W % 64 == 0 && NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split");
+    using P = Panel<W>;
+    constexpr int CH = W / 8, CP = P::COLS / 8, RS = NT / CH;  // chunks of a row, of a panel row
+    static_assert(NT % CH == 0 && RS % 8 == 0 && R % RS == 0, "tile does not split");
     const int r = threadIdx.x / CH, c = threadIdx.x % CH;
-    const u32 dst = tile + (u32)((c >> 3) * R * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-    copy_passes<R, RS>(dst, RS * 128, src, src + (long long)(row0 + r) * stride + c * 8, stride,
+    const u32 dst = tile + (u32)((c / CP) * R * P::ROWB + r * P::ROWB + (P::chunk(c % CP, r) << 4));
+    copy_passes<R, RS>(dst, RS * P::ROWB, src, src + (long long)(row0 + r) * stride + c * 8, stride,
                        N - row0 - r);
 }
 
@@ -75,11 +94,18 @@ __device__ __forceinline__ void wg_keep(u32 (&a)[R][4]) {
         for (int y = 0; y < 4; ++y) asm volatile("" : "+r"(a[x][y]) :: "memory");
 }
 
-/* Byte offset of the 16-column step kk of a K-major panel tile of R rows (inner dimension along
- * the row): panel kk / 4, 32 bytes per step inside the 128-byte row. */
-template <int R>
+/* Byte offset of the 16-column step kk of a K-major panel tile of R rows, W columns (inner
+ * dimension along the row): panel kk / (COLS / 16), 32 bytes per step inside the panel row. */
+template <int R, int W>
 __device__ __forceinline__ constexpr u32 kmajor_step(int kk) {
-    return (u32)((kk >> 2) * R * 128 + (kk & 3) * 32);
+    constexpr int SP = Panel<W>::COLS / 16;  // steps per panel
+    return (u32)((kk / SP) * R * Panel<W>::ROWB + (kk % SP) * 32);
+}
+/* Byte offset of the 16-row step kk of an MN-major panel tile W columns wide (inner dimension
+ * down the rows) */
+template <int W>
+__device__ __forceinline__ constexpr u32 mnmajor_step(int kk) {
+    return (u32)(kk * 16 * Panel<W>::ROWB);
 }
 
 /* A warp's part of a wgmma accumulator (x[4 n + e], the layout wgmma.cuh describes) as the one
@@ -121,7 +147,8 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
              long long* tr_seq) {        // (B, H, Tr, Tc)
     constexpr int BR = 64 * NWG, NT = NWG * 128;
     constexpr u32 TILE = BC * D * 2;
-    static_assert(BC % 16 == 0 && BC <= 256 && D % 64 == 0 && D <= 128, "unsupported tile");
+    static_assert(BC % 16 == 0 && BC <= 256 && (D == 32 || D % 64 == 0) && D <= 128, "unsupported tile");
+    using PD = Panel<D>;
     extern __shared__ __align__(1024) uint4 smem[];
     const u32 sQ = smem_addr(smem);
     if ((sQ & 1023u) != 0) __trap();  // the swizzle needs 1024-byte aligned tiles
@@ -153,10 +180,10 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
     for (int x = 0; x < D / 2; ++x) o[x] = 0.0f;
     const int wrow = warp * 16;  // this warp's first row in the block
     // A = Q_i rows 64 wg .. (K-major); B = K_j (K-major); B = V_j (MN-major: N = D along the row,
-    // panels BC * 128 bytes apart)
-    const u64 dQ = wg_desc(sQ + wg * 64 * 128, 16, 1024);
-    const u64 dK = wg_desc(sK, 16, 1024);
-    const u64 dV = wg_desc(sV, BC * 128, 1024);
+    // panels BC rows apart)
+    const u64 dQ = wg_desc<D>(sQ + wg * 64 * PD::ROWB, 16);
+    const u64 dK = wg_desc<D>(sK, 16);
+    const u64 dV = wg_desc<D>(sV, BC * PD::ROWB);
 #ifdef FLASHLAB_TRACE
     // step j - 1's state (m, l, O~) is complete in iteration j, after P~_{j-1} V_{j-1} lands
     auto trace_step = [&](int jj, const float (&mm)[2], const float (&ll)[2]) {
@@ -182,8 +209,8 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wg_ss<BF16, BC, 0, 0>(s, dQ + (kmajor_step<BR>(kk) >> 4),
-                                  dK + ((((j & 1) * TILE) + kmajor_step<BC>(kk)) >> 4), kk > 0);
+            wg_ss<BF16, BC, 0, 0>(s, dQ + (kmajor_step<BR, D>(kk) >> 4),
+                                  dK + ((((j & 1) * TILE) + kmajor_step<BC, D>(kk)) >> 4), kk > 0);
         wg_commit();
     };
     // O~ += P~_j V_j, issued (not waited for)
@@ -192,7 +219,7 @@ tc90_forward(const u16* __restrict__ Q,  // (B, H, Nq, D), rows as qr says
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
-            wg_rs<BF16, D, 1>(o, p[kk], dV + ((((j & 1) * TILE) + kk * 16 * 128) >> 4), 1);
+            wg_rs<BF16, D, 1>(o, p[kk], dV + ((((j & 1) * TILE) + mnmajor_step<D>(kk)) >> 4), 1);
         wg_commit();
     };
     // S of tile j: the scale and mask, the online softmax (m, l, and P~ rounded to 16 bits into
@@ -318,8 +345,9 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     // tall) and by rows when BR = 128
     constexpr bool DQ_ROWS = BR == 128;
     constexpr int DQ = DQ_ROWS ? D : D / NWG;  // dQ columns per warpgroup
-    static_assert(BC == 128 && (BR == 64 || (BR == 128 && D == 64)) && D % 64 == 0 && D <= 128,
-                  "unsupported tile");
+    static_assert(BC == 128 && (BR == 64 || (BR == 128 && D <= 64)) && (D == 32 || D % 64 == 0) &&
+                  D <= 128 && (DQ_ROWS || D >= 64), "unsupported tile");
+    using PD = Panel<D>;
     static_assert(QS == 2 || QS == 3, "Q_i, dO_i take 2 or 3 stages");
     constexpr u32 KV = BC * D * 2, QT = BR * D * 2;                 // bytes of a K_j and a Q_i tile
     constexpr u32 OK_ = 0, OV = KV, OS = 2 * KV, OQ = OS + BC * BR * 2, STG = 2 * QT;
@@ -354,44 +382,54 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
     // descriptors: A = K_j, V_j rows 64 wg .. (K-major); B = Q_i, dO_i (K-major, for S^T, dP^T);
     // B = dO_i, Q_i (MN-major, for dV~, dK~); A = dS (MN-major: dS^T rows are keys); B = K_j
     // (MN-major, columns wg DQ ..)
-    const u64 aK = wg_desc(s0 + OK_ + wg * 64 * 128, 16, 1024);
-    const u64 aV = wg_desc(s0 + OV + wg * 64 * 128, 16, 1024);
-    const u64 bQk = wg_desc(s0 + OQ, 16, 1024);
-    const u64 bQm = wg_desc(s0 + OQ, BR * 128, 1024);
-    const u64 aS = wg_desc(s0 + OS + (DQ_ROWS ? wg * BC * 128 : 0), BC * 128, 1024);
-    const u64 bKm = wg_desc(s0 + OK_ + (DQ_ROWS ? 0 : (wg * DQ / 64) * BC * 128 + (wg * DQ % 64) * 2),
-                            BC * 128, 1024);
+    const u64 aK = wg_desc<D>(s0 + OK_ + wg * 64 * PD::ROWB, 16);
+    const u64 aV = wg_desc<D>(s0 + OV + wg * 64 * PD::ROWB, 16);
+    const u64 bQk = wg_desc<D>(s0 + OQ, 16);
+    const u64 bQm = wg_desc<D>(s0 + OQ, BR * PD::ROWB);
+    const u64 aS = wg_desc<BR>(s0 + OS + (DQ_ROWS ? wg * BC * 128 : 0), BC * 128);  // dS^T: 128-byte rows
+    const u64 bKm = wg_desc<D>(s0 + OK_ + (DQ_ROWS ? 0 : (wg * DQ / 64) * BC * PD::ROWB + (wg * DQ % 64) * 2),
+                               BC * PD::ROWB);
     const int dq_row0 = DQ_ROWS ? wg * 64 : 0, dq_col0 = DQ_ROWS ? 0 : wg * DQ;
 
     float dk[D / 2], dv[D / 2];
 #pragma unroll
     for (int x = 0; x < D / 2; ++x) dk[x] = dv[x] = 0.0f;
 
+    // The next step's stage has landed and is visible to wgmma (the barrier at the top of that
+    // step publishes it to the other threads). Done at the end of a step, before its dQ atomics:
+    // the proxy fence waits for this thread's outstanding memory operations, and at the top of
+    // the next step it would wait for those atomics to drain.
+    auto stage_ready = [&]() {
+        cp_wait<QS - 2>();
+        fence_async_smem();
+    };
+    stage_ready();  // stage i0
     int fl_next = md.flag(i0, j);  // a variant's tile flags, each read a step before its use
     for (int i = i0; i < iend; ++i) {                                    // G2:L3
         const int st = (i - i0) % QS;
         const u32 so = st * STG;
         const float* sL = sLD + st * 2 * BR;
         const float* sD = sL + BR;
-        cp_wait<QS - 2>();   // stage i has landed ...
-        fence_async_smem();  // ... visible to wgmma ...
-        __syncthreads();     // ... for every thread's copies; every warpgroup is done with i - 1
+        __syncthreads();     // stage i is visible for every thread's copies; every warpgroup is done with i - 1
         if (i + QS - 1 < iend) load_i(i + QS - 1);  // G2:L4
         cp_commit();
         const int fl = md.step_flag(fl_next, i + 1 < iend, i + 1, j);  // 0 none visible, 1 some, 2 all
-        if (fl == 0) continue;
+        if (fl == 0) {
+            stage_ready();  // stage i + 1
+            continue;
+        }
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
         float s[BR / 2], dp[BR / 2];
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wg_ss<BF16, BR, 0, 0>(s, aK + (kmajor_step<BC>(kk) >> 4),
-                                  bQk + ((so + kmajor_step<BR>(kk)) >> 4), kk > 0);
+            wg_ss<BF16, BR, 0, 0>(s, aK + (kmajor_step<BC, D>(kk) >> 4),
+                                  bQk + ((so + kmajor_step<BR, D>(kk)) >> 4), kk > 0);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wg_ss<BF16, BR, 0, 0>(dp, aV + (kmajor_step<BC>(kk) >> 4),
-                                  bQk + ((so + QT + kmajor_step<BR>(kk)) >> 4), kk > 0);
+            wg_ss<BF16, BR, 0, 0>(dp, aV + (kmajor_step<BC, D>(kk) >> 4),
+                                  bQk + ((so + QT + kmajor_step<BR, D>(kk)) >> 4), kk > 0);
         wg_commit();
         wg_wait<0>();
         wg_touch(s);
@@ -401,37 +439,48 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
                           (TcMod::ON && fl != 2);
         u32 pa[BR / 16][4], sa[BR / 16][4];
+        // a mask's edge tiles (MOD) and the rest in two loops, the test outside them: with the test
+        // inside, ptxas kept a branch per entry pair and the derivative w (1 without a score_mod)
+        // in registers on every tile. A score_mod's build keeps the one loop with the test inside
+        // (two loops of its score_mod code spill).
+        // (a plain lambda with a bool, not a generic one: the device's NVRTC takes a generic
+        // lambda in device code for a host function; each call is inlined with its constant)
+        auto p_ds = [&](const bool MOD) {
 #pragma unroll
-        for (int n = 0; n < NQ; ++n) {
-            const float2 lq = *reinterpret_cast<const float2*>(sL + n * 8 + 2 * t);
-            const float2 dd = *reinterpret_cast<const float2*>(sD + n * 8 + 2 * t);
+            for (int n = 0; n < NQ; ++n) {
+                const float2 lq = *reinterpret_cast<const float2*>(sL + n * 8 + 2 * t);
+                const float2 dd = *reinterpret_cast<const float2*>(sD + n * 8 + 2 * t);
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int c = j * BC + krow + g + 8 * h;
-                const int r = i * BR + n * 8 + 2 * t;
-                float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
-                if (TcMod::ON && edge) {
-                    p0 = g2_mod_p(md, fl, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
-                    p1 = g2_mod_p(md, fl, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
-                } else {  // all visible (a score_mod's variant: score_mod's P and derivative)
-                    p0 = g2_interior_p(md, s[4 * n + 2 * h], lq.x, r, c, tau, blk.sl2, w0);
-                    p1 = g2_interior_p(md, s[4 * n + 2 * h + 1], lq.y, r + 1, c, tau, blk.sl2, w1);
-                    if (edge) {
-                        if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
-                        if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                for (int h = 0; h < 2; ++h) {
+                    const int c = j * BC + krow + g + 8 * h;
+                    const int r = i * BR + n * 8 + 2 * t;
+                    float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
+                    if (MOD || (TcMod::SCORE && edge)) {
+                        p0 = g2_mod_p(md, fl, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
+                        p1 = g2_mod_p(md, fl, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
+                        if (!TcMod::SCORE) w0 = w1 = 1.0f;  // a mask only: P is 0 where hidden already
+                    } else {  // all visible (a score_mod's variant: score_mod's P and derivative)
+                        p0 = g2_interior_p(md, s[4 * n + 2 * h], lq.x, r, c, tau, blk.sl2, w0);
+                        p1 = g2_interior_p(md, s[4 * n + 2 * h + 1], lq.y, r + 1, c, tau, blk.sl2, w1);
+                        if (edge) {
+                            if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
+                            if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
+                        }
                     }
+                    const u32 pp = pack2<BF16>(p0, p1);
+                    const u32 ss = pack2<BF16>(p0 * (dp[4 * n + 2 * h] - dd.x) * w0, p1 * (dp[4 * n + 2 * h + 1] - dd.y) * w1);
+                    pa[n >> 1][(n & 1) * 2 + h] = pp;
+                    sa[n >> 1][(n & 1) * 2 + h] = ss;
+                    // dS^T (keys x queries) into its panel tile: row krow + g + 8 h, chunk n
+                    const int kr = krow + g + 8 * h;
+                    asm volatile("st.shared.b32 [%0], %1;\n" ::
+                                 "r"(s0 + OS + (u32)((n >> 3) * BC * 128 + kr * 128 + (((n & 7) ^ g) << 4) + 4 * t)),
+                                 "r"(ss) : "memory");
                 }
-                const u32 pp = pack2<BF16>(p0, p1);
-                const u32 ss = pack2<BF16>(p0 * (dp[4 * n + 2 * h] - dd.x) * w0, p1 * (dp[4 * n + 2 * h + 1] - dd.y) * w1);
-                pa[n >> 1][(n & 1) * 2 + h] = pp;
-                sa[n >> 1][(n & 1) * 2 + h] = ss;
-                // dS^T (keys x queries) into its panel tile: row krow + g + 8 h, chunk n
-                const int kr = krow + g + 8 * h;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::
-                             "r"(s0 + OS + (u32)((n >> 3) * BC * 128 + kr * 128 + (((n & 7) ^ g) << 4) + 4 * t)),
-                             "r"(ss) : "memory");
             }
-        }
+        };
+        if (TcMod::ON && !TcMod::SCORE && edge) p_ds(true);
+        else p_ds(false);
 
         // G2:L6  dV~ += P^T dO_i and G2:L8  dK~ += dS^T Q_i (tau applied at G2:L10)
         wg_touch(dv);
@@ -439,10 +488,10 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BR / 16; ++kk)
-            wg_rs<BF16, D, 1>(dv, pa[kk], bQm + ((so + QT + kk * 16 * 128) >> 4), 1);
+            wg_rs<BF16, D, 1>(dv, pa[kk], bQm + ((so + QT + mnmajor_step<D>(kk)) >> 4), 1);
 #pragma unroll
         for (int kk = 0; kk < BR / 16; ++kk)
-            wg_rs<BF16, D, 1>(dk, sa[kk], bQm + ((so + kk * 16 * 128) >> 4), 1);
+            wg_rs<BF16, D, 1>(dk, sa[kk], bQm + ((so + mnmajor_step<D>(kk)) >> 4), 1);
         wg_commit();
 
         fence_async_smem();
@@ -453,12 +502,13 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
-            wg_ss<BF16, DQ, 1, 1>(dq, aS + ((kk * 16 * 128) >> 4), bKm + ((kk * 16 * 128) >> 4), kk > 0);
+            wg_ss<BF16, DQ, 1, 1>(dq, aS + (mnmajor_step<BR>(kk) >> 4), bKm + (mnmajor_step<D>(kk) >> 4), kk > 0);
         wg_commit();
         wg_wait<0>();
         wg_touch(dq);
         wg_touch(dv);
         wg_touch(dk);
+        stage_ready();  // stage i + 1
         g2_add_dq(blk, i, dq_row0 + wq * 16, dq_col0, Nq, tau, frag(dq), tr_dQ, g, t);
 #ifdef FLASHLAB_TRACE
         g2_trace_kv(blk, i, krow, 0, Nk, tau, frag(dk), frag(dv), tr_dK, tr_dV, g, t);

@@ -50,8 +50,12 @@ struct TcMod {
     int b, h, Tc;
     const float* f;
     const int* iv;
-    const unsigned char* tiles;  // this head's (Tr, Tc) flags
-    const int* range;            // this head's (T, 2)
+    // the kernel's arguments as they come (uniform registers) and this head's offsets into them,
+    // 32 bits each (the launcher's arrays are far below 2^32 entries): a pointer per head would
+    // take two more ordinary registers through the loops
+    const unsigned char* tiles;  // (tiles_B, tiles_H, Tr, Tc) flags; this head's at toff
+    const int* range;            // (tiles_B, tiles_H, T, 2); this head's at roff
+    unsigned toff, roff;
     __device__ __forceinline__ TcMod(int bh, int H, const float* f_, const int* i_,
                                      const unsigned char* tiles_, const int* range_, int tB,
                                      int tH, int Tr, int Tc_, int T) {
@@ -60,24 +64,29 @@ struct TcMod {
         Tc = Tc_;
         f = f_;
         iv = i_;
-        const int head = (tB > 1 ? b : 0) * tH + (tH > 1 ? h : 0);
-        tiles = tiles_ + (size_t)head * Tr * Tc_;
-        range = range_ + (size_t)head * T * 2;
+        const unsigned head = (tB > 1 ? b : 0) * tH + (tH > 1 ? h : 0);
+        tiles = tiles_;
+        range = range_;
+        toff = head * (unsigned)(Tr * Tc_);
+        roff = head * (unsigned)(T * 2);
     }
     /* the flag of tile (i, j): 0 none visible, 1 some, 2 all */
-    __device__ __forceinline__ int flag(int i, int j) const { return tiles[i * Tc + j]; }
+    __device__ __forceinline__ int flag(int i, int j) const { return tiles[toff + (unsigned)(i * Tc + j)]; }
     /* the flag a step of the loop computes, from `next` (read a step earlier), and the flag of
      * tile (i, j), the next step's (where `more`), read into `next`: the load's latency hides
      * behind this step's work instead of stalling before its products */
     __device__ __forceinline__ int step_flag(int& next, bool more, int i, int j) const {
-        const int fl = next;
+        // the copy keeps `next` in an ordinary register until here: left to itself, ptxas moved
+        // it to a uniform register right after the load, and so waited for the load there
+        int fl;
+        asm volatile("mov.b32 %0, %1;\n" : "=r"(fl) : "r"(next));
         if (more) next = flag(i, j);
         return fl;
     }
     /* narrow [lo, hi) to the tiles of block x that have a visible entry */
     __device__ __forceinline__ void visit(int x, int& lo, int& hi) const {
-        lo = max(lo, range[2 * x]);
-        hi = min(hi, range[2 * x + 1]);
+        lo = max(lo, range[roff + 2 * x]);
+        hi = min(hi, range[roff + 2 * x + 1]);
     }
     __device__ __forceinline__ bool mask(int r, int c) const {
         return fl_mask_mod(b, h, r, c, f, iv);

@@ -184,16 +184,17 @@ fi
 
 if [[ $what == profile-sass ]]; then
   # where one kernel's warps stall, per SASS instruction (ncu's source page, sampled stalls)
-  kern=${PROFILE_KERNEL:-tc90_backward}
-  echo "== Nsight Compute, per SASS instruction: $kern (scripts/tc_profile.py ${*:-128 4096})"
-  ncu -k "regex:$kern" --launch-count 1 --clock-control none --section WarpStateStats \
-    --section SourceCounters --section SpeedOfLight -o "$OUT/sass_rep" -f \
-    python3 scripts/tc_profile.py "$@" > "$OUT/ncu_sass_run.txt" 2>&1 || status=1
-  ncu -i "$OUT/sass_rep.ncu-rep" --page details > "$OUT/ncu_sass_details.txt" 2>&1 || status=1
-  ncu -i "$OUT/sass_rep.ncu-rep" --page source --csv --print-source sass \
-    > "$OUT/ncu_sass.csv" 2>&1 || status=1
-  rm -f "$OUT/sass_rep.ncu-rep"; gzip -f "$OUT/ncu_sass.csv"
-  grep -E "Duration|Throughput|Stall|Issue|Warp Cycles" "$OUT/ncu_sass_details.txt" | head -40
+  # PROFILE_SKIP: matching launches to skip first; PROFILE_TAG: a suffix for the files
+  kern=${PROFILE_KERNEL:-tc90_backward} tag=${PROFILE_TAG:-}
+  echo "== Nsight Compute, per SASS instruction: $kern (scripts/tc_profile.py ${*:-128 4096}) $tag"
+  ncu -k "regex:$kern" --launch-skip ${PROFILE_SKIP:-0} --launch-count 1 --clock-control none \
+    --section WarpStateStats --section SourceCounters --section SpeedOfLight -o "$OUT/sass_rep$tag" -f \
+    python3 scripts/tc_profile.py "$@" > "$OUT/ncu_sass_run$tag.txt" 2>&1 || status=1
+  ncu -i "$OUT/sass_rep$tag.ncu-rep" --page details > "$OUT/ncu_sass_details$tag.txt" 2>&1 || status=1
+  ncu -i "$OUT/sass_rep$tag.ncu-rep" --page source --csv --print-source sass \
+    > "$OUT/ncu_sass$tag.csv" 2>&1 || status=1
+  rm -f "$OUT/sass_rep$tag.ncu-rep"; gzip -f "$OUT/ncu_sass$tag.csv"
+  grep -E "Duration|Throughput|Warp Cycles" "$OUT/ncu_sass_details$tag.txt" | head -12
 fi
 
 if [[ $what == all || $what == bench ]]; then

@@ -8,6 +8,8 @@
 Compilation happens before the launches, so only the four tc kernels of one forward and one
 backward are profiled; --torch adds one forward and backward of torch SDPA's flash backend on
 the same shapes, so its kernels land in the same report for a side-by-side read.
+--mask-causal runs built-in causal and then causal as a mask_mod (the variant build) through
+flashlab.api, forward and backward: ncu's --launch-skip picks which one a report holds.
 """
 import sys
 
@@ -25,8 +27,15 @@ q, k, v, do = lowp.random_inputs(cp, [(B, H, N, d)] * 4, "bfloat16")
 variant = plans.tc_variant(cp.cuda.Device().compute_capability, d)  # the source that runs here
 compiler.get_module(sources.ours("tc", variant), False, plans.tc_names(True, d, variant=variant),
                     arch=registry.get("tc").variants[variant].arch, kernel="tc")  # compiled first
-o, lse = launch.forward("tc", q, k, v, causal)
-launch.backward("tc", do, q, k, v, o, lse, causal)
+if "--mask-causal" in sys.argv:  # causal as a mask_mod (a variant build), beside built-in causal
+    from flashlab import api, mods
+
+    for kw in ({"causal": True}, {"mask_mod": mods.causal()}):  # the variant build: the second launch
+        o, lse = api.flash_attention(q, k, v, kernel="tc", return_lse=True, **kw)
+        api.flash_attention_backward(do, q, k, v, o, lse, kernel="tc", **kw)
+else:
+    o, lse = launch.forward("tc", q, k, v, causal)
+    launch.backward("tc", do, q, k, v, o, lse, causal)
 cp.cuda.Device().synchronize()
 if "--torch" in sys.argv:
     import torch

@@ -222,7 +222,8 @@ def test_wgmma_header_is_what_its_generator_writes():
 def test_tc_variant_picks_wgmma_on_hopper_only(monkeypatch):
     monkeypatch.delenv("FLASHLAB_TC_WGMMA", raising=False)
     assert plans.tc_variant(90, 128) == "wgmma" and plans.tc_variant(90, 64) == "wgmma"
-    assert plans.tc_variant(90, 32) == "mma"  # tc90.cu has d = 64 and 128
+    assert plans.tc_variant(90, 32) == "wgmma"  # tc90.cu has d = 32, 64 and 128
+    assert plans.tc_variant(90, 96) == "mma" and plans.tc_variant(90, 256) == "mma"
     assert plans.tc_variant(80, 128) == "mma" and plans.tc_variant(89, 64) == "mma"
     assert plans.tc_variant(100, 64) == "mma"  # sm_90a code does not run on other majors
     monkeypatch.setenv("FLASHLAB_TC_WGMMA", "0")
@@ -232,8 +233,10 @@ def test_tc_variant_picks_wgmma_on_hopper_only(monkeypatch):
     b = plans.tc_plan(64, "backward", variant="wgmma")
     assert b["grid"] == (8, 8, 8 if b["Br"] == 128 else 4)
     assert plans.tc_plan(64, "forward", dict(BC=64, NWG=1, MINB=4))["variant"] == "wgmma"
-    with pytest.raises(ValueError, match="tc90.cu has no head dim 32"):
-        plans.tc_plan(32, "forward", variant="wgmma")
+    with pytest.raises(ValueError, match="tc90.cu has no head dim 96"):
+        plans.tc_plan(96, "forward", variant="wgmma")
+    b32 = plans.tc_plan(32, "backward", variant="wgmma")  # dQ split by rows: 128 queries a step
+    assert b32["Br"] == 128 and b32["grid"] == (8, 8, 8)
 
 
 # ----------------------------------------------------------------------------- shared kernel code
