@@ -363,13 +363,15 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         const bool edge = (i + 1) * BR > Nq || (j + 1) * BC > Nk || (causal && (j + 1) * BC - 1 > i * BR) ||
                           (TcMod::ON && fl != 2);
         u32 pa[BR / 16][4], sa[BR / 16][4];
-        // a mask's edge tiles (MOD) and the rest in two loops, the test outside them: with the test
-        // inside, ptxas kept a branch per entry pair and the derivative w (1 without a score_mod)
-        // in registers on every tile. A score_mod's build keeps the one loop with the test inside
-        // (two loops of its score_mod code spill).
+        // edge tiles (a mask's: MOD; the plain build's: MASK) and the rest in two loops, the test
+        // outside them: with the test inside, ptxas kept a branch per entry pair (a mask's build)
+        // or a select per entry on every tile (the plain build). A score_mod's build keeps the
+        // one loop with the test inside (two loops of its score_mod code spill).
         // (a plain lambda with a bool, not a generic one: the device's NVRTC takes a generic
         // lambda in device code for a host function; each call is inlined with its constant)
-        auto p_ds = [&](const bool MOD) {
+        auto p_ds = [&](const int kind) {  // 0 all visible, 1 bounds and causal, 2 a mask's, 3 as `edge` says
+            const bool MOD = kind == 2 || (kind == 3 && TcMod::ON && edge);
+            const bool MASK = kind == 1 || (kind == 3 && edge);
 #pragma unroll
             for (int n = 0; n < NQ; ++n) {
                 const float2 lq = *reinterpret_cast<const float2*>(sL + n * 8 + 2 * t);
@@ -379,14 +381,14 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
                     const int c = j * BC + krow + g + 8 * h;
                     const int r = i * BR + n * 8 + 2 * t;
                     float p0, p1, w0 = 1.0f, w1 = 1.0f;  // w: score_mod's derivative (a variant's)
-                    if (MOD || (TcMod::SCORE && edge)) {
+                    if (MOD) {
                         p0 = g2_mod_p(md, fl, s[4 * n + 2 * h], lq.x, r, c, Nq, Nk, causal, tau, blk.sl2, w0);
                         p1 = g2_mod_p(md, fl, s[4 * n + 2 * h + 1], lq.y, r + 1, c, Nq, Nk, causal, tau, blk.sl2, w1);
                         if (!TcMod::SCORE) w0 = w1 = 1.0f;  // a mask only: P is 0 where hidden already
                     } else {  // all visible (a score_mod's variant: score_mod's P and derivative)
                         p0 = g2_interior_p(md, s[4 * n + 2 * h], lq.x, r, c, tau, blk.sl2, w0);
                         p1 = g2_interior_p(md, s[4 * n + 2 * h + 1], lq.y, r + 1, c, tau, blk.sl2, w1);
-                        if (edge) {
+                        if (MASK) {
                             if (r >= Nq || c >= Nk || masked(causal, r, c)) p0 = 0.0f;
                             if (r + 1 >= Nq || c >= Nk || masked(causal, r + 1, c)) p1 = 0.0f;
                         }
@@ -403,8 +405,10 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
                 }
             }
         };
-        if (TcMod::ON && !TcMod::SCORE && edge) p_ds(true);
-        else p_ds(false);
+        if (TcMod::SCORE) p_ds(3);
+        else if (TcMod::ON && edge) p_ds(2);
+        else if (edge) p_ds(1);
+        else p_ds(0);
 
         // G2:L6  dV~ += P^T dO_i and G2:L8  dK~ += dS^T Q_i (tau applied at G2:L10)
         wg_touch(dv);
