@@ -64,19 +64,23 @@ def _stream_ptr(index: int):
     return hit
 
 
-_kernel_for: dict = {}  # (device, dtype, head dim) -> the prepared-call kernel, or None
+_kernel_for: dict = {}  # (device, dtype, head dim, pass) -> the prepared-call kernel, or None
 _strided: dict = {}  # kernel -> whether it reads strided rows (registry row_strides)
 
 
-def _fast(q):
-    """The kernel q runs through prepared calls, or None: on a GPU, the kernel kernel='auto'
-    picks for q's dtype and head dim where its launcher prepares calls (tc for 16-bit, fa2 for
-    float32). Where None, the CuPy API's 'auto' runs (fa1's head dims; 16-bit at another head
-    dim or on an older GPU: float32 copies, with its warning)."""
-    key = (q.get_device(), q.dtype, q.shape[-1])
+def _fast(q, direction: str = "forward"):
+    """The kernel q runs through prepared calls for this pass, or None: on a GPU, the kernel
+    kernel='auto' picks for q's dtype and head dim where its launcher prepares calls (tc for
+    16-bit, fa2 for float32) and its tiles for the pass fit the GPU's shared memory. Where None,
+    the CuPy API's 'auto' runs (fa1's head dims; 16-bit at another head dim, on an older GPU, or
+    where the pass's tiles do not fit, as tc's backward at d = 256 in 99 KB: float32 copies,
+    with its warning)."""
+    key = (q.get_device(), q.dtype, q.shape[-1], direction)
     if key not in _kernel_for:
         from . import registry
+        from .launch import launch_plan
         from .launch.device import device_limits
+        from .launch.plans import NoTileFits
 
         cc = int(device_limits(key[0])["compute_capability"])
         fits = registry.for_auto(_DTYPES[q.dtype], q.shape[-1], cc)
@@ -84,8 +88,12 @@ def _fast(q):
         name = None
         if spec is not None and _DTYPES[q.dtype] in spec.dtypes \
                 and hasattr(spec.launch_module(), "prepare_forward"):
-            name = spec.name
-            _strided[name] = spec.row_strides
+            try:
+                launch_plan(spec.name, key[0], q.shape[-1], direction)
+                name = spec.name
+                _strided[name] = spec.row_strides
+            except NoTileFits:  # the CuPy API's 'auto' falls back, and says why
+                pass
         _kernel_for[key] = name
     return _kernel_for[key]
 
@@ -98,10 +106,11 @@ def _in_place(kernel: str, x, address: bool = True) -> bool:
     return x.is_contiguous() and (not address or x.data_ptr() % 16 == 0)
 
 
-def _writes_strided(q) -> bool:
-    """o and the gradients of a call like q come back in q's layout (_out_like): the prepared
-    path of a kernel with row strides; else contiguous (fa2's prepared calls, the CuPy API)."""
-    kernel = _fast(q)
+def _writes_strided(q, direction: str = "forward") -> bool:
+    """o (direction "forward") or the gradients ("backward") of a call like q come back in q's
+    layout (_out_like): the prepared path of a kernel with row strides; else contiguous (fa2's
+    prepared calls, the CuPy API)."""
+    kernel = _fast(q, direction)
     return kernel is not None and _strided[kernel]
 
 
@@ -251,7 +260,7 @@ def _forward(q, k, v, is_causal: bool, scale: float, window=None):
 
 
 def _backward_kernels(do, q, k, v, o, lse, is_causal: bool, scale: float, window=None):
-    kernel = _fast(q)
+    kernel = _fast(q, "backward")
     if kernel is not None:
         return _prepared_backward(kernel, do, q, k, v, o, lse, is_causal, scale, window)
     with _Stream(q.device):
@@ -291,7 +300,7 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
 @attention_backward.register_fake
 def _(do, q, k, v, o, lse, is_causal, scale, window_left, window_right):
-    strided = _writes_strided(q)  # laid out as _prepared_backward (or the CuPy API) lays them out
+    strided = _writes_strided(q, "backward")  # laid out as _prepared_backward (or the CuPy API) lays them out
     return _out_like(q, strided), _out_like(k, strided), _out_like(v, strided)
 
 

@@ -54,7 +54,8 @@ def test_the_custom_ops_trace_on_fake_tensors_with_gqa_and_a_window(monkeypatch)
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    monkeypatch.setitem(ft._kernel_for, (0, torch.bfloat16, 64), "tc")  # as on an sm_80+ GPU
+    for direction in ("forward", "backward"):  # as on an sm_80+ GPU
+        monkeypatch.setitem(ft._kernel_for, (0, torch.bfloat16, 64, direction), "tc")
     monkeypatch.setitem(ft._strided, "tc", True)
     with FakeTensorMode():
         q = torch.empty(2, 200, 8, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -96,3 +97,22 @@ def test_the_eager_autograd_function_runs_its_pair_and_passes_the_extra_through(
     assert torch.equal(q.grad, torch.full_like(q, 0.5)) and torch.equal(v.grad, torch.full_like(v, 3))
     with torch.no_grad():  # no gradient asked for: the forward alone, no node
         assert torch_bridge.attention((fwd, bwd), q, k, v, False, 1.0, None).grad_fn is None
+
+
+@pytest.mark.parametrize("d,backward", [(256, None), (128, "tc")])
+def test_a_backward_whose_tiles_do_not_fit_takes_the_cupy_api_and_contiguous_grads(monkeypatch, d,
+                                                                                   backward):
+    # an RTX 30xx / 40xx (cc 8.6, 99 KB a block): tc's forward at d = 256 fits, its backward
+    # (136.5 KB) does not. The prepared path then stays out of the backward, whose CuPy API
+    # 'auto' runs fa1 on float32 copies with its warning (tests/test_api_tc.py), and the
+    # backward's fake says its gradients come back contiguous, as that path returns them.
+    from flashlab.launch import device, tc
+
+    limits = {"compute_capability": "86", "smem_optin": 101376}
+    monkeypatch.setattr(device, "device_limits", lambda dev: limits)
+    monkeypatch.setattr(tc, "device_limits", lambda dev: limits)
+    monkeypatch.setattr(ft, "_kernel_for", {})
+    q = torch.empty(1, 2, 8, d, dtype=torch.bfloat16)
+    assert ft._fast(q) == "tc" and ft._writes_strided(q)
+    assert ft._fast(q, "backward") == backward
+    assert ft._writes_strided(q, "backward") == (backward is not None)
