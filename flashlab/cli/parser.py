@@ -11,6 +11,7 @@ from .common import _ids, _int_list, _Parser
 from .course import _cmd_assignment_make, _cmd_grade
 from .info import _cmd_info
 from .listings import _cmd_algorithms, _cmd_io
+from .ring import _cmd_ring
 from .trace import _bug_names, _cmd_trace, _trace_args
 from .train import _cmd_train
 
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which algorithm (default all)")
     al.add_argument("--line", default=None, metavar="L12", help="print only this line")
     al.set_defaults(func=_cmd_algorithms)
+
+    rg = sub.add_parser(
+        "ring", help="ring attention over P processes (CPU): the step-through, and a run checked "
+                     "against standard attention",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  flashlab ring --ranks 4 --causal\n  flashlab ring --ranks 3 --seq 96\n")
+    rg.add_argument("--ranks", type=int, default=4, help="processes in the ring, P (default 4)")
+    rg.add_argument("--causal", action="store_true",
+                    help="causal mask, zigzag split (rank r holds chunks r and 2P-1-r)")
+    rg.add_argument("--seq", type=int, default=128,
+                    help="sequence length, rounded down to P (2P causal) equal chunks (default 128)")
+    rg.add_argument("--heads", type=int, default=2, help="heads (default 2)")
+    rg.add_argument("--head-dim", type=int, default=16, help="head dim d (default 16)")
+    rg.set_defaults(func=_cmd_ring)
 
     fp32, low, cpu_low = _kernel_lists()
     b = sub.add_parser(
