@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from flashlab import naive_attention, naive_attention_backward
-from flashlab.ring import describe, forward_backward, run_on_pipes, schedule, shard, unshard
+from flashlab.ring import (describe, forward_backward, run_in_threads, run_on_pipes, schedule,
+                           shard, unshard)
 from flashlab.ring.schedule import DIAG, FULL, SKIP, chunks_of, pair_kind, work
 
 
@@ -94,6 +95,13 @@ def test_naive_is_refused_as_the_local_kernel_naming_why():
         NumpyOps("naive")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_ranks_as_threads_give_the_same_result(causal):
+    q, k, v, do = _inputs(48, seed=11)
+    args = [(*(shard(x, r, 4, causal) for x in (q, k, v, do)), causal) for r in range(4)]
+    _check_against_oracle(run_in_threads(forward_backward, 4, args), q, k, v, do, causal)
+
+
 def _failing_rank(ring):
     if ring.rank == 1:
         raise ValueError("planted")
@@ -101,8 +109,9 @@ def _failing_rank(ring):
 
 
 def test_an_error_in_a_rank_is_raised_naming_the_rank():
-    with pytest.raises(RuntimeError, match=r"ring rank 1 failed:(.|\n)*ValueError: planted"):
-        run_on_pipes(_failing_rank, 2, [(), ()])
+    for run in (run_on_pipes, run_in_threads):
+        with pytest.raises(RuntimeError, match=r"ring rank 1 failed:(.|\n)*ValueError: planted"):
+            run(_failing_rank, 2, [(), ()])
 
 
 def _gloo_rank(rank, size, port, args, out):

@@ -306,3 +306,13 @@ def test_the_block_mask_is_drawn_entry_by_entry_and_tile_by_tile():
     labels = [t.get_text() for t in right.texts]
     assert labels == [str(int(f)) for f in tiles.ravel()] and "0" in labels and "1" in labels
     assert left.images[0].get_array().shape == (N, N)
+
+
+def test_draw_ring_colours_every_visible_chunk_pair_once_over_the_steps():
+    fig = viz.draw_ring(3, True)
+    panels = [ax for ax in fig.axes if (ax.get_gid() or "").startswith("ring-step-")]
+    assert [ax.get_gid() for ax in panels] == ["ring-step-0", "ring-step-1", "ring-step-2"]
+    grids = [np.asarray(ax.images[0].get_array()) for ax in panels]
+    computed = sum((g >= 2).astype(int) for g in grids)  # 0 white, 1 masked, 2 + rank computed
+    np.testing.assert_array_equal(computed, np.tril(np.ones((6, 6), int)))
+    assert sum(t.get_text() == "d" for ax in panels for t in ax.texts) == 6  # the diagonal, once

@@ -5,8 +5,9 @@ A transport has `rank`, `size` and `start(arrays) -> pending`: it starts sending
 rank sent in its matching `start`. Starts and waits pair up in order, so a rank may have several
 transfers in flight (the backward sends K, V before computing and dK, dV after).
 
-- PipeRing: multiprocessing pipes between processes on one machine (`run_on_pipes` starts them),
-  NumPy arrays; what CI runs, with no torch.
+- PipeRing: multiprocessing pipes between processes on one machine (`run_on_pipes` starts them;
+  `run_in_threads`: the ranks as threads of one process, for notebooks), NumPy arrays; what CI
+  runs, with no torch.
 - TorchRing: torch.distributed point-to-point (`batch_isend_irecv`), gloo on CPUs or NCCL on GPUs,
   processes launched by torchrun or torch.multiprocessing. Keep NCCL's NVLink multicast off
   where the machine asks for it (NCCL_NVLS_ENABLE=0).
@@ -101,6 +102,31 @@ def run_on_pipes(fn, size: int, args_per_rank: list, timeout: float = 300.0) -> 
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
+    return out
+
+
+def run_in_threads(fn, size: int, args_per_rank: list, timeout: float = 300.0) -> list:
+    """run_on_pipes with the ranks as threads of this process (the same pipes and PipeRing):
+    for a notebook, where starting processes from the kernel is fragile; NumPy releases the GIL
+    in its products, so the ranks still overlap."""
+    if len(args_per_rank) != size:
+        raise ValueError(f"args_per_rank has {len(args_per_rank)} entries for {size} ranks")
+    pipes = [mp.Pipe(duplex=False) for _ in range(size)]
+    results: queue.Queue = queue.Queue()
+    threads = [threading.Thread(target=_rank_main, daemon=True,
+                                args=(fn, r, size, pipes[(r + 1) % size][1], pipes[r][0],
+                                      tuple(args_per_rank[r]), results))
+               for r in range(size)]
+    for t in threads:
+        t.start()
+    out = [None] * size
+    for _ in range(size):
+        rank, ok, value = results.get(timeout=timeout)
+        if not ok:
+            raise RuntimeError(f"ring rank {rank} failed:\n{value}")
+        out[rank] = value
+    for t in threads:
+        t.join(timeout=5)
     return out
 
 
