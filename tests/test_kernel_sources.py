@@ -349,3 +349,14 @@ def test_fa2_tags_the_causal_mask_with_F2_L5():
     mask = next(k for k, line in enumerate(lines) if "s[a][b] = (c >= Nk || masked(" in line)
     assert any(0 <= mask - k <= 1 for k in tagged), "the mask line of fa2_forward has no F2:L5 tag"
     assert any("S = Q_i K_j^T" in lines[k] for k in tagged)
+
+
+def test_no_generic_lambda_in_device_code():
+    # the H200's NVRTC (CUDA 13.0) takes a generic lambda (`[&](auto x)`) in device code for a
+    # host function and refuses the kernel, while the pip NVRTC the CPU compile tests use
+    # accepts it: a device run found it, this finds it first (a plain lambda with a bool works)
+    found = [f"{p.name}:{n}: {line.strip()}"
+             for p in sorted(sources.kernel_dir().glob("*.cu*"))
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\]\s*\([^)]*\bauto\b", line)]
+    assert not found, "generic lambdas in kernels/ (write the parameter's type):\n" + "\n".join(found)
