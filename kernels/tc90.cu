@@ -367,7 +367,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         // outside them: with the test inside, ptxas kept a branch per entry pair (a mask's build)
         // or a select per entry on every tile (the plain build). A score_mod's build keeps the
         // one loop with the test inside (two loops of its score_mod code spill).
-        // (a plain lambda with a bool, not a generic one: the device's NVRTC takes a generic
+        // (a plain lambda with an int, not a generic one: the device's NVRTC takes a generic
         // lambda in device code for a host function; each call is inlined with its constant)
         auto p_ds = [&](const int kind) {  // 0 all visible, 1 bounds and causal, 2 a mask's, 3 as `edge` says
             const bool MOD = kind == 2 || (kind == 3 && TcMod::ON && edge);

@@ -76,8 +76,11 @@ struct TcMod {
      * tile (i, j), the next step's (where `more`), read into `next`: the load's latency hides
      * behind this step's work instead of stalling before its products */
     __device__ __forceinline__ int step_flag(int& next, bool more, int i, int j) const {
-        // the copy keeps `next` in an ordinary register until here: left to itself, ptxas moved
-        // it to a uniform register right after the load, and so waited for the load there
+        // meant to keep `next` in an ordinary register until here (ptxas moves the loaded flag
+        // to a uniform register right after its load, and so waits for the load there). It does
+        // not: tc90's forward still has that R2UR (SASS, 2026-12-04). It stays because it moves
+        // the variant builds' register allocation, and those are the builds tested and timed
+        // on the H200; taking it out needs their GPU tests again.
         int fl;
         asm volatile("mov.b32 %0, %1;\n" : "=r"(fl) : "r"(next));
         if (more) next = flag(i, j);

@@ -90,18 +90,23 @@ def run_on_pipes(fn, size: int, args_per_rank: list, timeout: float = 300.0) -> 
              for r in range(size)]
     for p in procs:
         p.start()
-    out = [None] * size
     try:
-        for _ in range(size):
-            rank, ok, value = results.get(timeout=timeout)
-            if not ok:
-                raise RuntimeError(f"ring rank {rank} failed:\n{value}")
-            out[rank] = value
+        return _collect(results, size, timeout)
     finally:
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
+
+
+def _collect(results, size: int, timeout: float) -> list:
+    """The ranks' results from _rank_main, in rank order; a failed rank's traceback raised."""
+    out = [None] * size
+    for _ in range(size):
+        rank, ok, value = results.get(timeout=timeout)
+        if not ok:
+            raise RuntimeError(f"ring rank {rank} failed:\n{value}")
+        out[rank] = value
     return out
 
 
@@ -119,12 +124,7 @@ def run_in_threads(fn, size: int, args_per_rank: list, timeout: float = 300.0) -
                for r in range(size)]
     for t in threads:
         t.start()
-    out = [None] * size
-    for _ in range(size):
-        rank, ok, value = results.get(timeout=timeout)
-        if not ok:
-            raise RuntimeError(f"ring rank {rank} failed:\n{value}")
-        out[rank] = value
+    out = _collect(results, size, timeout)
     for t in threads:
         t.join(timeout=5)
     return out
