@@ -3,7 +3,8 @@ checks (scripts/gpu_check.sh runs it under memcheck, racecheck and synccheck).
 
 SANITIZE_KERNELS=tc (comma-separated kernel names) limits the run to those kernels, for a quick
 check of one kernel while it is being changed; the default is every kernel. SANITIZE_VARIANTS=only
-runs the attention variants alone (fa2's and tc's)."""
+runs the attention variants alone (fa2's and tc's); SANITIZE_LADDER=only the Hopper ladder's
+rungs alone (kernels/tc90_ws.cu, on compute capability 9.0)."""
 import os
 import sys
 
@@ -20,6 +21,9 @@ unknown = sorted(set(only) - set(registry.names()))
 if unknown:
     sys.exit(f"SANITIZE_KERNELS: no kernel named {', '.join(unknown)} (kernels: {', '.join(registry.names())})")
 variants_only = os.environ.get("SANITIZE_VARIANTS") == "only"
+ladder_only = os.environ.get("SANITIZE_LADDER") == "only"
+if ladder_only:
+    only = ["ladder"]  # no registry kernel
 for kernel in registry.for_dtype("float32"):
     if (only and kernel not in only) or variants_only:
         continue
@@ -96,6 +100,21 @@ for variant in variants if (not only or "tc" in only) and not variants_only else
                   "dv": dv}, workspace=work.data.ptr)
         cp.cuda.runtime.deviceSynchronize()
     print(f"tc ({src}) packed qkv views, strided dO, dq, dk, dv: ran", flush=True)
+# the Hopper ladder's warp-specialized forward (kernels/tc90_ws.cu, registry.LADDER): both dtypes
+# and head dims, ragged N (rows past N arrive from the TMA unit as zeros), Nq != Nk, GQA (4 query
+# heads on 2), and at N = 530 more key tiles than stages, so every K and V stage is refilled
+if cc == 90 and (not only or "tc" in only or ladder_only) and not variants_only:
+    from flashlab.launch import tc_ws
+
+    for name in lowp.LOWP_DTYPES:
+        for d in sorted(tc_ws.TILES):
+            for causal in (False, True):
+                for nq, nk in ((Nq, Nk), (530, 290), (150, 530)):
+                    q, k, v = lowp.random_inputs(cp, [(B, 4, nq, d), (B, 2, nk, d), (B, 2, nk, d)],
+                                                 name)
+                    tc_ws.forward(q, k, v, causal)
+                    cp.cuda.runtime.deviceSynchronize()
+            print(f"tc (tc90_ws.cu, the ladder's forward) {name} d={d}: ran", flush=True)
 # attention variants compiled in (kernels/tc_mods.cuh, fa2.cu's FL_MODS): the block mask's
 # ranges and skipped tiles, per-element masks and score_mods, GQA (4 query heads on 2), a mask
 # that hides every key (tc90.cu's one all-hidden tile) and masks alone at N = 300 (whole tiles

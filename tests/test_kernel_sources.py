@@ -14,9 +14,23 @@ VARIANTS = [(s.name, name, v) for s in registry.KERNELS.values() for name, v in 
 
 
 def test_every_kernel_is_registered():
-    # tc90.cu is kernel 'tc' on compute capability 9.0 (variant "wgmma"), built for sm_90a
+    # tc90.cu is kernel 'tc' on compute capability 9.0 (variant "wgmma"), built for sm_90a; the
+    # Hopper ladder's rungs (registry.LADDER) have launchers of their own
     assert sorted(p.name for p in sources.kernel_files()) == \
-        sorted(f for s in registry.KERNELS.values() for f in s.sources())
+        sorted([f for s in registry.KERNELS.values() for f in s.sources()] + list(registry.LADDER))
+
+
+def test_the_ladders_rungs_compile_for_sm90a():
+    from flashlab.launch import tc_ws
+
+    assert registry.LADDER["tc90_ws.cu"] == tc_ws.__name__
+    ablation = (tc_ws.instance(True, 64, dict(PP=0)), tc_ws.instance(False, 128, dict(ST=3)))
+    log = compiler.nvrtc_compile(tc_ws.source(), "sm_90a",
+                                 name_expressions=tc_ws.instances() + ablation, kernel="tc")
+    assert "warning" not in log, log
+    with pytest.raises(KernelCompileError, match="needs sm_90a"):
+        compiler.nvrtc_compile(tc_ws.source(), "sm_90", name_expressions=tc_ws.instances(),
+                               kernel="tc")
 
 
 # kernels/tc.cu runs on sm_80+ (bf16 mma.sync, cp.async); on sm_75 its float16 build as
@@ -204,7 +218,7 @@ def test_an_installed_flashlab_finds_its_kernels(tmp_path):
     assert out.returncode == 0, out.stderr
     where, names, size = out.stdout.split("\n")[:3]
     assert where == str(site / "flashlab" / "kernels")
-    assert names == "['fa1.cu', 'fa2.cu', 'naive.cu', 'tc.cu', 'tc90.cu']" and int(size) > 10_000
+    assert names == str(sorted(p.name for p in sources.kernel_files())) and int(size) > 10_000
 
 
 def test_wgmma_header_is_what_its_generator_writes():

@@ -21,6 +21,7 @@ One module per idea (import from flashlab.viz; the modules are how the code is l
 * sources.py: source_table and SourceTable, a kernel beside its reference, line by line.
 * blocks.py: draw_block_mask, an attention variant's mask by entry and by tile.
 * ring.py: draw_ring, which rank computes which chunk pair at each step of ring attention.
+* timeline.py: draw_timeline, which warpgroup does which step when (the Hopper ladder's schedule).
 """
 from ._mpl import K_SIDE, Q_SIDE, _pyplot, show
 from .blocks import draw_block_mask
@@ -30,9 +31,10 @@ from .softmax import draw_online_softmax
 from .sources import SourceTable, source_table
 from .steps import draw_a1_step, draw_backward_step
 from .ring import draw_ring
+from .timeline import draw_timeline
 from .tracediff import draw_trace_diff
 
 __all__ = ["Q_SIDE", "K_SIDE", "show", "bench_plot", "traffic_plot", "draw_online_softmax",
            "draw_a1_step", "draw_backward_step", "step_slider", "step_frames", "Frames",
            "draw_trace_diff", "draw_loop_order", "SourceTable", "source_table", "loss_plot",
-           "draw_block_mask", "draw_ring"]
+           "draw_block_mask", "draw_ring", "draw_timeline"]
