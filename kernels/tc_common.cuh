@@ -172,6 +172,20 @@ __device__ __forceinline__ void block_order(int causal, int group, int& x, int& 
     x = (LONG_HIGH && causal) ? nx - 1 - q : q;
     bh = c * G + r % heads;
 }
+/* block_order's mapping for the id-th block to start, of nx blocks per head over BH heads: a
+ * persistent kernel's work tiles (kernels/tc90_ws.cu). The same arithmetic as block_order, kept
+ * apart so that the kernels that call block_order compile as before. */
+template <bool LONG_HIGH>
+__device__ __forceinline__ void block_order_of(int id, int nx, int BH, int causal, int group,
+                                               int& x, int& bh) {
+    const int G = causal ? group : 1;
+    const int c = id / (G * nx);
+    const int r = id - c * G * nx;
+    const int heads = min(G, BH - c * G);
+    const int q = r / heads;
+    x = (LONG_HIGH && causal) ? nx - 1 - q : q;
+    bh = c * G + r % heads;
+}
 
 /* ---------------------------------------------------------------- operand layout */
 

@@ -7,7 +7,9 @@ torch SDPA's flash and cuDNN backends, on the same CuPy arrays.
 
 16k tokens per batch (B = 16384 / N) and H d = 2048, as gpu_check.sh tc-table; --long adds
 N = 128k causal at B = 1, H = 16, d = 128. Rows: tc (kernels/tc90.cu's forward), ws
-(tc90_ws.cu), and with --ablation ws without ping-pong (ws-pp0) and with 3 stages (ws-st3).
+(tc90_ws.cu: persistent blocks up to N = 4k, a block per tile above, tc_ws.grid_blocks), and
+with --ablation a block per tile always (ws-1), persistent blocks always (ws-p), no ping-pong
+(ws-pp0), 3 stages (ws-st3).
 Every entry is
 checked first (FlashAttention's 2x rule on query rows 0..127 of the first and last head,
 flashlab.bench.accuracy), then timed: 2 rounds of A B C D D C B A, each a median of `repeat`
@@ -43,10 +45,13 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--long", action="store_true")
     p.add_argument("--ablation", action="store_true")
+    p.add_argument("--rungs", default="ws-1,ws-p,ws-pp0,ws-st3", help="the ablation's rows")
     a = p.parse_args()
     rungs = {"ws": None}
     if a.ablation:
-        rungs.update({"ws-pp0": dict(PP=0), "ws-st3": dict(ST=3)})
+        known = {"ws-1": dict(PERSIST=0), "ws-p": dict(PERSIST=1), "ws-pp0": dict(PP=0),
+                 "ws-st3": dict(ST=3)}
+        rungs.update({name: known[name] for name in a.rungs.split(",")})
     peers = _torch_backends(["torch-flash", "torch-cudnn"])
     rows, worst_check = [], 0.0
     print(device_header())

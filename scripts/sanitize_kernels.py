@@ -113,6 +113,8 @@ if cc == 90 and (not only or "tc" in only or ladder_only) and not variants_only:
                     q, k, v = lowp.random_inputs(cp, [(B, 4, nq, d), (B, 2, nk, d), (B, 2, nk, d)],
                                                  name)
                     tc_ws.forward(q, k, v, causal)
+                    tc_ws.forward(q, k, v, causal, config=dict(BLOCKS=3))  # several tiles a block
+                    tc_ws.forward(q, k, v, causal, config=dict(PERSIST=0, PP=0))
                     cp.cuda.runtime.deviceSynchronize()
             print(f"tc (tc90_ws.cu, the ladder's forward) {name} d={d}: ran", flush=True)
 # attention variants compiled in (kernels/tc_mods.cuh, fa2.cu's FL_MODS): the block mask's

@@ -227,3 +227,17 @@ def test_a_variant_compiles_into_tcs_sources_with_its_ranges_and_gqa(gpu, monkey
                                                           ((B, H, N, d), dv, Hkv)]
     assert int(main["args"][21]) == Hkv                              # after six Rows
     assert main["args"][25].shape[2] == -(-N // 128)                 # a range per key block
+
+
+def test_the_ladders_forward_is_persistent_where_heads_have_few_query_blocks():
+    from flashlab.launch.tc_ws import PERSIST_MAX_TR, TILES, grid_blocks
+
+    auto = TILES[128]
+    assert auto["PERSIST"] is None
+    assert grid_blocks(32 * 64, 32, 132, auto) == 132             # N = 4k: one block per SM
+    assert grid_blocks(33 * 16, 33, 132, auto) == 33 * 16         # past it: a block per tile
+    assert grid_blocks(8 * 4, 8, 132, auto) == 32                 # fewer tiles than SMs
+    assert grid_blocks(128 * 16, 128, 132, dict(auto, PERSIST=1)) == 132
+    assert grid_blocks(8 * 64, 8, 132, dict(auto, PERSIST=0)) == 8 * 64
+    assert grid_blocks(20, 5, 132, dict(auto, BLOCKS=3)) == 3
+    assert PERSIST_MAX_TR * 128 == 4096

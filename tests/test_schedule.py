@@ -66,3 +66,4 @@ def test_the_timeline_draws_a_row_per_worker():
     gids = {a.get_gid() for a in fig.axes[0].collections}
     assert gids == {"timeline:producer", "timeline:tensor cores", "timeline:consumer 0",
                     "timeline:consumer 1"}
+

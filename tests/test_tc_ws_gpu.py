@@ -19,6 +19,7 @@ SHAPES = [
     (1, 2, 1, 200, 77, 128, True), (1, 1, 1, 77, 200, 64, True), (2, 2, 2, 257, 129, 128, False),
     (1, 4, 2, 300, 300, 64, True), (1, 1, 1, 129, 1000, 128, True), (1, 2, 2, 1000, 333, 64, True),
     (2, 8, 1, 513, 513, 128, False), (1, 2, 2, 1024, 1024, 64, False), (1, 2, 2, 1024, 1024, 128, True),
+    (4, 16, 4, 600, 600, 64, True),  # 320 tiles: more than the multiprocessors, blocks take several
 ]
 
 
@@ -64,7 +65,8 @@ def test_forward_meets_flashattentions_rule(shape, dtype):
     np.testing.assert_allclose(lse, lse64, rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("config", [dict(PP=0), dict(ST=3)], ids=["no-pingpong", "3-stages"])
+@pytest.mark.parametrize("config", [dict(PP=0), dict(ST=3), dict(PERSIST=0), dict(BLOCKS=3)],
+                         ids=["no-pingpong", "3-stages", "a-block-per-tile", "3-blocks"])
 @pytest.mark.parametrize("shape", [(1, 2, 1, 300, 530, 64, True), (2, 2, 2, 530, 300, 128, False)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_the_ablations_rungs_meet_the_rule_too(shape, config):

@@ -22,6 +22,7 @@ GPU_CELLS = {  # notebook -> what its GPU cells print when they skip on a CPU
     "06_flashattention2": "No CUDA GPU: skipped bench.gpu_bench",
     "07_autodiff": "No CUDA GPU: skipped the forward/backward pair",
     "08_attention_variants": "No CUDA GPU: skipped tc with a variant",
+    "10_hopper_ladder": "No CUDA GPU: skipped the ladder's forward",
 }
 CPU_BACKEND_CELLS = {  # notebook -> what its kernel cells print when they run on the CPU backend
     "04_reference_to_cuda": ["No CUDA GPU: the kernels run on the CPU backend",
@@ -34,8 +35,8 @@ CELL_TIMEOUT = 180  # seconds; the whole set runs in well under a minute on 2 co
 # waits for, not a slow cell: see _notebook_client.)
 
 
-def test_the_nine_tutorials_are_here():
-    assert [p.name[:3] for p in SOURCES] == [f"{n:02d}_" for n in range(1, 10)]
+def test_the_ten_tutorials_are_here():
+    assert [p.name[:3] for p in SOURCES] == [f"{n:02d}_" for n in range(1, 11)]
 
 
 def _cells(nb):

@@ -30,13 +30,35 @@ from .tma import check_operand, tensor_map
 FILE = "tc90_ws.cu"
 THREADS = 384  # a producer warpgroup and two consumer warpgroups
 BR = 128  # query rows per thread block (64 per consumer warpgroup)
-# key tile, stages of K and V, ping-pong (PP 0: the ablation's "off")
-TILES = {64: dict(BC=128, ST=2, PP=1), 128: dict(BC=128, ST=2, PP=1)}
+# key tile, stages of K and V, ping-pong (PP 0: the ablation's "off"), persistent blocks (PERSIST
+# 1: as many blocks as multiprocessors, each taking tiles in turn; 0: a block per tile; None:
+# persistent where a head has at most PERSIST_MAX_TR query blocks, see grid_blocks)
+TILES = {64: dict(BC=128, ST=2, PP=1, PERSIST=None), 128: dict(BC=128, ST=2, PP=1, PERSIST=None)}
+PERSIST_MAX_TR = 32  # N <= 4096
+
+
+def grid_blocks(tiles: int, Tr: int, sm_count: int, config: dict) -> int:
+    """How many thread blocks take the `tiles` (query block, head) tiles, Tr per head.
+
+    Persistent blocks (one per multiprocessor, tiles in turn) save each tile's prologue and
+    epilogue, which counts where a head has few key tiles: measured on the H200 (2026-12-04,
+    docs/results/ladder_ws_v2_2026-12-04_h200.md) 1.04-1.16x a block per tile at N = 1k and
+    1.01-1.05x at 4k. From 16k on a block per tile was as fast or faster (up to 1.32x at
+    d = 128, causal):
+    the hardware starts each new block where one finished, which balances causal tiles of
+    unequal length and keeps the tiles running together close in L2; the static turns of
+    persistent blocks do neither. config["BLOCKS"] forces a count (tests)."""
+    if config.get("BLOCKS"):
+        return min(tiles, int(config["BLOCKS"]))
+    persist = config.get("PERSIST")
+    if persist is None:
+        persist = Tr <= PERSIST_MAX_TR
+    return min(tiles, sm_count) if persist else tiles
 
 
 def smem_bytes(d: int, BC: int, ST: int) -> int:
     """Q_i, ST stages of K_j and of V_j, and the mbarriers (kernels/tc90_ws.cu's header)."""
-    return BR * d * 2 + 2 * ST * BC * d * 2 + 8 * (1 + 4 * ST)
+    return BR * d * 2 + 2 * ST * BC * d * 2 + 8 * (2 + 4 * ST)
 
 
 def instance(bf16: bool, d: int, config: dict | None = None) -> str:
@@ -99,7 +121,8 @@ def forward(q, k, v, causal: bool = False, softmax_scale: float | None = None, o
             config: dict | None = None):
     """(o, lse) of attention on tensor cores with the warp-specialized forward. out: (o, lse)
     to write into (contiguous, o like q, lse (B, H, Nq) float32), else new arrays. config:
-    tiles other than TILES[d] (BC, ST, PP), for the ladder's ablation."""
+    tiles other than TILES[d] (BC, ST, PP, PERSIST), for the ladder's ablation, and BLOCKS: a
+    number of blocks (the tests' way to give each block several tiles)."""
     import cupy as cp
 
     _check(q, k, v)
@@ -132,9 +155,11 @@ def forward(q, k, v, causal: bool = False, softmax_scale: float | None = None, o
         group = plans.tc_head_group(limits["l2_bytes"], Nk, d, BH) if causal else 1
         orr = rows(tuple(s // o.itemsize for s in o.strides[:3]))
         ptr = cp.cuda.function.CPointer
-        raw((math.ceil(Nq / BR), BH), (THREADS,),
+        Tr = math.ceil(Nq / BR)
+        blocks = grid_blocks(Tr * BH, Tr, limits["sm_count"], t)
+        raw((blocks,), (THREADS,),
             (ptr(maps[0].ctypes.data), ptr(maps[1].ctypes.data), ptr(maps[2].ctypes.data), o, lse,
              np.int32(Nq), np.int32(Nk), tau, np.int32(bool(causal)), np.int32(group),
-             np.int32(H), np.int32(H // Hkv), ptr(orr.ctypes.data)),
+             np.int32(H), np.int32(BH), np.int32(H // Hkv), ptr(orr.ctypes.data)),
             shared_mem=smem)
     return o, lse

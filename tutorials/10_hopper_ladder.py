@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10. The Hopper ladder: the same F2, a different schedule
+#
+# Kernel `tc` on an H200 (kernels/tc90.cu) already multiplies on Hopper's warpgroup tensor
+# cores (wgmma) and overlaps each tile's softmax with the previous tile's P~ V product. What it
+# does not do is split the work: every thread copies a share of K_j and V_j, and a
+# `__syncthreads` per tile keeps all of them in step. FlashAttention-3's forward splits it:
+#
+# - a **producer** warpgroup only loads: one thread asks the Tensor Memory Accelerator (TMA)
+#   for Q_i once and for K_j, V_j tile after tile, into a ring of stages in shared memory;
+# - two **consumer** warpgroups only compute, 64 query rows each, and wait for the tiles at
+#   **mbarriers** (a "full" barrier per stage that the TMA completes, an "empty" one the
+#   consumers arrive at when their products have read it), never at a block-wide barrier;
+# - the consumers take **turns** to issue their products (ping-pong), so one's softmax can run
+#   while the other's products use the tensor cores;
+# - **persistent** blocks (one per multiprocessor) take the (query block, head) tiles in turn,
+#   so the next tile's loads overlap this tile's last products and its writes.
+#
+# The arithmetic is F2's, tile for tile (notebook 6); only the order in which the warpgroups do
+# it changes. kernels/tc90_ws.cu is that kernel; `flashlab.reference.schedule` plays its
+# schedule out on a cost model, step by step.
+
+# %%
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from flashlab.launch.device import gpu_available
+from flashlab.reference import schedule
+from flashlab.viz import draw_timeline
+
+# %% [markdown]
+# ## The schedule, step by step
+#
+# Six key tiles, two stages. Costs in the model's units: one 64 x 128 x 128 product = 1, a
+# load 0.5, a softmax 1. The table is the step-through: who does what, from when to when.
+
+# %%
+events = schedule.timeline(6, pingpong=True, stages=2)
+print(tabulate(schedule.table(events)[:24], headers=["who", "step", "start", "end"]))
+
+# %% [markdown]
+# Drawn: the tensor cores alternate between the consumers (c0, c1) and are almost never idle,
+# the producer runs ahead as far as the two stages let it, and each consumer's softmax sits
+# under the other's products.
+
+# %%
+draw_timeline(events, "kernels/tc90_ws.cu, 6 key tiles, 2 stages, ping-pong (the model)")
+
+# %% [markdown]
+# ## What the model says about ping-pong
+#
+# Tensor-core time as a share of the whole, with and without turns, as the softmax gets
+# dearer against the products. With tc90.cu's overlap inside each warpgroup already there, the
+# model finds the turns change almost nothing: the products are the bottleneck until the
+# softmax costs more than one of them.
+
+# %%
+rows = []
+for cost in (0.5, 1.0, 1.5, 2.0):
+    on, off = (schedule.timeline(16, pingpong=pp, costs=dict(softmax=cost)) for pp in (True, False))
+    rows.append([cost, f"{schedule.busy(on):.3f}", f"{schedule.busy(off):.3f}",
+                 schedule.makespan(on), schedule.makespan(off)])
+print(tabulate(rows, headers=["softmax cost", "busy, ping-pong", "busy, no turns",
+                              "makespan, ping-pong", "makespan, no turns"]))
+
+# %% [markdown]
+# ## What the H200 says
+#
+# The ladder's rows as measured (scripts/ladder_ws.py, committed under docs/results/): TFLOP/s
+# of kernel `tc` today (tc90.cu), of tc90_ws.cu with persistent blocks (ws) and with a block
+# per tile (ws-1), and of torch SDPA's flash and cuDNN backends, 16k tokens per batch. The
+# split of the loads from the products is what counts: 1.05-1.38x tc90.cu. Persistent blocks
+# help at small N and lose at large N, where the hardware's own block order balances the
+# causal tiles better. The first run (ladder_ws_v1) also timed ping-pong off and three stages:
+# as the model said, neither moved the numbers by more than the noise.
+
+# %%
+results = sorted((Path("..") / "docs" / "results").glob("ladder_ws_*_h200.json"))[-1]
+measured = json.loads(results.read_text())
+names = list(measured["rows"][0]["tflops"])
+print(results.name)
+print(tabulate([[r["dtype"], r["d"], "yes" if r["causal"] else "no", r["N"]] +
+                [round(r["tflops"][n]) for n in names] for r in measured["rows"]],
+               headers=["dtype", "d", "causal", "N"] + names))
+
+# %% [markdown]
+# ## On this machine
+#
+# On an H100 or H200 (compute capability 9.0) the kernel runs here, checked against float64
+# under FlashAttention's rule; anywhere else the cell says so.
+
+# %%
+if gpu_available():
+    import cupy as cp
+    import numpy as np
+
+    from flashlab import lowp
+    from flashlab.launch import tc_ws
+
+    if cp.cuda.Device().compute_capability == "90":
+        q, k, v = lowp.random_inputs(cp, [(1, 4, 1000, 128)] * 3, "bfloat16")
+        o, lse = tc_ws.forward(q, k, v, causal=True)
+        o64 = lowp.attention_oracle(q, k, v, q, True)[0]
+        ok, err, bound = lowp.within_fa_rule(o, o64, lowp.naive_lowp_forward(q, k, v, True)[0])
+        print(f"tc90_ws.cu, causal, N = 1000, d = 128: error {err:.2e}, bound {bound:.2e}, ok = {ok}")
+    else:
+        print("This GPU is not compute capability 9.0: kernels/tc90_ws.cu needs sm_90a.")
+else:
+    print("No CUDA GPU: skipped the ladder's forward (kernels/tc90_ws.cu needs an H100 or H200).")
