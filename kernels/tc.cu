@@ -32,7 +32,7 @@
  * Launch: forward grid (ceil(Nq / BR), B*H), NW warps, (BR + 4 BC) D 2 bytes of shared memory;
  *   backward: tc_backward_dot (8 rows per 256-thread block), then tc_backward with grid
  *   (ceil(Nk / BC), B*H), NW warps, (2 BC + 2 QS BR) D 2 + 2 BC BR 2 + 8 QS BR bytes, then
- *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_common.cuh).
+ *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_blocks.cuh).
  *   Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in flashlab/registry.py (tc_plan in
  *   flashlab/launch/plans.py computes the same byte counts).
  */

@@ -29,7 +29,7 @@
  * Launch: forward grid (ceil(Nq / BR), B*H), 128 NWG threads, (BR + 4 BC) D 2
  *   bytes of shared memory; backward tc_backward_dot, then tc90_backward with grid
  *   (ceil(Nk / BC), B*H), 128 NWG threads, (2 BC + 2 QS BR) D 2 + BC BR 2 + 8 QS BR bytes, then
- *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_common.cuh).
+ *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_blocks.cuh).
  */
 #include "tc_common.cuh"
 #include "tc90_tiles.cuh"

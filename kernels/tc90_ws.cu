@@ -30,7 +30,7 @@
  * tensor maps over (D, N, heads, B) with boxes of 64 columns x (128 or BC) rows; O through Rows.
  * Launch: a 1-D grid of up to ceil(Nq / 128) B*H blocks (fewer: persistent blocks that take the
  * tiles in turn), 384 threads, 128 D 2 + 2 ST BC D 2 + 8 (2 + 4 ST) bytes of shared memory.
- * Causal tiles are taken longest first (block_order_of, tc_common.cuh).
+ * Causal tiles are taken longest first (block_order_of, tc_blocks.cuh).
  */
 #include "tc_common.cuh"
 #include "tc90_tiles.cuh"

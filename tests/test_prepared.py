@@ -40,7 +40,7 @@ def _args_of(fake, name_prefix):
 
 
 def test_rows_is_the_kernels_struct_byte_for_byte():
-    # kernels/tc_common.cuh: struct Rows { long long b, h; int n; } (static_assert there: 24
+    # kernels/tc_blocks.cuh: struct Rows { long long b, h; int n; } (static_assert there: 24
     # bytes, 8-aligned, n at 16)
     assert prepared.ROWS_DTYPE.itemsize == 24
     assert prepared.rows((11, 22, 33)).tobytes() == struct.pack("<qqi4x", 11, 22, 33)

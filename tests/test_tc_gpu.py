@@ -164,7 +164,7 @@ def test_tc_long_sequence_and_softmax_scale(source, name):
 
 def test_tc_causal_block_order_gives_the_same_bits_in_any_head_grouping(source, monkeypatch):
     """Causal launches start their longest blocks first, `group` heads at a time
-    (kernels/tc_common.cuh block_order): with any group size, a last group with fewer heads
+    (kernels/tc_blocks.cuh block_order): with any group size, a last group with fewer heads
     included, forward and backward write every element and the same bits (each block's
     arithmetic does not depend on when it runs, and the forward has no atomics; dQ's fp32 atomic
     adds may land in another order, so dQ is held to the rule, not to the bits)."""

@@ -154,7 +154,7 @@ def tc_instances(variant: str) -> tuple:
 
 
 def tc_head_group(l2_bytes: int, N: int, d: int, BH: int, itemsize: int = 2) -> int:
-    """Heads per group of the causal block order (kernels/tc_common.cuh block_order,
+    """Heads per group of the causal block order (kernels/tc_blocks.cuh block_order,
     reference.tc_block_order): as many heads as have the operands every block of a head streams
     through (forward: K and V, N = Nk; backward: Q and dO, N = Nq; 2 N d itemsize bytes) within a
     third of L2, at least 1 and at most BH. Resident thread blocks then share few heads' operands

@@ -10,7 +10,7 @@ that CuPy passes by address (CPointer), so a run converts nothing but its buffer
 allocated and nothing waits for the GPU, so a run can be captured in a CUDA graph. Scratch
 memory a call needs is one workspace the caller allocates from its own allocator (torch's,
 inside flashlab.torch) and hands over as `workspace` (Prepared.carve gives each part's
-address). `rows` packs one operand's strides as the kernels' `struct Rows` (tc_common.cuh).
+address). `rows` packs one operand's strides as the kernels' `struct Rows` (tc_blocks.cuh).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 from .compiler import function, set_smem
 from .errors import KernelLaunchError
 
-# kernels/tc_common.cuh's struct Rows { long long b, h; int n; }: 24 bytes, 8-aligned
+# kernels/tc_blocks.cuh's struct Rows { long long b, h; int n; }: 24 bytes, 8-aligned
 ROWS_DTYPE = np.dtype({"names": ["b", "h", "n"], "formats": [np.int64, np.int64, np.int32]},
                       align=True)
 assert ROWS_DTYPE.itemsize == 24

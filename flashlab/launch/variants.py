@@ -77,7 +77,7 @@ def block_order(tiles: np.ndarray, direction: str, causal: bool, B: int, H: int,
     """The start order of a variant's thread blocks (kernels/tc_mods.cuh TC_BLOCK_ORDER):
     (blocks per head x B H, 2) int32 rows (x, bh), x the query block (forward) or key block
     (backward). A block's work is the number of tiles it visits (its range, with causal's
-    narrowing); as the causal block order does (block_order, tc_common.cuh), heads go `group` at
+    narrowing); as the causal block order does (block_order, tc_blocks.cuh), heads go `group` at
     a time and, inside a group, the longest blocks first (ties: forward the higher x first,
     backward the lower, as causal's; then by head)."""
     from ..mods.kernel import tile_ranges

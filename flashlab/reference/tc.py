@@ -289,7 +289,7 @@ def tc_forward_steps(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None
 def tc_block_order(nx: int, BH: int, causal: bool, group: int = 1,
                    long_high: bool = True) -> list[tuple[int, int]]:
     """The (block, head) pairs of a grid (nx blocks per head, BH heads) in the order the GPU
-    starts them (kernels/tc_common.cuh block_order: thread block blockIdx.x + nx * blockIdx.y).
+    starts them (kernels/tc_blocks.cuh block_order: thread block blockIdx.x + nx * blockIdx.y).
 
     Not causal: head by head, blocks ascending. Causal: the work per block is a triangle, so the
     longest blocks start first and the short ones fill the tail. long_high: the forward's row
