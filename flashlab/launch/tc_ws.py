@@ -44,10 +44,10 @@ def grid_blocks(tiles: int, Tr: int, sm_count: int, config: dict) -> int:
     epilogue, which counts where a head has few key tiles: measured on the H200 (2026-12-04,
     docs/results/ladder_ws_v2_2026-12-04_h200.md) 1.04-1.16x a block per tile at N = 1k and
     1.01-1.05x at 4k. From 16k on a block per tile was as fast or faster (up to 1.32x at
-    d = 128, causal):
-    the hardware starts each new block where one finished, which balances causal tiles of
-    unequal length and keeps the tiles running together close in L2; the static turns of
-    persistent blocks do neither. config["BLOCKS"] forces a count (tests)."""
+    d = 128, causal): the hardware starts each new block where one finished, which balances
+    causal tiles of unequal length and keeps the tiles running together close in L2; the
+    static turns of persistent blocks do neither. Between 4k and 16k the rule is not measured.
+    config["BLOCKS"] forces a count (tests)."""
     if config.get("BLOCKS"):
         return min(tiles, int(config["BLOCKS"]))
     persist = config.get("PERSIST")
