@@ -23,6 +23,11 @@ consumers' softmaxes share the quadrants' ALUs and SFUs: the model runs one at a
 model of the order and the waits, not a measurement: the
 kernel's times come from scripts/ladder_ws.py. Stages are refilled only when both consumers are
 done with them (K_j's after both S_j, V_j's after both P_j V_j), as the kernel's mbarriers say.
+
+One level up, `blocks_makespan` models how thread blocks share the (query block, head) tiles:
+a block per tile, which the hardware starts where one finished (dynamic), against persistent
+blocks taking tiles in turn (static), with `tile_order` and `tile_work` the kernels' order and
+each tile's key tiles.
 """
 from __future__ import annotations
 
@@ -132,3 +137,45 @@ def busy(events, who: str = TENSOR_CORES) -> float:
 def table(events) -> list[list]:
     """The step-through: one row per step, in start order (who, what, start, end)."""
     return [[e.who, e.what, round(e.start, 3), round(e.end, 3)] for e in events]
+
+
+# ----------------------------------------------------------------------------- blocks and tiles
+
+def tile_order(Tr: int, BH: int, causal: bool, group: int) -> list[tuple[int, int]]:
+    """(query block i, head bh) of the tiles in the order the kernels start them: block_order_of
+    in kernels/tc_blocks.cuh (heads `group` at a time when causal, longest first inside a group)."""
+    out = []
+    G = group if causal else 1
+    for w in range(Tr * BH):
+        c, r = divmod(w, G * Tr)
+        heads = min(G, BH - c * G)
+        q = r // heads
+        out.append((Tr - 1 - q if causal else q, c * G + r % heads))
+    return out
+
+
+def tile_work(Tr: int, Tc: int, BH: int, causal: bool, group: int, Br: int = 128,
+              Bc: int = 128) -> list[int]:
+    """Key tiles each tile visits (F2:L3's causal skipping), in tile_order's order: a tile's cost
+    in units of one key tile."""
+    return [min(Tc, ((i + 1) * Br - 1) // Bc + 1) if causal else Tc
+            for i, _ in tile_order(Tr, BH, causal, group)]
+
+
+def blocks_makespan(work, blocks: int, dynamic: bool, overhead: float = 0.0) -> float:
+    """When the last of `blocks` thread blocks finishes the tiles (costs `work`, in order), each
+    tile also costing `overhead` (its prologue and epilogue). dynamic: each tile goes to the
+    first block that is free, as the hardware starts a new block where one finished (a block
+    per tile), or an atomic tile counter would; static: block b takes tiles b, b + blocks, ...
+    (tc90_ws.cu's persistent blocks)."""
+    import heapq
+
+    if dynamic:
+        free = [0.0] * blocks
+        for c in work:
+            heapq.heappush(free, heapq.heappop(free) + c + overhead)
+        return max(free)
+    loads = [0.0] * blocks
+    for w, c in enumerate(work):
+        loads[w % blocks] += c + overhead
+    return max(loads)
