@@ -15,7 +15,6 @@ call; flashlab.launch.tma caches them per address).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -73,15 +72,10 @@ def instances() -> tuple:
 
 
 def source() -> Source:
-    """kernels/tc90_ws.cu with its headers, re-read only when a kernel file changes."""
+    """kernels/tc90_ws.cu with its headers, re-read only when a kernel file changes (read and
+    hashed on every call, it made the first ladder run wait for the host at N <= 4k)."""
     return _cached(("ladder", FILE), lambda: (kernel_dir(),),
                    lambda: Source(FILE, expand_includes(kernel_dir() / FILE), None))
-
-
-@functools.lru_cache(maxsize=None)
-def _limits(device: int) -> dict:
-    """device_limits, once per device (it reads every device attribute: about a millisecond)."""
-    return device_limits(device)
 
 
 def _check(q, k, v):
@@ -111,7 +105,7 @@ def _check(q, k, v):
         raise ValueError(f"k's heads H_kv = {Hkv} must divide q's heads H = {H}")
     if Nq < 1 or Nk < 1:
         raise ValueError(f"sequence lengths must be at least 1, got Nq = {Nq}, Nk = {Nk}")
-    cc = _limits(q.device.id)["compute_capability"]
+    cc = device_limits(q.device.id)["compute_capability"]
     if str(cc) != "90":
         raise ValueError(f"kernels/{FILE} runs on compute capability 9.0 (sm_90a) only; this "
                          f"GPU is {cc}: use kernel 'tc'")
@@ -130,7 +124,7 @@ def forward(q, k, v, causal: bool = False, softmax_scale: float | None = None, o
     Hkv, Nk = k.shape[1], k.shape[2]
     t = {**TILES[d], **(config or {})}
     tau = np.float32(1.0 / math.sqrt(d) if softmax_scale is None else softmax_scale)
-    limits = _limits(q.device.id)
+    limits = device_limits(q.device.id)
     smem = smem_bytes(d, t["BC"], t["ST"])
     if smem > limits["smem_optin"]:
         raise ValueError(f"kernels/{FILE} at d = {d} needs {smem} bytes of shared memory per "
