@@ -39,7 +39,9 @@ fi
 if [[ $what == all || $what == sanitize ]]; then
   for tool in memcheck racecheck synccheck; do
     echo "== compute-sanitizer --tool $tool"
-    timeout ${SAN_TIMEOUT:-900} compute-sanitizer --tool $tool --error-exitcode 99 python3 scripts/sanitize_kernels.py \
+    # --report-api-errors no: cuda-bindings (the ladder's tensor maps) asks the driver for entry
+    # points it may lack, and memcheck would count each refusal; kernel memory errors still count
+    timeout ${SAN_TIMEOUT:-900} compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 99 python3 scripts/sanitize_kernels.py \
       > "$OUT/sanitizer_$tool.log" 2>&1
     rc=$?
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|done|Error" "$OUT/sanitizer_$tool.log" | tail -3
@@ -170,7 +172,7 @@ if [[ $what == turing ]]; then
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
   for tool in memcheck racecheck synccheck; do
     echo "== compute-sanitizer --tool $tool (tc, every variant)"
-    SANITIZE_KERNELS=tc timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool $tool --error-exitcode 99 \
+    SANITIZE_KERNELS=tc timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 99 \
       python3 scripts/sanitize_kernels.py > "$OUT/sanitizer_turing_$tool.log" 2>&1
     rc=$?
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_turing_$tool.log" | tail -1
