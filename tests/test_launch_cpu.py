@@ -241,3 +241,42 @@ def test_the_ladders_forward_is_persistent_where_heads_have_few_query_blocks():
     assert grid_blocks(8 * 64, 8, 132, dict(auto, PERSIST=0)) == 8 * 64
     assert grid_blocks(20, 5, 132, dict(auto, BLOCKS=3)) == 3
     assert PERSIST_MAX_TR * 128 == 4096
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(d=96), ValueError, "head dim d must be one of"),
+    (dict(dtype=np.float32), TypeError, "takes float16 or bfloat16"),
+    (dict(Hkv=3), ValueError, "H_kv dividing q's H"),
+    (dict(cc="80"), ValueError, "compute capability 9.0"),
+])
+def test_the_ladders_forward_names_a_bad_argument(gpu, monkeypatch, bad, error, words):
+    # the same checks as every launch (check_qkv, check_device_inputs), then its own
+    from flashlab.launch import tc_ws
+
+    if "cc" in bad:
+        fake_cupy.uninstall()
+        fake_cupy.install(monkeypatch, cc=bad["cc"], smem_optin=SMEM)
+    d, Hkv, dt = bad.get("d", 64), bad.get("Hkv", 2), bad.get("dtype", ml_dtypes.bfloat16)
+    import cupy
+
+    q = cupy.ndarray((1, 4, 16, d), dt)
+    k = cupy.ndarray((1, Hkv, 16, d), dt)
+    with pytest.raises(error, match=words):
+        tc_ws.forward(q, k, k)
+
+
+
+def test_the_ladders_forward_takes_gqa_and_strided_views(gpu):
+    from flashlab.launch import tc_ws
+
+    import cupy
+
+    q = cupy.ndarray((2, 4, 300, 128), ml_dtypes.bfloat16)
+    k = cupy.ndarray((2, 1, 200, 128), ml_dtypes.bfloat16)
+    dims, device = tc_ws._check(q, k, k, True, None)
+    assert (dims.kv_heads, dims.Nk, dims.causal, device) == (1, 200, True, 0)
+    assert dims.scale == pytest.approx(128 ** -0.5)
+    packed = cupy.ndarray((1, 300, 3, 4, 64), ml_dtypes.bfloat16)  # heads moved forward: strided
+    view = cupy.ndarray((1, 4, 300, 64), ml_dtypes.bfloat16,
+                        strides=(packed.strides[0], packed.strides[3], packed.strides[1], 2))
+    assert tc_ws._check(view, view, view, False, None)[0].d == 64

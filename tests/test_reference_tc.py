@@ -14,7 +14,8 @@ from flashlab.reference import (fa2_backward, fa2_backward_steps, fa2_forward, f
 from flashlab.reference import tc as tc_mod
 from flashlab.launch.plans import tc_head_group
 from flashlab.registry import TC_BACKWARD, TC_FORWARD
-from flashlab.reference.tc import block_order_makespan, tc_blocks
+from flashlab.reference.schedule import block_order_makespan
+from flashlab.reference.tc import tc_blocks
 
 
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}

@@ -71,8 +71,10 @@ def test_the_timeline_draws_a_row_per_worker():
 
 def test_the_tile_order_is_the_kernels():
     # block_order_of: causal, 2 heads a group, longest first, then by head
-    assert S.tile_order(3, 4, True, 2)[:6] == [(2, 0), (2, 1), (1, 0), (1, 1), (0, 0), (0, 1)]
-    assert S.tile_order(3, 2, False, 2) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+    from flashlab.reference.tc import tc_block_order
+
+    assert tc_block_order(3, 4, True, 2)[:6] == [(2, 0), (2, 1), (1, 0), (1, 1), (0, 0), (0, 1)]
+    assert tc_block_order(3, 2, False, 2) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
     assert S.tile_work(4, 4, 1, True, 1) == [4, 3, 2, 1]
 
 

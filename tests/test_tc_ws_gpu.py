@@ -103,12 +103,15 @@ def test_strided_operands_run_without_a_copy():
     assert (o.get().view(np.uint16) == want.get().view(np.uint16)).all()
 
 
-@pytest.mark.parametrize("bad, words", [
-    (dict(d=96), "head dim d must be one of"),
-    (dict(dtype="float32"), "dtype must be float16 or bfloat16"),
-    (dict(Hkv=3), "must divide q's heads"),
-])
-def test_bad_inputs_name_the_argument(bad, words):
+BAD = [  # (what differs from a good call, the error, words of its message)
+    (dict(d=96), ValueError, "head dim d must be one of"),
+    (dict(dtype="float32"), TypeError, "takes float16 or bfloat16"),
+    (dict(Hkv=3), ValueError, "H_kv dividing q's H"),
+]
+
+
+@pytest.mark.parametrize("bad, error, words", BAD)
+def test_bad_inputs_name_the_argument(bad, error, words):
     import cupy as cp
 
     from flashlab.launch import tc_ws
@@ -116,5 +119,5 @@ def test_bad_inputs_name_the_argument(bad, words):
     d, Hkv = bad.get("d", 64), bad.get("Hkv", 2)
     q = cp.zeros((1, 4, 16, d), bad.get("dtype", "float16"))
     k = cp.zeros((1, Hkv, 16, d), q.dtype)
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(error, match=words):
         tc_ws.forward(q, k, k)

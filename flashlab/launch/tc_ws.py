@@ -5,7 +5,7 @@ mbarrier stages and two consumer warpgroups in ping-pong, on CuPy arrays, sm_90a
 
 q (B, H, Nq, d), k and v (B, H_kv, Nk, d) with H_kv dividing H (GQA: query head h reads
 key/value head h // (H / H_kv)), float16 or bfloat16, d = 64 or 128; any strides whose last
-dimension is contiguous and whose others are multiples of 16 bytes (flashlab.launch.tma). Returns
+dimension is contiguous and whose others are multiples of 16 bytes (device.check_rows). Returns
 o like q (contiguous) and lse (B, H, Nq) float32 in natural units, as kernel 'tc' does.
 
 It is a rung of the ladder, measured beside tc90.cu's forward (scripts/ladder_ws.py), not yet what
@@ -19,12 +19,14 @@ import math
 
 import numpy as np
 
+from ..checks import check_qkv
+from ..lowp import LOWP_DTYPES
 from . import plans
 from .compiler import function, get_module, set_smem
-from .device import device_limits
+from .device import check_device_inputs, device_limits
 from .prepared import rows
 from .sources import Source, _cached, expand_includes, kernel_dir
-from .tma import check_operand, tensor_map
+from .tma import tensor_map
 
 FILE = "tc90_ws.cu"
 THREADS = 384  # a producer warpgroup and two consumer warpgroups
@@ -78,37 +80,21 @@ def source() -> Source:
                    lambda: Source(FILE, expand_includes(kernel_dir() / FILE), None))
 
 
-def _check(q, k, v):
-    import cupy as cp
-
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, cp.ndarray):
-            raise TypeError(f"{name} must be a CuPy array, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"{name} must be (B, heads, N, d), got shape {x.shape}")
-        if x.dtype.name not in ("float16", "bfloat16"):
-            raise ValueError(f"{name}: dtype must be float16 or bfloat16, got {x.dtype.name}")
-        if x.dtype != q.dtype:
-            raise ValueError(f"q, k, v must share one dtype, got {q.dtype.name} and "
-                             f"{x.dtype.name} ({name})")
-        if x.device.id != q.device.id:
-            raise ValueError(f"{name} is on GPU {x.device.id}, q on GPU {q.device.id}")
-        check_operand(name, x)
-    B, H, Nq, d = q.shape
-    if d not in TILES:
-        raise ValueError(f"head dim d must be one of {sorted(TILES)} for kernels/{FILE}, got {d}")
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != d:
-        raise ValueError(f"k and v must be (B, H_kv, Nk, d) = ({B}, H_kv, Nk, {d}), got "
-                         f"{k.shape} and {v.shape}")
-    Hkv, Nk = k.shape[1], k.shape[2]
-    if Hkv < 1 or H % Hkv:
-        raise ValueError(f"k's heads H_kv = {Hkv} must divide q's heads H = {H}")
-    if Nq < 1 or Nk < 1:
-        raise ValueError(f"sequence lengths must be at least 1, got Nq = {Nq}, Nk = {Nk}")
-    cc = device_limits(q.device.id)["compute_capability"]
+def _check(q, k, v, causal, softmax_scale):
+    """The shared checks of every launch (flashlab.checks.check_qkv with GQA; CuPy arrays on one
+    device, 16-bit, rows as kernel 'tc' reads them: check_device_inputs, whose row layout is also
+    what the TMA copies need), then this kernel's head dims and compute capability."""
+    dims = check_qkv(q, k, v, causal, softmax_scale, gqa=True)
+    device = check_device_inputs("tc", {"q": q, "k": k, "v": v},
+                                 {name: LOWP_DTYPES for name in "qkv"})
+    if dims.d not in TILES:
+        raise ValueError(f"head dim d must be one of {sorted(TILES)} for kernels/{FILE}, got "
+                         f"{dims.d}")
+    cc = device_limits(device)["compute_capability"]
     if str(cc) != "90":
         raise ValueError(f"kernels/{FILE} runs on compute capability 9.0 (sm_90a) only; this "
                          f"GPU is {cc}: use kernel 'tc'")
+    return dims, device
 
 
 def forward(q, k, v, causal: bool = False, softmax_scale: float | None = None, out=None,
@@ -119,18 +105,17 @@ def forward(q, k, v, causal: bool = False, softmax_scale: float | None = None, o
     number of blocks (the tests' way to give each block several tiles)."""
     import cupy as cp
 
-    _check(q, k, v)
-    B, H, Nq, d = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
+    dims, device = _check(q, k, v, causal, softmax_scale)
+    B, H, Nq, Nk, d, Hkv = dims.B, dims.H, dims.Nq, dims.Nk, dims.d, dims.kv_heads
     t = {**TILES[d], **(config or {})}
-    tau = np.float32(1.0 / math.sqrt(d) if softmax_scale is None else softmax_scale)
-    limits = device_limits(q.device.id)
+    tau = np.float32(dims.scale)
+    limits = device_limits(device)
     smem = smem_bytes(d, t["BC"], t["ST"])
     if smem > limits["smem_optin"]:
         raise ValueError(f"kernels/{FILE} at d = {d} needs {smem} bytes of shared memory per "
                          f"block; this GPU allows {limits['smem_optin']}")
     name = instance(q.dtype.name == "bfloat16", d, config)
-    with cp.cuda.Device(q.device.id):
+    with cp.cuda.Device(device):
         mod = get_module(source(), False, (name,), arch="sm_90a", kernel="tc")
         raw = function(mod, name)
         set_smem(raw, smem)
@@ -146,14 +131,14 @@ def forward(q, k, v, causal: bool = False, softmax_scale: float | None = None, o
                                  f"{(B, H, Nq)}, got {lse.dtype.name} {lse.shape}")
         maps = [tensor_map(q, BR), tensor_map(k, t["BC"]), tensor_map(v, t["BC"])]
         BH = B * H
-        group = plans.tc_head_group(limits["l2_bytes"], Nk, d, BH) if causal else 1
+        group = plans.tc_head_group(limits["l2_bytes"], Nk, d, BH) if dims.causal else 1
         orr = rows(tuple(s // o.itemsize for s in o.strides[:3]))
         ptr = cp.cuda.function.CPointer
         Tr = math.ceil(Nq / BR)
         blocks = grid_blocks(Tr * BH, Tr, limits["sm_count"], t)
         raw((blocks,), (THREADS,),
             (ptr(maps[0].ctypes.data), ptr(maps[1].ctypes.data), ptr(maps[2].ctypes.data), o, lse,
-             np.int32(Nq), np.int32(Nk), tau, np.int32(bool(causal)), np.int32(group),
+             np.int32(Nq), np.int32(Nk), tau, np.int32(dims.causal), np.int32(group),
              np.int32(H), np.int32(BH), np.int32(H // Hkv), ptr(orr.ctypes.data)),
             shared_mem=smem)
     return o, lse

@@ -26,12 +26,15 @@ done with them (K_j's after both S_j, V_j's after both P_j V_j), as the kernel's
 
 One level up, `blocks_makespan` models how thread blocks share the (query block, head) tiles:
 a block per tile, which the hardware starts where one finished (dynamic), against persistent
-blocks taking tiles in turn (static), with `tile_order` and `tile_work` the kernels' order and
-each tile's key tiles.
+blocks taking tiles in turn (static), with `tile_work` each tile's key tiles in the kernels'
+order (reference.tc_block_order); `block_order_makespan` is the same model for kernel tc's own
+grids.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .tc import tc_block_order
 
 COSTS = {"load": 0.5, "s": 1.0, "pv": 1.0, "softmax": 1.0, "rescale": 0.1}
 TENSOR_CORES = "tensor cores"
@@ -141,25 +144,12 @@ def table(events) -> list[list]:
 
 # ----------------------------------------------------------------------------- blocks and tiles
 
-def tile_order(Tr: int, BH: int, causal: bool, group: int) -> list[tuple[int, int]]:
-    """(query block i, head bh) of the tiles in the order the kernels start them: block_order_of
-    in kernels/tc_blocks.cuh (heads `group` at a time when causal, longest first inside a group)."""
-    out = []
-    G = group if causal else 1
-    for w in range(Tr * BH):
-        c, r = divmod(w, G * Tr)
-        heads = min(G, BH - c * G)
-        q = r // heads
-        out.append((Tr - 1 - q if causal else q, c * G + r % heads))
-    return out
-
-
 def tile_work(Tr: int, Tc: int, BH: int, causal: bool, group: int, Br: int = 128,
               Bc: int = 128) -> list[int]:
-    """Key tiles each tile visits (F2:L3's causal skipping), in tile_order's order: a tile's cost
-    in units of one key tile."""
+    """Key tiles each tile visits (F2:L3's causal skipping), in the order the kernels take the
+    tiles (tc_block_order; tc90_ws.cu's block_order_of): a tile's cost in units of one key tile."""
     return [min(Tc, ((i + 1) * Br - 1) // Bc + 1) if causal else Tc
-            for i, _ in tile_order(Tr, BH, causal, group)]
+            for i, _ in tc_block_order(Tr, BH, causal, group)]
 
 
 def blocks_makespan(work, blocks: int, dynamic: bool, overhead: float = 0.0) -> float:
@@ -179,3 +169,21 @@ def blocks_makespan(work, blocks: int, dynamic: bool, overhead: float = 0.0) -> 
     for w, c in enumerate(work):
         loads[w % blocks] += c + overhead
     return max(loads)
+
+
+def block_order_makespan(nx: int, BH: int, group: int, slots: int, long_high: bool = True,
+                         overhead: float = 1.5) -> float:
+    """How much longer than perfectly balanced a causal grid runs when its blocks start in
+    tc_block_order's order: blocks_makespan's dynamic model of the GPU's block dispatcher (each
+    of `slots` resident places takes the next block as soon as it is free). Block x costs its
+    number of tiles (x + 1 when long_high, nx - x otherwise) plus `overhead` tiles of prologue
+    and epilogue. Returns makespan / (total work / slots), 1.0 being no tail at all.
+
+    This is the model behind tc v6's prediction in docs/PERFORMANCE.md (an H100 holds 264
+    forward blocks at d = 128: 2 per SM); it ignores L2, which is why the real order groups heads
+    instead of going longest first across all of them."""
+    if slots < 1:
+        raise ValueError(f"block_order_makespan: slots must be >= 1, got {slots}")
+    work = [x + 1 if long_high else nx - x for x, _ in tc_block_order(nx, BH, True, group, long_high)]
+    total = sum(work) + overhead * len(work)
+    return blocks_makespan(work, slots, True, overhead) / (total / slots)

@@ -310,30 +310,6 @@ def tc_block_order(nx: int, BH: int, causal: bool, group: int = 1,
     return order
 
 
-def block_order_makespan(nx: int, BH: int, group: int, slots: int, long_high: bool = True,
-                         overhead: float = 1.5) -> float:
-    """How much longer than perfectly balanced a causal grid runs when its blocks start in
-    tc_block_order's order: a list-scheduling model of the GPU's block dispatcher (each of
-    `slots` resident places takes the next block as soon as it is free). Block x costs its
-    number of tiles (x + 1 when long_high, nx - x otherwise) plus `overhead` tiles of prologue
-    and epilogue. Returns makespan / (total work / slots), 1.0 being no tail at all.
-
-    This is the model behind tc v6's prediction in docs/PERFORMANCE.md (an H100 holds 264
-    forward blocks at d = 128: 2 per SM); it ignores L2, which is why the real order groups heads
-    instead of going longest first across all of them."""
-    import heapq
-
-    if slots < 1:
-        raise ValueError(f"block_order_makespan: slots must be >= 1, got {slots}")
-    free = [0.0] * slots
-    total = 0.0
-    for x, _ in tc_block_order(nx, BH, True, group, long_high):
-        cost = (x + 1 if long_high else nx - x) + overhead
-        total += cost
-        heapq.heappush(free, heapq.heappop(free) + cost)
-    return max(free) / (total / slots)
-
-
 def tc_forward(q, k, v, causal=False, softmax_scale=None, Br=None, Bc=None, warps=None, Bk=None,
                **variant):
     """The tensor-core forward run to the end. Returns (o (B, H, Nq, d) 16-bit, lse fp32)."""
