@@ -60,7 +60,7 @@ TURING_FORCE = "FLASHLAB_TC_TURING"
 #   both:     MINB thread blocks per multiprocessor the compiler must fit in registers
 # Rungs of the Hopper ladder (issue 22): kernel sources measured beside kernel 'tc' and launched
 # by their own module, not yet a variant 'tc' runs (file -> launcher)
-LADDER = {"tc90_ws.cu": "flashlab.launch.tc_ws"}
+LADDER = {"tc90_ws.cu": "flashlab.launch.tc_ws", "tc90_ws_bwd.cu": "flashlab.launch.tc_ws"}
 TC90_FORWARD = {32: dict(BC=64, NWG=2, MINB=2), 64: dict(BC=64, NWG=2, MINB=2),
                 128: dict(BC=64, NWG=1, MINB=2)}
 TC90_BACKWARD = {32: dict(BR=128, BC=128, QS=2, MINB=1), 64: dict(BR=128, BC=128, QS=2, MINB=1),

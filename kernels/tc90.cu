@@ -34,6 +34,7 @@
 #include "tc_common.cuh"
 #include "tc90_tiles.cuh"
 #include "wgmma.cuh"
+#include "tc90_g2.cuh"
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "kernels/tc90.cu needs sm_90a (wgmma); other GPUs run kernels/tc.cu"
@@ -345,16 +346,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
 
         // G2:L5  S^T = K_j Q_i^T and G2:L6  dP^T = V_j dO_i^T (this warpgroup's 64 keys x BR)
         float s[BR / 2], dp[BR / 2];
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            wg_ss<BF16, BR, 0, 0>(s, aK + (kmajor_step<BC, D>(kk) >> 4),
-                                  bQk + ((so + kmajor_step<BR, D>(kk)) >> 4), kk > 0);
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            wg_ss<BF16, BR, 0, 0>(dp, aV + (kmajor_step<BC, D>(kk) >> 4),
-                                  bQk + ((so + QT + kmajor_step<BR, D>(kk)) >> 4), kk > 0);
-        wg_commit();
+        g2_issue_sdp<BF16, D, BR, BC>(s, dp, aK, aV, bQk, so);
         wg_wait<0>();
         wg_touch(s);
         wg_touch(dp);
@@ -410,17 +402,7 @@ tc90_backward(const u16* __restrict__ Q,     // (B, H, Nq, D), rows as qr says
         else if (edge) p_ds(1);
         else p_ds(0);
 
-        // G2:L6  dV~ += P^T dO_i and G2:L8  dK~ += dS^T Q_i (tau applied at G2:L10)
-        wg_touch(dv);
-        wg_touch(dk);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk)
-            wg_rs<BF16, D, 1>(dv, pa[kk], bQm + ((so + QT + mnmajor_step<D>(kk)) >> 4), 1);
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk)
-            wg_rs<BF16, D, 1>(dk, sa[kk], bQm + ((so + mnmajor_step<D>(kk)) >> 4), 1);
-        wg_commit();
+        g2_issue_dvdk<BF16, D, BR>(dv, dk, pa, sa, bQm, so);  // G2:L6 dV~, G2:L8 dK~
 
         fence_async_smem();
         __syncthreads();  // dS^T is complete

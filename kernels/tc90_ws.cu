@@ -7,18 +7,21 @@
  *   - warpgroup 0 is the producer: one thread of it asks the TMA unit for Q_i once and for K_j,
  *     V_j tile after tile (cp.async.bulk.tensor, 128-byte swizzle: the panel layout of
  *     tc90_tiles.cuh) into ST stages of a circular buffer. It gives most of its registers back
- *     (setmaxnreg) to the two consumer warpgroups, which take 240 each;
+ *     (setmaxnreg) to the consumer warpgroups, which take 240 each (160 with three);
  *   - no __syncthreads in the loop: each stage has a "full" mbarrier (the TMA unit completes it
- *     when the tile's bytes have landed) and an "empty" one (the 256 consumer threads arrive when
+ *     when the tile's bytes have landed) and an "empty" one (the consumer threads arrive when
  *     their products have read the stage); K and V have their own, so S_j waits only for K_j;
- *   - warpgroups 1 and 2 are the consumers, 64 query rows each (BR = 128). Each runs tc90.cu's
- *     intra-warpgroup pipelining (S_j = Q_i K_j^T and O~ += P~_{j-1} V_{j-1} issued together,
- *     the softmax of S_j while P~_{j-1} V_{j-1} runs), and the two take turns to issue their
- *     products (ping-pong: named barriers 1 and 2), so one's softmax runs under the other's
- *     products and the tensor cores are not left idle while both do exponentials;
+ *   - warpgroups 1 and 2 (and 3: NC) are the consumers, 64 query rows each (BR = 64 NC). Each
+ *     runs tc90.cu's intra-warpgroup pipelining (S_j = Q_i K_j^T and O~ += P~_{j-1} V_{j-1}
+ *     issued together, the softmax of S_j while P~_{j-1} V_{j-1} runs), and two take turns to
+ *     issue their products (ping-pong: named barriers 1 and 2), so one's softmax runs under the
+ *     other's products and the tensor cores are not left idle while both do exponentials;
  *   - the thread blocks may be persistent (fewer blocks than tiles, each taking tiles in turn),
- *     so the producer loads the next tile while the consumers finish this one; the launcher
- *     chooses (flashlab/launch/tc_ws.py grid_blocks, with the measurements behind it).
+ *     so the producer loads the next tile while the consumers finish this one; the turns are
+ *     static (block b takes tiles b, b + gridDim.x, ...) or dynamic (the producer takes the next
+ *     tile from a counter in global memory, atomicAdd, when its block has room for one: the
+ *     blocks that finish early take more). The launcher chooses (flashlab/launch/tc_ws.py
+ *     grid_blocks, with the measurements behind it).
  *
  * Unlike tc90.cu, P~_j is packed to 16 bits after P~_{j-1} V_{j-1} has landed (FlashAttention-3's
  * order): one set of P~ registers, not two.
@@ -27,9 +30,11 @@
  * same, only the schedule of the warpgroups differs: flashlab/reference/schedule.py models it,
  * flashlab.viz.draw_timeline draws it).
  * Layout: Q, O (B, H, Nq, D); K, V (B, H_kv, Nk, D), 16-bit; L (B, H, Nq) fp32. Q, K, V come as
- * tensor maps over (D, N, heads, B) with boxes of 64 columns x (128 or BC) rows; O through Rows.
- * Launch: a 1-D grid of up to ceil(Nq / 128) B*H blocks (fewer: persistent blocks that take the
- * tiles in turn), 384 threads, 128 D 2 + 2 ST BC D 2 + 8 (2 + 4 ST) bytes of shared memory.
+ * tensor maps over (D, N, heads, B) with boxes of 64 columns x (BR or BC) rows; O through Rows.
+ * Launch: a 1-D grid of up to ceil(Nq / BR) B*H blocks (fewer: persistent blocks that take the
+ * tiles in turn), 128 (NC + 1) threads, BR D 2 + 2 ST BC D 2 + 8 (2 + 4 ST) + 8 bytes of shared
+ * memory;
+ * dynamic turns: `next` a zeroed int in global memory (one per launch).
  * Causal tiles are taken longest first (block_order_of, tc_blocks.cuh).
  */
 #include "tc_common.cuh"
@@ -41,34 +46,45 @@
 #error "kernels/tc90_ws.cu needs sm_90a (wgmma, TMA, setmaxnreg)"
 #endif
 
-/* One thread block works through the (query block, head) tiles w = blockIdx.x, + gridDim.x, ...
- * in block_order's order (longest first when causal): gridDim.x = the tile count gives each block
- * one tile; fewer blocks (the SM count: persistent) let the producer load the next tile's Q, K, V
- * while the consumers still write this tile's O. The K/V stages and their phases run on across
- * tiles (it: K/V tiles so far), and Q's buffer has an "empty" barrier too.
+/* One thread block works through (query block, head) tiles w, numbered in block_order's order
+ * (longest first when causal): first w = blockIdx.x, then w + gridDim.x (static turns: `next`
+ * null) or gridDim.x + the count of tiles taken from `next` so far (dynamic turns: the longest
+ * tile left goes to the first block with room for it). gridDim.x = the tile count gives each
+ * block one tile; fewer blocks (the SM count: persistent) let the producer load the next tile's
+ * Q, K, V while the consumers still write this tile's O. The producer decides the tile and tells
+ * the consumers in shared memory (sW, published by Q's "full" barrier; w >= tiles: no more). The
+ * K/V stages and their phases run on across tiles (it: K/V tiles so far), and Q's buffer has an
+ * "empty" barrier too.
+ * NC: consumer warpgroups (64 query rows each, BR = 64 NC): 2, or 3 at d = 64 (FlashAttention-3's
+ * 192-row tiles there: K_j, V_j shared by more rows; 160 registers each, ping-pong off).
  * PP: ping-pong on (1) or off (0: each consumer issues as soon as it is ready), for the ladder's
  * ablation. */
-template <bool BF16, int D, int BC, int ST, int PP>
-__global__ void __launch_bounds__(384, 1)
+template <bool BF16, int D, int BC, int ST, int PP, int NC>
+__global__ void __launch_bounds__(128 * (NC + 1), 1)
 tc90ws_forward(const __grid_constant__ CUtensorMap tmQ,  // (D, Nq, H, B)
                const __grid_constant__ CUtensorMap tmK,  // (D, Nk, H_kv, B)
                const __grid_constant__ CUtensorMap tmV,  // (D, Nk, H_kv, B)
                u16* __restrict__ O,                      // (B, H, Nq, D), rows as orr says
                float* __restrict__ L,                    // (B, H, Nq) fp32 logsumexp, natural units
-               int Nq, int Nk, float tau, int causal, int group, int H, int BH, int G, Rows orr) {
-    constexpr int BR = 128, NP = D / 64;          // query rows; 64-column panels of a tile
+               int Nq, int Nk, float tau, int causal, int group, int H, int BH, int G, Rows orr,
+               int* __restrict__ next) {                  // (1) dynamic turns' counter, or null
+    constexpr int BR = 64 * NC, NP = D / 64;      // query rows; 64-column panels of a tile
+    constexpr int CT = 128 * NC;                  // consumer threads
     constexpr u32 QT = BR * D * 2, TILE = BC * D * 2;
+    static_assert((NC == 2 || (NC == 3 && D == 64)) && (NC == 2 || !PP), "unsupported consumers");
     static_assert(D % 64 == 0 && D <= 128 && BC % 64 == 0 && BC <= 128 && ST >= 2, "unsupported tile");
     extern __shared__ __align__(1024) uint4 smem[];
     const u32 sQ = smem_addr(smem);
     if ((sQ & 1023u) != 0) __trap();  // the swizzle needs 1024-byte aligned tiles
     const u32 sK = sQ + QT, sV = sK + ST * TILE, sB = sV + ST * TILE;
-    // mbarriers, 8 bytes each: Q full, Q empty, then per stage K full, K empty, V full, V empty
+    // mbarriers, 8 bytes each: Q full, Q empty, then per stage K full, K empty, V full, V empty;
+    // then the tile the consumers work on next (sW)
     const u32 qfull = sB, qempty = sB + 8;
     auto kfull = [&](int s) { return sB + 16 + 8 * s; };
     auto kempty = [&](int s) { return sB + 16 + 8 * (ST + s); };
     auto vfull = [&](int s) { return sB + 16 + 8 * (2 * ST + s); };
     auto vempty = [&](int s) { return sB + 16 + 8 * (3 * ST + s); };
+    const u32 sW = sB + 16 + 32 * ST;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2;
     const int Tr = (Nq + BR - 1) / BR, Tc = (Nk + BC - 1) / BC, tiles = Tr * BH;
@@ -81,12 +97,12 @@ tc90ws_forward(const __grid_constant__ CUtensorMap tmQ,  // (D, Nq, H, B)
 
     if (threadIdx.x == 0) {
         mbar_init(qfull, 1);
-        mbar_init(qempty, 256);  // every consumer thread
+        mbar_init(qempty, CT);  // every consumer thread
         for (int s = 0; s < ST; ++s) {
             mbar_init(kfull(s), 1);
             mbar_init(vfull(s), 1);
-            mbar_init(kempty(s), 256);
-            mbar_init(vempty(s), 256);
+            mbar_init(kempty(s), CT);
+            mbar_init(vempty(s), CT);
         }
         mbar_init_fence();
     }
@@ -99,12 +115,20 @@ tc90ws_forward(const __grid_constant__ CUtensorMap tmQ,  // (D, Nq, H, B)
             tma_prefetch_map(&tmK);
             tma_prefetch_map(&tmV);
             int it = 0, n = 0;  // K/V tiles and work tiles loaded so far
-            for (int w = blockIdx.x; w < tiles; w += gridDim.x, ++n) {
+            int w = blockIdx.x;
+            for (;; ++n) {
+                if (n > 0) mbar_wait(qempty, (n - 1) & 1);  // both consumers are done with Q (and sW)
+                st_shared_s32(sW, w);
+                if (w >= tiles) {     // no more: the consumers see w and stop
+                    mbar_arrive(qfull);
+                    break;
+                }
+                // the tile after this one, asked for now: the atomic's trip hides behind the loads
+                const int w_next = next ? gridDim.x + atomicAdd(next, 1) : w + gridDim.x;
                 int i, bh, jend;
                 tile(w, i, bh, jend);
                 const int b = bh / H, h = bh - b * H;
-                if (n > 0) mbar_wait(qempty, (n - 1) & 1);  // both consumers are done with Q
-                mbar_expect_tx(qfull, QT);                                        // F2:L2
+                mbar_expect_tx(qfull, QT);                 // F2:L2 (its arrival publishes sW)
 #pragma unroll
                 for (int p = 0; p < NP; ++p) tma_load4(sQ + p * BR * 128, &tmQ, 64 * p, i * BR, h, b, qfull);
                 for (int j = 0; j < jend; ++j, ++it) {                            // F2:L4
@@ -121,13 +145,14 @@ tc90ws_forward(const __grid_constant__ CUtensorMap tmQ,  // (D, Nq, H, B)
                     for (int p = 0; p < NP; ++p)
                         tma_load4(sV + s * TILE + p * BC * 128, &tmV, 64 * p, j * BC, h / G, b, vfull(s));
                 }
+                w = w_next;
             }
         }
         return;
     }
 
     // ---------------------------------------------------------------- consumers
-    regs_inc<240>();
+    regs_inc<NC == 2 ? 240 : 160>();
     const int c = wg - 1;  // consumer warpgroup c: query rows 64 c .. 64 c + 63 of the block
     const int g = lane >> 2, t = lane & 3;
     const int wrow = c * 64 + (warp & 3) * 16;  // this warp's first row in the block
@@ -136,8 +161,11 @@ tc90ws_forward(const __grid_constant__ CUtensorMap tmQ,  // (D, Nq, H, B)
     const u64 dQ = wg_desc<D>(sQ + c * 64 * 128, 16);
     const u64 dK = wg_desc<D>(sK, 16);
     const u64 dV = wg_desc<D>(sV, BC * 128);
-    int it = 0, n = 0;  // K/V tiles and work tiles consumed so far
-    for (int w = blockIdx.x; w < tiles; w += gridDim.x, ++n) {
+    int it = 0;  // K/V tiles consumed so far
+    for (int n = 0;; ++n) {  // n: work tiles so far
+        mbar_wait(qfull, n & 1);  // Q_i has landed, and sW says which tile it is
+        const int w = __shfl_sync(0xffffffffu, ld_shared_s32(sW), 0);
+        if (w >= tiles) break;
         int i, bh, jend;
         tile(w, i, bh, jend);
         float o[D / 2];
@@ -194,7 +222,6 @@ tc90ws_forward(const __grid_constant__ CUtensorMap tmQ,  // (D, Nq, H, B)
             for (int hh = 0; hh < 2; ++hh) alpha[hh] = f2_softmax_row(frag(sc), hh, m[hh], l[hh]);
         };
 
-        mbar_wait(qfull, n & 1);                                                    // Q_i has landed
         if (PP && c == 1) named_arrive(1, 256);  // consumer 0 issues first
         {                                                                           // F2:L3, j = 0
             float sc[BC / 2], alpha[2];

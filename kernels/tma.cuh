@@ -50,9 +50,51 @@ __device__ __forceinline__ void tma_load4(u32 dst, const CUtensorMap* map, int c
                  :: "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1),
                     "r"(c2), "r"(c3), "r"(bar) : "memory");
 }
+/* The box starting at element c0 of a one-row tensor map (fp32 L, D: a 2-D map (size, 1), no
+ * swizzle, dst 128-byte aligned). */
+__device__ __forceinline__ void tma_load_row(u32 dst, const CUtensorMap* map, int c0, u32 bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, 0}], [%3];\n"
+                 :: "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(bar)
+                 : "memory");
+}
+/* Shared memory at src (a box of the map, in its swizzle) added into the global tensor at
+ * coordinates (c0, c1, c2, c3) by the TMA unit (fp32 adds; rows outside the tensor are left
+ * out), in this thread's bulk group; bulk_commit / bulk_wait_read<N> then wait until at most N
+ * groups are still reading shared memory, bulk_wait<N> until they are done. */
+__device__ __forceinline__ void tma_reduce_add4(u32 src, const CUtensorMap* map, int c0, int c1,
+                                                int c2, int c3) {
+    asm volatile("cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group"
+                 " [%0, {%1, %2, %3, %4}], [%5];\n"
+                 :: "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2),
+                    "r"(c3), "r"(src) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+    asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
     asm volatile("prefetch.tensormap [%0];\n" :: "l"(reinterpret_cast<unsigned long long>(map))
                  : "memory");
+}
+
+/* A 32-bit word of shared memory, written and read as the asm says (ordered with the mbarrier
+ * operations around it: a value one thread writes before its arrival is seen by a thread after
+ * its wait for that phase). */
+__device__ __forceinline__ void st_shared_s32(u32 addr, int x) {
+    asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(addr), "r"(x) : "memory");
+}
+__device__ __forceinline__ int ld_shared_s32(u32 addr) {
+    int x;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(x) : "r"(addr) : "memory");
+    return x;
 }
 
 /* Named barrier `id` (1..15; 0 is __syncthreads') for n threads, whole warps: wait there, or

@@ -14,8 +14,9 @@
 #   OUT=/tmp/out bash scripts/gpu_check.sh variants-ab BASE_DIR (variant builds, interleaved A/B)
 #   OUT=/tmp/out bash scripts/gpu_check.sh poster [args]  (the seed poster's two figures, measured)
 #   OUT=/tmp/out bash scripts/gpu_check.sh tma      (issue 22's first probe: a TMA tensor map in a CuPy launch)
-#   OUT=/tmp/out bash scripts/gpu_check.sh ladder [ladder_ws.py args] (the ladder's warp-specialized forward:
-#       its GPU tests, compute-sanitizer, rows against tc and SDPA flash / cuDNN)
+#   OUT=/tmp/out bash scripts/gpu_check.sh ladder [ladder_ws.py args] (the ladder's warp-specialized forward
+#       and backward: their GPU tests, compute-sanitizer, rows against tc and SDPA flash / cuDNN for
+#       each of $LADDER_DIRECTIONS, default "forward backward")
 #   OUT=/tmp/out bash scripts/gpu_check.sh turing [BASE_DIR] (tc.cu's compute_75 build: its GPU tests,
 #       the sanitizer, fp16 against SDPA; with a base tree, an interleaved A/B of the build)
 # Logs land in $OUT (the device tool brings them back). Uses the machine's python3 (CuPy,
@@ -137,11 +138,11 @@ if [[ $what == tma ]]; then
 fi
 
 if [[ $what == ladder ]]; then
-  echo "== the Hopper ladder's forward (kernels/tc90_ws.cu): GPU tests"
-  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_tc_ws_gpu.py 2>&1 | tee "$OUT/pytest_ladder.log" | tail -3
+  echo "== the Hopper ladder (kernels/tc90_ws.cu, tc90_ws_bwd.cu): GPU tests"
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_tc_ws_gpu.py tests/test_tc_ws_bwd_gpu.py 2>&1 | tee "$OUT/pytest_ladder.log" | tail -3
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
   for tool in memcheck racecheck synccheck; do
-    echo "== compute-sanitizer --tool $tool (tc90_ws.cu)"
+    echo "== compute-sanitizer --tool $tool (tc90_ws.cu, tc90_ws_bwd.cu)"
     # (--report-api-errors no: cuda-bindings asks the driver for entry points it may lack, and
     # memcheck counts each refusal as an error; the kernels' memory errors are still reported)
     SANITIZE_LADDER=only timeout ${SAN_TIMEOUT:-300} compute-sanitizer --tool $tool --error-exitcode 99 \
@@ -151,9 +152,12 @@ if [[ $what == ladder ]]; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer_ladder_$tool.log" | tail -1
     [[ $rc == 0 ]] || { echo "compute-sanitizer $tool: exit $rc"; status=1; }
   done
-  echo "== the ladder's forward rows: tc, tc90_ws, SDPA flash, cuDNN (scripts/ladder_ws.py $*)"
-  python3 scripts/ladder_ws.py --json "$OUT/ladder_ws.json" "$@" 2>&1 | tee "$OUT/ladder_ws.txt"
-  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  for direction in ${LADDER_DIRECTIONS:-forward backward}; do
+    echo "== the ladder's $direction rows: tc, the ws rungs, SDPA flash, cuDNN (scripts/ladder_ws.py $*)"
+    python3 scripts/ladder_ws.py --direction $direction --json "$OUT/ladder_ws_$direction.json" "$@" 2>&1 \
+      | tee "$OUT/ladder_ws_$direction.txt"
+    [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  done
 fi
 
 if [[ $what == poster ]]; then

@@ -100,9 +100,11 @@ for variant in variants if (not only or "tc" in only) and not variants_only else
                   "dv": dv}, workspace=work.data.ptr)
         cp.cuda.runtime.deviceSynchronize()
     print(f"tc ({src}) packed qkv views, strided dO, dq, dk, dv: ran", flush=True)
-# the Hopper ladder's warp-specialized forward (kernels/tc90_ws.cu, registry.LADDER): both dtypes
-# and head dims, ragged N (rows past N arrive from the TMA unit as zeros), Nq != Nk, GQA (4 query
-# heads on 2), and at N = 530 more key tiles than stages, so every K and V stage is refilled
+# the Hopper ladder's warp-specialized forward and backward (kernels/tc90_ws.cu, tc90_ws_bwd.cu,
+# registry.LADDER; the forward also with dynamic turns and three consumers, the backward also
+# with atomics for dQ and 3 stages): both dtypes and head dims, ragged N (rows past N arrive from
+# the TMA unit as zeros), Nq != Nk, GQA (4 query heads on 2), and at N = 530 more key tiles than
+# stages, so every K and V stage is refilled
 if cc == 90 and (not only or "tc" in only or ladder_only) and not variants_only:
     from flashlab.launch import tc_ws
 
@@ -112,11 +114,17 @@ if cc == 90 and (not only or "tc" in only or ladder_only) and not variants_only:
                 for nq, nk in ((Nq, Nk), (530, 290), (150, 530)):
                     q, k, v = lowp.random_inputs(cp, [(B, 4, nq, d), (B, 2, nk, d), (B, 2, nk, d)],
                                                  name)
-                    tc_ws.forward(q, k, v, causal)
+                    o, lse = tc_ws.forward(q, k, v, causal)
                     tc_ws.forward(q, k, v, causal, config=dict(BLOCKS=3))  # several tiles a block
+                    tc_ws.forward(q, k, v, causal, config=dict(BLOCKS=3, DYN=1))  # dynamic turns
                     tc_ws.forward(q, k, v, causal, config=dict(PERSIST=0, PP=0))
+                    if d == 64:  # three consumer warpgroups, 192 query rows
+                        tc_ws.forward(q, k, v, causal, config=dict(NC=3, PP=0, BLOCKS=3, DYN=1))
+                    do = lowp.random_inputs(cp, [q.shape], name, seed=1)[0]
+                    tc_ws.backward(do, q, k, v, o, lse, causal)  # and its warp-specialized backward
+                    tc_ws.backward(do, q, k, v, o, lse, causal, config=dict(DQW=0, ST=3))
                     cp.cuda.runtime.deviceSynchronize()
-            print(f"tc (tc90_ws.cu, the ladder's forward) {name} d={d}: ran", flush=True)
+            print(f"tc (tc90_ws.cu, tc90_ws_bwd.cu: the ladder) {name} d={d}: ran", flush=True)
 # attention variants compiled in (kernels/tc_mods.cuh, fa2.cu's FL_MODS): the block mask's
 # ranges and skipped tiles, per-element masks and score_mods, GQA (4 query heads on 2), a mask
 # that hides every key (tc90.cu's one all-hidden tile) and masks alone at N = 300 (whole tiles

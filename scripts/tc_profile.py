@@ -7,7 +7,8 @@
 (scripts/gpu_check.sh profile runs exactly that, with the kernel filter regex:"tc_|flash_").
 Compilation happens before the launches, so only the four tc kernels of one forward and one
 backward are profiled; --torch adds one forward and backward of torch SDPA's flash backend on
-the same shapes, so its kernels land in the same report for a side-by-side read.
+the same shapes, so its kernels land in the same report for a side-by-side read; --ladder adds
+one forward and backward of the Hopper ladder's rungs (flashlab.launch.tc_ws).
 --mask-causal runs built-in causal and then causal as a mask_mod (the variant build) through
 flashlab.api, forward and backward: ncu's --launch-skip picks which one a report holds.
 """
@@ -37,6 +38,12 @@ else:
     o, lse = launch.forward("tc", q, k, v, causal)
     launch.backward("tc", do, q, k, v, o, lse, causal)
 cp.cuda.Device().synchronize()
+if "--ladder" in sys.argv:  # the Hopper ladder's rungs on the same inputs (flashlab.launch.tc_ws)
+    from flashlab.launch import tc_ws
+
+    o, lse = tc_ws.forward(q, k, v, causal)
+    tc_ws.backward(do, q, k, v, o, lse, causal)
+    cp.cuda.Device().synchronize()
 if "--torch" in sys.argv:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -48,4 +55,5 @@ if "--torch" in sys.argv:
         torch.autograd.grad(sdpa(qg, kg, vg, is_causal=causal), (qg, kg, vg), tdo)
     torch.cuda.synchronize()
 print(f"profiled tc bf16 d={d} N={N} B={B} H={H} causal={causal}"
-      f"{' and torch SDPA flash' if '--torch' in sys.argv else ''}")
+      f"{' and torch SDPA flash' if '--torch' in sys.argv else ''}"
+      f"{' and the ladder' if '--ladder' in sys.argv else ''}")

@@ -24,9 +24,15 @@ def test_the_ladders_rungs_compile_for_sm90a():
     from flashlab.launch import tc_ws
 
     assert registry.LADDER["tc90_ws.cu"] == tc_ws.__name__
-    ablation = (tc_ws.instance(True, 64, dict(PP=0)), tc_ws.instance(False, 128, dict(ST=3)))
+    ablation = (tc_ws.instance(True, 64, dict(PP=0)), tc_ws.instance(False, 128, dict(ST=3)),
+                tc_ws.instance(True, 64, dict(NC=3, PP=0)))
     log = compiler.nvrtc_compile(tc_ws.source(), "sm_90a",
                                  name_expressions=tc_ws.instances() + ablation, kernel="tc")
+    assert "warning" not in log, log
+    assert registry.LADDER["tc90_ws_bwd.cu"] == tc_ws.__name__
+    three = (tc_ws.backward_names(True, 128, dict(ST=3))[0],)
+    log = compiler.nvrtc_compile(tc_ws.source(tc_ws.BACKWARD_FILE), "sm_90a",
+                                 name_expressions=tc_ws.backward_instances() + three, kernel="tc")
     assert "warning" not in log, log
     with pytest.raises(KernelCompileError, match="needs sm_90a"):
         compiler.nvrtc_compile(tc_ws.source(), "sm_90", name_expressions=tc_ws.instances(),

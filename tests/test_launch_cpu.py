@@ -266,6 +266,28 @@ def test_the_ladders_forward_names_a_bad_argument(gpu, monkeypatch, bad, error, 
 
 
 
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(d=96), ValueError, "head dim d must be one of"),
+    (dict(lse=(1, 4, 15)), ValueError, "lse must have shape"),
+    (dict(do=np.float16), ValueError, "do has dtype"),
+    (dict(lse_dtype=ml_dtypes.bfloat16), TypeError, "lse"),
+    (dict(cc="80"), ValueError, "compute capability 9.0"),
+])
+def test_the_ladders_backward_names_a_bad_argument(gpu, monkeypatch, bad, error, words):
+    from flashlab.launch import tc_ws
+
+    if "cc" in bad:
+        fake_cupy.uninstall()
+        fake_cupy.install(monkeypatch, cc=bad["cc"], smem_optin=SMEM)
+    import cupy
+
+    d = bad.get("d", 64)
+    q = cupy.ndarray((1, 4, 16, d), ml_dtypes.bfloat16)
+    do = cupy.ndarray(q.shape, bad.get("do", ml_dtypes.bfloat16))
+    lse = cupy.ndarray(bad.get("lse", (1, 4, 16)), bad.get("lse_dtype", np.float32))
+    with pytest.raises(error, match=words):
+        tc_ws.backward(do, q, q, q, q, lse)
+
 def test_the_ladders_forward_takes_gqa_and_strided_views(gpu):
     from flashlab.launch import tc_ws
 

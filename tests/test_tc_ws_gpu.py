@@ -65,13 +65,20 @@ def test_forward_meets_flashattentions_rule(shape, dtype):
     np.testing.assert_allclose(lse, lse64, rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("config", [dict(PP=0), dict(ST=3), dict(PERSIST=0), dict(BLOCKS=3)],
-                         ids=["no-pingpong", "3-stages", "a-block-per-tile", "3-blocks"])
+@pytest.mark.parametrize("config", [dict(PP=0), dict(ST=3), dict(PERSIST=0), dict(BLOCKS=3),
+                                    dict(PERSIST=1, DYN=1), dict(BLOCKS=3, DYN=1),
+                                    dict(PERSIST=1, DYN=0), dict(NC=3, PP=0),
+                                    dict(NC=3, PP=0, BLOCKS=3, DYN=1)],
+                         ids=["no-pingpong", "3-stages", "a-block-per-tile", "3-blocks",
+                              "dynamic-turns", "3-blocks-dynamic", "static-turns",
+                              "3-consumers", "3-consumers-3-blocks-dynamic"])
 @pytest.mark.parametrize("shape", [(1, 2, 1, 300, 530, 64, True), (2, 2, 2, 530, 300, 128, False)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_the_ablations_rungs_meet_the_rule_too(shape, config):
     import cupy as cp
 
+    if config.get("NC") == 3 and shape[5] != 64:
+        pytest.skip("three consumer warpgroups: d = 64 only")
     from flashlab.launch import tc_ws
 
     B, H, Hkv, Nq, Nk, d, causal = shape

@@ -84,21 +84,30 @@ print(tabulate(rows, headers=["softmax cost", "busy, ping-pong", "busy, no turns
 # ## What the H200 says
 #
 # The ladder's rows as measured (scripts/ladder_ws.py, committed under docs/results/): TFLOP/s
-# of kernel `tc` today (tc90.cu), of tc90_ws.cu with persistent blocks (ws) and with a block
-# per tile (ws-1), and of torch SDPA's flash and cuDNN backends, 16k tokens per batch. The
-# split of the loads from the products is what counts: 1.05-1.38x tc90.cu. Persistent blocks
-# help at small N and lose at large N, where the hardware's own block order balances the
-# causal tiles better. The first run (ladder_ws_v1) also timed ping-pong off and three stages:
-# as the model said, neither moved the numbers by more than the noise.
+# of kernel `tc` today (tc90.cu), of tc90_ws.cu as its launcher picks (ws: persistent blocks up
+# to N = 4k, a block per tile above), with a block per tile always (ws-1), persistent blocks
+# with static turns (ws-p) and with dynamic ones (ws-d), and of torch SDPA's flash and cuDNN
+# backends, 16k tokens per batch. The split of the loads from the products is what counts:
+# 1.01-1.41x tc90.cu. Persistent blocks help at small N and, in static turns, lose at large N,
+# where the hardware's own block order balances the causal tiles better. At d = 64, three
+# consumer warpgroups (ws-nc3: 192 query rows share each K/V tile) win 1.08-1.11x from 4k on. An earlier run
+# (ladder_ws_v1) also timed ping-pong off and three stages: as the model said, neither moved
+# the numbers by more than the noise.
 
 # %%
-results = sorted((Path("..") / "docs" / "results").glob("ladder_ws_*_h200.json"))[-1]
-measured = json.loads(results.read_text())
-names = list(measured["rows"][0]["tflops"])
-print(results.name)
-print(tabulate([[r["dtype"], r["d"], "yes" if r["causal"] else "no", r["N"]] +
-                [round(r["tflops"][n]) for n in names] for r in measured["rows"]],
-               headers=["dtype", "d", "causal", "N"] + names))
+def latest(pattern):
+    """The newest committed ladder run matching `pattern`, printed as a table (TFLOP/s)."""
+    path = sorted((Path("..") / "docs" / "results").glob(pattern))[-1]
+    run = json.loads(path.read_text())
+    names = list(dict.fromkeys(n for r in run["rows"] for n in r["tflops"]))
+    print(path.name)
+    print(tabulate([[r["dtype"], r["d"], "yes" if r["causal"] else "no", r["N"]] +
+                    [round(r["tflops"][n]) if n in r["tflops"] else "-" for n in names]
+                    for r in run["rows"]], headers=["dtype", "d", "causal", "N"] + names))
+    return run
+
+
+measured = latest("ladder_ws_v*_h200.json")
 
 # %% [markdown]
 # ## Persistent blocks, in turns, against a block per tile
@@ -111,7 +120,10 @@ print(tabulate([[r["dtype"], r["d"], "yes" if r["causal"] else "no", r["N"]] +
 # at 128k (where the tiles that run together are far apart in L2, which it does not model), and
 # says nothing true about 1k-4k, where persistent blocks measured faster: there the prologue
 # and epilogue a persistent block hides must cost more than the model assumes (it assumes
-# none). An atomic tile counter would give both: persistent blocks, dynamic turns.
+# none). An atomic tile counter gives both: persistent blocks, dynamic turns (ws-d: the
+# producer takes the next tile, longest first, from a counter in global memory). Measured, it
+# wins back what static turns lose at 16k, as the model says, but no more than the hardware's
+# own order of a block per tile, and at 1k it is slower than static turns.
 
 # %%
 from flashlab.launch import plans
@@ -123,13 +135,30 @@ for r in measured["rows"]:
     Tr, BH = r["N"] // 128, r["B"] * r["H"]
     work = schedule.tile_work(Tr, Tr, BH, True, plans.tc_head_group(50 * 2**20, r["N"], 128, BH))
     model = schedule.blocks_makespan(work, 132, True) / schedule.blocks_makespan(work, 132, False)
-    table.append([r["N"], f"{model:.2f}", f"{r['tflops']['ws'] / r['tflops']['ws-1']:.2f}"])
-print(tabulate(table, headers=["N", "persistent / block per tile, model", "measured"]))
+    tf = r["tflops"]
+    table.append([r["N"], f"{model:.2f}", f"{tf['ws-p'] / tf['ws-1']:.2f}" if "ws-p" in tf else "-",
+                  f"{tf['ws-d'] / tf['ws-1']:.2f}" if "ws-d" in tf else "-"])
+print(tabulate(table, headers=["N", "static turns / block per tile, model", "measured",
+                               "dynamic turns / block per tile, measured"]))
+
+# %% [markdown]
+# ## The backward
+#
+# kernels/tc90_ws_bwd.cu does the same for G2: a producer thread loads K_j and V_j once and
+# then Q_i, dO_i, L_i and D_i step after step; two consumer warpgroups (64 keys each) compute
+# S^T, dP^T, dV~, dK~ and the dQ term, meeting once a step at a named barrier. The first rung
+# added dQ's term into global memory with fp32 atomics, as tc90.cu does (ws-atomic): barely
+# faster than tc90.cu. The second gives dQ to a writer: the consumers store the term into
+# shared memory, and warp 1 of the producer asks the TMA unit to add the whole tile into global
+# memory (`cp.reduce.async.bulk.tensor`) while they go on (ws).
+
+# %%
+backward = latest("ladder_ws_bwd_*_h200.json")
 
 # %% [markdown]
 # ## On this machine
 #
-# On an H100 or H200 (compute capability 9.0) the kernel runs here, checked against float64
+# On an H100 or H200 (compute capability 9.0) the kernels run here, checked against float64
 # under FlashAttention's rule; anywhere else the cell says so.
 
 # %%
@@ -142,10 +171,15 @@ if gpu_available():
 
     if cp.cuda.Device().compute_capability == "90":
         q, k, v = lowp.random_inputs(cp, [(1, 4, 1000, 128)] * 3, "bfloat16")
+        do = lowp.random_inputs(cp, [q.shape], "bfloat16", seed=1)[0]
         o, lse = tc_ws.forward(q, k, v, causal=True)
-        o64 = lowp.attention_oracle(q, k, v, q, True)[0]
+        dq = tc_ws.backward(do, q, k, v, o, lse, causal=True)[0]
+        o64, _, dq64, _, _ = lowp.attention_oracle(q, k, v, do, True)
         ok, err, bound = lowp.within_fa_rule(o, o64, lowp.naive_lowp_forward(q, k, v, True)[0])
         print(f"tc90_ws.cu, causal, N = 1000, d = 128: error {err:.2e}, bound {bound:.2e}, ok = {ok}")
+        ok, err, bound = lowp.within_fa_rule(dq, dq64,
+                                             lowp.naive_lowp_backward(do, q, k, v, True)[0])
+        print(f"tc90_ws_bwd.cu, dQ: error {err:.2e}, bound {bound:.2e}, ok = {ok}")
     else:
         print("This GPU is not compute capability 9.0: kernels/tc90_ws.cu needs sm_90a.")
 else:
