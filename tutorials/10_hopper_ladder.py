@@ -156,6 +156,33 @@ print(tabulate(table, headers=["N", "static turns / block per tile, model", "mea
 backward = latest("ladder_ws_bwd_*_h200.json")
 
 # %% [markdown]
+# The backward's schedule, step by step (`flashlab.reference.schedule_bwd`, the same cost
+# model): per query block the two consumers' S^T and dP^T, their exponentials one at a time,
+# dV~ and dK~, the named barrier, dQ's term, and then either their atomics or a store into the
+# buffer that the writer adds out while they go on.
+
+# %%
+from flashlab.reference.schedule_bwd import backward_timeline
+
+bwd_events = backward_timeline(4, writer=True)
+print(tabulate(schedule.table(bwd_events)[:26], headers=["who", "step", "start", "end"]))
+draw_timeline(bwd_events, "kernels/tc90_ws_bwd.cu, 4 query blocks, the dQ writer (the model)")
+
+# %% [markdown]
+# What the model says the writer is worth, against what the H200 measured (ws against
+# ws-atomic, bf16, 16k tokens): the model finds 1.05-1.06x; the H200 gives 1.10-1.23x. The
+# model has the consumers' time to issue the atomics but no memory system: on the GPU the
+# 8-byte reductions also queue in L2, where the TMA unit's adds move whole 128-byte rows.
+
+# %%
+model = [schedule.makespan(backward_timeline(n, writer=False)) /
+         schedule.makespan(backward_timeline(n, writer=True)) for n in (8, 32, 128)]
+measured_bwd = [r["tflops"]["ws"] / r["tflops"]["ws-atomic"] for r in backward["rows"]
+                if r["dtype"] == "bfloat16" and "ws-atomic" in r["tflops"]]
+print(f"model, 8 / 32 / 128 query blocks: {', '.join(f'{m:.2f}x' for m in model)}")
+print(f"H200, bf16 cells: {min(measured_bwd):.2f}-{max(measured_bwd):.2f}x")
+
+# %% [markdown]
 # ## On this machine
 #
 # On an H100 or H200 (compute capability 9.0) the kernels run here, checked against float64

@@ -1,19 +1,26 @@
 """The Hopper ladder's schedule as a picture: one row per worker (the producer warpgroup, the
-tensor cores, each consumer warpgroup), a bar per step (flashlab.reference.schedule.timeline)."""
+backward's dQ writer, the tensor cores, each consumer warpgroup), a bar per step
+(flashlab.reference.schedule.timeline, schedule_bwd.backward_timeline)."""
 from __future__ import annotations
 
 from ._mpl import K_SIDE, Q_SIDE, _done, _pyplot
 
 _COLOURS = {"K": K_SIDE, "V": "tab:cyan", "S": "tab:green", "PV": "tab:purple",
-            "softmax": Q_SIDE, "rescale": "tab:red"}
+            "softmax": Q_SIDE, "rescale": "tab:red",
+            # the backward's steps
+            "KV": K_SIDE, "QdO": "tab:cyan", "SdP": "tab:green", "pds": Q_SIDE,
+            "dVdK": "tab:purple", "dQ": "tab:olive", "store": "tab:red", "atomics": "tab:red",
+            "add": "tab:gray"}
+_ROWS = ("producer", "dQ writer", "tensor cores", "consumer 0", "consumer 1")
 
 
 def draw_timeline(events, title: str = ""):
-    """A bar per event, coloured by its step (K / V loads, S, P V, softmax, rescale), each
-    labelled with its tile. Rows carry a gid "timeline:<who>" so tests can find them."""
+    """A bar per event, coloured by its step (forward: K / V loads, S, P V, softmax, rescale;
+    backward: loads, S^T and dP^T, P^T and dS^T, dV~ and dK~, dQ's term, its store or atomics,
+    the writer's add), each labelled with its tile. Rows carry a gid "timeline:<who>" so tests
+    can find them; the legend names the steps that occur."""
     plt = _pyplot()
-    rows = sorted({e.who for e in events}, key=lambda w: ("producer", "tensor cores",
-                                                           "consumer 0", "consumer 1").index(w))
+    rows = sorted({e.who for e in events}, key=_ROWS.index)
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(rows) + 1.2))
     for y, who in enumerate(rows):
         mine = [e for e in events if e.who == who]
@@ -30,9 +37,10 @@ def draw_timeline(events, title: str = ""):
     ax.set_yticklabels(rows, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("time (the model's units: one 64 x 128 x 128 product = 1)", fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLOURS.values()]
-    ax.legend(handles, list(_COLOURS), loc="upper center", bbox_to_anchor=(0.5, -0.35),
-              ncol=len(_COLOURS), fontsize=7, frameon=False)
+    kinds = [k for k in _COLOURS if any(e.what.split("_")[0] == k for e in events)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_COLOURS[k]) for k in kinds]
+    ax.legend(handles, kinds, loc="upper center", bbox_to_anchor=(0.5, -0.35),
+              ncol=len(kinds), fontsize=7, frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _done(plt, fig)
