@@ -288,6 +288,104 @@ def test_the_ladders_backward_names_a_bad_argument(gpu, monkeypatch, bad, error,
     with pytest.raises(error, match=words):
         tc_ws.backward(do, q, q, q, q, lse)
 
+def _ladder_launch_stand_ins(gpu, monkeypatch):
+    """What the fake CuPy lacks for tc_ws's launches: tensor maps (cuda-bindings), CuPy's
+    argument pointers, zeros / ascontiguousarray; the maps come back tagged with what they
+    map and their box."""
+    import types
+
+    from flashlab.launch import tc_ws
+
+    made = []
+
+    def tagged(kind):
+        def make(x, box, *rest):
+            made.append((kind, x, box))
+            return np.full(16, len(made) - 1, np.uint64)  # the map's place in `made`
+        return make
+
+    monkeypatch.setattr(tc_ws, "tensor_map", tagged("tile"))
+    monkeypatch.setattr(tc_ws, "flat_map", tagged("row"))
+    gpu.cuda.function = types.SimpleNamespace(CPointer=lambda address: ("by address", address))
+    gpu.zeros = lambda shape, dtype=np.float32: gpu.ndarray(shape, dtype, fill=0)
+    gpu.ascontiguousarray = lambda x: x
+    return made
+
+
+@pytest.mark.parametrize("d, Hkv", [(128, 4), (64, 2)])
+def test_the_ladders_backward_launches_what_its_kernel_takes(gpu, monkeypatch, d, Hkv):
+    # kernels/tc90_ws_bwd.cu's arguments in order: seven tensor maps (Q, K, V, dO by 64-column
+    # boxes of BR or 128 rows; L, D as rows of BR + 4 floats; dQ's fp32 accumulator), then dQacc,
+    # dK, dV (per query head with GQA, summed after), sizes, and the Rows of dK, dV; between the
+    # D pre-pass and dQ's rounding; 384 threads, a block per key block and head
+    from flashlab.launch import tc_ws
+
+    made = _ladder_launch_stand_ins(gpu, monkeypatch)
+    sums = []
+    monkeypatch.setattr(tc_ws, "sum_groups", lambda full, out, n: sums.append((full.shape, out, n)))
+    B, H, N = 2, 4, 300
+    q, do, o = fake_cupy.arrays(gpu, [(B, H, N, d)] * 3, ml_dtypes.bfloat16)
+    k, v = fake_cupy.arrays(gpu, [(B, Hkv, N, d)] * 2, ml_dtypes.bfloat16)
+    lse = gpu.ndarray((B, H, N), np.float32)
+    dq, dk, dv = tc_ws.backward(do, q, k, v, o, lse, causal=True)
+    dot, main, rnd = gpu.launches
+    t = tc_ws.BACKWARD_TILES[d]
+    assert dot["name"] == "tc_backward_dot<true>" and rnd["name"] == "tc_backward_dq<true>"
+    assert main["name"] == f"tc90ws_backward<true, {d}, {t['BR']}, 2, 1>"
+    assert main["grid"] == (-(-N // 128) * B * H,) and main["block"] == (384,)
+    assert main["smem"] == tc_ws.backward_smem_bytes(d, t["BR"], 2, 1) <= SMEM
+    # the maps are passed by address, in the order they were made
+    assert [a[0] for a in main["args"][:7]] == ["by address"] * 7
+    assert [(kind, x.shape, box) for kind, x, box in made] == [
+        ("tile", q.shape, t["BR"]), ("tile", k.shape, 128), ("tile", v.shape, 128),
+        ("tile", do.shape, t["BR"]), ("row", lse.shape, t["BR"] + 4),
+        ("row", (B, H, N), t["BR"] + 4), ("tile", (B, H, N, d), t["BR"])]
+    assert made[5][1].dtype == np.float32 and made[6][1].dtype == np.float32
+    assert main["args"][7] is dot["args"][3]  # the accumulator the pre-pass zeroes ...
+    assert rnd["args"][0] is dot["args"][3] and rnd["args"][1] is dq  # ... is what dQ rounds
+    assert made[6][1] is dot["args"][3]  # and what the writer's map adds into
+    assert [int(x) for x in main["args"][10:12]] == [N, N]
+    assert int(main["args"][13]) == 1 and int(main["args"][17]) == H // Hkv  # causal, G
+    if Hkv == H:
+        assert main["args"][8] is dk and main["args"][9] is dv and not sums
+    else:  # GQA: per query head first, then each group's sum
+        assert main["args"][8].shape == (B, H, N, d)
+        assert sums == [((B, H, N, d), dk, Hkv), ((B, H, N, d), dv, Hkv)]
+
+
+@pytest.mark.parametrize("config, threads, rows, counter", [
+    (None, 384, 128, False), (dict(PERSIST=1, DYN=1), 384, 128, True),
+    (dict(NC=3, PP=0), 512, 192, False)])
+def test_the_ladders_forward_launches_its_rung(gpu, monkeypatch, config, threads, rows, counter):
+    # three tensor maps (Q's boxes as tall as the block's query rows), o, lse, sizes, o's Rows,
+    # and the dynamic turns' counter: a zeroed int where the turns are dynamic, else null
+    from flashlab.launch import tc_ws
+
+    made = _ladder_launch_stand_ins(gpu, monkeypatch)
+    q = gpu.ndarray((2, 4, 4000, 64), ml_dtypes.bfloat16)  # more tiles than multiprocessors
+    tc_ws.forward(q, q, q, causal=True, config=config)
+    (run,) = gpu.launches
+    t = {**tc_ws.TILES[64], **(config or {})}
+    assert run["name"] == tc_ws.instance(True, 64, config) and run["block"] == (threads,)
+    tiles = -(-4000 // rows) * 8
+    assert run["grid"] == (min(tiles, 132),)  # N <= 4k: persistent blocks
+    assert run["smem"] == tc_ws.smem_bytes(64, t["BC"], t["ST"], t["NC"])
+    assert [(x.shape, box) for _, x, box in made] == [(q.shape, rows), (q.shape, 128), (q.shape, 128)]
+    nxt = run["args"][-1]
+    if counter:
+        assert nxt.shape == (1,) and nxt.dtype == np.int32 and nxt.filled == 0
+    else:
+        assert int(nxt) == 0
+
+
+def test_the_ladders_backward_says_when_its_tiles_do_not_fit(gpu, monkeypatch):
+    from flashlab.launch import tc_ws
+
+    _ladder_launch_stand_ins(gpu, monkeypatch)
+    q = gpu.ndarray((1, 2, 256, 64), ml_dtypes.bfloat16)
+    lse = gpu.ndarray((1, 2, 256), np.float32)
+    with pytest.raises(ValueError, match="233288 bytes of shared memory .* allows 232448"):
+        tc_ws.backward(q, q, q, q, q, lse, config=dict(ST=3))  # 3 stages and dQ's buffer
 def test_the_ladders_forward_takes_gqa_and_strided_views(gpu):
     from flashlab.launch import tc_ws
 

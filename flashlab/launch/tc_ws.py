@@ -265,4 +265,4 @@ def backward(do, q, k, v, o, lse, causal: bool = False, softmax_scale: float | N
 
 def _strides(x) -> tuple:
     """(batch, head, row) element strides of a CuPy array (the kernels' Rows)."""
-    return tuple(st // x.itemsize for st in x.strides[:3])
+    return tuple(st // x.dtype.itemsize for st in x.strides[:3])
