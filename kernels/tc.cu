@@ -19,21 +19,17 @@
  *   - ldmatrix addresses come from a few base registers plus constants (SwzAddr), so the
  *     registers go to the accumulators: two 16-row slabs per warp even at D = 128.
  *
- * This file holds the mma.sync kernels; their own pieces (ldmatrix and mma.sync wrappers, the
- * swizzle, SwzAddr, the tile loaders) are in tc_tiles.cuh, and what kernels/tc90.cu shares (the
- * one-slab online softmax, P~ packing, masks, epilogues, traces, cp.async, the thread blocks and
- * their order, the backward's helper kernels) in tc_common.cuh and tc_blocks.cuh.
- *
+ * Here: the mma.sync kernels. tc_tiles.cuh: their mma.sync / ldmatrix wrappers, swizzle, SwzAddr,
+ * tile loaders; tc_common.cuh, tc_blocks.cuh: what tc90.cu shares (one-slab softmax, P~ packing,
+ * masks, epilogues, traces, cp.async, the blocks and their order, the backward's helpers).
  * Reference: flashlab/reference/tc.py (same warps, same tile order, same roundings).
- * Layout: Q, O, dO are (B*H, Nq, D); K, V are (B*H, Nk, D), 16-bit, contiguous; L (logsumexp),
- *   Dv, dQacc are fp32. Elements travel as raw 16-bit words (unsigned short), so no fp16/bf16
- *   header is needed: the dtype is the template flag BF16 and appears only in mma and cvt.
+ * Layout: Q, O, dO (B*H, Nq, D); K, V (B*H, Nk, D), 16-bit raw words (the dtype is the template
+ *   flag BF16, seen only by mma and cvt); L (logsumexp), Dv, dQacc fp32.
  * Launch: forward grid (ceil(Nq / BR), B*H), NW warps, (BR + 4 BC) D 2 bytes of shared memory;
  *   backward: tc_backward_dot (8 rows per 256-thread block), then tc_backward with grid
  *   (ceil(Nk / BC), B*H), NW warps, (2 BC + 2 QS BR) D 2 + 2 BC BR 2 + 8 QS BR bytes, then
  *   tc_backward_dq. Causal grids start their longest blocks first (block_order, tc_blocks.cuh).
- *   Tile shapes per head dim: TC_FORWARD / TC_BACKWARD in flashlab/registry.py (tc_plan in
- *   flashlab/launch/plans.py computes the same byte counts).
+ *   Tiles per head dim: TC_FORWARD / TC_BACKWARD in flashlab/registry.py (plans.tc_plan: bytes).
  */
 #include "tc_common.cuh"
 #include "tc_tiles.cuh"  // mma.sync, ldmatrix, the swizzled tiles and their loaders

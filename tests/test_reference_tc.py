@@ -15,7 +15,6 @@ from flashlab.reference import tc as tc_mod
 from flashlab.launch.plans import tc_head_group
 from flashlab.registry import TC_BACKWARD, TC_FORWARD
 from flashlab.reference.schedule import block_order_makespan
-from flashlab.reference.tc import tc_blocks
 
 
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -75,7 +74,7 @@ def test_non_default_tiles_and_scale_within_fa_rule(rng, dtype):
 def _trace_pair(rng, dtype, causal, direction, Nq=200, Nk=130, d=64):
     """(fa2 float64 trace, tc trace) on the same 16-bit inputs, with the kernel's own tiles."""
     (q, k, v, do), (q64, k64, v64, do64) = _inputs(rng, DTYPES[dtype], Nq, Nk, d)
-    Br, Bc, _ = tc_blocks(d, direction)
+    Br, Bc, _ = tc_mod.tc_blocks(d, direction)
     if direction == "forward":
         actual, _ = trace.record(tc_forward_steps(q, k, v, causal), label="tc reference F2")
         expected, _ = trace.record(fa2_forward_steps(q64, k64, v64, causal, Br=Br, Bc=Bc))
@@ -207,7 +206,7 @@ def test_default_tiles_are_the_kernel_launch():
     for d in (32, 64, 96, 128, 256):
         for direction in ("forward", "backward"):
             p = tc_plan(d, direction)
-            assert tc_blocks(d, direction) == (p["Br"], p["Bc"], p["threads"] // 32)
+            assert tc_mod.tc_blocks(d, direction) == (p["Br"], p["Bc"], p["threads"] // 32)
 
 
 def test_loop_order_and_causal_start(rng):

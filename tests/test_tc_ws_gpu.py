@@ -45,6 +45,19 @@ def _inputs(B, H, Hkv, Nq, Nk, d, dtype, seed=0):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_forward_meets_flashattentions_rule(shape, dtype):
+    _check_forward(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 4, 2, 1000, 1000, 64, True), (2, 2, 2, 2049, 700, 64, False),
+                                   (1, 8, 8, 4096, 4096, 64, True), (1, 2, 1, 77, 300, 64, True)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_three_consumer_warpgroups_meet_the_rule(shape, dtype):
+    # NC = 3 (192 query rows a tile, d = 64): both dtypes, ragged, GQA, persistent and not
+    _check_forward(shape, dtype, dict(NC=3, PP=0))
+
+
+def _check_forward(shape, dtype, config=None):
     import cupy as cp
 
     from flashlab.launch import tc_ws
@@ -53,7 +66,7 @@ def test_forward_meets_flashattentions_rule(shape, dtype):
     q, k, v, (dq_, dk_, dv_) = _inputs(B, H, Hkv, Nq, Nk, d, dtype)
     o = cp.full((B, H, Nq, d), np.nan, dq_.dtype)  # poisoned: every element must be written
     lse = cp.full((B, H, Nq), np.nan, cp.float32)
-    tc_ws.forward(dq_, dk_, dv_, causal=causal, out=(o, lse))
+    tc_ws.forward(dq_, dk_, dv_, causal=causal, out=(o, lse), config=config)
     o, lse = o.get(), lse.get()
     assert np.isfinite(o.astype(np.float32)).all() and np.isfinite(lse).all()
     kk, vv = (np.repeat(x, H // Hkv, axis=1) for x in (k, v))  # query head h reads h // (H / H_kv)
